@@ -1,0 +1,96 @@
+//! Text reports printed after a run: routing decisions and per-hop timings.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use cwasi_runtime::{Decision, HopReport};
+
+/// One line per caller → callee edge: the mode and why, or the error.
+pub fn explain(decisions: &[Decision]) -> String {
+    let mut out = String::from("explain:\n");
+    if decisions.is_empty() {
+        out.push_str("  (no calls were made)\n");
+    }
+    for d in decisions {
+        let _ = match &d.outcome {
+            Ok(s) => writeln!(
+                out,
+                "  {} -> {}: {} ({})",
+                d.caller, d.target, s.mode, s.reason
+            ),
+            Err(e) => writeln!(out, "  {} -> {}: refused: {e}", d.caller, d.target),
+        };
+    }
+    out
+}
+
+/// A table of calls per edge with bytes moved and times.
+pub fn hops(entry: &str, elapsed: Duration, hops: &[HopReport]) -> String {
+    let mut out = format!("entry '{entry}' finished in {}\n", fmt_duration(elapsed));
+    if hops.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "  {:<28} {:<9} {:>6} {:>6} {:>11} {:>11} {:>10} {:>10}",
+        "hop", "mode", "calls", "failed", "sent", "received", "avg", "max"
+    );
+    for h in hops {
+        let avg = if h.calls == 0 {
+            Duration::ZERO
+        } else {
+            h.total / h.calls as u32
+        };
+        let _ = writeln!(
+            out,
+            "  {:<28} {:<9} {:>6} {:>6} {:>11} {:>11} {:>10} {:>10}",
+            format!("{} -> {}", h.caller, h.target),
+            h.mode.name(),
+            h.calls,
+            h.failures,
+            fmt_bytes(h.bytes_in),
+            fmt_bytes(h.bytes_out),
+            fmt_duration(avg),
+            fmt_duration(h.max)
+        );
+    }
+    out
+}
+
+fn fmt_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 1000.0 {
+        format!("{us:.1} µs")
+    } else if us < 1e6 {
+        format!("{:.2} ms", us / 1e3)
+    } else {
+        format!("{:.2} s", us / 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_units() {
+        assert_eq!(fmt_bytes(10), "10 B");
+        assert_eq!(fmt_bytes(10 << 20), "10.0 MiB");
+        assert_eq!(fmt_duration(Duration::from_micros(1500)), "1.50 ms");
+    }
+}

@@ -1,0 +1,373 @@
+//! End-to-end tests of the `cwasi` binary with real wasmtime and the guest
+//! programs of `crates/test-programs`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use test_programs_artifacts as progs;
+
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cwasi` and kills it if it outlives `limit`, so no test can hang.
+fn cwasi(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cwasi"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start cwasi");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cwasi {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        code: status.code(),
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A private scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("cwasi-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn function(name: &str, module: &str, extra: &str) -> String {
+    format!("[functions.{name}]\nmodule = {module:?}\n{extra}\n")
+}
+
+#[test]
+fn pipeline_of_three_functions_keeps_every_payload_intact() {
+    let dir = Scratch::new("pipeline");
+    for size in [0usize, 1, 64 << 10, 10 << 20, 100 << 20] {
+        let toml = format!(
+            "entry = \"producer\"\n{}{}{}",
+            function(
+                "producer",
+                progs::PRODUCER,
+                &format!("args = [\"{size}\", \"transform\", \"xor-checksum\"]")
+            ),
+            function(
+                "transform",
+                progs::TRANSFORM,
+                "env = { CWASI_NEXT = \"sink\" }"
+            ),
+            function("sink", progs::SINK, ""),
+        );
+        let file = dir.write("pipeline.toml", &toml);
+        let out = cwasi(&["run", &file, "--explain"], LIMIT);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "size {size}: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stdout.contains(&format!("ok size={size} checksum=")),
+            "size {size}: {}",
+            out.stdout
+        );
+        assert!(
+            out.stderr.contains("producer -> transform: embedded"),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("transform -> sink: embedded"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+/// Every bad input reaches the calling guest as its documented code, the
+/// process survives, and the next call in the same process succeeds.
+#[test]
+fn bad_inputs_give_the_guest_its_error_code() {
+    let dir = Scratch::new("faults");
+    let notwasm = dir.write("notwasm.wasm", "this is not wasm");
+    let steps = [
+        ("call:trap:16", -2),
+        ("call:echo:16", 0),
+        ("call:bad_response:16", -9),
+        ("call:echo:16", 0),
+        ("call:infinite_loop:1", -3),
+        ("call:echo:16", 0),
+        ("send:memory_hog:128", -12),
+        ("send:memory_hog:lots", -8),
+        ("call:echo:16", 0),
+        ("call:nope:1", -1),
+        ("call:notwasm:1", -13),
+        ("badptr:echo", -7),
+        ("badout:echo", -7),
+        ("badtarget", -7),
+        ("badhandle", -11),
+        ("call:echo:1048577", -4),
+        ("call:echo:1048576", 0),
+    ];
+    let args: Vec<String> = steps.iter().map(|(s, _)| format!("{s:?}")).collect();
+    let toml = format!(
+        "entry = \"probe\"\n[limits]\ncall_timeout_ms = 500\nmax_memory_mib = 64\nmax_payload_mib = 1\n{}{}{}{}{}{}{}",
+        function("probe", progs::PROBE, &format!("args = [{}]", args.join(", "))),
+        function("echo", progs::ECHO, ""),
+        function("trap", progs::TRAP, ""),
+        function("bad_response", progs::BAD_RESPONSE, ""),
+        function("infinite_loop", progs::INFINITE_LOOP, ""),
+        function("memory_hog", progs::MEMORY_HOG, ""),
+        function("notwasm", &notwasm, ""),
+    );
+    let file = dir.write("faults.toml", &toml);
+    // A composition with a module that is not Wasm is refused up front...
+    let out = cwasi(&["run", &file], LIMIT);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("notwasm.wasm is not a WebAssembly module"),
+        "{}",
+        out.stderr
+    );
+    // ...unless asked to keep going, when callers get NOT_CALLABLE.
+    let out = cwasi(&["run", &file, "--keep-unloadable"], LIMIT);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("step="))
+        .collect();
+    assert_eq!(lines.len(), steps.len(), "{}", out.stdout);
+    for (i, ((step, want), line)) in steps.iter().zip(&lines).enumerate() {
+        let prefix = format!("step={i} ");
+        assert!(line.starts_with(&prefix), "{line}");
+        if *want == 0 {
+            assert!(line.contains(" ok len="), "{step}: {line}");
+        } else {
+            assert!(
+                line.contains(&format!(" code={want} ")),
+                "{step}: want {want}, got {line}"
+            );
+            let message = line.split_once("message=").map(|(_, m)| m).unwrap_or("");
+            assert!(message.len() > 10, "{step}: no clear message in {line}");
+        }
+    }
+}
+
+#[test]
+fn seed_functions_call_and_are_called_unchanged() {
+    let dir = Scratch::new("seed");
+    // A seed caller calls an ABI v1 callee: the response comes back over its
+    // buffer, truncated to the request's length.
+    let toml = format!(
+        "entry = \"seed_caller\"\n{}{}",
+        function(
+            "seed_caller",
+            progs::SEED_CALLER,
+            "args = [\"hello from the prototype\"]\nconnect_to = \"echo\""
+        ),
+        function("echo", progs::ECHO, ""),
+    );
+    let out = cwasi(&["run", &dir.write("a.toml", &toml)], LIMIT);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("seed_caller sent=24 got=24 response=hello from the prototype"),
+        "{}",
+        out.stdout
+    );
+
+    // A seed caller calls a seed callee through its configured handler.
+    let toml = format!(
+        "entry = \"seed_caller\"\n{}{}",
+        function(
+            "seed_caller",
+            progs::SEED_CALLER,
+            "args = [\"greetings\"]\nconnect_to = \"hello\""
+        ),
+        function("hello", progs::SEED_CALLEE, "handler = \"hello_greet\""),
+    );
+    let out = cwasi(&["run", &dir.write("b.toml", &toml), "--explain"], LIMIT);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("seed_callee received len=9"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("text=greetings"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("seed_caller sent=9 got=0"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("seed_caller -> hello: embedded"),
+        "{}",
+        out.stderr
+    );
+
+    // An ABI v1 caller calls the seed callee; it gets an empty response.
+    let toml = format!(
+        "entry = \"probe\"\n{}{}",
+        function("probe", progs::PROBE, "args = [\"call:hello:100\"]"),
+        function("hello", progs::SEED_CALLEE, "handler = \"hello_greet\""),
+    );
+    let out = cwasi(&["run", &dir.write("c.toml", &toml)], LIMIT);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("seed_callee received len=100"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("step=0 ok len=0"), "{}", out.stdout);
+
+    // A handler name that the module does not export is refused clearly.
+    let toml = format!(
+        "entry = \"probe\"\n{}{}",
+        function("probe", progs::PROBE, "args = [\"call:hello:1\"]"),
+        function("hello", progs::SEED_CALLEE, "handler = \"nope\""),
+    );
+    let out = cwasi(&["run", &dir.write("d.toml", &toml)], LIMIT);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("handler 'nope'"), "{}", out.stderr);
+}
+
+#[test]
+fn short_form_runs_a_module_with_its_callees() {
+    let with_transform = format!("transform={}", progs::TRANSFORM);
+    let out = cwasi(
+        &[
+            "run",
+            progs::PRODUCER,
+            "--with",
+            &with_transform,
+            "--",
+            "4096",
+            "transform",
+            "xor-checksum",
+        ],
+        LIMIT,
+    );
+    // Without CWASI_NEXT the transform returns the data itself, so the
+    // producer reports a mismatch against the checksum and exits 1.
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("mismatch"), "{}", out.stdout);
+    let with_echo = format!("echo={}", progs::ECHO);
+    let out = cwasi(
+        &[
+            "run",
+            progs::PRODUCER,
+            "--with",
+            &with_echo,
+            "--",
+            "4096",
+            "echo",
+            "echo",
+        ],
+        LIMIT,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("ok size=4096"), "{}", out.stdout);
+    assert!(out.stderr.contains("producer -> echo"), "{}", out.stderr);
+}
+
+#[test]
+fn forced_embedding_across_namespaces_is_refused() {
+    let dir = Scratch::new("mode");
+    let toml = format!(
+        "entry = \"producer\"\n{}{}",
+        function(
+            "producer",
+            progs::PRODUCER,
+            "args = [\"10\", \"echo\", \"echo\"]\nnamespace = \"a\""
+        ),
+        function("echo", progs::ECHO, "namespace = \"b\""),
+    );
+    let file = dir.write("ns.toml", &toml);
+    let out = cwasi(&["run", &file, "--explain", "--mode", "embedded"], LIMIT);
+    assert_eq!(out.code, Some(2), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("code=-6"), "{}", out.stdout);
+    assert!(out.stderr.contains("never share a VM"), "{}", out.stderr);
+    let out = cwasi(&["run", &file, "--mode", "sideways"], LIMIT);
+    assert_eq!(out.code, Some(2), "clap usage error: {}", out.stderr);
+    assert!(out.stderr.contains("unknown mode"), "{}", out.stderr);
+}
+
+#[test]
+fn inspect_describes_modules_and_rejects_other_files() {
+    let out = cwasi(&["inspect", progs::ECHO], LIMIT);
+    assert_eq!(out.code, Some(0));
+    assert!(
+        out.stdout.contains("callable (ABI v1):     yes"),
+        "{}",
+        out.stdout
+    );
+    let out = cwasi(&["inspect", progs::SEED_CALLEE], LIMIT);
+    assert!(out.stdout.contains("hello_greet"), "{}", out.stdout);
+    let out = cwasi(&["inspect", progs::SEED_CALLER], LIMIT);
+    assert!(out.stdout.contains("caller yes"), "{}", out.stdout);
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let out = cwasi(&["inspect", readme.to_str().unwrap()], LIMIT);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("is not a WebAssembly module"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_demo_composition_runs() {
+    let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pipeline.toml");
+    let out = cwasi(&["run", pipeline.to_str().unwrap(), "--explain"], LIMIT);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("words="), "{}", out.stdout);
+    assert!(out.stderr.contains("source -> normalize"), "{}", out.stderr);
+    assert!(out.stderr.contains("normalize -> count"), "{}", out.stderr);
+}

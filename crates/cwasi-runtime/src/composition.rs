@@ -1,0 +1,272 @@
+//! The composition file: which functions run together, and which one is the
+//! entry. `cwasi run` reads it; the format is documented in `docs/composition.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{FunctionSpec, Limits, ModeOverride, Preopen, SeedConfig, DEFAULT_NAMESPACE};
+use crate::error::RuntimeError;
+
+/// A parsed and validated composition.
+#[derive(Debug, Clone)]
+pub struct Composition {
+    /// The function whose `_start` runs.
+    pub entry: String,
+    /// Every function, in name order.
+    pub functions: Vec<FunctionSpec>,
+    /// Limits, with defaults for what the file leaves out.
+    pub limits: Limits,
+    /// The mode override of the file (`mode = "..."`).
+    pub mode: ModeOverride,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileComposition {
+    entry: String,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    limits: FileLimits,
+    functions: BTreeMap<String, FileFunction>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_memory_mib: Option<u64>,
+    max_payload_mib: Option<u64>,
+    call_timeout_ms: Option<u64>,
+    entry_timeout_ms: Option<u64>,
+    max_call_depth: Option<u32>,
+    max_idle_instances: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFunction {
+    module: PathBuf,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    preopens: Vec<Preopen>,
+    #[serde(default)]
+    handler: Option<String>,
+    #[serde(default)]
+    connect_to: Option<String>,
+}
+
+impl Composition {
+    /// Reads a composition file. Relative module and preopen paths are taken
+    /// relative to the file's directory.
+    pub fn from_file(path: &Path) -> Result<Composition, RuntimeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RuntimeError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Composition::parse(&text, base)
+            .map_err(|e| RuntimeError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses composition text; `base` resolves relative paths.
+    pub fn parse(text: &str, base: &Path) -> Result<Composition, String> {
+        let file: FileComposition = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mode = match &file.mode {
+            Some(m) => m.parse()?,
+            None => ModeOverride::Auto,
+        };
+        let limits = file.limits.resolve()?;
+        let mut functions = Vec::with_capacity(file.functions.len());
+        for (name, f) in file.functions {
+            validate_name(&name)?;
+            let namespace = f.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+            if namespace.is_empty() {
+                return Err(format!("function '{name}': namespace must not be empty"));
+            }
+            let preopens = f
+                .preopens
+                .into_iter()
+                .map(|p| Preopen {
+                    host: base.join(p.host),
+                    ..p
+                })
+                .collect();
+            functions.push(FunctionSpec {
+                name,
+                namespace,
+                module: base.join(f.module),
+                args: f.args,
+                env: f.env.into_iter().collect(),
+                preopens,
+                seed: SeedConfig {
+                    handler: f.handler,
+                    connect_to: f.connect_to,
+                },
+            });
+        }
+        let comp = Composition {
+            entry: file.entry,
+            functions,
+            limits,
+            mode,
+        };
+        comp.validate()?;
+        Ok(comp)
+    }
+
+    /// The short form `cwasi run a.wasm --with b=path/b.wasm`: every module in
+    /// the default namespace, the first one the entry.
+    pub fn from_modules(
+        entry: &Path,
+        entry_args: Vec<String>,
+        with: &[(String, PathBuf)],
+    ) -> Result<Composition, String> {
+        let entry_name = entry
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .ok_or_else(|| format!("cannot name a function after {}", entry.display()))?
+            .to_string();
+        let mut spec = FunctionSpec::new(&entry_name, DEFAULT_NAMESPACE, entry.to_path_buf());
+        spec.args = entry_args;
+        let mut functions = vec![spec];
+        for (name, path) in with {
+            validate_name(name)?;
+            functions.push(FunctionSpec::new(name, DEFAULT_NAMESPACE, path.clone()));
+        }
+        let comp = Composition {
+            entry: entry_name,
+            functions,
+            limits: Limits::default(),
+            mode: ModeOverride::Auto,
+        };
+        comp.validate()?;
+        Ok(comp)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.functions {
+            if !seen.insert(f.name.as_str()) {
+                return Err(format!("function '{}' is listed twice", f.name));
+            }
+        }
+        if !seen.contains(self.entry.as_str()) {
+            return Err(format!(
+                "entry '{}' is not one of the functions ({})",
+                self.entry,
+                self.functions
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl FileLimits {
+    fn resolve(&self) -> Result<Limits, String> {
+        let mut l = Limits::default();
+        if let Some(m) = self.max_memory_mib {
+            if m == 0 || m > 4096 {
+                return Err("limits.max_memory_mib must be between 1 and 4096".into());
+            }
+            l.max_memory_bytes = (m as usize) << 20;
+        }
+        if let Some(m) = self.max_payload_mib {
+            if m == 0 || m > 4095 {
+                return Err("limits.max_payload_mib must be between 1 and 4095".into());
+            }
+            l.max_payload_bytes = (m as usize) << 20;
+        }
+        if let Some(ms) = self.call_timeout_ms {
+            l.call_timeout = positive_ms("limits.call_timeout_ms", ms)?;
+        }
+        if let Some(ms) = self.entry_timeout_ms {
+            l.entry_timeout = positive_ms("limits.entry_timeout_ms", ms)?;
+        }
+        if let Some(d) = self.max_call_depth {
+            l.max_call_depth = d;
+        }
+        if let Some(n) = self.max_idle_instances {
+            l.max_idle_instances = n;
+        }
+        Ok(l)
+    }
+}
+
+fn positive_ms(what: &str, ms: u64) -> Result<Duration, String> {
+    if ms == 0 {
+        return Err(format!("{what} must be positive"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// Checks a function name: 1 to 255 bytes of letters, digits, `-`, `_`, `.`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid function name '{name}': use 1-255 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_composition() {
+        let text = r#"
+            entry = "a"
+            mode = "embedded"
+            [limits]
+            call_timeout_ms = 500
+            [functions.a]
+            module = "a.wasm"
+            args = ["1"]
+            env = { NEXT = "b" }
+            [functions.b]
+            module = "/abs/b.wasm"
+            namespace = "other"
+            handler = "hello_greet"
+        "#;
+        let c = Composition::parse(text, Path::new("/base")).unwrap();
+        assert_eq!(c.entry, "a");
+        assert_eq!(c.limits.call_timeout, Duration::from_millis(500));
+        assert_eq!(c.functions[0].module, PathBuf::from("/base/a.wasm"));
+        assert_eq!(c.functions[0].namespace, "default");
+        assert_eq!(c.functions[1].module, PathBuf::from("/abs/b.wasm"));
+        assert_eq!(c.functions[1].seed.handler.as_deref(), Some("hello_greet"));
+    }
+
+    #[test]
+    fn rejects_bad_compositions() {
+        let missing_entry = "entry = \"x\"\n[functions.a]\nmodule = \"a.wasm\"\n";
+        assert!(Composition::parse(missing_entry, Path::new("."))
+            .unwrap_err()
+            .contains("entry 'x'"));
+        let unknown_key = "entry = \"a\"\n[functions.a]\nmodule = \"a.wasm\"\nfoo = 1\n";
+        assert!(Composition::parse(unknown_key, Path::new(".")).is_err());
+        let bad_name = "entry = \"a b\"\n[functions.\"a b\"]\nmodule = \"a.wasm\"\n";
+        assert!(Composition::parse(bad_name, Path::new("."))
+            .unwrap_err()
+            .contains("invalid function name"));
+    }
+}

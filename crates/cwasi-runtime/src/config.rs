@@ -1,0 +1,173 @@
+//! What the host needs to know about functions and limits, independent of
+//! where the configuration came from (composition file, CLI, OCI spec).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Bounds that keep one function from hurting the host or its neighbours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum linear memory of one instance, in bytes.
+    pub max_memory_bytes: usize,
+    /// Maximum size of a request or a response, in bytes.
+    pub max_payload_bytes: usize,
+    /// How long one call between functions may run.
+    pub call_timeout: Duration,
+    /// How long an entry's `_start` may run.
+    pub entry_timeout: Duration,
+    /// How deep calls may nest (A calls B calls C ...).
+    pub max_call_depth: u32,
+    /// How many warm instances are kept per function.
+    pub max_idle_instances: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_memory_bytes: 1 << 30,
+            max_payload_bytes: 256 << 20,
+            call_timeout: Duration::from_secs(30),
+            entry_timeout: Duration::from_secs(300),
+            max_call_depth: 32,
+            max_idle_instances: 16,
+        }
+    }
+}
+
+/// The data path between two functions (see `docs/architecture.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Same process, memory to memory.
+    Embedded,
+    /// Another process on this node, through the host kernel.
+    Local,
+    /// Another node, through the broker.
+    Remote,
+}
+
+impl Mode {
+    /// The lower-case name used in configuration and output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Embedded => "embedded",
+            Mode::Local => "local",
+            Mode::Remote => "remote",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A forced mode, for experiments; `Auto` lets the selector choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModeOverride {
+    /// The selector's policy.
+    #[default]
+    Auto,
+    /// Always this mode, or a clear error if it is impossible.
+    Force(Mode),
+}
+
+impl FromStr for ModeOverride {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(ModeOverride::Auto),
+            "embedded" => Ok(ModeOverride::Force(Mode::Embedded)),
+            "local" => Ok(ModeOverride::Force(Mode::Local)),
+            "remote" => Ok(ModeOverride::Force(Mode::Remote)),
+            other => Err(format!(
+                "unknown mode '{other}' (expected auto, embedded, local or remote)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ModeOverride {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModeOverride::Auto => f.write_str("auto"),
+            ModeOverride::Force(m) => m.fmt(f),
+        }
+    }
+}
+
+/// A host directory made visible to the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preopen {
+    /// Path on the host.
+    pub host: PathBuf,
+    /// Path the guest sees.
+    pub guest: String,
+    /// Whether the guest may write.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// Settings for functions written for the original CWASI prototype.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeedConfig {
+    /// Export name of a seed-style callee's handler `(ptr, len)`.
+    pub handler: Option<String>,
+    /// Target of a seed-style caller's `cwasi_export.func_connect`.
+    pub connect_to: Option<String>,
+}
+
+/// One function as the host sees it: its code, trust domain and WASI setup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionSpec {
+    /// The name other functions call it by.
+    pub name: String,
+    /// The trust domain; only functions of one namespace share a VM.
+    pub namespace: String,
+    /// The `.wasm` file.
+    pub module: PathBuf,
+    /// WASI arguments after the program name.
+    pub args: Vec<String>,
+    /// WASI environment.
+    pub env: Vec<(String, String)>,
+    /// WASI preopened directories.
+    pub preopens: Vec<Preopen>,
+    /// Prototype compatibility.
+    pub seed: SeedConfig,
+}
+
+impl FunctionSpec {
+    /// A function with no args, env or preopens.
+    pub fn new(name: impl Into<String>, namespace: impl Into<String>, module: PathBuf) -> Self {
+        FunctionSpec {
+            name: name.into(),
+            namespace: namespace.into(),
+            module,
+            args: Vec::new(),
+            env: Vec::new(),
+            preopens: Vec::new(),
+            seed: SeedConfig::default(),
+        }
+    }
+}
+
+/// The namespace a function gets when none is given.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_override_parses() {
+        assert_eq!("auto".parse(), Ok(ModeOverride::Auto));
+        assert_eq!("Embedded".parse(), Ok(ModeOverride::Force(Mode::Embedded)));
+        assert!("fast".parse::<ModeOverride>().is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! The wasmtime engine CWASI runs every function on: configuration, the epoch
+//! ticker behind call timeouts, and module loading with a clear error per file.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, Module};
+
+use crate::error::RuntimeError;
+use crate::inspect::ModuleInfo;
+
+/// How often the epoch advances. Timeouts are rounded up to this.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Number of epoch ticks that cover `timeout` (at least one, plus one for the
+/// tick in progress).
+pub fn ticks_for(timeout: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    (timeout.as_nanos().div_ceil(tick) as u64).saturating_add(1)
+}
+
+/// Builds the engine: epoch interruption on, so that every store can carry a
+/// deadline, and a background thread that advances the epoch.
+pub fn new_engine() -> Result<(Engine, EpochTicker), RuntimeError> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config)
+        .map_err(|e| RuntimeError::Config(format!("cannot create the wasmtime engine: {e}")))?;
+    let ticker = EpochTicker::start(engine.clone())?;
+    Ok((engine, ticker))
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Result<Self, RuntimeError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("cwasi-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(|e| RuntimeError::Config(format!("cannot start the epoch thread: {e}")))?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A compiled module and what is known about it. Compiled once, then
+/// instantiated for every call that needs a fresh instance.
+#[derive(Clone)]
+pub struct LoadedModule {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The compiled module.
+    pub module: Module,
+    /// `sha256:<hex>` of the file, so registries can tell two builds apart.
+    pub digest: String,
+    /// Its ABI surface.
+    pub info: ModuleInfo,
+}
+
+/// Reads, validates and compiles a module. Every failure names the file.
+pub fn load_module(engine: &Engine, path: &Path) -> Result<LoadedModule, RuntimeError> {
+    let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !bytes.starts_with(b"\0asm") {
+        return Err(RuntimeError::NotWasm {
+            path: path.to_path_buf(),
+        });
+    }
+    let module = Module::from_binary(engine, &bytes).map_err(|e| RuntimeError::InvalidModule {
+        path: path.to_path_buf(),
+        message: format!("{e:#}"),
+    })?;
+    let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+    let info = ModuleInfo::of(&module);
+    Ok(LoadedModule {
+        path: path.to_path_buf(),
+        module,
+        digest,
+        info,
+    })
+}

@@ -1,0 +1,169 @@
+//! What a module offers and needs, as the ABI sees it. `cwasi inspect` prints
+//! this, and the runtime uses it to decide how a function can be called.
+
+use std::fmt;
+
+use wasmtime::{ExternType, FuncType, Module, ValType};
+
+/// The ABI import module of CWASI v1.
+pub const CWASI_MODULE: &str = "cwasi";
+/// The import module of the original prototype.
+pub const SEED_MODULE: &str = "cwasi_export";
+
+/// The ABI surface of one module.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// Imports from `cwasi` (`call`, `call_start`, ...).
+    pub cwasi_imports: Vec<String>,
+    /// Imports from `cwasi_export` (the prototype's `func_connect`).
+    pub seed_imports: Vec<String>,
+    /// Whether it imports WASI preview 1.
+    pub wasi: bool,
+    /// Imports that no CWASI host provides (`module.name`).
+    pub unknown_imports: Vec<String>,
+    /// Exported function names with their signatures.
+    pub function_exports: Vec<(String, String)>,
+    /// Whether it exports `memory`.
+    pub memory: bool,
+    /// `_start` with type `() -> ()`.
+    pub start: bool,
+    /// `_initialize` (a WASI reactor).
+    pub initialize: bool,
+    /// `cwasi_alloc` with type `(i32) -> i32`.
+    pub alloc: bool,
+    /// `cwasi_handle` with type `(i32, i32) -> i64`.
+    pub handle: bool,
+    /// `cwasi_error` with type `() -> i64`.
+    pub error: bool,
+    /// The prototype's `allocate` with type `(i32) -> i32`.
+    pub seed_allocate: bool,
+}
+
+impl ModuleInfo {
+    /// Reads the imports and exports of a compiled module.
+    pub fn of(module: &Module) -> ModuleInfo {
+        let mut info = ModuleInfo::default();
+        for imp in module.imports() {
+            match imp.module() {
+                CWASI_MODULE => info.cwasi_imports.push(imp.name().to_string()),
+                SEED_MODULE => info.seed_imports.push(imp.name().to_string()),
+                "wasi_snapshot_preview1" => info.wasi = true,
+                other => info.unknown_imports.push(format!("{other}.{}", imp.name())),
+            }
+        }
+        for exp in module.exports() {
+            match exp.ty() {
+                ExternType::Memory(_) if exp.name() == "memory" => info.memory = true,
+                ExternType::Func(f) => {
+                    let sig = signature(&f);
+                    match (exp.name(), sig.as_str()) {
+                        ("_start", "() -> ()") => info.start = true,
+                        ("_initialize", "() -> ()") => info.initialize = true,
+                        ("cwasi_alloc", "(i32) -> i32") => info.alloc = true,
+                        ("cwasi_handle", "(i32, i32) -> i64") => info.handle = true,
+                        ("cwasi_error", "() -> i64") => info.error = true,
+                        ("allocate", "(i32) -> i32") => info.seed_allocate = true,
+                        _ => {}
+                    }
+                    info.function_exports.push((exp.name().to_string(), sig));
+                }
+                _ => {}
+            }
+        }
+        info
+    }
+
+    /// Whether it can be run as an entry (a WASI command).
+    pub fn is_entry(&self) -> bool {
+        self.start
+    }
+
+    /// Whether other functions can call it through ABI v1.
+    pub fn is_callable(&self) -> bool {
+        self.memory && self.alloc && self.handle
+    }
+
+    /// Whether it calls others the prototype's way.
+    pub fn is_seed_caller(&self) -> bool {
+        self.seed_imports.iter().any(|n| n == "func_connect")
+    }
+
+    /// Whether it can be called the prototype's way, given a handler name.
+    pub fn is_seed_callee(&self, handler: &str) -> bool {
+        self.memory
+            && self.seed_allocate
+            && self
+                .function_exports
+                .iter()
+                .any(|(n, sig)| n == handler && sig == "(i32, i32) -> ()")
+    }
+
+    /// The exported functions of type `(i32, i32) -> ()` other than the ABI
+    /// ones: the candidates for a seed handler.
+    pub fn seed_handler_candidates(&self) -> Vec<&str> {
+        self.function_exports
+            .iter()
+            .filter(|(n, sig)| sig == "(i32, i32) -> ()" && !n.starts_with("cwasi_"))
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+}
+
+fn signature(f: &FuncType) -> String {
+    let list = |tys: &mut dyn Iterator<Item = ValType>| {
+        tys.map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+    };
+    let params = list(&mut f.params());
+    let results: Vec<String> = f.results().map(|t| t.to_string()).collect();
+    let results = match results.len() {
+        0 => "()".to_string(),
+        1 => results[0].clone(),
+        _ => format!("({})", results.join(", ")),
+    };
+    format!("({params}) -> {results}")
+}
+
+impl fmt::Display for ModuleInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        writeln!(f, "entry (_start):        {}", yes(self.is_entry()))?;
+        writeln!(f, "callable (ABI v1):     {}", yes(self.is_callable()))?;
+        let seed_callee = self.seed_allocate && !self.seed_handler_candidates().is_empty();
+        writeln!(
+            f,
+            "seed-style:            caller {}, callee {}{}",
+            yes(self.is_seed_caller()),
+            yes(seed_callee),
+            if seed_callee {
+                format!(
+                    " (handler candidates: {})",
+                    self.seed_handler_candidates().join(", ")
+                )
+            } else {
+                String::new()
+            }
+        )?;
+        writeln!(f, "reactor (_initialize): {}", yes(self.initialize))?;
+        writeln!(f, "WASI preview 1:        {}", yes(self.wasi))?;
+        let none = |v: &Vec<String>| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        writeln!(f, "cwasi imports:         {}", none(&self.cwasi_imports))?;
+        writeln!(f, "cwasi_export imports:  {}", none(&self.seed_imports))?;
+        writeln!(f, "unknown imports:       {}", none(&self.unknown_imports))?;
+        let abi: Vec<String> = self
+            .function_exports
+            .iter()
+            .filter(|(n, _)| {
+                n.starts_with("cwasi_")
+                    || matches!(n.as_str(), "_start" | "_initialize" | "allocate")
+            })
+            .map(|(n, s)| format!("{n} {s}"))
+            .collect();
+        write!(f, "ABI exports:           {}", none(&abi))
+    }
+}

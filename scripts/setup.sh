@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what CWASI needs to build and test on a Debian machine, as root:
+# the wasm32-wasip1 Rust target and the Debian packages the tests start.
+# Safe to run again; it installs only what is missing.
+set -euo pipefail
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: cargo is not installed; install Rust with rustup first" >&2
+    exit 1
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+    echo "setup: adding the wasm32-wasip1 target"
+    rustup target add wasm32-wasip1
+fi
+
+# Debian packages the test suite needs (servers are started by the tests
+# themselves, on loopback or private sockets). Extend this list as needed.
+APT_PACKAGES=(${CWASI_APT_PACKAGES:-})
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
