@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what CWASI needs to build and test on a Debian machine, as root:
-# the wasm32-wasip1 Rust target and the Debian packages the tests start.
+# Installs what CWASI needs on a Debian machine, as root: the wasm32-wasip1
+# Rust target, and with --test the Debian packages the test suite uses.
 # Safe to run again; it installs only what is missing.
 set -euo pipefail
 
@@ -14,11 +14,16 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
     rustup target add wasm32-wasip1
 fi
 
-# Debian packages the test suite needs (servers are started by the tests
-# themselves, on loopback or private sockets). Extend this list as needed.
-APT_PACKAGES=(${CWASI_APT_PACKAGES:-})
+# Debian packages the test suite needs. The servers among them are started
+# by the tests themselves, on loopback or private sockets, never as services:
+# - redis-server: the broker of remote mode;
+# - util-linux (setpriv): a test calls a server as another user.
+APT_PACKAGES=()
+if [ "${1:-}" = "--test" ]; then
+    APT_PACKAGES=(redis-server util-linux)
+fi
 missing=()
-for p in "${APT_PACKAGES[@]}"; do
+for p in ${APT_PACKAGES[@]+"${APT_PACKAGES[@]}"}; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -1,16 +1,23 @@
-//! `cwasi`: runs compositions of WebAssembly functions on one machine, and
-//! inspects modules. Thin over `cwasi-runtime`.
+//! `cwasi`: runs compositions of WebAssembly functions on one machine, serves
+//! functions to other processes, calls them, and inspects modules. Thin over
+//! `cwasi-runtime`.
 
 mod report;
+mod served;
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::engine::{load_module, new_engine};
-use cwasi_runtime::{Composition, ModeOverride, Runtime};
+use cwasi_runtime::{
+    Composition, FunctionSpec, Limits, ModeOverride, NodeDirectory, Runtime, SeedConfig,
+    ServeOptions,
+};
 
 #[derive(Parser)]
 #[command(
@@ -26,8 +33,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs a composition (a .toml file) or a module with its callees; the
-    /// entry's `_start` runs and its calls are resolved in this process.
+    /// entry's `_start` runs and its calls are resolved by the selector.
     Run(RunArgs),
+    /// Hosts a callable function in this process for other processes of the
+    /// node, until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Calls a served function from the shell.
+    Call(CallArgs),
     /// Shows which ABI imports and exports a module has.
     Inspect {
         /// The .wasm file.
@@ -52,6 +64,10 @@ struct RunArgs {
     /// NOT_CALLABLE. By default such a composition is refused.
     #[arg(long)]
     keep_unloadable: bool,
+    /// The node directory (default: $CWASI_RUNTIME_DIR, /run/cwasi for root,
+    /// else $XDG_RUNTIME_DIR/cwasi).
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
     /// Does not print the per-hop timings.
     #[arg(long, short)]
     quiet: bool,
@@ -60,11 +76,101 @@ struct RunArgs {
     args: Vec<String>,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The .wasm file.
+    module: PathBuf,
+    /// The name callers use.
+    #[arg(long)]
+    name: String,
+    /// The trust domain.
+    #[arg(long, default_value = cwasi_runtime::config::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// For a function written for the CWASI prototype: its handler export.
+    #[arg(long)]
+    handler: Option<String>,
+    /// An environment variable for the function, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// The node directory (see `run --help`).
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
+    /// Calls that may run at once.
+    #[arg(long, default_value_t = 16)]
+    max_concurrent: usize,
+    /// Another uid allowed to call (the server's own and root always are).
+    #[arg(long = "allow-uid")]
+    allow_uid: Vec<u32>,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// WASI arguments for the function, after `--`.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Linear memory per instance, in MiB.
+    #[arg(long)]
+    max_memory_mib: Option<usize>,
+    /// Largest request or response, in MiB.
+    #[arg(long)]
+    max_payload_mib: Option<usize>,
+    /// Timeout of one call, in milliseconds.
+    #[arg(long)]
+    call_timeout_ms: Option<u64>,
+}
+
+impl LimitArgs {
+    fn apply(&self, mut l: Limits) -> Limits {
+        if let Some(m) = self.max_memory_mib {
+            l.max_memory_bytes = m << 20;
+        }
+        if let Some(m) = self.max_payload_mib {
+            l.max_payload_bytes = m << 20;
+        }
+        if let Some(ms) = self.call_timeout_ms {
+            l.call_timeout = Duration::from_millis(ms.max(1));
+        }
+        l
+    }
+}
+
+#[derive(clap::Args)]
+struct CallArgs {
+    /// The function to call.
+    name: String,
+    /// The request: @FILE, - for stdin, or the text itself.
+    #[arg(long, default_value = "")]
+    data: String,
+    /// Writes the response here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The caller's namespace, which decides what may be embedded.
+    #[arg(long, default_value = cwasi_runtime::config::DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// Calls this socket directly instead of looking the function up.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The node directory (see `run --help`).
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
 fn parse_with(s: &str) -> Result<(String, PathBuf), String> {
     let (name, path) = s
         .split_once('=')
         .ok_or_else(|| format!("expected NAME=PATH, got '{s}'"))?;
     Ok((name.to_string(), PathBuf::from(path)))
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 fn main() -> ExitCode {
@@ -78,12 +184,31 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Call(args) => call(args).map(|()| ExitCode::SUCCESS),
         Command::Inspect { module } => inspect(&module).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("cwasi: error: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// The broker of `CWASI_REDIS_URL`, if set: remote mode and the cluster
+/// registry.
+fn with_broker(builder: cwasi_runtime::RuntimeBuilder) -> Result<cwasi_runtime::RuntimeBuilder> {
+    Ok(match BrokerConfig::from_env() {
+        Some(cfg) => {
+            tracing::info!(?cfg, "using a broker");
+            builder.broker(Broker::new(cfg)?)
+        }
+        None => builder,
+    })
+}
+
+fn node_directory(explicit: &Option<PathBuf>) -> Result<NodeDirectory> {
+    let path = explicit.clone().unwrap_or_else(NodeDirectory::default_path);
+    Ok(NodeDirectory::open(&path)?)
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
@@ -97,8 +222,50 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         Composition::from_modules(&args.target, args.args.clone(), &args.with)
             .map_err(anyhow::Error::msg)?
     };
+    let entry_ns = comp
+        .functions
+        .iter()
+        .find(|f| f.name == comp.entry)
+        .map(|f| f.namespace.clone())
+        .unwrap_or_default();
+    // Functions of the entry's namespace share its VM; the others are served
+    // by processes of their own and reached in local mode.
+    let (mine, others): (Vec<FunctionSpec>, Vec<FunctionSpec>) = comp
+        .functions
+        .iter()
+        .cloned()
+        .partition(|f| f.namespace == entry_ns);
+    let dir = match node_directory(&args.runtime_dir) {
+        Ok(d) => Some(d),
+        Err(e) if others.is_empty() => {
+            tracing::warn!("no node directory, local mode disabled: {e:#}");
+            None
+        }
+        Err(e) => return Err(e.context("functions in other namespaces need a node directory")),
+    };
+    let _servers = match &dir {
+        Some(d) if !others.is_empty() => Some(served::spawn_all(&others, d, &comp.limits)?),
+        _ => None,
+    };
+    let mode = if args.mode == ModeOverride::Auto {
+        comp.mode
+    } else {
+        args.mode
+    };
+    let mut builder = with_broker(
+        Runtime::builder()
+            .limits(comp.limits.clone())
+            .mode(mode)
+            .keep_unloadable(args.keep_unloadable),
+    )?;
+    if let Some(d) = dir {
+        builder = builder.node_directory(d);
+    }
     let load = Instant::now();
-    let runtime = Runtime::from_composition(&comp, args.mode, args.keep_unloadable)
+    let runtime = mine
+        .into_iter()
+        .fold(builder, |b, f| b.function(f))
+        .build()
         .with_context(|| format!("cannot load {}", args.target.display()))?;
     tracing::info!(functions = comp.functions.len(), elapsed = ?load.elapsed(), "loaded");
     let started = Instant::now();
@@ -114,7 +281,82 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
-fn inspect(path: &std::path::Path) -> Result<()> {
+fn serve(args: ServeArgs) -> Result<()> {
+    let dir = node_directory(&args.runtime_dir)?;
+    let mut spec = FunctionSpec::new(&args.name, &args.namespace, args.module.clone());
+    spec.args = args.args;
+    spec.env = args.env;
+    spec.seed = SeedConfig {
+        handler: args.handler,
+        connect_to: None,
+    };
+    let runtime = with_broker(Runtime::builder())?
+        .limits(args.limits.apply(Limits::default()))
+        .node_directory(dir.clone())
+        .function(spec)
+        .build()
+        .with_context(|| format!("cannot load {}", args.module.display()))?;
+    let opts = ServeOptions {
+        max_concurrent_calls: args.max_concurrent,
+        allowed_uids: args.allow_uid,
+        ..ServeOptions::default()
+    };
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("cannot install signal handlers")?;
+    let handle = runtime.serve(&args.name, &dir, opts)?;
+    eprintln!(
+        "cwasi: serving '{}' (namespace '{}') at {}",
+        args.name,
+        args.namespace,
+        handle.record().socket.display()
+    );
+    let signal = signals.forever().next();
+    tracing::info!(?signal, "stopping");
+    drop(handle);
+    Ok(())
+}
+
+fn call(args: CallArgs) -> Result<()> {
+    let request = match args.data.as_str() {
+        "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read stdin")?;
+            buf
+        }
+        d if d.starts_with('@') => {
+            std::fs::read(&d[1..]).with_context(|| format!("cannot read {}", &d[1..]))?
+        }
+        d => d.as_bytes().to_vec(),
+    };
+    let mut builder = with_broker(Runtime::builder())?.limits(args.limits.apply(Limits::default()));
+    if args.socket.is_none() {
+        builder = builder.node_directory(node_directory(&args.runtime_dir)?);
+    }
+    let runtime = builder.build()?;
+    let response = match &args.socket {
+        Some(s) => runtime.call_socket(s, &args.name, &request),
+        None => runtime.call(&args.namespace, &args.name, &request),
+    }?;
+    match &args.out {
+        Some(p) => {
+            std::fs::write(p, &response).with_context(|| format!("cannot write {}", p.display()))?
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&response)?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn inspect(path: &Path) -> Result<()> {
     let (engine, _ticker) = new_engine()?;
     let module = load_module(&engine, path)?;
     println!("module:                {}", path.display());

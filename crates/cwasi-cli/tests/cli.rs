@@ -1,88 +1,13 @@
 //! End-to-end tests of the `cwasi` binary with real wasmtime and the guest
 //! programs of `crates/test-programs`.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::path::Path;
+
+use common::{assert_producer_ok, cwasi, function, Scratch, LIMIT};
 
 use test_programs_artifacts as progs;
-
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `cwasi` and kills it if it outlives `limit`, so no test can hang.
-fn cwasi(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cwasi"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start cwasi");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("cwasi {args:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        code: status.code(),
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
-}
-
-const LIMIT: Duration = Duration::from_secs(120);
-
-/// A private scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("cwasi-cli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> String {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn function(name: &str, module: &str, extra: &str) -> String {
-    format!("[functions.{name}]\nmodule = {module:?}\n{extra}\n")
-}
 
 #[test]
 fn pipeline_of_three_functions_keeps_every_payload_intact() {
@@ -104,23 +29,7 @@ fn pipeline_of_three_functions_keeps_every_payload_intact() {
         );
         let file = dir.write("pipeline.toml", &toml);
         let out = cwasi(&["run", &file, "--explain"], LIMIT);
-        assert_eq!(
-            out.code,
-            Some(0),
-            "size {size}: {}\n{}",
-            out.stdout,
-            out.stderr
-        );
-        assert!(
-            out.stdout.contains(&format!("ok size={size} checksum=")),
-            "size {size}: {}",
-            out.stdout
-        );
-        assert!(
-            out.stderr.contains("producer -> transform: embedded"),
-            "{}",
-            out.stderr
-        );
+        assert_producer_ok(&out, size, "producer -> transform: embedded");
         assert!(
             out.stderr.contains("transform -> sink: embedded"),
             "{}",
@@ -330,7 +239,20 @@ fn forced_embedding_across_namespaces_is_refused() {
         function("echo", progs::ECHO, "namespace = \"b\""),
     );
     let file = dir.write("ns.toml", &toml);
-    let out = cwasi(&["run", &file, "--explain", "--mode", "embedded"], LIMIT);
+    let node = dir.0.join("node");
+    let node = node.to_str().unwrap();
+    let out = cwasi(
+        &[
+            "run",
+            &file,
+            "--explain",
+            "--mode",
+            "embedded",
+            "--runtime-dir",
+            node,
+        ],
+        LIMIT,
+    );
     assert_eq!(out.code, Some(2), "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("code=-6"), "{}", out.stdout);
     assert!(out.stderr.contains("never share a VM"), "{}", out.stderr);

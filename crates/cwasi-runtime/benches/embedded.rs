@@ -21,14 +21,16 @@
 //! `cargo test --benches` runs it) it does one smoke pass whose figures mean
 //! nothing.
 
+mod common;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::{fmt_ns, measure, median, op, size_label, verdict, Args, Profile, Settings, MIB};
 use cwasi_runtime::{FunctionSpec, HopReport, Runtime};
 use test_programs_artifacts as progs;
 
-const MIB: usize = 1 << 20;
 const SIZES: [usize; 4] = [64, MIB, 10 * MIB, 100 * MIB];
 
 /// The 64 B call target, in nanoseconds.
@@ -44,205 +46,47 @@ const CALLER: &str = "bench_caller";
 const IDLE_CALLER: &str = "bench_caller_idle";
 const CALLEE: &str = "discard";
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Profile {
-    Full,
-    Quick,
-    Smoke,
-}
-
-/// The command line: `--bench` (added by `cargo bench`), `--quick`, and
-/// optional size filters such as `64B` or `1MiB` (default: every size).
-struct Args {
-    profile: Profile,
-    sizes: Vec<usize>,
-}
-
-impl Args {
-    fn parse() -> Args {
-        let mut bench = false;
-        let mut quick = false;
-        let mut filters = Vec::new();
-        for arg in std::env::args().skip(1) {
-            match arg.as_str() {
-                "--bench" => bench = true,
-                "--quick" => quick = true,
-                flag if flag.starts_with('-') => {
-                    eprintln!("embedded bench: ignoring unknown flag {flag:?}")
-                }
-                filter => filters.push(filter.replace(' ', "").to_ascii_lowercase()),
-            }
-        }
-        let sizes: Vec<usize> = SIZES
-            .into_iter()
-            .filter(|&size| {
-                let label = size_label(size).replace(' ', "").to_ascii_lowercase();
-                filters.is_empty() || filters.contains(&label)
-            })
-            .collect();
-        if sizes.is_empty() {
-            eprintln!("embedded bench: no size matches {filters:?} (sizes: 64B 1MiB 10MiB 100MiB)");
-            std::process::exit(64);
-        }
-        let profile = match (bench, quick) {
-            (false, _) => Profile::Smoke,
-            (true, true) => Profile::Quick,
-            (true, false) => Profile::Full,
-        };
-        Args { profile, sizes }
-    }
-}
-
-impl Profile {
-    fn name(self) -> &'static str {
-        match self {
-            Profile::Full => "full",
-            Profile::Quick => "quick (--quick)",
-            Profile::Smoke => "smoke (no --bench: one pass, figures are meaningless)",
-        }
-    }
-
-    fn settings(self) -> Settings {
-        match self {
-            Profile::Full => Settings {
-                warmup: Duration::from_millis(500),
-                budget: Duration::from_secs(3),
-                min_samples: 5,
-                sample_target: Duration::from_millis(1),
-                gg_runs: 5,
-            },
-            Profile::Quick => Settings {
-                warmup: Duration::from_millis(100),
-                budget: Duration::from_millis(500),
-                min_samples: 3,
-                sample_target: Duration::from_millis(1),
-                gg_runs: 3,
-            },
-            Profile::Smoke => Settings {
-                warmup: Duration::ZERO,
-                budget: Duration::ZERO,
-                min_samples: 1,
-                sample_target: Duration::ZERO,
-                gg_runs: 1,
-            },
-        }
-    }
-
-    /// Calls `bench_caller` makes per run, for a payload of `size` bytes.
-    fn gg_iterations(self, size: usize) -> u64 {
-        match (self, size) {
-            (Profile::Full, s) if s <= 64 => 20_000,
-            (Profile::Full, s) if s <= MIB => 200,
-            (Profile::Full, s) if s <= 10 * MIB => 50,
-            (Profile::Full, _) => 10,
-            (Profile::Quick, s) if s <= 64 => 2_000,
-            (Profile::Quick, s) if s <= MIB => 40,
-            (Profile::Quick, s) if s <= 10 * MIB => 10,
-            (Profile::Quick, _) => 3,
-            (Profile::Smoke, _) => 2,
-        }
-    }
-}
-
-struct Settings {
-    /// Time each measured operation runs before sampling starts.
-    warmup: Duration,
-    /// Time spent sampling memcpy and host->guest (interleaved) per size.
-    budget: Duration,
-    /// Samples taken even if the budget runs out first.
-    min_samples: usize,
-    /// Length a timed batch aims at, so that timer overhead is negligible.
-    sample_target: Duration,
-    /// Measured `bench_caller` runs per size (after one warm-up run).
-    gg_runs: usize,
-}
-
-/// Per-operation times (ns) of the timed batches of one measurement.
-struct Samples {
-    per_op_ns: Vec<f64>,
-    batch: u64,
-}
-
-impl Samples {
-    fn sorted(&self) -> Vec<f64> {
-        let mut v = self.per_op_ns.clone();
-        v.sort_by(f64::total_cmp);
-        v
-    }
-
-    fn median(&self) -> f64 {
-        median(&self.per_op_ns)
-    }
-
-    fn min(&self) -> f64 {
-        self.sorted()[0]
-    }
-
-    fn p90(&self) -> f64 {
-        let v = self.sorted();
-        v[((v.len() - 1) as f64 * 0.9).round() as usize]
-    }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    assert!(n > 0, "median of no samples");
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Runs `f` `n` times and returns the time per run, in ns.
-#[inline(never)]
-fn time_batch<F: FnMut()>(f: &mut F, n: u64) -> f64 {
-    let start = Instant::now();
-    for _ in 0..n {
-        f();
-    }
-    start.elapsed().as_nanos() as f64 / n as f64
-}
-
-/// Runs `f` for at least `warmup` (and at least 3 times); returns the
-/// estimated time per run, in ns.
-fn warm_up<F: FnMut()>(f: &mut F, warmup: Duration) -> f64 {
-    let start = Instant::now();
-    let mut n = 0u64;
-    while n < 3 || start.elapsed() < warmup {
-        f();
-        n += 1;
-    }
-    start.elapsed().as_nanos() as f64 / n as f64
-}
-
-fn batch_for(per_op_ns: f64, target: Duration) -> u64 {
-    ((target.as_nanos() as f64 / per_op_ns.max(1.0)).ceil() as u64).max(1)
-}
-
-/// Measures `a` and `b` in alternating batches, so that both see the same
-/// machine (the box is shared, and its load drifts).
-fn measure_pair<A: FnMut(), B: FnMut()>(s: &Settings, mut a: A, mut b: B) -> (Samples, Samples) {
-    let batch_a = batch_for(warm_up(&mut a, s.warmup), s.sample_target);
-    let batch_b = batch_for(warm_up(&mut b, s.warmup), s.sample_target);
-    let (mut sa, mut sb) = (Vec::new(), Vec::new());
-    let start = Instant::now();
-    while sa.len() < s.min_samples || start.elapsed() < s.budget {
-        sa.push(time_batch(&mut a, batch_a));
-        sb.push(time_batch(&mut b, batch_b));
-    }
-    (
-        Samples {
-            per_op_ns: sa,
-            batch: batch_a,
+/// Sampling of memcpy and host->guest (interleaved) per size.
+fn settings(profile: Profile) -> Settings {
+    match profile {
+        Profile::Full => Settings {
+            warmup: Duration::from_millis(500),
+            budget: Duration::from_secs(3),
+            min_samples: 5,
+            sample_target: Duration::from_millis(1),
         },
-        Samples {
-            per_op_ns: sb,
-            batch: batch_b,
+        Profile::Quick => Settings {
+            warmup: Duration::from_millis(100),
+            budget: Duration::from_millis(500),
+            min_samples: 3,
+            sample_target: Duration::from_millis(1),
         },
-    )
+        Profile::Smoke => Settings::smoke(),
+    }
+}
+
+/// Measured `bench_caller` runs per size (after one warm-up run).
+fn gg_runs(profile: Profile) -> usize {
+    match profile {
+        Profile::Full => 5,
+        Profile::Quick => 3,
+        Profile::Smoke => 1,
+    }
+}
+
+/// Calls `bench_caller` makes per run, for a payload of `size` bytes.
+fn gg_iterations(profile: Profile, size: usize) -> u64 {
+    match (profile, size) {
+        (Profile::Full, s) if s <= 64 => 20_000,
+        (Profile::Full, s) if s <= MIB => 200,
+        (Profile::Full, s) if s <= 10 * MIB => 50,
+        (Profile::Full, _) => 10,
+        (Profile::Quick, s) if s <= 64 => 2_000,
+        (Profile::Quick, s) if s <= MIB => 40,
+        (Profile::Quick, s) if s <= 10 * MIB => 10,
+        (Profile::Quick, _) => 3,
+        (Profile::Smoke, _) => 2,
+    }
 }
 
 /// What the guest->guest measurement gives for one size.
@@ -328,46 +172,32 @@ fn runtime_for(size: usize, calls: u64) -> Runtime {
 }
 
 fn bench_size(profile: Profile, s: &Settings, size: usize) -> Row {
-    let calls = profile.gg_iterations(size);
+    let calls = gg_iterations(profile, size);
     let rt = runtime_for(size, calls);
 
     let src: Vec<u8> = (0..size).map(|i| (i * 31 + 7) as u8).collect();
     let mut dst = vec![1u8; size];
     let mut resp = Vec::new();
-    let (memcpy, h2g) = measure_pair(
+    let [memcpy, h2g] = measure(
         s,
-        || black_box(&mut dst[..]).copy_from_slice(black_box(&src[..])),
-        || {
-            rt.call_into(NAMESPACE, CALLEE, black_box(&src[..]), &mut resp)
-                .expect("host -> discard call failed");
-        },
+        [
+            op(|| black_box(&mut dst[..]).copy_from_slice(black_box(&src[..]))),
+            op(|| {
+                rt.call_into(NAMESPACE, CALLEE, black_box(&src[..]), &mut resp)
+                    .expect("host -> discard call failed");
+            }),
+        ],
     );
     assert!(resp.is_empty(), "discard answered with data");
     drop((src, dst));
 
-    let gg = guest_to_guest(&rt, s.gg_runs, calls);
+    let gg = guest_to_guest(&rt, gg_runs(profile), calls);
     let guest_to_guest = median(&gg.run_means_ns);
 
     let gbps = |ns: f64| size as f64 / ns;
     println!("{}:", size_label(size));
-    println!(
-        "  memcpy        median {:>9}  min {:>9}  p90 {:>9}  {:>6.2} GB/s  ({} samples x {} copies)",
-        fmt_ns(memcpy.median()),
-        fmt_ns(memcpy.min()),
-        fmt_ns(memcpy.p90()),
-        gbps(memcpy.median()),
-        memcpy.per_op_ns.len(),
-        memcpy.batch
-    );
-    println!(
-        "  host->guest   median {:>9}  min {:>9}  p90 {:>9}  {:>6.2} GB/s  ({} samples x {} calls)",
-        fmt_ns(h2g.median()),
-        fmt_ns(h2g.min()),
-        fmt_ns(h2g.p90()),
-        gbps(h2g.median()),
-        h2g.per_op_ns.len(),
-        h2g.batch
-    );
+    memcpy.print("memcpy", size, "copies");
+    h2g.print("host->guest", size, "calls");
     let run_means: Vec<String> = gg.run_means_ns.iter().map(|&ns| fmt_ns(ns)).collect();
     println!(
         "  guest->guest  median {:>9}  {:>6.2} GB/s  (hop mean per call, {} runs x {} calls: {})",
@@ -390,51 +220,13 @@ fn bench_size(profile: Profile, s: &Settings, size: usize) -> Row {
     }
 }
 
-fn size_label(size: usize) -> String {
-    if size >= MIB && size.is_multiple_of(MIB) {
-        format!("{} MiB", size / MIB)
-    } else {
-        format!("{size} B")
-    }
-}
-
-fn fmt_ns(ns: f64) -> String {
-    if ns < 1_000.0 {
-        format!("{ns:.1} ns")
-    } else if ns < 1_000_000.0 {
-        format!("{:.2} us", ns / 1e3)
-    } else if ns < 1_000_000_000.0 {
-        format!("{:.2} ms", ns / 1e6)
-    } else {
-        format!("{:.2} s", ns / 1e9)
-    }
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "MISSED"
-    }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 fn main() {
-    let Args { profile, sizes } = Args::parse();
-    let settings = profile.settings();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("CWASI embedded-mode benchmark (issue \"Foundation\")");
-    println!("profile: {}", profile.name());
-    println!(
-        "cpus: {cpus}, load average (1/5/15 min) at start: {}",
-        load_average()
+    let (Args { profile, sizes }, _) = Args::parse("embedded", &SIZES, &[]);
+    let settings = settings(profile);
+    common::print_banner(
+        "CWASI embedded-mode benchmark (issue \"Foundation\")",
+        profile,
     );
-    println!();
 
     let started = Instant::now();
     let rows: Vec<Row> = sizes
@@ -502,10 +294,5 @@ fn main() {
             "some targets MISSED"
         }
     );
-    println!();
-    println!(
-        "took {:.1} s; load average at end: {}",
-        started.elapsed().as_secs_f64(),
-        load_average()
-    );
+    common::print_footer(started);
 }

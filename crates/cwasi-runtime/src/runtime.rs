@@ -9,14 +9,19 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, InstancePre, Linker};
 
+use crate::broker::Broker;
 use crate::composition::Composition;
 use crate::config::{FunctionSpec, Limits, Mode, ModeOverride};
 use crate::engine::{load_module, new_engine, EpochTicker, LoadedModule};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::inspect::ModuleInfo;
 use crate::instance::{HostState, InstancePool, WarmInstance};
+use crate::registry::NodeDirectory;
 use crate::selector::{select, Candidates, Endpoint, Selection};
+use crate::serve::{ServeHandle, ServeOptions};
 use crate::transport::embedded::EmbeddedTransport;
+use crate::transport::local::LocalTransport;
+use crate::transport::remote::RemoteTransport;
 use crate::transport::{CallContext, CallerIo, PendingCall, Transport, VecIo};
 
 /// Name under which calls made by the host itself (CLI, tests) are recorded.
@@ -165,6 +170,10 @@ pub(crate) struct RuntimeInner {
     functions: HashMap<String, Arc<FunctionEntry>>,
     /// Functions whose module failed to load, with the reason.
     unloadable: HashMap<String, String>,
+    /// Where served functions of this node are found.
+    node_dir: Option<NodeDirectory>,
+    /// The broker of remote mode and the cluster registry, if configured.
+    pub broker: Option<Arc<Broker>>,
     routes: Mutex<HashMap<(String, String), Arc<Route>>>,
     decisions: Mutex<Vec<Decision>>,
     closed: AtomicBool,
@@ -204,6 +213,17 @@ impl RuntimeInner {
         tracing::info!(caller, target, mode = %selection.mode, reason = %selection.reason, "route chosen");
         let transport: Box<dyn Transport> = match endpoint {
             Endpoint::Embedded(function) => Box::new(EmbeddedTransport { function }),
+            Endpoint::Local(record) => {
+                Box::new(LocalTransport::new(target.to_string(), record.socket))
+            }
+            Endpoint::Remote(r) => match &self.broker {
+                Some(broker) => Box::new(RemoteTransport {
+                    broker: broker.clone(),
+                    namespace: r.namespace,
+                    name: target.to_string(),
+                }),
+                None => unreachable!("remote endpoints come from the broker"),
+            },
         };
         let route = Arc::new(Route {
             transport,
@@ -241,12 +261,38 @@ impl RuntimeInner {
         }
         let mut loaded_names: Vec<&str> = self.functions.keys().map(String::as_str).collect();
         loaded_names.sort_unstable();
+        let mut local = match &self.node_dir {
+            Some(d) => d.lookup_any(target),
+            None => Vec::new(),
+        };
+        // The caller's own namespace first.
+        local.sort_by_key(|r| r.namespace != caller_namespace);
+        let mut remote = Vec::new();
+        if let Some(b) = &self.broker {
+            if local.is_empty()
+                && self
+                    .functions
+                    .get(target)
+                    .is_none_or(|f| f.spec.namespace != caller_namespace)
+            {
+                match b.find(target) {
+                    Ok(found) => remote = found,
+                    Err(e) => tracing::warn!("cannot ask the cluster registry: {e}"),
+                }
+                remote.retain(|r| r.node != b.node());
+                remote.sort_by_key(|r| r.namespace != caller_namespace);
+            }
+        }
         select(
             caller_namespace,
             target,
             Candidates {
                 loaded: self.functions.get(target),
                 loaded_names,
+                local,
+                node_dir: self.node_dir.as_ref().map(|d| d.root()),
+                remote,
+                broker: self.broker.as_ref().map(|b| (b.display(), b.node())),
             },
             self.mode,
         )
@@ -260,6 +306,8 @@ pub struct RuntimeBuilder {
     mode: ModeOverride,
     functions: Vec<FunctionSpec>,
     keep_unloadable: bool,
+    node_dir: Option<NodeDirectory>,
+    broker: Option<Arc<Broker>>,
 }
 
 impl RuntimeBuilder {
@@ -280,6 +328,20 @@ impl RuntimeBuilder {
     /// By default the first unloadable module fails `build`.
     pub fn keep_unloadable(mut self, keep: bool) -> Self {
         self.keep_unloadable = keep;
+        self
+    }
+
+    /// Finds functions served by other processes of this node in `dir`
+    /// (local mode). Without it, only embedded calls are possible.
+    pub fn node_directory(mut self, dir: NodeDirectory) -> Self {
+        self.node_dir = Some(dir);
+        self
+    }
+
+    /// Reaches functions on other nodes through `broker` (remote mode), and
+    /// announces served functions in its cluster registry.
+    pub fn broker(mut self, broker: Arc<Broker>) -> Self {
+        self.broker = Some(broker);
         self
     }
 
@@ -349,6 +411,8 @@ impl RuntimeBuilder {
                 mode: self.mode,
                 functions,
                 unloadable,
+                node_dir: self.node_dir,
+                broker: self.broker,
                 routes: Mutex::new(HashMap::new()),
                 decisions: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
@@ -511,6 +575,43 @@ impl Runtime {
             .record(started, request.len(), io.response.len(), result.is_ok());
         *response = io.response;
         result
+    }
+
+    /// Serves a loaded function to other processes of this node: binds its
+    /// socket in `dir`, publishes its record, and answers calls until the
+    /// handle is dropped.
+    pub fn serve(
+        &self,
+        name: &str,
+        dir: &NodeDirectory,
+        opts: ServeOptions,
+    ) -> Result<ServeHandle, RuntimeError> {
+        let f = self.function(name)?;
+        if !(f.module.info.is_callable() || f.seed_handler().is_some()) {
+            return Err(RuntimeError::Config(f.not_callable_reason()));
+        }
+        crate::serve::serve(&self.inner, f, dir, opts)
+    }
+
+    /// Calls `target` served at `socket` directly, bypassing the selector
+    /// (`cwasi call --socket`, protocol tests).
+    pub fn call_socket(
+        &self,
+        socket: &std::path::Path,
+        target: &str,
+        request: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
+        let transport = LocalTransport::new(target.to_string(), socket.to_path_buf());
+        let mut io = VecIo {
+            request,
+            response: Vec::new(),
+        };
+        let ctx = CallContext {
+            runtime: &self.inner,
+            depth: 1,
+        };
+        transport.call(&ctx, &mut io)?;
+        Ok(io.response)
     }
 
     /// Which mode a call from `caller_namespace` to `target` would take, and

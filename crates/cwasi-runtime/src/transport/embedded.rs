@@ -136,7 +136,7 @@ fn deliver(
 }
 
 /// Pools the instance again if the call left it in a known state.
-fn finish(
+pub(crate) fn finish(
     f: &FunctionEntry,
     mut inst: WarmInstance,
     result: &Result<(), CallError>,

@@ -2,6 +2,10 @@
 //! the selector picks which one a call takes.
 
 pub(crate) mod embedded;
+pub(crate) mod local;
+pub(crate) mod remote;
+pub(crate) mod shm;
+pub mod wire;
 
 use std::sync::Arc;
 

@@ -1,0 +1,110 @@
+//! Helpers shared by the end-to-end tests of the `cwasi` binary.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a finished `cwasi` printed.
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cwasi` and kills it if it outlives `limit`, so no test can hang.
+pub fn cwasi(args: &[&str], limit: Duration) -> Output {
+    run_with_timeout(Command::new(env!("CARGO_BIN_EXE_cwasi")).args(args), limit)
+}
+
+/// Runs a command and kills it if it outlives `limit`.
+pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
+    let args = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start cwasi");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        code: status.code(),
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+pub const LIMIT: Duration = Duration::from_secs(120);
+
+/// A private scratch directory, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("cwasi-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One `[functions.NAME]` table of a composition.
+pub fn function(name: &str, module: &str, extra: &str) -> String {
+    format!("[functions.{name}]\nmodule = {module:?}\n{extra}\n")
+}
+
+/// Checks a run of the `producer` test program: exit 0, its `ok` line for
+/// `size` bytes, and `edge` (for example `"producer -> echo: remote"`) in the
+/// `--explain` output.
+pub fn assert_producer_ok(out: &Output, size: usize, edge: &str) {
+    assert_eq!(
+        out.code,
+        Some(0),
+        "size {size}: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains(&format!("ok size={size} checksum=")),
+        "size {size}: {}",
+        out.stdout
+    );
+    assert!(out.stderr.contains(edge), "size {size}: {}", out.stderr);
+}

@@ -1,0 +1,877 @@
+//! Remote mode's broker: Redis streams for requests, per-request reply keys,
+//! and the cluster registry of which node serves what (`docs/protocol.md`).
+//!
+//! Keys:
+//! - `cwasi:fn:{ns}:{name}`: the request stream of a function, read by the
+//!   consumer group `cwasi`;
+//! - `cwasi:reply:{id}`: the reply list of one request (`LPUSH` + expiry);
+//! - `cwasi:claim:{id}` / `cwasi:done:{id}`: which consumer runs a request, and
+//!   that it was answered, so a reclaimed entry never runs twice;
+//! - `cwasi:node:{node}`: a hash of the functions a node serves (TTL);
+//! - `cwasi:fn-nodes:{ns}:{name}`: nodes serving a function, scored by the
+//!   time their announcement expires; `cwasi:fn-ns:{name}`: its namespaces.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, Value};
+
+use crate::error::{CallError, ErrorCode, RuntimeError};
+
+/// The consumer group every server of a function joins.
+pub const GROUP: &str = "cwasi";
+/// Safety bound on a stream's length (entries are deleted once answered).
+pub const STREAM_MAXLEN: u64 = 100_000;
+/// How long an announcement lives without a heartbeat.
+pub const ANNOUNCE_TTL: Duration = Duration::from_secs(15);
+/// How often a server renews its announcement.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a reply waits for its caller.
+const REPLY_TTL: Duration = Duration::from_secs(120);
+/// Time for one broker round trip that is not a blocking wait.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach the broker, from `CWASI_REDIS_URL` and friends.
+#[derive(Clone)]
+pub struct BrokerConfig {
+    /// `redis://` or `rediss://` URL; may carry `user:password@`.
+    pub url: String,
+    /// ACL user name, if not in the URL (`CWASI_REDIS_USERNAME`).
+    pub username: Option<String>,
+    /// Password, if not in the URL (`CWASI_REDIS_PASSWORD`).
+    pub password: Option<String>,
+    /// This node's name (`CWASI_NODE`, else the hostname).
+    pub node: String,
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("url", &redact(&self.url))
+            .field("username", &self.username)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerConfig {
+    /// The configuration in the environment, if `CWASI_REDIS_URL` is set.
+    pub fn from_env() -> Option<BrokerConfig> {
+        let url = std::env::var("CWASI_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Some(BrokerConfig {
+            url,
+            username: var("CWASI_REDIS_USERNAME"),
+            password: var("CWASI_REDIS_PASSWORD"),
+            node: crate::registry::node_name(),
+        })
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// A live announcement of a function on some node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    /// The function's namespace.
+    pub namespace: String,
+    /// The node serving it.
+    pub node: String,
+}
+
+/// A connection to the broker: one multiplexed connection for ordinary
+/// commands (reconnecting with backoff), and dedicated connections for
+/// blocking waits, pooled.
+pub struct Broker {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    mux: tokio::sync::Mutex<Option<ConnectionManager>>,
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    config: BrokerConfig,
+    display: String,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("url", &self.display)
+            .field("node", &self.config.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One request read from a stream.
+struct Entry {
+    entry_id: String,
+    id: String,
+    reply: String,
+    deadline_ms: u64,
+    payload: Vec<u8>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn stream_key(ns: &str, name: &str) -> String {
+    format!("cwasi:fn:{ns}:{name}")
+}
+
+impl Broker {
+    /// Prepares a broker client; connections are made on first use, so a
+    /// broker that is down now does not stop a server from starting.
+    pub fn new(config: BrokerConfig) -> Result<Arc<Broker>, RuntimeError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut info: redis::ConnectionInfo = config.url.as_str().parse().map_err(|e| {
+            RuntimeError::Config(format!("bad CWASI_REDIS_URL {}: {e}", redact(&config.url)))
+        })?;
+        let mut redis_settings = info.redis_settings().clone();
+        if let Some(u) = &config.username {
+            redis_settings = redis_settings.set_username(u);
+        }
+        if let Some(p) = &config.password {
+            redis_settings = redis_settings.set_password(p);
+        }
+        info = info.set_redis_settings(redis_settings);
+        let client = Client::open(info)
+            .map_err(|e| RuntimeError::Config(format!("bad broker settings: {e}")))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cwasi-broker")
+            .enable_all()
+            .build()
+            .map_err(|e| RuntimeError::Config(format!("cannot start the broker runtime: {e}")))?;
+        let display = redact(&config.url);
+        Ok(Arc::new(Broker {
+            rt,
+            client,
+            mux: tokio::sync::Mutex::new(None),
+            blocking: Mutex::new(Vec::new()),
+            config,
+            display,
+            next_id: AtomicU64::new(0),
+        }))
+    }
+
+    /// The broker's URL, without its password.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.config.node
+    }
+
+    fn down(&self, e: impl std::fmt::Display) -> CallError {
+        CallError::new(
+            ErrorCode::Transport,
+            format!("broker {} unreachable: {e}", self.display),
+        )
+    }
+
+    async fn mux(&self) -> Result<ConnectionManager, CallError> {
+        let mut slot = self.mux.lock().await;
+        if let Some(m) = &*slot {
+            return Ok(m.clone());
+        }
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(2));
+        let m = tokio::time::timeout(
+            OP_TIMEOUT,
+            self.client.get_connection_manager_with_config(cfg),
+        )
+        .await
+        .map_err(|_| self.down("connecting timed out"))?
+        .map_err(|e| self.down(e))?;
+        *slot = Some(m.clone());
+        Ok(m)
+    }
+
+    async fn blocking_conn(&self) -> Result<MultiplexedConnection, CallError> {
+        if let Some(c) = self
+            .blocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+        {
+            return Ok(c);
+        }
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(None);
+        tokio::time::timeout(
+            OP_TIMEOUT,
+            self.client
+                .get_multiplexed_async_connection_with_config(&cfg),
+        )
+        .await
+        .map_err(|_| self.down("connecting timed out"))?
+        .map_err(|e| self.down(e))
+    }
+
+    fn give_back(&self, c: MultiplexedConnection) {
+        let mut pool = self.blocking.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < 64 {
+            pool.push(c);
+        }
+    }
+
+    async fn query(&self, cmd: &redis::Cmd) -> Result<Value, CallError> {
+        let mut m = self.mux().await?;
+        self.bounded(cmd.query_async::<Value>(&mut m)).await
+    }
+
+    /// Runs a pipeline on the multiplexed connection.
+    async fn query_pipe(&self, p: &redis::Pipeline) -> Result<Value, CallError> {
+        let mut m = self.mux().await?;
+        self.bounded(p.query_async::<Value>(&mut m)).await
+    }
+
+    /// Bounds one broker operation by [`OP_TIMEOUT`].
+    async fn bounded(
+        &self,
+        op: impl std::future::Future<Output = redis::RedisResult<Value>>,
+    ) -> Result<Value, CallError> {
+        match tokio::time::timeout(OP_TIMEOUT, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.down(e)),
+            Err(_) => Err(self.down("no answer in time")),
+        }
+    }
+
+    fn new_request_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!(
+            "{}-{}-{nanos:x}-{n:x}",
+            self.config.node,
+            std::process::id()
+        )
+    }
+
+    /// Calls `name` of namespace `ns` through its stream and waits for the
+    /// reply up to `timeout`.
+    pub fn call(
+        &self,
+        ns: &str,
+        name: &str,
+        request: &[u8],
+        timeout: Duration,
+        max_payload: usize,
+    ) -> Result<Vec<u8>, CallError> {
+        let id = self.new_request_id();
+        let reply = format!("cwasi:reply:{id}");
+        let deadline = now_ms() + timeout.as_millis() as u64;
+        self.rt.block_on(async {
+            let mut add = redis::cmd("XADD");
+            add.arg(stream_key(ns, name))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_MAXLEN)
+                .arg("*")
+                .arg("id")
+                .arg(&id)
+                .arg("reply")
+                .arg(&reply)
+                .arg("deadline")
+                .arg(deadline)
+                .arg("payload")
+                .arg(request);
+            self.query(&add).await?;
+            let mut conn = self.blocking_conn().await?;
+            let mut pop = redis::cmd("BLPOP");
+            pop.arg(&reply).arg(timeout.as_secs_f64().max(0.01));
+            let waited = tokio::time::timeout(
+                timeout + Duration::from_secs(2),
+                pop.query_async::<Value>(&mut conn),
+            )
+            .await;
+            let value = match waited {
+                Ok(Ok(v)) => {
+                    self.give_back(conn);
+                    v
+                }
+                Ok(Err(e)) => return Err(self.down(e)),
+                Err(_) => Value::Nil,
+            };
+            let _ = self.query(redis::cmd("DEL").arg(&reply)).await;
+            let envelope = match value {
+                Value::Array(mut items) if items.len() == 2 => match items.pop() {
+                    Some(Value::BulkString(b)) => b,
+                    _ => return Err(self.down("malformed reply")),
+                },
+                Value::Nil => {
+                    return Err(CallError::new(
+                        ErrorCode::Timeout,
+                        format!("'{name}' (namespace '{ns}') did not answer within {timeout:?} through the broker"),
+                    ))
+                }
+                other => return Err(self.down(format!("unexpected reply {other:?}"))),
+            };
+            decode_reply(envelope, max_payload)
+        })
+    }
+
+    /// Nodes that serve `name` right now, in any namespace.
+    pub fn find(&self, name: &str) -> Result<Vec<RemoteEndpoint>, CallError> {
+        self.rt.block_on(async {
+            let ns = self
+                .query(redis::cmd("SMEMBERS").arg(format!("cwasi:fn-ns:{name}")))
+                .await?;
+            let mut out = Vec::new();
+            for ns in strings(ns) {
+                let nodes = self
+                    .query(
+                        redis::cmd("ZRANGEBYSCORE")
+                            .arg(format!("cwasi:fn-nodes:{ns}:{name}"))
+                            .arg(now_ms())
+                            .arg("+inf"),
+                    )
+                    .await?;
+                for node in strings(nodes) {
+                    out.push(RemoteEndpoint {
+                        namespace: ns.clone(),
+                        node,
+                    });
+                }
+            }
+            out.sort_by(|a, b| (&a.namespace, &a.node).cmp(&(&b.namespace, &b.node)));
+            Ok(out)
+        })
+    }
+
+    async fn announce(&self, ns: &str, name: &str, record: &str) -> Result<(), CallError> {
+        let node = &self.config.node;
+        let expires = now_ms() + ANNOUNCE_TTL.as_millis() as u64;
+        let mut p = redis::pipe();
+        p.atomic()
+            .cmd("HSET")
+            .arg(format!("cwasi:node:{node}"))
+            .arg(format!("{ns}/{name}"))
+            .arg(record)
+            .cmd("PEXPIRE")
+            .arg(format!("cwasi:node:{node}"))
+            .arg(ANNOUNCE_TTL.as_millis() as u64)
+            .cmd("ZADD")
+            .arg(format!("cwasi:fn-nodes:{ns}:{name}"))
+            .arg(expires)
+            .arg(node)
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(format!("cwasi:fn-nodes:{ns}:{name}"))
+            .arg("-inf")
+            .arg(now_ms())
+            .cmd("SADD")
+            .arg(format!("cwasi:fn-ns:{name}"))
+            .arg(ns);
+        self.query_pipe(&p).await.map(|_| ())
+    }
+
+    async fn unannounce(&self, ns: &str, name: &str) -> Result<(), CallError> {
+        let node = &self.config.node;
+        let mut p = redis::pipe();
+        p.cmd("HDEL")
+            .arg(format!("cwasi:node:{node}"))
+            .arg(format!("{ns}/{name}"))
+            .cmd("ZREM")
+            .arg(format!("cwasi:fn-nodes:{ns}:{name}"))
+            .arg(node);
+        self.query_pipe(&p).await.map(|_| ())
+    }
+
+    /// Creates the consumer group (from the stream's start, so requests
+    /// added before any server existed are served too).
+    async fn ensure_group(&self, stream: &str) -> Result<(), CallError> {
+        let mut c = redis::cmd("XGROUP");
+        c.arg("CREATE")
+            .arg(stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM");
+        match self.query(&c).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.message.contains("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `status (i32 LE) + bytes`: the response, or the error message.
+fn encode_reply(result: &Result<Vec<u8>, CallError>) -> Vec<u8> {
+    match result {
+        Ok(body) => {
+            let mut v = Vec::with_capacity(4 + body.len());
+            v.extend_from_slice(&0i32.to_le_bytes());
+            v.extend_from_slice(body);
+            v
+        }
+        Err(e) => {
+            let mut v = e.code.as_raw().to_le_bytes().to_vec();
+            v.extend_from_slice(e.message.as_bytes());
+            v
+        }
+    }
+}
+
+fn decode_reply(mut envelope: Vec<u8>, max_payload: usize) -> Result<Vec<u8>, CallError> {
+    if envelope.len() < 4 {
+        return Err(CallError::new(
+            ErrorCode::Transport,
+            "a reply shorter than its status",
+        ));
+    }
+    let status = i32::from_le_bytes(envelope[..4].try_into().expect("4 bytes"));
+    if status != 0 {
+        let code = ErrorCode::from_raw(status).unwrap_or(ErrorCode::Transport);
+        return Err(CallError::new(
+            code,
+            String::from_utf8_lossy(&envelope[4..]).into_owned(),
+        ));
+    }
+    if envelope.len() - 4 > max_payload {
+        return Err(CallError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the response of {} bytes is over the payload limit",
+                envelope.len() - 4
+            ),
+        ));
+    }
+    envelope.drain(..4);
+    Ok(envelope)
+}
+
+fn strings(v: Value) -> Vec<String> {
+    match v {
+        Value::Array(items) | Value::Set(items) => items
+            .into_iter()
+            .filter_map(|i| match i {
+                Value::BulkString(b) => String::from_utf8(b).ok(),
+                Value::SimpleString(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn field_map(fields: Vec<Value>) -> Option<Entry> {
+    let mut id = None;
+    let mut reply = None;
+    let mut deadline = None;
+    let mut payload = None;
+    let mut it = fields.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        let Value::BulkString(k) = k else { continue };
+        let Value::BulkString(v) = v else { continue };
+        match k.as_slice() {
+            b"id" => id = String::from_utf8(v).ok(),
+            b"reply" => reply = String::from_utf8(v).ok(),
+            b"deadline" => deadline = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()),
+            b"payload" => payload = Some(v),
+            _ => {}
+        }
+    }
+    Some(Entry {
+        entry_id: String::new(),
+        id: id?,
+        reply: reply?,
+        deadline_ms: deadline?,
+        payload: payload?,
+    })
+}
+
+/// Parses `[ [entry-id, [field, value, ...]], ... ]`, keeping malformed
+/// entries as ids only (so they can be acknowledged and dropped).
+fn entries(list: Value) -> Vec<Result<Entry, String>> {
+    let Value::Array(items) = list else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|e| {
+            let Value::Array(mut pair) = e else {
+                return None;
+            };
+            if pair.len() != 2 {
+                return None;
+            }
+            let fields = pair.pop()?;
+            let eid = match pair.pop()? {
+                Value::BulkString(b) => String::from_utf8(b).ok()?,
+                Value::SimpleString(s) => s,
+                _ => return None,
+            };
+            Some(match fields {
+                Value::Array(f) => match field_map(f) {
+                    Some(mut entry) => {
+                        entry.entry_id = eid;
+                        Ok(entry)
+                    }
+                    None => Err(eid),
+                },
+                _ => Err(eid),
+            })
+        })
+        .collect()
+}
+
+/// Serves one function from its stream: consumer threads, a reclaimer of
+/// entries left by dead consumers, and the announcement heartbeat. Dropping
+/// it stops them and unannounces the function.
+pub struct StreamServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    broker: Arc<Broker>,
+    namespace: String,
+    name: String,
+}
+
+/// What a stream server runs for each request.
+pub type Handler = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, CallError> + Send + Sync>;
+
+impl StreamServer {
+    /// Starts `workers` consumers of `cwasi:fn:{ns}:{name}` running `handler`,
+    /// announcing the function with `record` (JSON) every heartbeat.
+    pub fn start(
+        broker: Arc<Broker>,
+        ns: &str,
+        name: &str,
+        record: String,
+        workers: usize,
+        lease: Duration,
+        handler: Handler,
+    ) -> Result<StreamServer, RuntimeError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let stream = stream_key(ns, name);
+        let spawn = |label: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(label)
+                .spawn(f)
+                .map_err(|e| RuntimeError::Config(format!("cannot start a broker thread: {e}")))
+        };
+        for w in 0..workers.max(1) {
+            let (b, s, st, h) = (
+                broker.clone(),
+                stream.clone(),
+                stop.clone(),
+                handler.clone(),
+            );
+            let consumer = format!("{}:{}:{w}", broker.node(), std::process::id());
+            threads.push(spawn(
+                format!("cwasi-consume-{w}"),
+                Box::new(move || consume(&b, &s, &consumer, lease, &h, &st)),
+            )?);
+        }
+        let (b, ns2, name2, st) = (
+            broker.clone(),
+            ns.to_string(),
+            name.to_string(),
+            stop.clone(),
+        );
+        threads.push(spawn(
+            "cwasi-heartbeat".into(),
+            Box::new(move || heartbeat(&b, &ns2, &name2, &record, &st)),
+        )?);
+        Ok(StreamServer {
+            stop,
+            threads,
+            broker,
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for StreamServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let b = &self.broker;
+        let _ = b.rt.block_on(async {
+            tokio::time::timeout(OP_TIMEOUT, b.unannounce(&self.namespace, &self.name)).await
+        });
+        tracing::info!(name = %self.name, namespace = %self.namespace, "unannounced");
+    }
+}
+
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+    let step = Duration::from_millis(50);
+    let mut left = d;
+    while !stop.load(Ordering::Relaxed) && !left.is_zero() {
+        let s = left.min(step);
+        std::thread::sleep(s);
+        left -= s;
+    }
+}
+
+fn heartbeat(b: &Broker, ns: &str, name: &str, record: &str, stop: &AtomicBool) {
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) {
+        match b.rt.block_on(b.announce(ns, name, record)) {
+            Ok(()) if failing => {
+                tracing::info!("broker reachable again; announced");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!("cannot announce '{name}': {e}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        sleep_unless_stopped(
+            if failing {
+                Duration::from_millis(500)
+            } else {
+                HEARTBEAT
+            },
+            stop,
+        );
+    }
+}
+
+fn consume(
+    b: &Broker,
+    stream: &str,
+    consumer: &str,
+    lease: Duration,
+    handler: &Handler,
+    stop: &AtomicBool,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut group_ready = false;
+    let mut last_reclaim = std::time::Instant::now();
+    let mut conn: Option<MultiplexedConnection> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let step = b.rt.block_on(async {
+            if !group_ready {
+                b.ensure_group(stream).await?;
+                group_ready = true;
+            }
+            // Entries left pending by dead consumers, once they are past
+            // their lease.
+            if last_reclaim.elapsed() >= lease / 2 {
+                last_reclaim = std::time::Instant::now();
+                let mut c = redis::cmd("XAUTOCLAIM");
+                c.arg(stream)
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg(lease.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(16);
+                if let Value::Array(mut parts) = b.query(&c).await? {
+                    if parts.len() >= 2 {
+                        let claimed = parts.swap_remove(1);
+                        let list = entries(claimed);
+                        if !list.is_empty() {
+                            tracing::info!(count = list.len(), "reclaimed pending requests");
+                        }
+                        return Ok::<_, CallError>(list);
+                    }
+                }
+            }
+            let mut c = match conn.take() {
+                Some(c) => c,
+                None => b.blocking_conn().await?,
+            };
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP")
+                .arg(GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(1000)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(">");
+            let v = tokio::time::timeout(Duration::from_secs(5), read.query_async::<Value>(&mut c))
+                .await
+                .map_err(|_| b.down("XREADGROUP did not return"))?
+                .map_err(|e| {
+                    if e.code() == Some("NOGROUP") {
+                        group_ready = false;
+                    }
+                    b.down(e)
+                })?;
+            conn = Some(c);
+            // [[stream, [entries...]]] or nil
+            Ok(match v {
+                Value::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
+                    Value::Array(mut pair) if pair.len() == 2 => entries(pair.swap_remove(1)),
+                    _ => Vec::new(),
+                },
+                Value::Map(mut m) if !m.is_empty() => entries(m.swap_remove(0).1),
+                _ => Vec::new(),
+            })
+        });
+        match step {
+            Ok(list) => {
+                backoff = Duration::from_millis(100);
+                for e in list {
+                    process(b, stream, consumer, lease, handler, e);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(stream, "broker error, retrying in {backoff:?}: {e}");
+                group_ready = false;
+                sleep_unless_stopped(backoff, stop);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+fn ack_pipe(stream: &str, eid: &str) -> redis::Pipeline {
+    let mut p = redis::pipe();
+    p.cmd("XACK")
+        .arg(stream)
+        .arg(GROUP)
+        .arg(eid)
+        .cmd("XDEL")
+        .arg(stream)
+        .arg(eid);
+    p
+}
+
+/// Runs one request: skips it if expired or already claimed, runs the
+/// handler, replies, then acknowledges and deletes the entry. A failure
+/// before the acknowledgement leaves the entry pending, to be reclaimed.
+fn process(
+    b: &Broker,
+    stream: &str,
+    consumer: &str,
+    lease: Duration,
+    handler: &Handler,
+    entry: Result<Entry, String>,
+) {
+    let admitted = b.rt.block_on(async {
+        let e = match entry {
+            Ok(e) => e,
+            Err(eid) => {
+                tracing::warn!(stream, entry = %eid, "dropping a malformed request");
+                b.query_pipe(&ack_pipe(stream, &eid)).await?;
+                return Ok(None);
+            }
+        };
+        if now_ms() > e.deadline_ms {
+            // The caller has given up and reported the failure.
+            tracing::debug!(id = %e.id, "dropping an expired request");
+            b.query_pipe(&ack_pipe(stream, &e.entry_id)).await?;
+            return Ok(None);
+        }
+        let done_key = format!("cwasi:done:{}", e.id);
+        if b.query(redis::cmd("EXISTS").arg(&done_key)).await? == Value::Int(1) {
+            // Answered before, by a consumer that died before acknowledging.
+            b.query_pipe(&ack_pipe(stream, &e.entry_id)).await?;
+            return Ok(None);
+        }
+        let mut claim = redis::cmd("SET");
+        claim
+            .arg(format!("cwasi:claim:{}", e.id))
+            .arg(consumer)
+            .arg("NX")
+            .arg("PX")
+            .arg(lease.as_millis() as u64);
+        if b.query(&claim).await? == Value::Nil {
+            // Another consumer runs it; if that one dies, the entry is
+            // reclaimed once the claim's lease is over.
+            return Ok(None);
+        }
+        Ok::<_, CallError>(Some(e))
+    });
+    let e = match admitted {
+        Ok(Some(e)) => e,
+        Ok(None) => return,
+        Err(err) => {
+            tracing::warn!(
+                stream,
+                "could not admit a request (it stays pending): {err}"
+            );
+            return;
+        }
+    };
+    let result = handler(&e.payload);
+    let envelope = encode_reply(&result);
+    let finished = b.rt.block_on(async {
+        let mut p = redis::pipe();
+        p.atomic()
+            .cmd("LPUSH")
+            .arg(&e.reply)
+            .arg(envelope)
+            .cmd("PEXPIRE")
+            .arg(&e.reply)
+            .arg(REPLY_TTL.as_millis() as u64)
+            .cmd("SET")
+            .arg(format!("cwasi:done:{}", e.id))
+            .arg(1)
+            .arg("PX")
+            .arg(REPLY_TTL.as_millis() as u64)
+            .cmd("DEL")
+            .arg(format!("cwasi:claim:{}", e.id));
+        b.query_pipe(&p).await?;
+        b.query_pipe(&ack_pipe(stream, &e.entry_id)).await?;
+        Ok::<(), CallError>(())
+    });
+    if let Err(err) = finished {
+        tracing::warn!(
+            stream,
+            "could not finish a request (it stays pending and will be reclaimed): {err}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_round_trip() {
+        let ok = encode_reply(&Ok(b"abc".to_vec()));
+        assert_eq!(decode_reply(ok, 10).unwrap(), b"abc");
+        let err = encode_reply(&Err(CallError::new(ErrorCode::CalleeTrapped, "boom")));
+        let e = decode_reply(err, 10).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::CalleeTrapped, "boom")
+        );
+        assert!(decode_reply(vec![1], 10).is_err());
+        assert_eq!(
+            decode_reply(encode_reply(&Ok(vec![0; 11])), 10)
+                .unwrap_err()
+                .code,
+            ErrorCode::TooLarge
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("redis://u:secret@h:1"), "redis://***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+}

@@ -1,0 +1,349 @@
+//! Where functions live on this node: the node directory.
+//!
+//! Every served function has a record `<name>@<namespace>.json` and a socket
+//! `<name>@<namespace>.sock` in `$CWASI_RUNTIME_DIR`. The server holds an
+//! exclusive `flock` on its record for as long as it runs, so liveness is a
+//! lock test: it needs no pid comparison and holds across PID namespaces
+//! (a containerised server sees itself as pid 1). A record whose lock is free
+//! is stale; the next reader or writer removes it and its socket.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{flock, FlockOperation};
+use serde::{Deserialize, Serialize};
+
+use crate::composition::validate_name;
+use crate::error::RuntimeError;
+
+/// Version of the record format.
+pub const RECORD_VERSION: u32 = 1;
+
+/// What a served function publishes about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    /// Record format version.
+    pub version: u32,
+    /// The function's name.
+    pub name: String,
+    /// Its trust domain.
+    pub namespace: String,
+    /// The node it runs on.
+    pub node: String,
+    /// The module it runs, as the server sees the path.
+    pub module: PathBuf,
+    /// `sha256:<hex>` of the module.
+    pub digest: String,
+    /// The Unix socket it listens on.
+    pub socket: PathBuf,
+    /// The server's pid, as the server sees it (for people, not liveness).
+    pub pid: u32,
+}
+
+/// The node directory.
+#[derive(Debug, Clone)]
+pub struct NodeDirectory {
+    root: PathBuf,
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> RuntimeError {
+    RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl NodeDirectory {
+    /// The default location: `$CWASI_RUNTIME_DIR`, else `/run/cwasi` for root,
+    /// else `$XDG_RUNTIME_DIR/cwasi`, else `/tmp/cwasi-<uid>`.
+    pub fn default_path() -> PathBuf {
+        if let Some(dir) = std::env::var_os("CWASI_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
+        let uid = rustix::process::getuid();
+        if uid.is_root() {
+            return PathBuf::from("/run/cwasi");
+        }
+        if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            return Path::new(&xdg).join("cwasi");
+        }
+        PathBuf::from(format!("/tmp/cwasi-{}", uid.as_raw()))
+    }
+
+    /// Opens the directory at [`NodeDirectory::default_path`].
+    pub fn open_default() -> Result<NodeDirectory, RuntimeError> {
+        NodeDirectory::open(&NodeDirectory::default_path())
+    }
+
+    /// Opens (creating it 0700 if needed) a node directory. A directory that
+    /// belongs to another user, or that others can enter, is refused.
+    pub fn open(root: &Path) -> Result<NodeDirectory, RuntimeError> {
+        if !root.exists() {
+            std::fs::create_dir_all(root).map_err(|e| io_err(root, e))?;
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io_err(root, e))?;
+        }
+        let meta = std::fs::metadata(root).map_err(|e| io_err(root, e))?;
+        if !meta.is_dir() {
+            return Err(RuntimeError::Config(format!(
+                "node directory {} is not a directory",
+                root.display()
+            )));
+        }
+        let me = rustix::process::getuid().as_raw();
+        if meta.uid() != me {
+            return Err(RuntimeError::Config(format!(
+                "node directory {} belongs to uid {}, not to this process (uid {me})",
+                root.display(),
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            return Err(RuntimeError::Config(format!(
+                "node directory {} has mode {:o}; it must be 0700",
+                root.display(),
+                meta.mode() & 0o777
+            )));
+        }
+        Ok(NodeDirectory {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn stem(name: &str, namespace: &str) -> String {
+        format!("{name}@{namespace}")
+    }
+
+    /// The socket path a function of this name and namespace listens on.
+    pub fn socket_path(&self, name: &str, namespace: &str) -> PathBuf {
+        self.root
+            .join(format!("{}.sock", Self::stem(name, namespace)))
+    }
+
+    fn record_path(&self, name: &str, namespace: &str) -> PathBuf {
+        self.root
+            .join(format!("{}.json", Self::stem(name, namespace)))
+    }
+
+    /// Publishes a record and holds it until the returned guard is dropped.
+    /// Fails if a live server already holds the same name and namespace; a
+    /// stale record in the way is removed.
+    pub fn register(&self, record: &EndpointRecord) -> Result<Registration, RuntimeError> {
+        validate_name(&record.name).map_err(RuntimeError::Config)?;
+        validate_name(&record.namespace).map_err(RuntimeError::Config)?;
+        let path = self.record_path(&record.name, &record.namespace);
+        if let Some(live) = self.read_live(&path) {
+            return Err(RuntimeError::Config(format!(
+                "function '{}' of namespace '{}' is already served on this node (pid {}, {})",
+                live.name,
+                live.namespace,
+                live.pid,
+                live.socket.display()
+            )));
+        }
+        let tmp = self.root.join(format!(
+            ".{}.{}.tmp",
+            Self::stem(&record.name, &record.namespace),
+            std::process::id()
+        ));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io_err(&tmp, e))?;
+        flock(&file, FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| io_err(&tmp, e.into()))?;
+        let json = serde_json::to_vec_pretty(record)
+            .map_err(|e| RuntimeError::Config(format!("cannot encode the record: {e}")))?;
+        file.write_all(&json).map_err(|e| io_err(&tmp, e))?;
+        file.sync_data().map_err(|e| io_err(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+        tracing::info!(name = %record.name, namespace = %record.namespace, socket = %record.socket.display(), "registered");
+        Ok(Registration {
+            record: path,
+            socket: record.socket.clone(),
+            _lock: file,
+        })
+    }
+
+    /// The live record of `name` in `namespace`, if a server holds one.
+    pub fn lookup(&self, name: &str, namespace: &str) -> Option<EndpointRecord> {
+        self.read_live(&self.record_path(name, namespace))
+    }
+
+    /// Every live record of `name`, in any namespace.
+    pub fn lookup_any(&self, name: &str) -> Vec<EndpointRecord> {
+        self.list().into_iter().filter(|r| r.name == name).collect()
+    }
+
+    /// Every live record; stale ones met on the way are removed.
+    pub fn list(&self) -> Vec<EndpointRecord> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut out: Vec<EndpointRecord> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with('.'))
+            })
+            .filter_map(|p| self.read_live(&p))
+            .collect();
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
+    }
+
+    /// Reads a record if its server is alive; removes it if it is stale.
+    fn read_live(&self, path: &Path) -> Option<EndpointRecord> {
+        let mut file = File::open(path).ok()?;
+        match flock(&file, FlockOperation::NonBlockingLockShared) {
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut text = String::new();
+                file.read_to_string(&mut text).ok()?;
+                match serde_json::from_str::<EndpointRecord>(&text) {
+                    Ok(r) if r.version == RECORD_VERSION => Some(r),
+                    Ok(r) => {
+                        tracing::warn!(path = %path.display(), version = r.version, "record of an unknown version ignored");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), "unreadable record ignored: {e}");
+                        None
+                    }
+                }
+            }
+            Ok(()) => {
+                // Nobody holds it: the server is gone. Remove the record (if it
+                // is still the same file) and its socket.
+                let same = std::fs::metadata(path)
+                    .ok()
+                    .zip(file.metadata().ok())
+                    .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev());
+                if same {
+                    let mut text = String::new();
+                    let socket = file
+                        .read_to_string(&mut text)
+                        .ok()
+                        .and_then(|_| serde_json::from_str::<EndpointRecord>(&text).ok())
+                        .map(|r| r.socket);
+                    tracing::info!(path = %path.display(), "removing a stale record");
+                    let _ = std::fs::remove_file(path);
+                    if let Some(s) = socket.filter(|s| s.starts_with(&self.root)) {
+                        let _ = std::fs::remove_file(s);
+                    }
+                }
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// A published record; dropping it unpublishes it and removes the socket.
+#[derive(Debug)]
+pub struct Registration {
+    record: PathBuf,
+    socket: PathBuf,
+    _lock: File,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.record);
+        tracing::info!(record = %self.record.display(), "unregistered");
+    }
+}
+
+/// This node's name: `$CWASI_NODE`, else the hostname.
+pub fn node_name() -> String {
+    if let Some(n) = std::env::var("CWASI_NODE").ok().filter(|n| !n.is_empty()) {
+        return n;
+    }
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cwasi-reg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn record(dir: &NodeDirectory, name: &str, ns: &str) -> EndpointRecord {
+        EndpointRecord {
+            version: RECORD_VERSION,
+            name: name.into(),
+            namespace: ns.into(),
+            node: "n1".into(),
+            module: "/m.wasm".into(),
+            digest: "sha256:00".into(),
+            socket: dir.socket_path(name, ns),
+            pid: std::process::id(),
+        }
+    }
+
+    #[test]
+    fn register_lookup_unregister() {
+        let root = tmpdir("basic");
+        let dir = NodeDirectory::open(&root).unwrap();
+        let mode = std::fs::metadata(&root).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let rec = record(&dir, "echo", "a");
+        let reg = dir.register(&rec).unwrap();
+        assert_eq!(dir.lookup("echo", "a"), Some(rec.clone()));
+        assert_eq!(dir.lookup_any("echo").len(), 1);
+        assert!(dir.register(&rec).is_err(), "a live record cannot be taken");
+        drop(reg);
+        assert_eq!(dir.lookup("echo", "a"), None);
+        assert!(dir.list().is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn stale_records_are_ignored_and_cleaned() {
+        let root = tmpdir("stale");
+        let dir = NodeDirectory::open(&root).unwrap();
+        let rec = record(&dir, "echo", "a");
+        // A record and socket left by a killed server: nobody holds the lock.
+        std::fs::write(root.join("echo@a.json"), serde_json::to_vec(&rec).unwrap()).unwrap();
+        std::fs::write(&rec.socket, b"").unwrap();
+        std::fs::write(root.join("junk@a.json"), b"not json").unwrap();
+        assert!(dir.list().is_empty());
+        assert!(!root.join("echo@a.json").exists());
+        assert!(!rec.socket.exists());
+        // And a new server can take the name.
+        let _reg = dir.register(&rec).unwrap();
+        assert!(dir.lookup("echo", "a").is_some());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_open_directory_is_refused() {
+        let root = tmpdir("open");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = NodeDirectory::open(&root).unwrap_err();
+        assert!(err.to_string().contains("must be 0700"), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,272 @@
+//! Local mode, client side: calls a function served by another process on
+//! this node over its Unix socket (`docs/protocol.md`). Small payloads travel
+//! inline; large ones through the connection's shared region, copied straight
+//! from the caller's memory into the region and from the region into the
+//! caller's memory.
+
+use std::io::{self, Read};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::{CallError, ErrorCode};
+use crate::transport::shm::{send_with_fd, SharedRegion};
+use crate::transport::wire::{self, Header, Kind, WireError, FLAG_SHM};
+use crate::transport::{CallContext, CallerIo, PendingCall, Transport};
+
+/// Payloads of at least this size go through the shared region.
+pub const SHM_THRESHOLD: usize = 64 << 10;
+
+/// Time allowed for connecting, past which the endpoint counts as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Extra time a caller waits past the call timeout, so that the server's own
+/// timeout error arrives before the caller gives up.
+const WAIT_GRACE: Duration = Duration::from_secs(2);
+
+/// One open connection with its shared region.
+pub(crate) struct Connection {
+    stream: UnixStream,
+    shm: SharedRegion,
+}
+
+impl Connection {
+    /// Connects and passes the shared region (the first frame).
+    pub fn open(socket: &std::path::Path) -> io::Result<Connection> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+        let shm = SharedRegion::create()?;
+        let head = Header::new(Kind::AttachShm, 0).encode();
+        send_with_fd(&stream, &head, shm.fd())?;
+        Ok(Connection { stream, shm })
+    }
+}
+
+/// Calls one function served on this node.
+pub(crate) struct LocalTransport(Arc<Endpoint>);
+
+/// The callee's socket and the pool of connections to it.
+struct Endpoint {
+    /// The callee's name, sent in every request.
+    target: String,
+    /// Its socket.
+    socket: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    next_id: AtomicU64,
+}
+
+impl LocalTransport {
+    pub fn new(target: String, socket: PathBuf) -> LocalTransport {
+        LocalTransport(Arc::new(Endpoint {
+            target,
+            socket,
+            idle: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+        }))
+    }
+}
+
+impl Endpoint {
+    fn connect(&self) -> Result<Connection, CallError> {
+        Connection::open(&self.socket).map_err(|e| {
+            CallError::new(
+                ErrorCode::Transport,
+                format!(
+                    "cannot reach '{}' at {}: {e}",
+                    self.target,
+                    self.socket.display()
+                ),
+            )
+        })
+    }
+
+    fn transport_error(&self, what: &str, e: impl std::fmt::Display) -> CallError {
+        CallError::new(
+            ErrorCode::Transport,
+            format!(
+                "'{}' at {}: {what}: {e}",
+                self.target,
+                self.socket.display()
+            ),
+        )
+    }
+
+    /// Sends the request on a pooled connection, or on a new one if the
+    /// pooled one turns out dead before the request left (then nothing ran).
+    fn send(
+        &self,
+        ctx: &CallContext<'_>,
+        io: &mut dyn CallerIo,
+    ) -> Result<(Connection, u64), CallError> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(mut conn) = pooled {
+            if send_request(&mut conn, id, &self.target, io.request()).is_ok() {
+                return Ok((conn, id));
+            }
+            tracing::debug!(target = %self.target, "pooled connection was dead; reconnecting");
+        }
+        let mut conn = self.connect()?;
+        send_request(&mut conn, id, &self.target, io.request())
+            .map_err(|e| self.transport_error("cannot send the request", e))?;
+        let timeout = ctx.runtime.limits.call_timeout + WAIT_GRACE;
+        conn.stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| self.transport_error("cannot set a timeout", e))?;
+        Ok((conn, id))
+    }
+
+    /// Reads the answer to request `id` into the caller.
+    fn receive(
+        &self,
+        mut conn: Connection,
+        id: u64,
+        max_payload: usize,
+        io: &mut dyn CallerIo,
+    ) -> Result<(), CallError> {
+        let h = match wire::read_header(&mut conn.stream, max_payload as u64) {
+            Ok(h) => h,
+            Err(WireError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(CallError::new(
+                    ErrorCode::Timeout,
+                    format!("'{}' did not answer in time", self.target),
+                ))
+            }
+            Err(WireError::Closed) => {
+                return Err(self.transport_error(
+                    "connection lost mid-call",
+                    "the server closed it (did it die?)",
+                ))
+            }
+            Err(e) => return Err(self.transport_error("bad answer", e)),
+        };
+        if h.kind == Kind::Error && h.id == 0 {
+            // The server refused the connection itself (credentials, protocol).
+            let mut msg = vec![0u8; (h.payload_len as usize).min(64 << 10)];
+            let _ = conn.stream.read_exact(&mut msg);
+            let code = ErrorCode::from_raw(h.status).unwrap_or(ErrorCode::Transport);
+            return Err(CallError::new(
+                code,
+                format!(
+                    "'{}' at {} refused the connection: {}",
+                    self.target,
+                    self.socket.display(),
+                    String::from_utf8_lossy(&msg)
+                ),
+            ));
+        }
+        if h.id != id {
+            return Err(self.transport_error(
+                "bad answer",
+                format!("answer to request {} while waiting for {id}", h.id),
+            ));
+        }
+        match h.kind {
+            Kind::Response => {}
+            Kind::Error => {
+                let mut msg = vec![0u8; (h.payload_len as usize).min(64 << 10)];
+                conn.stream
+                    .read_exact(&mut msg)
+                    .map_err(|e| self.transport_error("connection lost mid-call", e))?;
+                let code = ErrorCode::from_raw(h.status).unwrap_or(ErrorCode::Transport);
+                let message = String::from_utf8_lossy(&msg).into_owned();
+                if h.payload_len as usize == msg.len() {
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(conn);
+                }
+                return Err(CallError::new(code, message));
+            }
+            other => {
+                return Err(
+                    self.transport_error("bad answer", format!("unexpected {other:?} frame"))
+                )
+            }
+        }
+        let len = h.payload_len as usize;
+        let dst = io.response_buffer(len)?;
+        let n = dst.len().min(len);
+        if h.in_shm() {
+            conn.shm
+                .expect(len)
+                .map_err(|e| self.transport_error("bad shared region", e))?;
+            conn.shm.read(&mut dst[..n]);
+        } else {
+            conn.stream
+                .read_exact(&mut dst[..n])
+                .map_err(|e| self.transport_error("connection lost mid-call", e))?;
+            if n < len {
+                io::copy(
+                    &mut (&mut conn.stream).take((len - n) as u64),
+                    &mut io::sink(),
+                )
+                .map_err(|e| self.transport_error("connection lost mid-call", e))?;
+            }
+        }
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        Ok(())
+    }
+}
+
+fn send_request(conn: &mut Connection, id: u64, target: &str, request: &[u8]) -> io::Result<()> {
+    let mut h = Header::new(Kind::Request, id);
+    h.target_len = target.len() as u16;
+    h.payload_len = request.len() as u64;
+    if request.len() >= SHM_THRESHOLD {
+        conn.shm.grow_to(request.len())?;
+        conn.shm.write(request);
+        h.flags = FLAG_SHM;
+        wire::write_frame(&mut conn.stream, &h, target.as_bytes(), &[])
+    } else {
+        wire::write_frame(&mut conn.stream, &h, target.as_bytes(), request)
+    }
+}
+
+impl Transport for LocalTransport {
+    fn call(&self, ctx: &CallContext<'_>, io: &mut dyn CallerIo) -> Result<(), CallError> {
+        let (conn, id) = self.0.send(ctx, io)?;
+        self.0
+            .receive(conn, id, ctx.runtime.limits.max_payload_bytes, io)
+    }
+
+    fn start(
+        &self,
+        ctx: &CallContext<'_>,
+        io: &mut dyn CallerIo,
+    ) -> Result<Box<dyn PendingCall>, CallError> {
+        // The request leaves now; the server works while the caller goes on.
+        let (conn, id) = self.0.send(ctx, io)?;
+        Ok(Box::new(LocalPending {
+            endpoint: self.0.clone(),
+            conn: Some(conn),
+            id,
+            max_payload: ctx.runtime.limits.max_payload_bytes,
+        }))
+    }
+}
+
+/// A request that left; its answer is read when the caller waits.
+struct LocalPending {
+    endpoint: Arc<Endpoint>,
+    conn: Option<Connection>,
+    id: u64,
+    max_payload: usize,
+}
+
+impl PendingCall for LocalPending {
+    fn wait(mut self: Box<Self>, io: &mut dyn CallerIo) -> Result<(), CallError> {
+        let conn = self.conn.take().expect("waited once");
+        self.endpoint.receive(conn, self.id, self.max_payload, io)
+    }
+}

@@ -1,0 +1,241 @@
+//! The shared-memory region of a local connection: a sealed memfd that the
+//! client creates, passes once with SCM_RIGHTS, and either side grows.
+//!
+//! Safety argument (also in `docs/protocol.md`):
+//! - The memfd carries `F_SEAL_SHRINK | F_SEAL_SEAL`, checked by the receiver,
+//!   so no side can shrink the file under the other's mapping (which would
+//!   turn accesses into SIGBUS) or add seals that stop growth.
+//! - Every access is bounded by this side's own mapping length, which only
+//!   grows (after `fstat` confirms the file is large enough).
+//! - The protocol is lock-step: a side touches the region only between sending
+//!   its frame and receiving the peer's. A misbehaving peer that writes out of
+//!   turn can only change the bytes of its own call, which are untrusted data
+//!   anyway; the host copies them with raw pointer copies and never forms a
+//!   reference whose invariants a concurrent write could break.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use rustix::fs::{
+    fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create, MemfdFlags, SealFlags,
+};
+use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+/// Smallest size a region grows to.
+const MIN_GROWTH: usize = 1 << 20;
+
+/// A mapped memfd shared with one peer.
+pub(crate) struct SharedRegion {
+    fd: OwnedFd,
+    ptr: *mut u8,
+    mapped: usize,
+}
+
+// SAFETY: the region is owned by one connection, used by one thread at a
+// time; the raw pointer is only a mapping address.
+unsafe impl Send for SharedRegion {}
+
+impl SharedRegion {
+    /// Creates an empty, sealed region (nothing is mapped until it grows).
+    pub fn create() -> io::Result<SharedRegion> {
+        let fd = memfd_create("cwasi-shm", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::SEAL)?;
+        Ok(SharedRegion {
+            fd,
+            ptr: std::ptr::null_mut(),
+            mapped: 0,
+        })
+    }
+
+    /// Adopts a region received from a peer, after checking its seals.
+    pub fn adopt(fd: OwnedFd) -> io::Result<SharedRegion> {
+        let seals = fcntl_get_seals(&fd)?;
+        if !seals.contains(SealFlags::SHRINK | SealFlags::SEAL) || seals.contains(SealFlags::GROW) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the shared region is not sealed against shrinking",
+            ));
+        }
+        Ok(SharedRegion {
+            fd,
+            ptr: std::ptr::null_mut(),
+            mapped: 0,
+        })
+    }
+
+    /// The descriptor, for passing to the peer.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Makes at least `len` bytes available, growing the file if needed.
+    pub fn grow_to(&mut self, len: usize) -> io::Result<()> {
+        if len <= self.mapped {
+            return Ok(());
+        }
+        let size = fstat(&self.fd)?.st_size as usize;
+        if size < len {
+            let target = len.next_power_of_two().max(MIN_GROWTH);
+            ftruncate(&self.fd, target as u64)?;
+        }
+        self.remap()
+    }
+
+    /// Maps what the peer says it wrote: `len` bytes that must already be in
+    /// the file (a peer cannot make this side read past the end).
+    pub fn expect(&mut self, len: usize) -> io::Result<()> {
+        if len <= self.mapped {
+            return Ok(());
+        }
+        let size = fstat(&self.fd)?.st_size as usize;
+        if size < len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the peer announced {len} bytes in a shared region of {size}"),
+            ));
+        }
+        self.remap()
+    }
+
+    fn remap(&mut self) -> io::Result<()> {
+        let size = fstat(&self.fd)?.st_size as usize;
+        self.unmap();
+        // SAFETY: a fresh shared mapping of the whole file; the file cannot
+        // shrink (sealed), so every byte of the mapping stays backed.
+        let ptr = unsafe {
+            mmap(
+                std::ptr::null_mut(),
+                size,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &self.fd,
+                0,
+            )?
+        };
+        self.ptr = ptr.cast();
+        self.mapped = size;
+        Ok(())
+    }
+
+    fn unmap(&mut self) {
+        if self.mapped > 0 {
+            // SAFETY: ptr/mapped describe our own live mapping.
+            let _ = unsafe { munmap(self.ptr.cast(), self.mapped) };
+            self.ptr = std::ptr::null_mut();
+            self.mapped = 0;
+        }
+    }
+
+    /// Copies `src` to the start of the region (after `grow_to`).
+    pub fn write(&mut self, src: &[u8]) {
+        assert!(src.len() <= self.mapped, "grow_to must come first");
+        // SAFETY: bounded by our mapping; see the module docs on concurrency.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr, src.len()) }
+    }
+
+    /// Copies the start of the region into `dst` (after `expect`).
+    pub fn read(&self, dst: &mut [u8]) {
+        assert!(dst.len() <= self.mapped, "expect must come first");
+        // SAFETY: bounded by our mapping; see the module docs on concurrency.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr, dst.as_mut_ptr(), dst.len()) }
+    }
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        self.unmap();
+    }
+}
+
+/// Sends `bytes` with one file descriptor attached.
+pub(crate) fn send_with_fd(sock: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fds = [fd];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("cannot build the SCM_RIGHTS message"));
+    }
+    let sent = sendmsg(
+        sock,
+        &[io::IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    if sent != bytes.len() {
+        // The descriptor went with the first bytes; send the rest plainly.
+        use std::io::Write;
+        (&mut &*sock).write_all(&bytes[sent..])?;
+    }
+    Ok(())
+}
+
+/// Reads exactly `buf.len()` bytes and returns the descriptor that came with
+/// them, if any (extra descriptors are closed).
+pub(crate) fn recv_with_fd(sock: &UnixStream, buf: &mut [u8]) -> io::Result<Option<OwnedFd>> {
+    let mut got = 0;
+    let mut fd = None;
+    while got < buf.len() {
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [io::IoSliceMut::new(&mut buf[got..])];
+        let msg = recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)?;
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = m {
+                for f in fds {
+                    if fd.is_none() {
+                        fd = Some(f);
+                    }
+                }
+            }
+        }
+        if msg.bytes == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection",
+            ));
+        }
+        got += msg.bytes;
+    }
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_region_is_shared_through_a_socket() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut mine = SharedRegion::create().unwrap();
+        mine.grow_to(100).unwrap();
+        mine.write(b"hello shared world");
+        send_with_fd(&a, b"hdr", mine.fd()).unwrap();
+        let mut buf = [0u8; 3];
+        let fd = recv_with_fd(&b, &mut buf).unwrap().unwrap();
+        assert_eq!(&buf, b"hdr");
+        let mut theirs = SharedRegion::adopt(fd).unwrap();
+        theirs.expect(18).unwrap();
+        let mut out = [0u8; 18];
+        theirs.read(&mut out);
+        assert_eq!(&out, b"hello shared world");
+        // The peer grows it; this side sees the new size.
+        theirs.grow_to(3 << 20).unwrap();
+        theirs.write(&vec![7u8; 3 << 20]);
+        mine.expect(3 << 20).unwrap();
+        let mut big = vec![0u8; 3 << 20];
+        mine.read(&mut big);
+        assert!(big.iter().all(|&b| b == 7));
+        assert!(mine.expect(1 << 30).is_err(), "cannot read past the file");
+    }
+
+    #[test]
+    fn an_unsealed_region_is_refused() {
+        let fd = memfd_create("plain", MemfdFlags::CLOEXEC).unwrap();
+        assert!(SharedRegion::adopt(fd).is_err());
+    }
+}

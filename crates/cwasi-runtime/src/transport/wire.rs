@@ -1,0 +1,314 @@
+//! The frame format of the local transport (`docs/protocol.md`).
+//!
+//! Every frame starts with a fixed 32-byte little-endian header, followed by
+//! the target name and, unless the payload is in shared memory, the payload:
+//!
+//! ```text
+//!  0  magic        4 bytes  "CWSI"
+//!  4  version      u8       1
+//!  5  kind         u8       1 request, 2 response, 3 error, 4 attach-shm
+//!  6  flags        u16      bit 0: the payload is in the shared region
+//!  8  request id   u64
+//! 16  target len   u16      0..=255 (requests only)
+//! 18  reserved     u16      0
+//! 20  status       i32      0, or an ABI error code (error frames)
+//! 24  payload len  u64
+//! ```
+
+use std::io::{self, Read, Write};
+
+/// The first four bytes of every frame.
+pub const MAGIC: [u8; 4] = *b"CWSI";
+/// The protocol version this build speaks.
+pub const VERSION: u8 = 1;
+/// Size of the fixed header.
+pub const HEADER_LEN: usize = 32;
+/// Longest target name.
+pub const MAX_TARGET_LEN: usize = 255;
+/// Flag: the payload lies at offset 0 of the connection's shared region.
+pub const FLAG_SHM: u16 = 1;
+
+/// What a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A call: target name, then the request.
+    Request = 1,
+    /// A successful answer.
+    Response = 2,
+    /// A failed call, or a refused connection: status is the ABI code, the
+    /// payload a UTF-8 message.
+    Error = 3,
+    /// Carries the shared region's file descriptor (SCM_RIGHTS); the payload
+    /// length is the region's size.
+    AttachShm = 4,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        match v {
+            1 => Some(Kind::Request),
+            2 => Some(Kind::Response),
+            3 => Some(Kind::Error),
+            4 => Some(Kind::AttachShm),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// What the frame is.
+    pub kind: Kind,
+    /// `FLAG_*` bits.
+    pub flags: u16,
+    /// Matches a response to its request.
+    pub id: u64,
+    /// Bytes of target name after the header.
+    pub target_len: u16,
+    /// ABI code of an error frame.
+    pub status: i32,
+    /// Bytes of payload (inline or in the shared region).
+    pub payload_len: u64,
+}
+
+/// Why a frame was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The connection failed or closed.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// The peer closed the connection before a frame started.
+    #[error("the peer closed the connection")]
+    Closed,
+    /// Not a CWASI frame.
+    #[error("bad magic {0:02x?}: not a CWASI frame")]
+    BadMagic([u8; 4]),
+    /// A version this build does not speak.
+    #[error("unsupported protocol version {0} (this side speaks {VERSION})")]
+    BadVersion(u8),
+    /// An unknown frame kind.
+    #[error("unknown frame kind {0}")]
+    BadKind(u8),
+    /// A length over a limit.
+    #[error("{what} of {len} bytes is over the limit of {max}")]
+    TooLong {
+        /// Which length.
+        what: &'static str,
+        /// The length announced.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A field that must be zero, or a flag this side does not know.
+    #[error("malformed header: {0}")]
+    Malformed(&'static str),
+}
+
+impl Header {
+    /// A header for a frame of `kind`.
+    pub fn new(kind: Kind, id: u64) -> Header {
+        Header {
+            kind,
+            flags: 0,
+            id,
+            target_len: 0,
+            status: 0,
+            payload_len: 0,
+        }
+    }
+
+    /// The 32 bytes on the wire.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..4].copy_from_slice(&MAGIC);
+        b[4] = VERSION;
+        b[5] = self.kind as u8;
+        b[6..8].copy_from_slice(&self.flags.to_le_bytes());
+        b[8..16].copy_from_slice(&self.id.to_le_bytes());
+        b[16..18].copy_from_slice(&self.target_len.to_le_bytes());
+        b[20..24].copy_from_slice(&self.status.to_le_bytes());
+        b[24..32].copy_from_slice(&self.payload_len.to_le_bytes());
+        b
+    }
+
+    /// Parses and checks a header; `max_payload` bounds the payload length.
+    pub fn decode(b: &[u8; HEADER_LEN], max_payload: u64) -> Result<Header, WireError> {
+        let magic: [u8; 4] = b[0..4].try_into().expect("4 bytes");
+        if magic != MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+        if b[4] != VERSION {
+            return Err(WireError::BadVersion(b[4]));
+        }
+        let kind = Kind::from_u8(b[5]).ok_or(WireError::BadKind(b[5]))?;
+        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let flags = u16_at(6);
+        if flags & !FLAG_SHM != 0 {
+            return Err(WireError::Malformed("unknown flags"));
+        }
+        if u16_at(18) != 0 {
+            return Err(WireError::Malformed("reserved bytes are not zero"));
+        }
+        let target_len = u16_at(16);
+        if target_len as usize > MAX_TARGET_LEN {
+            return Err(WireError::TooLong {
+                what: "target name",
+                len: target_len as u64,
+                max: MAX_TARGET_LEN as u64,
+            });
+        }
+        let payload_len = u64::from_le_bytes(b[24..32].try_into().expect("8 bytes"));
+        if kind != Kind::AttachShm && payload_len > max_payload {
+            return Err(WireError::TooLong {
+                what: "payload",
+                len: payload_len,
+                max: max_payload,
+            });
+        }
+        Ok(Header {
+            kind,
+            flags,
+            id: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+            target_len,
+            status: i32::from_le_bytes(b[20..24].try_into().expect("4 bytes")),
+            payload_len,
+        })
+    }
+
+    /// Whether the payload is in the shared region.
+    pub fn in_shm(&self) -> bool {
+        self.flags & FLAG_SHM != 0
+    }
+}
+
+/// Reads one header; `Closed` if the peer closed cleanly before it.
+pub fn read_header(r: &mut impl Read, max_payload: u64) -> Result<Header, WireError> {
+    let mut b = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match r.read(&mut b[got..]) {
+            Ok(0) if got == 0 => return Err(WireError::Closed),
+            Ok(0) => {
+                return Err(WireError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("truncated header ({got} of {HEADER_LEN} bytes)"),
+                )))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(WireError::Io(e)),
+        }
+    }
+    Header::decode(&b, max_payload)
+}
+
+/// Writes a header and its inline parts in as few syscalls as is simple.
+pub fn write_frame(
+    w: &mut impl Write,
+    h: &Header,
+    target: &[u8],
+    payload: &[u8],
+) -> io::Result<()> {
+    let head = h.encode();
+    let mut bufs = [
+        io::IoSlice::new(&head),
+        io::IoSlice::new(target),
+        io::IoSlice::new(payload),
+    ];
+    write_all_vectored(w, &mut bufs)
+}
+
+fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    io::IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "connection closed",
+                ))
+            }
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// An error frame with its message.
+pub fn write_error(w: &mut impl Write, id: u64, code: i32, message: &str) -> io::Result<()> {
+    let mut h = Header::new(Kind::Error, id);
+    h.status = code;
+    h.payload_len = message.len() as u64;
+    write_frame(w, &h, &[], message.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip() {
+        let mut h = Header::new(Kind::Request, 42);
+        h.flags = FLAG_SHM;
+        h.target_len = 5;
+        h.payload_len = 1 << 30;
+        let b = h.encode();
+        assert_eq!(Header::decode(&b, 1 << 31).unwrap(), h);
+    }
+
+    #[test]
+    fn bad_headers_are_refused() {
+        let good = Header::new(Kind::Request, 1).encode();
+        let mut b = good;
+        b[0] = b'X';
+        assert!(matches!(
+            Header::decode(&b, 10),
+            Err(WireError::BadMagic(_))
+        ));
+        let mut b = good;
+        b[4] = 9;
+        assert!(matches!(
+            Header::decode(&b, 10),
+            Err(WireError::BadVersion(9))
+        ));
+        let mut b = good;
+        b[5] = 77;
+        assert!(matches!(
+            Header::decode(&b, 10),
+            Err(WireError::BadKind(77))
+        ));
+        let mut b = good;
+        b[24..32].copy_from_slice(&11u64.to_le_bytes());
+        assert!(matches!(
+            Header::decode(&b, 10),
+            Err(WireError::TooLong { .. })
+        ));
+        let mut b = good;
+        b[16..18].copy_from_slice(&300u16.to_le_bytes());
+        assert!(matches!(
+            Header::decode(&b, 10),
+            Err(WireError::TooLong { .. })
+        ));
+        let mut b = good;
+        b[6] = 0x80;
+        assert!(matches!(
+            Header::decode(&b, 10),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn truncated_and_closed_streams() {
+        let mut empty: &[u8] = &[];
+        assert!(matches!(
+            read_header(&mut empty, 10),
+            Err(WireError::Closed)
+        ));
+        let b = Header::new(Kind::Response, 1).encode();
+        let mut short: &[u8] = &b[..10];
+        assert!(matches!(read_header(&mut short, 10), Err(WireError::Io(_))));
+    }
+}

@@ -1,0 +1,174 @@
+//! Local mode through the runtime API: a function served by one runtime over
+//! its Unix socket, called by another runtime of a different namespace.
+
+use std::path::{Path, PathBuf};
+
+use cwasi_runtime::{
+    ErrorCode, FunctionSpec, Mode, ModeOverride, NodeDirectory, Runtime, ServeOptions,
+};
+use test_programs_artifacts as progs;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("cwasi-local-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        TempDir(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn server(dir: &NodeDirectory, name: &str, ns: &str, module: &str) -> Runtime {
+    Runtime::builder()
+        .node_directory(dir.clone())
+        .function(FunctionSpec::new(name, ns, PathBuf::from(module)))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn explain_chooses_embedded_or_local_by_namespace() {
+    let tmp = TempDir::new("explain");
+    let dir = NodeDirectory::open(tmp.path()).unwrap();
+    let served = server(&dir, "echo", "team-b", progs::ECHO);
+    let _handle = served.serve("echo", &dir, ServeOptions::default()).unwrap();
+
+    // The caller's runtime has echo loaded in namespace team-b as well.
+    let caller = server(&dir, "echo", "team-b", progs::ECHO);
+    let same = caller.explain("team-b", "echo").unwrap();
+    assert_eq!(same.mode, Mode::Embedded, "{same}");
+    let other = caller.explain("team-a", "echo").unwrap();
+    assert_eq!(other.mode, Mode::Local, "{other}");
+    assert!(other.reason.contains("served on this node"), "{other}");
+    assert!(other.reason.contains("not embedded"), "{other}");
+
+    // A runtime without the module reaches it locally from any namespace.
+    let bare = Runtime::builder()
+        .node_directory(dir.clone())
+        .build()
+        .unwrap();
+    assert_eq!(bare.explain("team-b", "echo").unwrap().mode, Mode::Local);
+    assert_eq!(
+        bare.call("team-b", "echo", b"over the socket").unwrap(),
+        b"over the socket"
+    );
+
+    // Forcing a mode that is impossible is refused clearly.
+    let forced = Runtime::builder()
+        .node_directory(dir.clone())
+        .mode(ModeOverride::Force(Mode::Embedded))
+        .build()
+        .unwrap();
+    let err = forced.explain("team-b", "echo").unwrap_err();
+    assert_eq!(err.code, ErrorCode::Denied, "{err}");
+    let forced_local = Runtime::builder()
+        .node_directory(dir.clone())
+        .mode(ModeOverride::Force(Mode::Local))
+        .function(FunctionSpec::new(
+            "echo",
+            "team-b",
+            PathBuf::from(progs::ECHO),
+        ))
+        .build()
+        .unwrap();
+    assert_eq!(
+        forced_local.explain("team-b", "echo").unwrap().mode,
+        Mode::Local
+    );
+
+    // Nothing of that name anywhere: the error says where it looked.
+    let err = bare.explain("team-b", "nope").unwrap_err();
+    assert_eq!(err.code, ErrorCode::UnknownFunction);
+    assert!(
+        err.message.contains(&tmp.path().display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn payloads_cross_the_socket_intact_inline_and_through_shared_memory() {
+    let tmp = TempDir::new("payloads");
+    let dir = NodeDirectory::open(tmp.path()).unwrap();
+    let served = server(&dir, "echo", "b", progs::ECHO);
+    let _handle = served.serve("echo", &dir, ServeOptions::default()).unwrap();
+    let caller = Runtime::builder()
+        .node_directory(dir.clone())
+        .build()
+        .unwrap();
+    for size in [0usize, 1, 1000, (64 << 10) - 1, 64 << 10, 3 << 20, 10 << 20] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+        let got = caller.call("a", "echo", &data).unwrap();
+        assert!(got == data, "{size} bytes came back different");
+    }
+    let hop = &caller.hops()[0];
+    assert_eq!(hop.mode, Mode::Local);
+    assert_eq!(hop.calls, 7);
+}
+
+#[test]
+fn callee_errors_cross_the_socket_with_their_codes() {
+    let tmp = TempDir::new("errors");
+    let dir = NodeDirectory::open(tmp.path()).unwrap();
+    let trap = server(&dir, "trap", "b", progs::TRAP);
+    let _t = trap.serve("trap", &dir, ServeOptions::default()).unwrap();
+    let bad = server(&dir, "bad_response", "b", progs::BAD_RESPONSE);
+    let _b = bad
+        .serve("bad_response", &dir, ServeOptions::default())
+        .unwrap();
+    let caller = Runtime::builder()
+        .node_directory(dir.clone())
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let e = caller.call("a", "trap", b"x").unwrap_err();
+        assert_eq!(e.code, ErrorCode::CalleeTrapped, "{e}");
+        let e = caller.call("a", "bad_response", b"x").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadResponse, "{e}");
+    }
+    // Serving the same name twice on a node is refused.
+    let again = server(&dir, "trap", "b", progs::TRAP);
+    let err = again
+        .serve("trap", &dir, ServeOptions::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("already served"), "{err}");
+}
+
+#[test]
+fn fan_out_to_local_callees_overlaps() {
+    let tmp = TempDir::new("fanout");
+    let dir = NodeDirectory::open(tmp.path()).unwrap();
+    let busy = server(&dir, "busy", "b", progs::BUSY);
+    let _h = busy.serve("busy", &dir, ServeOptions::default()).unwrap();
+    let mut fanout = FunctionSpec::new("fanout", "a", PathBuf::from(progs::FANOUT));
+    fanout.args = vec!["8".into(), "busy".into(), "200".into()];
+    let caller = Runtime::builder()
+        .node_directory(dir.clone())
+        .function(fanout)
+        .function(FunctionSpec::new(
+            "aggregator",
+            "a",
+            PathBuf::from(progs::AGGREGATOR),
+        ))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(caller.run_entry("fanout").unwrap(), 0);
+    let hop = caller
+        .hops()
+        .into_iter()
+        .find(|h| h.target == "busy")
+        .unwrap();
+    assert_eq!((hop.mode, hop.calls, hop.failures), (Mode::Local, 8, 0));
+    // Serial would be 8 x 200 ms; the bound is loose on purpose.
+    assert!(started.elapsed() < std::time::Duration::from_millis(1200));
+}
