@@ -20,9 +20,8 @@ use crate::registry::{node_name, EndpointRecord, NodeDirectory, Registration, RE
 use crate::runtime::{FunctionEntry, RuntimeInner};
 use crate::transport::embedded::finish;
 use crate::transport::embedded::EmbeddedTransport;
-use crate::transport::local::SHM_THRESHOLD;
-use crate::transport::shm::{recv_with_fd, SharedRegion};
-use crate::transport::wire::{self, Header, Kind, WireError, FLAG_SHM, HEADER_LEN};
+use crate::transport::shm::{recv_payload, recv_with_fd, send_frame, SharedRegion};
+use crate::transport::wire::{self, Header, Kind, WireError, HEADER_LEN};
 use crate::transport::{CallContext, Transport, VecIo};
 
 /// How a server runs.
@@ -354,7 +353,7 @@ fn handle_request(
     let len = h.payload_len as usize;
     let f = &shared.function;
     if target != f.spec.name.as_bytes() {
-        skip_inline(stream, h)?;
+        skip_payload(stream, shm, h)?;
         let msg = format!(
             "this server hosts '{}', not '{}'",
             f.spec.name,
@@ -365,7 +364,7 @@ fn handle_request(
     }
     let limits = &shared.runtime.limits;
     if !shared.slots.acquire(limits.call_timeout) {
-        skip_inline(stream, h)?;
+        skip_payload(stream, shm, h)?;
         let msg = format!(
             "'{}' is busy: no call slot freed within the timeout",
             f.spec.name
@@ -410,27 +409,20 @@ fn run_call(
     let mut inst = match f.pool.acquire(runtime, f, 1, &runtime.limits) {
         Ok(i) => i,
         Err(e) => {
-            skip_inline(stream, h)?;
+            skip_payload(stream, shm, h)?;
             return Err(CallOutcome::Failed(e));
         }
     };
     let ptr = match inst.alloc_request(len) {
         Ok(p) => p,
         Err(e) => {
-            skip_inline(stream, h)?;
+            skip_payload(stream, shm, h)?;
             return Err(CallOutcome::Failed(e));
         }
     };
     // The request goes straight into the callee's memory.
     let dst = &mut inst.memory_mut()[ptr..ptr + len];
-    if h.in_shm() {
-        shm.expect(len).map_err(|e| {
-            CallOutcome::Connection(ConnError::Protocol(format!("bad shared region: {e}")))
-        })?;
-        shm.read(dst);
-    } else {
-        stream.read_exact(dst)?;
-    }
+    recv_payload(stream, shm, h, dst)?;
     let handled = inst.handle(ptr, len);
     let ctx = CallContext { runtime, depth: 1 };
     let resp: ResponseRange = match handled {
@@ -453,26 +445,17 @@ fn run_call(
         }
     };
     let mut out = Header::new(Kind::Response, h.id);
-    out.payload_len = resp.len as u64;
     let body = &inst.memory_mut()[resp.ptr..resp.ptr + resp.len];
-    let sent = if resp.len >= SHM_THRESHOLD {
-        shm.grow_to(resp.len).and_then(|()| {
-            shm.write(body);
-            out.flags = FLAG_SHM;
-            wire::write_frame(stream, &out, &[], &[])
-        })
-    } else {
-        wire::write_frame(stream, &out, &[], body)
-    };
+    let sent = send_frame(stream, shm, &mut out, &[], body);
     finish(f, inst, &Ok(()), &ctx);
     sent.map_err(CallOutcome::from)
 }
 
-/// Consumes an inline payload the server will not use, keeping the stream in
-/// step.
-fn skip_inline(stream: &mut UnixStream, h: &Header) -> io::Result<()> {
-    if !h.in_shm() && h.payload_len > 0 {
-        io::copy(&mut (&mut *stream).take(h.payload_len), &mut io::sink())?;
+/// Consumes a payload the server will not use (inline bytes, or progress
+/// counts), keeping the stream in step.
+fn skip_payload(stream: &mut UnixStream, shm: &mut SharedRegion, h: &Header) -> io::Result<()> {
+    if h.in_shm() && !h.chunked() {
+        return Ok(());
     }
-    Ok(())
+    recv_payload(stream, shm, h, &mut [])
 }

@@ -12,12 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{CallError, ErrorCode};
-use crate::transport::shm::{send_with_fd, SharedRegion};
-use crate::transport::wire::{self, Header, Kind, WireError, FLAG_SHM};
+use crate::transport::shm::{recv_payload, send_frame, send_with_fd, SharedRegion};
+use crate::transport::wire::{self, Header, Kind, WireError};
 use crate::transport::{CallContext, CallerIo, PendingCall, Transport};
-
-/// Payloads of at least this size go through the shared region.
-pub const SHM_THRESHOLD: usize = 64 << 10;
 
 /// Time allowed for connecting, past which the endpoint counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -191,26 +188,9 @@ impl Endpoint {
                 )
             }
         }
-        let len = h.payload_len as usize;
-        let dst = io.response_buffer(len)?;
-        let n = dst.len().min(len);
-        if h.in_shm() {
-            conn.shm
-                .expect(len)
-                .map_err(|e| self.transport_error("bad shared region", e))?;
-            conn.shm.read(&mut dst[..n]);
-        } else {
-            conn.stream
-                .read_exact(&mut dst[..n])
-                .map_err(|e| self.transport_error("connection lost mid-call", e))?;
-            if n < len {
-                io::copy(
-                    &mut (&mut conn.stream).take((len - n) as u64),
-                    &mut io::sink(),
-                )
-                .map_err(|e| self.transport_error("connection lost mid-call", e))?;
-            }
-        }
+        let dst = io.response_buffer(h.payload_len as usize)?;
+        recv_payload(&mut conn.stream, &mut conn.shm, &h, dst)
+            .map_err(|e| self.transport_error("connection lost mid-call", e))?;
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -222,15 +202,13 @@ impl Endpoint {
 fn send_request(conn: &mut Connection, id: u64, target: &str, request: &[u8]) -> io::Result<()> {
     let mut h = Header::new(Kind::Request, id);
     h.target_len = target.len() as u16;
-    h.payload_len = request.len() as u64;
-    if request.len() >= SHM_THRESHOLD {
-        conn.shm.grow_to(request.len())?;
-        conn.shm.write(request);
-        h.flags = FLAG_SHM;
-        wire::write_frame(&mut conn.stream, &h, target.as_bytes(), &[])
-    } else {
-        wire::write_frame(&mut conn.stream, &h, target.as_bytes(), request)
-    }
+    send_frame(
+        &mut conn.stream,
+        &mut conn.shm,
+        &mut h,
+        target.as_bytes(),
+        request,
+    )
 }
 
 impl Transport for LocalTransport {

@@ -13,10 +13,11 @@
 //!   anyway; the host copies them with raw pointer copies and never forms a
 //!   reference whose invariants a concurrent write could break.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
+use crate::transport::wire::{self, Header, FLAG_CHUNKED, FLAG_SHM};
 use rustix::fs::{
     fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create, MemfdFlags, SealFlags,
 };
@@ -131,18 +132,18 @@ impl SharedRegion {
         }
     }
 
-    /// Copies `src` to the start of the region (after `grow_to`).
-    pub fn write(&mut self, src: &[u8]) {
-        assert!(src.len() <= self.mapped, "grow_to must come first");
+    /// Copies `src` into the region at `offset` (after `grow_to`).
+    pub fn write_at(&mut self, offset: usize, src: &[u8]) {
+        assert!(offset + src.len() <= self.mapped, "grow_to must come first");
         // SAFETY: bounded by our mapping; see the module docs on concurrency.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr, src.len()) }
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(offset), src.len()) }
     }
 
-    /// Copies the start of the region into `dst` (after `expect`).
-    pub fn read(&self, dst: &mut [u8]) {
-        assert!(dst.len() <= self.mapped, "expect must come first");
+    /// Copies the region at `offset` into `dst` (after `expect`).
+    pub fn read_at(&self, offset: usize, dst: &mut [u8]) {
+        assert!(offset + dst.len() <= self.mapped, "expect must come first");
         // SAFETY: bounded by our mapping; see the module docs on concurrency.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr, dst.as_mut_ptr(), dst.len()) }
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset), dst.as_mut_ptr(), dst.len()) }
     }
 }
 
@@ -150,6 +151,92 @@ impl Drop for SharedRegion {
     fn drop(&mut self) {
         self.unmap();
     }
+}
+
+/// Payloads of at least this size go through the shared region.
+pub const SHM_THRESHOLD: usize = 64 << 10;
+
+/// Payloads larger than this are pipelined: the sender fills the region a
+/// chunk at a time and announces each on the socket, while the receiver
+/// copies out what has arrived, so the two copies overlap.
+pub const CHUNK: usize = 1 << 20;
+
+fn protocol(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Sends frame `h` (with `target`) and its payload: inline when small,
+/// through the region when large, pipelined when larger than a chunk.
+pub(crate) fn send_frame(
+    stream: &mut UnixStream,
+    shm: &mut SharedRegion,
+    h: &mut Header,
+    target: &[u8],
+    payload: &[u8],
+) -> io::Result<()> {
+    h.payload_len = payload.len() as u64;
+    if payload.len() < SHM_THRESHOLD {
+        return wire::write_frame(stream, h, target, payload);
+    }
+    shm.grow_to(payload.len())?;
+    if payload.len() <= CHUNK {
+        shm.write_at(0, payload);
+        h.flags = FLAG_SHM;
+        return wire::write_frame(stream, h, target, &[]);
+    }
+    h.flags = FLAG_SHM | FLAG_CHUNKED;
+    wire::write_frame(stream, h, target, &[])?;
+    let mut done = 0;
+    while done < payload.len() {
+        let end = (done + CHUNK).min(payload.len());
+        shm.write_at(done, &payload[done..end]);
+        done = end;
+        stream.write_all(&(done as u64).to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// Receives the payload of frame `h` into `dst`, which may be shorter than the
+/// payload (the rest is consumed and dropped). Protocol violations come back
+/// as `InvalidData`.
+pub(crate) fn recv_payload(
+    stream: &mut UnixStream,
+    shm: &mut SharedRegion,
+    h: &Header,
+    dst: &mut [u8],
+) -> io::Result<()> {
+    let len = h.payload_len as usize;
+    let keep = dst.len().min(len);
+    if !h.in_shm() {
+        stream.read_exact(&mut dst[..keep])?;
+        if keep < len {
+            io::copy(
+                &mut (&mut *stream).take((len - keep) as u64),
+                &mut io::sink(),
+            )?;
+        }
+        return Ok(());
+    }
+    shm.expect(len)?;
+    if !h.chunked() {
+        shm.read_at(0, &mut dst[..keep]);
+        return Ok(());
+    }
+    let mut done = 0;
+    while done < len {
+        let mut count = [0u8; 8];
+        stream.read_exact(&mut count)?;
+        let ready = u64::from_le_bytes(count) as usize;
+        if ready <= done || ready > len {
+            return Err(protocol(format!(
+                "progress {ready} after {done} of a {len}-byte payload"
+            )));
+        }
+        let (from, to) = (done.min(keep), ready.min(keep));
+        shm.read_at(from, &mut dst[from..to]);
+        done = ready;
+    }
+    Ok(())
 }
 
 /// Sends `bytes` with one file descriptor attached.
@@ -213,7 +300,7 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let mut mine = SharedRegion::create().unwrap();
         mine.grow_to(100).unwrap();
-        mine.write(b"hello shared world");
+        mine.write_at(0, b"hello shared world");
         send_with_fd(&a, b"hdr", mine.fd()).unwrap();
         let mut buf = [0u8; 3];
         let fd = recv_with_fd(&b, &mut buf).unwrap().unwrap();
@@ -221,16 +308,55 @@ mod tests {
         let mut theirs = SharedRegion::adopt(fd).unwrap();
         theirs.expect(18).unwrap();
         let mut out = [0u8; 18];
-        theirs.read(&mut out);
+        theirs.read_at(0, &mut out);
         assert_eq!(&out, b"hello shared world");
         // The peer grows it; this side sees the new size.
         theirs.grow_to(3 << 20).unwrap();
-        theirs.write(&vec![7u8; 3 << 20]);
+        theirs.write_at(0, &vec![7u8; 3 << 20]);
         mine.expect(3 << 20).unwrap();
         let mut big = vec![0u8; 3 << 20];
-        mine.read(&mut big);
+        mine.read_at(0, &mut big);
         assert!(big.iter().all(|&b| b == 7));
         assert!(mine.expect(1 << 30).is_err(), "cannot read past the file");
+    }
+
+    #[test]
+    fn payloads_of_every_kind_cross_intact() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let mut mine = SharedRegion::create().unwrap();
+        send_with_fd(&a, b"x", mine.fd()).unwrap();
+        let mut one = [0u8; 1];
+        let mut theirs = SharedRegion::adopt(recv_with_fd(&b, &mut one).unwrap().unwrap()).unwrap();
+        for len in [0usize, 10, SHM_THRESHOLD, CHUNK, CHUNK + 1, 3 * CHUNK + 17] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let sender = std::thread::scope(|s| {
+                let t = s.spawn(|| {
+                    let mut h = Header::new(wire::Kind::Request, 1);
+                    send_frame(&mut a, &mut mine, &mut h, b"", &data).unwrap();
+                    h
+                });
+                let mut head = [0u8; wire::HEADER_LEN];
+                b.read_exact(&mut head).unwrap();
+                let h = Header::decode(&head, 1 << 30).unwrap();
+                let mut got = vec![0u8; h.payload_len as usize];
+                recv_payload(&mut b, &mut theirs, &h, &mut got).unwrap();
+                assert!(got == data, "{len} bytes differ");
+                // A shorter destination keeps a prefix and consumes the rest.
+                t.join().unwrap()
+            });
+            assert_eq!(sender.chunked(), len > CHUNK, "{len}");
+        }
+        let mut h = Header::new(wire::Kind::Request, 2);
+        let data = vec![9u8; 2 * CHUNK + 5];
+        std::thread::scope(|s| {
+            s.spawn(|| send_frame(&mut a, &mut mine, &mut h, b"", &data).unwrap());
+            let mut head = [0u8; wire::HEADER_LEN];
+            b.read_exact(&mut head).unwrap();
+            let h = Header::decode(&head, 1 << 30).unwrap();
+            let mut prefix = [0u8; 10];
+            recv_payload(&mut b, &mut theirs, &h, &mut prefix).unwrap();
+            assert_eq!(prefix, [9u8; 10]);
+        });
     }
 
     #[test]

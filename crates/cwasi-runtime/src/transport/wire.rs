@@ -8,6 +8,7 @@
 //!  4  version      u8       1
 //!  5  kind         u8       1 request, 2 response, 3 error, 4 attach-shm
 //!  6  flags        u16      bit 0: the payload is in the shared region
+//!                           bit 1: chunked (progress counts follow)
 //!  8  request id   u64
 //! 16  target len   u16      0..=255 (requests only)
 //! 18  reserved     u16      0
@@ -27,6 +28,9 @@ pub const HEADER_LEN: usize = 32;
 pub const MAX_TARGET_LEN: usize = 255;
 /// Flag: the payload lies at offset 0 of the connection's shared region.
 pub const FLAG_SHM: u16 = 1;
+/// Flag (with `FLAG_SHM`): the payload is written into the region while the
+/// frame is under way; 8-byte progress counts follow the header on the socket.
+pub const FLAG_CHUNKED: u16 = 2;
 
 /// What a frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,8 +148,13 @@ impl Header {
         let kind = Kind::from_u8(b[5]).ok_or(WireError::BadKind(b[5]))?;
         let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         let flags = u16_at(6);
-        if flags & !FLAG_SHM != 0 {
+        if flags & !(FLAG_SHM | FLAG_CHUNKED) != 0 {
             return Err(WireError::Malformed("unknown flags"));
+        }
+        if flags & FLAG_CHUNKED != 0 && flags & FLAG_SHM == 0 {
+            return Err(WireError::Malformed(
+                "a chunked payload must be in the shared region",
+            ));
         }
         if u16_at(18) != 0 {
             return Err(WireError::Malformed("reserved bytes are not zero"));
@@ -179,6 +188,11 @@ impl Header {
     /// Whether the payload is in the shared region.
     pub fn in_shm(&self) -> bool {
         self.flags & FLAG_SHM != 0
+    }
+
+    /// Whether progress counts follow the header.
+    pub fn chunked(&self) -> bool {
+        self.flags & FLAG_CHUNKED != 0
     }
 }
 
