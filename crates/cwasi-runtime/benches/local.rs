@@ -28,7 +28,8 @@
 //! scheduler, the two pairs of threads are sometimes on one CPU, sometimes on
 //! two, and a round trip costs about 12 us or 25-45 us accordingly, so the
 //! 64 B ratio would depend on where the threads landed. `--same-cpu` puts
-//! every thread on one CPU; `--no-pin` leaves placement to the scheduler.
+//! every thread on one CPU; `--no-pin` leaves placement to the scheduler
+//! (`benches/placement`, shared with the remote-mode benchmark).
 //!
 //! `cargo bench -p cwasi-runtime --bench local` runs it in full; append
 //! `-- --quick` for a shorter, noisier run, and/or size filters such as
@@ -37,6 +38,7 @@
 //! nothing.
 
 mod common;
+mod placement;
 
 use std::hint::black_box;
 use std::io::{self, IoSlice, Read, Write};
@@ -49,6 +51,7 @@ use common::{fmt_ns, measure, op, size_label, verdict, Args, Profile, Settings, 
 use cwasi_runtime::runtime::HOST_CALLER;
 use cwasi_runtime::wire::{Header, Kind, HEADER_LEN};
 use cwasi_runtime::{FunctionSpec, Mode, NodeDirectory, Runtime, ServeHandle, ServeOptions};
+use placement::{affinity, Placement};
 use test_programs_artifacts as progs;
 
 const SIZES: [usize; 6] = [64, KIB, 64 * KIB, MIB, 10 * MIB, 100 * MIB];
@@ -83,141 +86,6 @@ fn settings(profile: Profile) -> Settings {
             sample_target: Duration::from_millis(1),
         },
         Profile::Smoke => Settings::smoke(),
-    }
-}
-
-/// Where the threads run.
-#[derive(Clone, Copy)]
-enum Placement {
-    /// The calling thread on one CPU; the threads that answer (the runtime's
-    /// accept and connection threads, the raw echo thread) on another.
-    Split { caller: usize, server: usize },
-    /// Every thread on one CPU.
-    Same(usize),
-    /// Wherever the scheduler puts them.
-    Free,
-}
-
-impl Placement {
-    fn choose(same_cpu: bool, no_pin: bool) -> Placement {
-        let cpus = affinity::allowed();
-        match (no_pin, same_cpu, cpus.as_slice()) {
-            (true, _, _) | (_, _, []) => Placement::Free,
-            (false, true, [cpu, ..]) => Placement::Same(*cpu),
-            (false, false, [caller, server, ..]) => Placement::Split {
-                caller: *caller,
-                server: *server,
-            },
-            (false, false, [_]) => {
-                println!("only one CPU is allowed: cannot split callers and servers");
-                Placement::Free
-            }
-        }
-    }
-
-    fn describe(self) -> String {
-        match self {
-            Placement::Split { caller, server } => {
-                format!("split: calling thread on CPU {caller}, serving threads on CPU {server}")
-            }
-            Placement::Same(cpu) => format!("same CPU: every thread on CPU {cpu}"),
-            Placement::Free => "free: left to the scheduler".into(),
-        }
-    }
-
-    /// Pins the calling thread where it measures from.
-    fn enter_caller(self) {
-        match self {
-            Placement::Split { caller: cpu, .. } | Placement::Same(cpu) => {
-                affinity::pin_current_thread(cpu)
-            }
-            Placement::Free => {}
-        }
-    }
-
-    /// Pins the calling thread where serving threads go, so that the threads
-    /// it starts now (and the ones those start) inherit that CPU.
-    fn enter_server(self) {
-        match self {
-            Placement::Split { server: cpu, .. } | Placement::Same(cpu) => {
-                affinity::pin_current_thread(cpu)
-            }
-            Placement::Free => {}
-        }
-    }
-}
-
-/// Thread placement through glibc's `sched_getaffinity` and
-/// `sched_setaffinity`: std has no API for it, and the workspace builds
-/// rustix without its `thread` feature.
-mod affinity {
-    /// glibc's `cpu_set_t`: 1024 bits.
-    type CpuSet = [u64; 16];
-
-    extern "C" {
-        fn sched_getaffinity(pid: i32, size: usize, mask: *mut CpuSet) -> i32;
-        fn sched_setaffinity(pid: i32, size: usize, mask: *const CpuSet) -> i32;
-    }
-
-    /// The CPUs the calling thread may run on.
-    pub fn allowed() -> Vec<usize> {
-        let mut set: CpuSet = [0; 16];
-        // SAFETY: `set` is a writable cpu_set_t of the size passed; pid 0 is
-        // the calling thread.
-        let rc = unsafe { sched_getaffinity(0, std::mem::size_of::<CpuSet>(), &mut set) };
-        if rc != 0 {
-            return Vec::new();
-        }
-        (0..set.len() * 64)
-            .filter(|&cpu| set[cpu / 64] & (1 << (cpu % 64)) != 0)
-            .collect()
-    }
-
-    /// Pins the calling thread, and the threads it starts from now on, to
-    /// `cpu`.
-    pub fn pin_current_thread(cpu: usize) {
-        let mut set: CpuSet = [0; 16];
-        set[cpu / 64] |= 1 << (cpu % 64);
-        // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the
-        // calling thread.
-        let rc = unsafe { sched_setaffinity(0, std::mem::size_of::<CpuSet>(), &set) };
-        assert_eq!(
-            rc,
-            0,
-            "cannot pin a thread to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-
-    /// The CPUs each thread of interest may run on, for the record.
-    pub fn threads() -> String {
-        let pid = std::process::id().to_string();
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return "unknown".into();
-        };
-        let mut out = Vec::new();
-        for task in tasks.flatten() {
-            let path = task.path();
-            let read = |f: &str| std::fs::read_to_string(path.join(f)).unwrap_or_default();
-            let comm = read("comm").trim().to_string();
-            let name = if task.file_name().to_str() == Some(pid.as_str()) {
-                "bench thread".to_string()
-            } else if matches!(comm.as_str(), "cwasi-conn" | "raw-uds-echo")
-                || comm.starts_with("cwasi-serve")
-            {
-                comm
-            } else {
-                continue;
-            };
-            let cpus = read("status")
-                .lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_default();
-            out.push(format!("{name} on CPU {cpus}"));
-        }
-        out.sort();
-        out.join(", ")
     }
 }
 
@@ -473,7 +341,10 @@ fn bench_size(
     check_hop(&rts.embedded, Mode::Embedded);
     check_hop(&rts.client, Mode::Local);
     if first {
-        println!("threads: {}", affinity::threads());
+        let serving = |name: &str| {
+            matches!(name, "cwasi-conn" | "raw-uds-echo") || name.starts_with("cwasi-serve")
+        };
+        println!("threads: {}", affinity::threads(serving));
         println!();
     }
 
@@ -577,12 +448,10 @@ fn print_targets(rows: &[Row]) {
 }
 
 fn main() {
-    let (Args { profile, sizes }, flags) =
-        Args::parse("local", &SIZES, &["--same-cpu", "--no-pin"]);
+    let (Args { profile, sizes }, flags) = Args::parse("local", &SIZES, &placement::FLAGS);
     let settings = settings(profile);
     common::print_banner("CWASI local-mode benchmark (issue \"Local mode\")", profile);
-    let flag = |f: &str| flags.iter().any(|g| g == f);
-    let placement = Placement::choose(flag("--same-cpu"), flag("--no-pin"));
+    let placement = Placement::from_flags(&flags, "--split");
     println!("placement: {}", placement.describe());
     let nodes = TempNodeDir::create();
     println!(

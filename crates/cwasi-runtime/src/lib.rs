@@ -4,7 +4,8 @@
 //! - [`engine`]: the wasmtime engine, limits and module loading.
 //! - [`abi`]: the host side of guest ABI v1 (`docs/abi.md`).
 //! - [`selector`]: which mode a call takes, and why.
-//! - `transport`: the data paths (embedded and local so far).
+//! - `transport`: the data paths: embedded, local and remote.
+//! - [`broker`]: Redis streams and the cluster registry of remote mode.
 //! - [`registry`]: the node directory of served functions.
 //! - [`serve`]: hosting a function for other processes.
 //! - [`runtime`]: the functions of one process and the host-facing API.
