@@ -298,24 +298,29 @@ impl Broker {
                 .arg(deadline)
                 .arg("payload")
                 .arg(request);
-            self.query(&add).await?;
+            // The request and the wait go out together, on a connection of
+            // their own: one round trip to the broker.
             let mut conn = self.blocking_conn().await?;
-            let mut pop = redis::cmd("BLPOP");
-            pop.arg(&reply).arg(timeout.as_secs_f64().max(0.01));
+            let mut p = redis::pipe();
+            p.add_command(add)
+                .cmd("BLPOP")
+                .arg(&reply)
+                .arg(timeout.as_secs_f64().max(0.01));
             let waited = tokio::time::timeout(
                 timeout + Duration::from_secs(2),
-                pop.query_async::<Value>(&mut conn),
+                p.query_async::<Value>(&mut conn),
             )
             .await;
+            // A popped list is gone; an unanswered key expires with its reply.
             let value = match waited {
-                Ok(Ok(v)) => {
+                Ok(Ok(Value::Array(mut replies))) if replies.len() == 2 => {
                     self.give_back(conn);
-                    v
+                    replies.pop().unwrap_or(Value::Nil)
                 }
+                Ok(Ok(other)) => return Err(self.down(format!("unexpected reply {other:?}"))),
                 Ok(Err(e)) => return Err(self.down(e)),
                 Err(_) => Value::Nil,
             };
-            let _ = self.query(redis::cmd("DEL").arg(&reply)).await;
             let envelope = match value {
                 Value::Array(mut items) if items.len() == 2 => match items.pop() {
                     Some(Value::BulkString(b)) => b,
@@ -691,7 +696,7 @@ fn consume(
                         if !list.is_empty() {
                             tracing::info!(count = list.len(), "reclaimed pending requests");
                         }
-                        return Ok::<_, CallError>(list);
+                        return Ok::<_, CallError>((list, true));
                     }
                 }
             }
@@ -721,20 +726,21 @@ fn consume(
                 })?;
             conn = Some(c);
             // [[stream, [entries...]]] or nil
-            Ok(match v {
+            let list = match v {
                 Value::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
                     Value::Array(mut pair) if pair.len() == 2 => entries(pair.swap_remove(1)),
                     _ => Vec::new(),
                 },
                 Value::Map(mut m) if !m.is_empty() => entries(m.swap_remove(0).1),
                 _ => Vec::new(),
-            })
+            };
+            Ok((list, false))
         });
         match step {
-            Ok(list) => {
+            Ok((list, reclaimed)) => {
                 backoff = Duration::from_millis(100);
                 for e in list {
-                    process(b, stream, consumer, lease, handler, e);
+                    process(b, stream, consumer, lease, handler, e, reclaimed);
                 }
             }
             Err(e) => {
@@ -759,9 +765,16 @@ fn ack_pipe(stream: &str, eid: &str) -> redis::Pipeline {
     p
 }
 
-/// Runs one request: skips it if expired or already claimed, runs the
-/// handler, replies, then acknowledges and deletes the entry. A failure
-/// before the acknowledgement leaves the entry pending, to be reclaimed.
+/// Runs one request: skips it if expired, runs the handler, then replies,
+/// acknowledges and deletes the entry in one transaction. A failure before
+/// that leaves the entry pending, to be reclaimed.
+///
+/// A fresh entry (delivered by `>`) was never given to another consumer, so
+/// it runs at once. A `reclaimed` one may have been answered by a consumer
+/// that died before acknowledging (the done marker), or may still be running
+/// elsewhere (the claim): it runs only if neither holds. A consumer cannot
+/// keep a fresh entry past the lease while alive, since its call is stopped
+/// at the call timeout and the lease is longer.
 fn process(
     b: &Broker,
     stream: &str,
@@ -769,6 +782,7 @@ fn process(
     lease: Duration,
     handler: &Handler,
     entry: Result<Entry, String>,
+    reclaimed: bool,
 ) {
     let admitted = b.rt.block_on(async {
         let e = match entry {
@@ -784,6 +798,9 @@ fn process(
             tracing::debug!(id = %e.id, "dropping an expired request");
             b.query_pipe(&ack_pipe(stream, &e.entry_id)).await?;
             return Ok(None);
+        }
+        if !reclaimed {
+            return Ok(Some(e));
         }
         let done_key = format!("cwasi:done:{}", e.id);
         if b.query(redis::cmd("EXISTS").arg(&done_key)).await? == Value::Int(1) {
@@ -833,9 +850,15 @@ fn process(
             .arg("PX")
             .arg(REPLY_TTL.as_millis() as u64)
             .cmd("DEL")
-            .arg(format!("cwasi:claim:{}", e.id));
+            .arg(format!("cwasi:claim:{}", e.id))
+            .cmd("XACK")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(&e.entry_id)
+            .cmd("XDEL")
+            .arg(stream)
+            .arg(&e.entry_id);
         b.query_pipe(&p).await?;
-        b.query_pipe(&ack_pipe(stream, &e.entry_id)).await?;
         Ok::<(), CallError>(())
     });
     if let Err(err) = finished {
