@@ -8,57 +8,13 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{assert_producer_ok, cwasi, function, run_with_timeout, Scratch, LIMIT};
+use common::{assert_producer_ok, cwasi, function, run_with_timeout, Scratch, Server, LIMIT};
 use cwasi_runtime::wire::{Header, Kind, HEADER_LEN};
 use cwasi_runtime::{ErrorCode, Limits, Mode, NodeDirectory, Runtime};
 use test_programs_artifacts as progs;
-
-/// A `cwasi serve` process, killed when dropped.
-struct Server(Child);
-
-impl Server {
-    fn start(dir: &Path, module: &str, name: &str, ns: &str, extra: &[&str]) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_cwasi"))
-            .args([
-                "serve",
-                module,
-                "--name",
-                name,
-                "--namespace",
-                ns,
-                "--runtime-dir",
-            ])
-            .arg(dir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start cwasi serve");
-        let nd = NodeDirectory::open(dir).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while nd.lookup(name, ns).is_none() {
-            assert!(Instant::now() < deadline, "{name} did not register");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Server(child)
-    }
-
-    fn sigkill(&mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn caller(dir: &Path, timeout: Duration) -> Runtime {
     Runtime::builder()
@@ -116,7 +72,7 @@ fn functions_of_other_namespaces_are_served_and_called_locally() {
 fn a_server_killed_mid_call_fails_the_call_and_a_restart_recovers() {
     let scratch = Scratch::new("kill");
     let dir = scratch.0.join("node");
-    let mut server = Server::start(&dir, progs::BUSY, "busy", "b", &[]);
+    let mut server = Server::start(&dir, progs::BUSY, "busy", "b", &[], &[]);
     let rt = caller(&dir, Duration::from_secs(20));
     assert_eq!(rt.call("a", "busy", b"1").unwrap(), b"1");
 
@@ -145,7 +101,7 @@ fn a_server_killed_mid_call_fails_the_call_and_a_restart_recovers() {
     assert!(!dir.join("busy@b.sock").exists());
 
     // After a restart, the next call of the same caller succeeds.
-    let _server = Server::start(&dir, progs::BUSY, "busy", "b", &[]);
+    let _server = Server::start(&dir, progs::BUSY, "busy", "b", &[], &[]);
     assert_eq!(rt.call("a", "busy", b"2").unwrap(), b"2");
     assert_eq!(fresh.explain("a", "busy").unwrap().mode, Mode::Local);
     let out = cwasi(
@@ -176,8 +132,15 @@ fn a_peer_of_another_uid_is_refused() {
     let scratch = Scratch::new("uid");
     std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = scratch.0.join("node");
-    let _denied = Server::start(&dir, progs::ECHO, "echo", "b", &[]);
-    let _allowed = Server::start(&dir, progs::ECHO, "echo2", "b", &["--allow-uid", "65534"]);
+    let _denied = Server::start(&dir, progs::ECHO, "echo", "b", &[], &[]);
+    let _allowed = Server::start(
+        &dir,
+        progs::ECHO,
+        "echo2",
+        "b",
+        &["--allow-uid", "65534"],
+        &[],
+    );
     // Open the way to the sockets, so that only the credential check stands
     // between nobody and the server.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
@@ -256,7 +219,14 @@ fn attach_frame(s: &UnixStream) {
 fn malformed_frames_close_the_connection_and_the_server_keeps_serving() {
     let scratch = Scratch::new("frames");
     let dir = scratch.0.join("node");
-    let _server = Server::start(&dir, progs::ECHO, "echo", "b", &["--max-payload-mib", "1"]);
+    let _server = Server::start(
+        &dir,
+        progs::ECHO,
+        "echo",
+        "b",
+        &["--max-payload-mib", "1"],
+        &[],
+    );
     let socket: PathBuf = dir.join("echo@b.sock");
     let good = caller(&dir, Duration::from_secs(20));
     assert_eq!(good.call("a", "echo", b"before").unwrap(), b"before");

@@ -5,57 +5,28 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{assert_producer_ok, function, run_with_timeout, Scratch, LIMIT};
+use common::{assert_producer_ok, function, run_with_timeout, Scratch, Server, LIMIT};
 use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::{ErrorCode, Limits, Mode, NodeDirectory, Runtime};
 use test_programs_artifacts as progs;
 use test_support::RedisServer;
 
-/// A `cwasi serve` process on a node of its own; killed when dropped.
-struct NodeServer {
-    child: Child,
-}
-
-impl NodeServer {
-    fn start(
-        redis: &str,
-        node: &str,
-        dir: &Path,
-        module: &str,
-        name: &str,
-        ns: &str,
-    ) -> NodeServer {
-        let child = Command::new(env!("CARGO_BIN_EXE_cwasi"))
-            .args(["serve", module, "--name", name, "--namespace", ns])
-            .args(["--call-timeout-ms", "2000", "--runtime-dir"])
-            .arg(dir)
-            .env("CWASI_REDIS_URL", redis)
-            .env("CWASI_NODE", node)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start cwasi serve");
-        let nd = NodeDirectory::open(dir).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while nd.lookup(name, ns).is_none() {
-            assert!(Instant::now() < deadline, "{name} did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        NodeServer { child }
-    }
-}
-
-impl Drop for NodeServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `cwasi serve` process on a node of its own: its own `CWASI_NODE` and
+/// node directory, sharing only the broker.
+fn node_server(redis: &str, node: &str, dir: &Path, module: &str, name: &str, ns: &str) -> Server {
+    Server::start(
+        dir,
+        module,
+        name,
+        ns,
+        &["--call-timeout-ms", "2000"],
+        &[("CWASI_REDIS_URL", redis), ("CWASI_NODE", node)],
+    )
 }
 
 fn broker(url: &str, node: &str) -> Arc<Broker> {
@@ -98,7 +69,7 @@ fn two_nodes_on_one_machine_exchange_every_payload_remotely() {
     let redis = RedisServer::start();
     let scratch = Scratch::new("remote-nodes");
     let (d1, d2) = (scratch.0.join("node1"), scratch.0.join("node2"));
-    let _server = NodeServer::start(&redis.url(), "node2", &d2, progs::ECHO, "echo", "b");
+    let _server = node_server(&redis.url(), "node2", &d2, progs::ECHO, "echo", "b");
     for size in [0usize, 1, 64 << 10, 10 << 20, 100 << 20] {
         let toml = format!(
             "entry = \"producer\"\n[limits]\ncall_timeout_ms = 60000\n{}",
@@ -130,7 +101,7 @@ fn soak_with_a_server_killed_and_restarted_loses_and_duplicates_nothing() {
     let redis = RedisServer::start();
     let scratch = Scratch::new("remote-soak");
     let (d1, d2) = (scratch.0.join("node1"), scratch.0.join("node2"));
-    let start_echo = || NodeServer::start(&redis.url(), "node2", &d2, progs::ECHO, "echo", "b");
+    let start_echo = || node_server(&redis.url(), "node2", &d2, progs::ECHO, "echo", "b");
     let server = Arc::new(Mutex::new(Some(start_echo())));
     let timeout = Duration::from_secs(2);
     let rt = remote_caller(&redis.url(), &d1, timeout);
@@ -237,7 +208,7 @@ fn calls_resume_after_redis_restarts() {
     let mut redis = RedisServer::start();
     let scratch = Scratch::new("remote-restart");
     let (d1, d2) = (scratch.0.join("node1"), scratch.0.join("node2"));
-    let _server = NodeServer::start(&redis.url(), "node2", &d2, progs::ECHO, "echo", "b");
+    let _server = node_server(&redis.url(), "node2", &d2, progs::ECHO, "echo", "b");
     let timeout = Duration::from_secs(2);
     let rt = remote_caller(&redis.url(), &d1, timeout);
     wait_announced(&rt, "a", "echo");

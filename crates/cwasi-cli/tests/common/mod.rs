@@ -3,8 +3,11 @@
 #![allow(dead_code)]
 
 use std::io::Read;
+use std::path::Path;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+
+use cwasi_runtime::NodeDirectory;
 use std::time::{Duration, Instant};
 
 /// What a finished `cwasi` printed.
@@ -107,4 +110,54 @@ pub fn assert_producer_ok(out: &Output, size: usize, edge: &str) {
         out.stdout
     );
     assert!(out.stderr.contains(edge), "size {size}: {}", out.stderr);
+}
+
+/// A `cwasi serve` process, registered in its node directory before `start`
+/// returns; killed when dropped.
+pub struct Server(Child);
+
+impl Server {
+    /// Serves `module` as `name` of namespace `ns` in node directory `dir`,
+    /// with extra arguments and environment.
+    pub fn start(
+        dir: &Path,
+        module: &str,
+        name: &str,
+        ns: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let child = Command::new(env!("CARGO_BIN_EXE_cwasi"))
+            .args(["serve", module, "--name", name, "--namespace", ns])
+            .arg("--runtime-dir")
+            .arg(dir)
+            .args(extra)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start cwasi serve");
+        let server = Server(child);
+        let nd = NodeDirectory::open(dir).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while nd.lookup(name, ns).is_none() {
+            assert!(Instant::now() < deadline, "{name} did not register");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    /// Kills it as a crash would.
+    pub fn sigkill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
