@@ -48,21 +48,12 @@ const CALLEE: &str = "discard";
 
 /// Sampling of memcpy and host->guest (interleaved) per size.
 fn settings(profile: Profile) -> Settings {
-    match profile {
-        Profile::Full => Settings {
-            warmup: Duration::from_millis(500),
-            budget: Duration::from_secs(3),
-            min_samples: 5,
-            sample_target: Duration::from_millis(1),
-        },
-        Profile::Quick => Settings {
-            warmup: Duration::from_millis(100),
-            budget: Duration::from_millis(500),
-            min_samples: 3,
-            sample_target: Duration::from_millis(1),
-        },
-        Profile::Smoke => Settings::smoke(),
-    }
+    Settings::for_profile(
+        profile,
+        Duration::from_secs(3),
+        5,
+        Duration::from_millis(500),
+    )
 }
 
 /// Measured `bench_caller` runs per size (after one warm-up run).

@@ -72,21 +72,12 @@ const SERVED_NS: &str = "bench-b";
 const TARGET: &str = "discard";
 
 fn settings(profile: Profile) -> Settings {
-    match profile {
-        Profile::Full => Settings {
-            warmup: Duration::from_millis(500),
-            budget: Duration::from_secs(5),
-            min_samples: 10,
-            sample_target: Duration::from_millis(1),
-        },
-        Profile::Quick => Settings {
-            warmup: Duration::from_millis(100),
-            budget: Duration::from_millis(500),
-            min_samples: 3,
-            sample_target: Duration::from_millis(1),
-        },
-        Profile::Smoke => Settings::smoke(),
-    }
+    Settings::for_profile(
+        profile,
+        Duration::from_secs(5),
+        10,
+        Duration::from_millis(500),
+    )
 }
 
 /// The node directory of this run: a fresh directory under the system's

@@ -88,21 +88,12 @@ const REDIS_WITH_SERVER: &str = "--redis-with-server";
 const RAW_KEY: &str = "cwasi-bench:raw";
 
 fn settings(profile: Profile) -> Settings {
-    match profile {
-        Profile::Full => Settings {
-            warmup: Duration::from_millis(500),
-            budget: Duration::from_secs(6),
-            min_samples: 10,
-            sample_target: Duration::from_millis(1),
-        },
-        Profile::Quick => Settings {
-            warmup: Duration::from_millis(100),
-            budget: Duration::from_millis(800),
-            min_samples: 3,
-            sample_target: Duration::from_millis(1),
-        },
-        Profile::Smoke => Settings::smoke(),
-    }
+    Settings::for_profile(
+        profile,
+        Duration::from_secs(6),
+        10,
+        Duration::from_millis(800),
+    )
 }
 
 /// How long the untimed pass of each socket column runs, per size (at least

@@ -90,6 +90,29 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The usual settings of a profile: a full run warms up for 0.5 s and
+    /// samples for `full_budget` (at least `full_min_samples`); a quick run
+    /// warms up for 0.1 s and samples for `quick_budget` (at least 3); a
+    /// smoke pass does neither. Batches aim at 1 ms.
+    pub fn for_profile(
+        profile: Profile,
+        full_budget: Duration,
+        full_min_samples: usize,
+        quick_budget: Duration,
+    ) -> Settings {
+        let (warmup, budget, min_samples) = match profile {
+            Profile::Full => (Duration::from_millis(500), full_budget, full_min_samples),
+            Profile::Quick => (Duration::from_millis(100), quick_budget, 3),
+            Profile::Smoke => return Settings::smoke(),
+        };
+        Settings {
+            warmup,
+            budget,
+            min_samples,
+            sample_target: Duration::from_millis(1),
+        }
+    }
+
     /// The settings of a smoke pass: no warm-up, one sample of one run.
     pub fn smoke() -> Settings {
         Settings {
