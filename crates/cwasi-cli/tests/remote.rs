@@ -30,13 +30,7 @@ fn node_server(redis: &str, node: &str, dir: &Path, module: &str, name: &str, ns
 }
 
 fn broker(url: &str, node: &str) -> Arc<Broker> {
-    Broker::new(BrokerConfig {
-        url: url.to_string(),
-        username: None,
-        password: None,
-        node: node.to_string(),
-    })
-    .unwrap()
+    Broker::new(BrokerConfig::new(url, node)).unwrap()
 }
 
 fn remote_caller(url: &str, dir: &Path, timeout: Duration) -> Runtime {

@@ -132,13 +132,7 @@ impl Drop for TempRoot {
 }
 
 fn broker(url: &str, node: &str) -> Arc<Broker> {
-    Broker::new(BrokerConfig {
-        url: url.to_string(),
-        username: None,
-        password: None,
-        node: node.to_string(),
-    })
-    .expect("create a broker client")
+    Broker::new(BrokerConfig::new(url, node)).expect("create a broker client")
 }
 
 /// The two nodes. Fields drop in order: the caller first, then the serving

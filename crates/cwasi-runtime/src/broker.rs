@@ -57,6 +57,16 @@ impl std::fmt::Debug for BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// A broker at `url` (credentials, if any, in the URL) for node `node`.
+    pub fn new(url: impl Into<String>, node: impl Into<String>) -> BrokerConfig {
+        BrokerConfig {
+            url: url.into(),
+            username: None,
+            password: None,
+            node: node.into(),
+        }
+    }
+
     /// The configuration in the environment, if `CWASI_REDIS_URL` is set.
     pub fn from_env() -> Option<BrokerConfig> {
         let url = std::env::var("CWASI_REDIS_URL")
@@ -64,10 +74,9 @@ impl BrokerConfig {
             .filter(|u| !u.is_empty())?;
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Some(BrokerConfig {
-            url,
             username: var("CWASI_REDIS_USERNAME"),
             password: var("CWASI_REDIS_PASSWORD"),
-            node: crate::registry::node_name(),
+            ..BrokerConfig::new(url, crate::registry::node_name())
         })
     }
 }

@@ -146,16 +146,16 @@ impl Endpoint {
         };
         if h.kind == Kind::Error && h.id == 0 {
             // The server refused the connection itself (credentials, protocol).
-            let mut msg = vec![0u8; (h.payload_len as usize).min(64 << 10)];
-            let _ = conn.stream.read_exact(&mut msg);
-            let code = ErrorCode::from_raw(h.status).unwrap_or(ErrorCode::Transport);
+            let (code, msg) = read_error(&mut conn.stream, &h).unwrap_or((
+                ErrorCode::from_raw(h.status).unwrap_or(ErrorCode::Transport),
+                String::new(),
+            ));
             return Err(CallError::new(
                 code,
                 format!(
-                    "'{}' at {} refused the connection: {}",
+                    "'{}' at {} refused the connection: {msg}",
                     self.target,
-                    self.socket.display(),
-                    String::from_utf8_lossy(&msg)
+                    self.socket.display()
                 ),
             ));
         }
@@ -168,17 +168,10 @@ impl Endpoint {
         match h.kind {
             Kind::Response => {}
             Kind::Error => {
-                let mut msg = vec![0u8; (h.payload_len as usize).min(64 << 10)];
-                conn.stream
-                    .read_exact(&mut msg)
+                let (code, message) = read_error(&mut conn.stream, &h)
                     .map_err(|e| self.transport_error("connection lost mid-call", e))?;
-                let code = ErrorCode::from_raw(h.status).unwrap_or(ErrorCode::Transport);
-                let message = String::from_utf8_lossy(&msg).into_owned();
-                if h.payload_len as usize == msg.len() {
-                    self.idle
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(conn);
+                if h.payload_len as usize <= MAX_ERROR_MESSAGE {
+                    self.give_back(conn);
                 }
                 return Err(CallError::new(code, message));
             }
@@ -191,12 +184,29 @@ impl Endpoint {
         let dst = io.response_buffer(h.payload_len as usize)?;
         recv_payload(&mut conn.stream, &mut conn.shm, &h, dst)
             .map_err(|e| self.transport_error("connection lost mid-call", e))?;
+        self.give_back(conn);
+        Ok(())
+    }
+
+    /// Pools a connection that is in step again for the next call.
+    fn give_back(&self, conn: Connection) {
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
-        Ok(())
     }
+}
+
+/// Longest error message read from an error frame.
+const MAX_ERROR_MESSAGE: usize = 64 << 10;
+
+/// Reads the message of error frame `h` (at most [`MAX_ERROR_MESSAGE`]
+/// bytes) and its code.
+fn read_error(stream: &mut UnixStream, h: &Header) -> io::Result<(ErrorCode, String)> {
+    let mut msg = vec![0u8; (h.payload_len as usize).min(MAX_ERROR_MESSAGE)];
+    stream.read_exact(&mut msg)?;
+    let code = ErrorCode::from_raw(h.status).unwrap_or(ErrorCode::Transport);
+    Ok((code, String::from_utf8_lossy(&msg).into_owned()))
 }
 
 fn send_request(conn: &mut Connection, id: u64, target: &str, request: &[u8]) -> io::Result<()> {
