@@ -17,10 +17,13 @@ fi
 # Debian packages the test suite needs. The servers among them are started
 # by the tests themselves, on loopback or private sockets, never as services:
 # - redis-server: the broker of remote mode;
-# - util-linux (setpriv): a test calls a server as another user.
+# - util-linux (setpriv): a test calls a server as another user;
+# - containerd, runc: the shim's end-to-end tests run a private containerd;
+# - protobuf-compiler, libseccomp-dev: building the shim (runwasi's
+#   containerd-client runs protoc; youki's libcontainer links libseccomp).
 APT_PACKAGES=()
 if [ "${1:-}" = "--test" ]; then
-    APT_PACKAGES=(redis-server util-linux)
+    APT_PACKAGES=(redis-server util-linux containerd runc protobuf-compiler libseccomp-dev)
 fi
 missing=()
 for p in ${APT_PACKAGES[@]+"${APT_PACKAGES[@]}"}; do

@@ -2,6 +2,7 @@
 //! functions to other processes, calls them, and inspects modules. Thin over
 //! `cwasi-runtime`.
 
+mod image;
 mod report;
 mod served;
 
@@ -40,6 +41,9 @@ enum Command {
     Serve(ServeArgs),
     /// Calls a served function from the shell.
     Call(CallArgs),
+    /// Builds OCI images of modules for containerd.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Shows which ABI imports and exports a module has.
     Inspect {
         /// The .wasm file.
@@ -176,8 +180,9 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,oci_tar_builder=error")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -186,6 +191,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         Command::Call(args) => call(args).map(|()| ExitCode::SUCCESS),
+        Command::Image(command) => image::image(command).map(|()| ExitCode::SUCCESS),
         Command::Inspect { module } => inspect(&module).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
@@ -334,7 +340,11 @@ fn call(args: CallArgs) -> Result<()> {
         }
         d => d.as_bytes().to_vec(),
     };
-    let mut builder = with_broker(Runtime::builder())?.limits(args.limits.apply(Limits::default()));
+    // `call` reaches the served instance itself, never a copy of its module
+    // embedded in this short-lived process.
+    let mut builder = with_broker(Runtime::builder())?
+        .limits(args.limits.apply(Limits::default()))
+        .embed_served(false);
     if args.socket.is_none() {
         builder = builder.node_directory(node_directory(&args.runtime_dir)?);
     }

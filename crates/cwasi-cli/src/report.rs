@@ -12,14 +12,7 @@ pub fn explain(decisions: &[Decision]) -> String {
         out.push_str("  (no calls were made)\n");
     }
     for d in decisions {
-        let _ = match &d.outcome {
-            Ok(s) => writeln!(
-                out,
-                "  {} -> {}: {} ({})",
-                d.caller, d.target, s.mode, s.reason
-            ),
-            Err(e) => writeln!(out, "  {} -> {}: refused: {e}", d.caller, d.target),
-        };
+        let _ = writeln!(out, "  {d}");
     }
     out
 }

@@ -293,3 +293,51 @@ fn the_demo_composition_runs() {
     assert!(out.stderr.contains("source -> normalize"), "{}", out.stderr);
     assert!(out.stderr.contains("normalize -> count"), "{}", out.stderr);
 }
+
+#[test]
+fn image_build_writes_an_oci_layout_and_refuses_what_is_not_wasm() {
+    let s = Scratch::new("image");
+    let out_tar = s.0.join("echo.tar");
+    let out = cwasi(
+        &[
+            "image",
+            "build",
+            progs::ECHO,
+            "-t",
+            "echo",
+            "-o",
+            out_tar.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&out_tar)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout);
+    for expected in ["oci-layout", "index.json", "blobs/sha256/"] {
+        assert!(names.contains(expected), "{expected} missing from {names}");
+    }
+
+    let not_wasm = s.write("notes.wasm", "just text");
+    let out = cwasi(
+        &[
+            "image",
+            "build",
+            &not_wasm,
+            "-t",
+            "x",
+            "-o",
+            s.0.join("x.tar").to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not a WebAssembly module"),
+        "{}",
+        out.stderr
+    );
+}

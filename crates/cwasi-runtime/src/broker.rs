@@ -69,14 +69,18 @@ impl BrokerConfig {
 
     /// The configuration in the environment, if `CWASI_REDIS_URL` is set.
     pub fn from_env() -> Option<BrokerConfig> {
-        let url = std::env::var("CWASI_REDIS_URL")
-            .ok()
-            .filter(|u| !u.is_empty())?;
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        BrokerConfig::from_vars(&|k| std::env::var(k).ok())
+    }
+
+    /// The same, from variables looked up by `var`: the shim reads them from
+    /// the container's environment, not its own.
+    pub fn from_vars(var: &dyn Fn(&str) -> Option<String>) -> Option<BrokerConfig> {
+        let var = |k: &str| var(k).filter(|v| !v.is_empty());
+        let url = var("CWASI_REDIS_URL")?;
         Some(BrokerConfig {
             username: var("CWASI_REDIS_USERNAME"),
             password: var("CWASI_REDIS_PASSWORD"),
-            ..BrokerConfig::new(url, crate::registry::node_name())
+            ..BrokerConfig::new(url, crate::registry::node_name_from(&var))
         })
     }
 }

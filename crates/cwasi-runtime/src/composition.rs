@@ -103,6 +103,7 @@ impl Composition {
                 name,
                 namespace,
                 module: base.join(f.module),
+                module_bytes: None,
                 args: f.args,
                 env: f.env.into_iter().collect(),
                 preopens,

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -130,8 +131,11 @@ pub struct FunctionSpec {
     pub name: String,
     /// The trust domain; only functions of one namespace share a VM.
     pub namespace: String,
-    /// The `.wasm` file.
+    /// The `.wasm` file; only a name for messages when `module_bytes` is set.
     pub module: PathBuf,
+    /// The module itself, when it does not come from a file (the shim gets
+    /// it from an OCI layer).
+    pub module_bytes: Option<Arc<[u8]>>,
     /// WASI arguments after the program name.
     pub args: Vec<String>,
     /// WASI environment.
@@ -149,6 +153,7 @@ impl FunctionSpec {
             name: name.into(),
             namespace: namespace.into(),
             module,
+            module_bytes: None,
             args: Vec::new(),
             env: Vec::new(),
             preopens: Vec::new(),

@@ -73,12 +73,15 @@ impl Drop for EpochTicker {
 /// instantiated for every call that needs a fresh instance.
 #[derive(Clone)]
 pub struct LoadedModule {
-    /// The file it came from.
+    /// The file it came from, or the name it was given when it came as bytes.
     pub path: PathBuf,
     /// The compiled module.
     pub module: Module,
     /// `sha256:<hex>` of the file, so registries can tell two builds apart.
     pub digest: String,
+    /// The original bytes, kept so that a served function can publish its
+    /// module in the node directory for same-namespace callers to embed.
+    pub bytes: Arc<[u8]>,
     /// Its ABI surface.
     pub info: ModuleInfo,
 }
@@ -89,21 +92,37 @@ pub fn load_module(engine: &Engine, path: &Path) -> Result<LoadedModule, Runtime
         path: path.to_path_buf(),
         source,
     })?;
+    load_module_bytes(engine, bytes.into(), path)
+}
+
+/// Validates and compiles a module given as bytes (an OCI layer, a module
+/// published in the node directory); `label` names it in errors.
+pub fn load_module_bytes(
+    engine: &Engine,
+    bytes: Arc<[u8]>,
+    label: &Path,
+) -> Result<LoadedModule, RuntimeError> {
     if !bytes.starts_with(b"\0asm") {
         return Err(RuntimeError::NotWasm {
-            path: path.to_path_buf(),
+            path: label.to_path_buf(),
         });
     }
     let module = Module::from_binary(engine, &bytes).map_err(|e| RuntimeError::InvalidModule {
-        path: path.to_path_buf(),
+        path: label.to_path_buf(),
         message: format!("{e:#}"),
     })?;
-    let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+    let digest = digest_of(&bytes);
     let info = ModuleInfo::of(&module);
     Ok(LoadedModule {
-        path: path.to_path_buf(),
+        path: label.to_path_buf(),
         module,
         digest,
+        bytes,
         info,
     })
+}
+
+/// `sha256:<hex>` of a module's bytes: how records and stores name modules.
+pub fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
 }

@@ -6,6 +6,12 @@
 //! lock test: it needs no pid comparison and holds across PID namespaces
 //! (a containerised server sees itself as pid 1). A record whose lock is free
 //! is stale; the next reader or writer removes it and its socket.
+//!
+//! A served function without preopened directories also publishes its module
+//! under `modules/<sha256>.wasm`, so that a caller of the same namespace on
+//! this node, in another process or container, can load it and embed the
+//! callee in its own VM. Paths in records are read relative to the directory,
+//! so a directory bind-mounted elsewhere (into a container) still resolves.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -40,7 +46,31 @@ pub struct EndpointRecord {
     pub socket: PathBuf,
     /// The server's pid, as the server sees it (for people, not liveness).
     pub pid: u32,
+    /// How a caller of the same namespace can embed this function; absent
+    /// when it cannot be embedded elsewhere (it has preopened directories).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed: Option<EmbedInfo>,
 }
+
+/// What a caller needs to run a served function in its own VM: the module
+/// published in the node directory and the WASI setup the server gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbedInfo {
+    /// The module, relative to the node directory (`modules/<hex>.wasm`).
+    pub module_file: PathBuf,
+    /// WASI arguments after the program name.
+    pub args: Vec<String>,
+    /// WASI environment.
+    pub env: Vec<(String, String)>,
+    /// The seed handler export, for prototype-style callees.
+    pub seed_handler: Option<String>,
+}
+
+/// Subdirectory of the node directory holding published modules.
+const MODULES: &str = "modules";
+
+/// Published modules unreferenced for this long are removed.
+const MODULE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The node directory.
 #[derive(Debug, Clone)]
@@ -171,6 +201,8 @@ impl NodeDirectory {
         Ok(Registration {
             record: path,
             socket: record.socket.clone(),
+            module: record.embed.as_ref().map(|e| e.module_file.clone()),
+            dir: self.clone(),
             _lock: file,
         })
     }
@@ -206,6 +238,87 @@ impl NodeDirectory {
         out
     }
 
+    /// Publishes a module under `modules/<hex>.wasm` (once per digest) and
+    /// returns its path relative to the directory. Modules no live record
+    /// refers to are removed after a grace period.
+    pub fn publish_module(&self, bytes: &[u8], digest: &str) -> Result<PathBuf, RuntimeError> {
+        let rel = module_file_name(digest)?;
+        let dir = self.root.join(MODULES);
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io_err(&dir, e))?;
+        }
+        self.sweep_modules();
+        let path = self.root.join(&rel);
+        let present = std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64);
+        if !present {
+            let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o400)
+                .open(&tmp)
+                .map_err(|e| io_err(&tmp, e))?;
+            file.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+        } else {
+            // Refresh its age so that a concurrent sweep keeps it.
+            let _ = File::open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        }
+        Ok(rel)
+    }
+
+    /// Reads a published module and checks it against the record's digest,
+    /// so that a damaged or swapped file is never run.
+    pub fn read_module(&self, info: &EmbedInfo, digest: &str) -> Result<Vec<u8>, RuntimeError> {
+        let rel = module_file_name(digest)?;
+        if info.module_file != rel {
+            return Err(RuntimeError::Config(format!(
+                "record names module file {} for digest {digest}",
+                info.module_file.display()
+            )));
+        }
+        let path = self.root.join(&rel);
+        let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+        let actual = crate::engine::digest_of(&bytes);
+        if actual != digest {
+            return Err(RuntimeError::Config(format!(
+                "published module {} has digest {actual}, its record says {digest}",
+                path.display()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Removes published modules that no live record refers to and that are
+    /// older than [`MODULE_GRACE`].
+    fn sweep_modules(&self) {
+        let dir = self.root.join(MODULES);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let live: Vec<PathBuf> = self
+            .list()
+            .into_iter()
+            .filter_map(|r| r.embed.map(|e| e.module_file))
+            .collect();
+        for entry in entries.flatten() {
+            let rel = Path::new(MODULES).join(entry.file_name());
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > MODULE_GRACE);
+            if old && !live.contains(&rel) {
+                tracing::debug!(module = %rel.display(), "removing an unused published module");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// Reads a record if its server is alive; removes it if it is stale.
     fn read_live(&self, path: &Path) -> Option<EndpointRecord> {
         let mut file = File::open(path).ok()?;
@@ -214,7 +327,12 @@ impl NodeDirectory {
                 let mut text = String::new();
                 file.read_to_string(&mut text).ok()?;
                 match serde_json::from_str::<EndpointRecord>(&text) {
-                    Ok(r) if r.version == RECORD_VERSION => Some(r),
+                    Ok(mut r) if r.version == RECORD_VERSION => {
+                        // The socket is where this directory puts it, whatever
+                        // path the server saw (it may run in a container).
+                        r.socket = self.socket_path(&r.name, &r.namespace);
+                        Some(r)
+                    }
                     Ok(r) => {
                         tracing::warn!(path = %path.display(), version = r.version, "record of an unknown version ignored");
                         None
@@ -238,10 +356,10 @@ impl NodeDirectory {
                         .read_to_string(&mut text)
                         .ok()
                         .and_then(|_| serde_json::from_str::<EndpointRecord>(&text).ok())
-                        .map(|r| r.socket);
+                        .map(|r| self.socket_path(&r.name, &r.namespace));
                     tracing::info!(path = %path.display(), "removing a stale record");
                     let _ = std::fs::remove_file(path);
-                    if let Some(s) = socket.filter(|s| s.starts_with(&self.root)) {
+                    if let Some(s) = socket {
                         let _ = std::fs::remove_file(s);
                     }
                 }
@@ -252,11 +370,24 @@ impl NodeDirectory {
     }
 }
 
+/// `modules/<hex>.wasm` for `sha256:<hex>`; anything else is refused, so a
+/// record can never point outside the store.
+fn module_file_name(digest: &str) -> Result<PathBuf, RuntimeError> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| RuntimeError::Config(format!("'{digest}' is not a sha256 digest")))?;
+    Ok(Path::new(MODULES).join(format!("{hex}.wasm")))
+}
+
 /// A published record; dropping it unpublishes it and removes the socket.
 #[derive(Debug)]
 pub struct Registration {
     record: PathBuf,
     socket: PathBuf,
+    /// The published module, relative to the directory.
+    module: Option<PathBuf>,
+    dir: NodeDirectory,
     _lock: File,
 }
 
@@ -265,12 +396,31 @@ impl Drop for Registration {
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(&self.record);
         tracing::info!(record = %self.record.display(), "unregistered");
+        // The last server of a module takes it away; a crashed one leaves it
+        // to the sweep of the next publisher.
+        if let Some(module) = &self.module {
+            let in_use = self
+                .dir
+                .list()
+                .iter()
+                .any(|r| r.embed.as_ref().is_some_and(|e| &e.module_file == module));
+            if !in_use {
+                let _ = std::fs::remove_file(self.dir.root.join(module));
+                let _ = std::fs::remove_dir(self.dir.root.join(MODULES));
+            }
+        }
     }
 }
 
 /// This node's name: `$CWASI_NODE`, else the hostname.
 pub fn node_name() -> String {
-    if let Some(n) = std::env::var("CWASI_NODE").ok().filter(|n| !n.is_empty()) {
+    node_name_from(&|k| std::env::var(k).ok())
+}
+
+/// This node's name from variables looked up by `var`: `CWASI_NODE`, else
+/// the hostname.
+pub fn node_name_from(var: &dyn Fn(&str) -> Option<String>) -> String {
+    if let Some(n) = var("CWASI_NODE").filter(|n| !n.is_empty()) {
         return n;
     }
     rustix::system::uname()
@@ -298,6 +448,7 @@ mod tests {
             module: "/m.wasm".into(),
             digest: "sha256:00".into(),
             socket: dir.socket_path(name, ns),
+            embed: None,
             pid: std::process::id(),
         }
     }

@@ -12,11 +12,11 @@ use wasmtime::{Engine, InstancePre, Linker};
 use crate::broker::Broker;
 use crate::composition::Composition;
 use crate::config::{FunctionSpec, Limits, Mode, ModeOverride};
-use crate::engine::{load_module, new_engine, EpochTicker, LoadedModule};
+use crate::engine::{load_module, load_module_bytes, new_engine, EpochTicker, LoadedModule};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::inspect::ModuleInfo;
 use crate::instance::{HostState, InstancePool, WarmInstance};
-use crate::registry::NodeDirectory;
+use crate::registry::{EndpointRecord, NodeDirectory};
 use crate::selector::{select, Candidates, Endpoint, Selection};
 use crate::serve::{ServeHandle, ServeOptions};
 use crate::transport::embedded::EmbeddedTransport;
@@ -116,6 +116,21 @@ pub struct Decision {
     pub outcome: Result<Selection, CallError>,
 }
 
+impl std::fmt::Display for Decision {
+    /// `caller -> target: mode (reason)`, or `refused: error`: one line of
+    /// `--explain` and of the shim's explain output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.outcome {
+            Ok(s) => write!(
+                f,
+                "{} -> {}: {} ({})",
+                self.caller, self.target, s.mode, s.reason
+            ),
+            Err(e) => write!(f, "{} -> {}: refused: {e}", self.caller, self.target),
+        }
+    }
+}
+
 /// How one caller reaches one callee: chosen once, then reused.
 pub(crate) struct Route {
     pub transport: Box<dyn Transport>,
@@ -172,6 +187,15 @@ pub(crate) struct RuntimeInner {
     unloadable: HashMap<String, String>,
     /// Where served functions of this node are found.
     node_dir: Option<NodeDirectory>,
+    /// Whether same-namespace functions served on this node are embedded.
+    embed_served: bool,
+    /// This node's name, as records and announcements give it.
+    pub node: String,
+    /// Links modules adopted from the node directory.
+    linker: Linker<HostState>,
+    /// Functions served elsewhere on this node and embedded here, by name,
+    /// namespace and digest.
+    adopted: Mutex<HashMap<(String, String, String), Arc<FunctionEntry>>>,
     /// The broker of remote mode and the cluster registry, if configured.
     pub broker: Option<Arc<Broker>>,
     routes: Mutex<HashMap<(String, String), Arc<Route>>>,
@@ -248,6 +272,41 @@ impl RuntimeInner {
         self.route_from(&caller.spec.name, &caller.spec.namespace, target)
     }
 
+    /// Loads the module a same-namespace server of this node published, and
+    /// links it here, once per name, namespace and digest.
+    fn adopt(&self, record: &EndpointRecord) -> Result<Arc<FunctionEntry>, RuntimeError> {
+        let key = (
+            record.name.clone(),
+            record.namespace.clone(),
+            record.digest.clone(),
+        );
+        if let Some(f) = self
+            .adopted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(f.clone());
+        }
+        let (Some(dir), Some(embed)) = (&self.node_dir, &record.embed) else {
+            return Err(RuntimeError::Config("nothing to embed".into()));
+        };
+        let bytes = dir.read_module(embed, &record.digest)?;
+        let label = dir.root().join(&embed.module_file);
+        let module = load_module_bytes(&self.engine, bytes.into(), &label)?;
+        let mut spec = FunctionSpec::new(&record.name, &record.namespace, label);
+        spec.args = embed.args.clone();
+        spec.env = embed.env.clone();
+        spec.seed.handler = embed.seed_handler.clone();
+        let entry = Arc::new(prepare(&self.linker, spec, module)?);
+        tracing::info!(name = %record.name, namespace = %record.namespace, digest = %record.digest, "embedding a function served on this node");
+        self.adopted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, entry.clone());
+        Ok(entry)
+    }
+
     fn select(
         &self,
         caller_namespace: &str,
@@ -283,11 +342,35 @@ impl RuntimeInner {
                 remote.sort_by_key(|r| r.namespace != caller_namespace);
             }
         }
+        let loaded = self.functions.get(target);
+        let mut adopted = None;
+        let wants_embedded = matches!(
+            self.mode,
+            ModeOverride::Auto | ModeOverride::Force(Mode::Embedded)
+        );
+        if self.embed_served
+            && wants_embedded
+            && loaded.is_none_or(|f| f.spec.namespace != caller_namespace)
+        {
+            if let Some(record) = local
+                .iter()
+                .find(|r| r.namespace == caller_namespace && r.embed.is_some())
+            {
+                match self.adopt(record) {
+                    Ok(f) => adopted = Some((f, record.clone())),
+                    Err(e) => tracing::warn!(
+                        target,
+                        "cannot embed the served function, calling it locally: {e}"
+                    ),
+                }
+            }
+        }
         select(
             caller_namespace,
             target,
             Candidates {
-                loaded: self.functions.get(target),
+                loaded: adopted.as_ref().map(|(f, _)| f).or(loaded),
+                adopted_from: adopted.as_ref().map(|(_, r)| r),
                 loaded_names,
                 local,
                 node_dir: self.node_dir.as_ref().map(|d| d.root()),
@@ -300,14 +383,31 @@ impl RuntimeInner {
 }
 
 /// Builds a [`Runtime`]: limits, mode override and the functions to load.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RuntimeBuilder {
     limits: Limits,
     mode: ModeOverride,
     functions: Vec<FunctionSpec>,
     keep_unloadable: bool,
     node_dir: Option<NodeDirectory>,
+    embed_served: bool,
+    node: Option<String>,
     broker: Option<Arc<Broker>>,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        RuntimeBuilder {
+            limits: Limits::default(),
+            mode: ModeOverride::default(),
+            functions: Vec::new(),
+            keep_unloadable: false,
+            node_dir: None,
+            embed_served: true,
+            node: None,
+            broker: None,
+        }
+    }
 }
 
 impl RuntimeBuilder {
@@ -328,6 +428,22 @@ impl RuntimeBuilder {
     /// By default the first unloadable module fails `build`.
     pub fn keep_unloadable(mut self, keep: bool) -> Self {
         self.keep_unloadable = keep;
+        self
+    }
+
+    /// This node's name in records (default: `CWASI_NODE`, else the
+    /// hostname); the shim takes it from the container's environment.
+    pub fn node(mut self, name: impl Into<String>) -> Self {
+        self.node = Some(name.into());
+        self
+    }
+
+    /// Whether a callee of the caller's namespace that another process of
+    /// this node serves is embedded here, its module loaded from the node
+    /// directory (default: yes). Without it such a call goes through the
+    /// local mode.
+    pub fn embed_served(mut self, embed: bool) -> Self {
+        self.embed_served = embed;
         self
     }
 
@@ -372,37 +488,21 @@ impl RuntimeBuilder {
                     spec.name
                 )));
             }
-            let loaded = load_module(&engine, &spec.module).and_then(|module| {
-                check_seed_config(&spec, &module.info)?;
-                let pre = linker.instantiate_pre(&module.module).map_err(|e| {
-                    RuntimeError::Instantiate {
-                        function: spec.name.clone(),
-                        message: format!(
-                            "{e:#} (CWASI provides WASI preview 1, `cwasi` and `cwasi_export` imports only)"
-                        ),
-                    }
-                })?;
-                Ok((module, pre))
-            });
-            let (module, pre) = match loaded {
-                Ok(l) => l,
+            let module = match &spec.module_bytes {
+                Some(bytes) => load_module_bytes(&engine, bytes.clone(), &spec.module),
+                None => load_module(&engine, &spec.module),
+            };
+            match module.and_then(|m| prepare(&linker, spec.clone(), m)) {
+                Ok(entry) => {
+                    tracing::debug!(function = %entry.spec.name, namespace = %entry.spec.namespace, digest = %entry.module.digest, "loaded");
+                    functions.insert(spec.name, Arc::new(entry));
+                }
                 Err(e) if self.keep_unloadable => {
                     tracing::warn!(function = %spec.name, "cannot be loaded: {e}");
-                    unloadable.insert(spec.name.clone(), e.to_string());
-                    continue;
+                    unloadable.insert(spec.name, e.to_string());
                 }
                 Err(e) => return Err(e),
-            };
-            tracing::debug!(function = %spec.name, namespace = %spec.namespace, digest = %module.digest, "loaded");
-            functions.insert(
-                spec.name.clone(),
-                Arc::new(FunctionEntry {
-                    spec,
-                    module,
-                    pre,
-                    pool: InstancePool::new(),
-                }),
-            );
+            }
         }
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
@@ -412,6 +512,13 @@ impl RuntimeBuilder {
                 functions,
                 unloadable,
                 node_dir: self.node_dir,
+                embed_served: self.embed_served,
+                node: self
+                    .node
+                    .or_else(|| self.broker.as_ref().map(|b| b.node().to_string()))
+                    .unwrap_or_else(crate::registry::node_name),
+                linker,
+                adopted: Mutex::new(HashMap::new()),
                 broker: self.broker,
                 routes: Mutex::new(HashMap::new()),
                 decisions: Mutex::new(Vec::new()),
@@ -420,6 +527,29 @@ impl RuntimeBuilder {
             _ticker: ticker,
         })
     }
+}
+
+/// Links a loaded module into a function entry ready to instantiate.
+fn prepare(
+    linker: &Linker<HostState>,
+    spec: FunctionSpec,
+    module: LoadedModule,
+) -> Result<FunctionEntry, RuntimeError> {
+    check_seed_config(&spec, &module.info)?;
+    let pre = linker
+        .instantiate_pre(&module.module)
+        .map_err(|e| RuntimeError::Instantiate {
+            function: spec.name.clone(),
+            message: format!(
+                "{e:#} (CWASI provides WASI preview 1, `cwasi` and `cwasi_export` imports only)"
+            ),
+        })?;
+    Ok(FunctionEntry {
+        spec,
+        module,
+        pre,
+        pool: InstancePool::new(),
+    })
 }
 
 fn check_seed_config(spec: &FunctionSpec, info: &ModuleInfo) -> Result<(), RuntimeError> {

@@ -40,6 +40,9 @@ pub(crate) enum Endpoint {
 pub(crate) struct Candidates<'a> {
     /// A function of that name loaded in this process, if any.
     pub loaded: Option<&'a Arc<FunctionEntry>>,
+    /// The node-directory record `loaded` was embedded from, when it is a
+    /// function another process of this node serves.
+    pub adopted_from: Option<&'a EndpointRecord>,
     /// Names of everything loaded, for the not-found message.
     pub loaded_names: Vec<&'a str>,
     /// Live endpoints of that name on this node, the caller's namespace first.
@@ -90,11 +93,17 @@ pub(crate) fn select(
 
     if let (Some(f), true) = (embeddable, wants(Mode::Embedded)) {
         let ns = &f.spec.namespace;
-        let reason = if mode == ModeOverride::Auto {
-            format!("'{target}' is loaded in this process and shares namespace '{ns}'")
-        } else {
-            format!("forced; '{target}' shares namespace '{ns}'")
+        let mut reason = match candidates.adopted_from {
+            Some(r) => format!(
+                "'{target}' is served on this node (pid {}) in the caller's namespace '{ns}'; \
+                 its module ({}) was loaded from the node directory and runs in this process",
+                r.pid, r.digest
+            ),
+            None => format!("'{target}' is loaded in this process and shares namespace '{ns}'"),
         };
+        if mode != ModeOverride::Auto {
+            reason = format!("forced; {reason}");
+        }
         return Ok((
             Selection {
                 mode: Mode::Embedded,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::broker::{Broker, Handler, StreamServer};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::instance::ResponseRange;
-use crate::registry::{node_name, EndpointRecord, NodeDirectory, Registration, RECORD_VERSION};
+use crate::registry::{EmbedInfo, EndpointRecord, NodeDirectory, Registration, RECORD_VERSION};
 use crate::runtime::{FunctionEntry, RuntimeInner};
 use crate::transport::embedded::finish;
 use crate::transport::embedded::EmbeddedTransport;
@@ -111,6 +111,29 @@ struct Shared {
     idle_timeout: Duration,
 }
 
+/// Publishes the module so that callers of the same namespace can embed the
+/// function, unless it has preopened directories: those are paths of this
+/// process's filesystem, which a caller elsewhere does not share.
+fn embed_info(function: &FunctionEntry, dir: &NodeDirectory) -> Option<EmbedInfo> {
+    let spec = &function.spec;
+    if !spec.preopens.is_empty() {
+        tracing::info!(function = %spec.name, "not embeddable elsewhere: it has preopened directories");
+        return None;
+    }
+    match dir.publish_module(&function.module.bytes, &function.module.digest) {
+        Ok(module_file) => Some(EmbedInfo {
+            module_file,
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            seed_handler: spec.seed.handler.clone(),
+        }),
+        Err(e) => {
+            tracing::warn!(function = %spec.name, "cannot publish the module for embedding: {e}");
+            None
+        }
+    }
+}
+
 /// Binds the socket, publishes the record and starts accepting.
 pub(crate) fn serve(
     runtime: &Arc<RuntimeInner>,
@@ -138,12 +161,13 @@ pub(crate) fn serve(
         version: RECORD_VERSION,
         name: spec.name.clone(),
         namespace: spec.namespace.clone(),
-        node: node_name(),
+        node: runtime.node.clone(),
         module: std::fs::canonicalize(&function.module.path)
             .unwrap_or_else(|_| function.module.path.clone()),
         digest: function.module.digest.clone(),
         socket: socket.clone(),
         pid: std::process::id(),
+        embed: embed_info(function, dir),
     };
     let registration = dir.register(&record)?;
     let stream = match &runtime.broker {
@@ -261,15 +285,45 @@ impl From<io::Error> for ConnError {
     }
 }
 
+/// The peer's uid and pid (`SO_PEERCRED`). The pid is 0 when the peer runs
+/// in another PID namespace (another container), which is why this reads
+/// the raw structure: only the uid decides, the pid is for logs.
+fn peer_credentials(stream: &UnixStream) -> io::Result<(u32, i32)> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and
+    // the fd is a live socket borrowed for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::other("SO_PEERCRED returned a short structure"));
+    }
+    Ok((cred.uid, cred.pid))
+}
+
 fn serve_connection(mut stream: UnixStream, shared: &Shared) -> Result<(), ConnError> {
-    let cred = rustix::net::sockopt::socket_peercred(&stream).map_err(io::Error::from)?;
-    let uid = cred.uid.as_raw();
+    let (uid, pid) = peer_credentials(&stream)?;
     if !shared.allowed.contains(&uid) {
         let msg = format!(
             "uid {uid} may not call '{}' (allowed: {:?})",
             shared.function.spec.name, shared.allowed
         );
-        tracing::warn!(pid = cred.pid.as_raw_nonzero().get(), "{msg}");
+        tracing::warn!(pid, "{msg}");
         return Err(refuse_with(
             &mut stream,
             0,

@@ -51,9 +51,11 @@ fn explain_chooses_embedded_or_local_by_namespace() {
     assert!(other.reason.contains("served on this node"), "{other}");
     assert!(other.reason.contains("not embedded"), "{other}");
 
-    // A runtime without the module reaches it locally from any namespace.
+    // A runtime without the module, told not to embed served functions,
+    // reaches it locally from any namespace.
     let bare = Runtime::builder()
         .node_directory(dir.clone())
+        .embed_served(false)
         .build()
         .unwrap();
     assert_eq!(bare.explain("team-b", "echo").unwrap().mode, Mode::Local);
@@ -68,8 +70,9 @@ fn explain_chooses_embedded_or_local_by_namespace() {
         .mode(ModeOverride::Force(Mode::Embedded))
         .build()
         .unwrap();
-    let err = forced.explain("team-b", "echo").unwrap_err();
+    let err = forced.explain("team-a", "echo").unwrap_err();
     assert_eq!(err.code, ErrorCode::Denied, "{err}");
+    assert!(err.message.contains("never share a VM"), "{err}");
     let forced_local = Runtime::builder()
         .node_directory(dir.clone())
         .mode(ModeOverride::Force(Mode::Local))
@@ -171,4 +174,80 @@ fn fan_out_to_local_callees_overlaps() {
     assert_eq!((hop.mode, hop.calls, hop.failures), (Mode::Local, 8, 0));
     // Serial would be 8 x 200 ms; the bound is loose on purpose.
     assert!(started.elapsed() < std::time::Duration::from_millis(1200));
+}
+
+#[test]
+fn a_same_namespace_function_served_on_the_node_is_embedded_from_its_published_module() {
+    let tmp = TempDir::new("adopt");
+    let dir = NodeDirectory::open(tmp.path()).unwrap();
+    let served = server(&dir, "echo", "b", progs::ECHO);
+    let handle = served.serve("echo", &dir, ServeOptions::default()).unwrap();
+    let embed = handle
+        .record()
+        .embed
+        .clone()
+        .expect("the module is published");
+    let published = tmp.path().join(&embed.module_file);
+    assert!(published.exists(), "{}", published.display());
+
+    let caller = Runtime::builder()
+        .node_directory(dir.clone())
+        .build()
+        .unwrap();
+    let choice = caller.explain("b", "echo").unwrap();
+    assert_eq!(choice.mode, Mode::Embedded, "{choice}");
+    assert!(
+        choice.reason.contains("loaded from the node directory"),
+        "{choice}"
+    );
+    let data = vec![7u8; 3 << 20];
+    assert!(caller.call("b", "echo", &data).unwrap() == data);
+    assert_eq!(caller.hops()[0].mode, Mode::Embedded);
+    // Other namespaces still go through the socket.
+    assert_eq!(caller.explain("a", "echo").unwrap().mode, Mode::Local);
+
+    // A published module that does not match its record's digest is never
+    // run: the caller falls back to the socket.
+    drop(handle);
+    drop(served);
+    let served = server(&dir, "echo", "b", progs::ECHO);
+    let _handle = served.serve("echo", &dir, ServeOptions::default()).unwrap();
+    let mut perms = std::fs::metadata(&published).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&published, perms).unwrap();
+    std::fs::write(&published, b"\0asm\x01\0\0\0 swapped").unwrap();
+    let caller = Runtime::builder()
+        .node_directory(dir.clone())
+        .build()
+        .unwrap();
+    let choice = caller.explain("b", "echo").unwrap();
+    assert_eq!(choice.mode, Mode::Local, "{choice}");
+    assert_eq!(
+        caller.call("b", "echo", b"still works").unwrap(),
+        b"still works"
+    );
+}
+
+#[test]
+fn a_served_function_with_preopened_directories_is_not_embedded_elsewhere() {
+    let tmp = TempDir::new("preopen");
+    let dir = NodeDirectory::open(tmp.path()).unwrap();
+    let mut spec = FunctionSpec::new("echo", "b", PathBuf::from(progs::ECHO));
+    spec.preopens = vec![cwasi_runtime::Preopen {
+        host: std::env::temp_dir(),
+        guest: "/tmp".into(),
+        writable: false,
+    }];
+    let served = Runtime::builder()
+        .node_directory(dir.clone())
+        .function(spec)
+        .build()
+        .unwrap();
+    let handle = served.serve("echo", &dir, ServeOptions::default()).unwrap();
+    assert!(handle.record().embed.is_none());
+    let caller = Runtime::builder()
+        .node_directory(dir.clone())
+        .build()
+        .unwrap();
+    assert_eq!(caller.explain("b", "echo").unwrap().mode, Mode::Local);
 }

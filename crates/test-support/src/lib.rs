@@ -2,6 +2,8 @@
 //! depends on anything started by hand: a real `redis-server` on a free
 //! loopback port with a private directory.
 
+pub mod containerd;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -1,0 +1,18 @@
+//! `containerd-shim-cwasi-v1`: runs Wasm OCI images under containerd on the
+//! CWASI runtime (runtime type `io.containerd.cwasi.v1`).
+//!
+//! The shim stays thin. runwasi's `containerd-shim-wasm` does the container
+//! work; this crate maps the container's OCI process onto a CWASI function:
+//!
+//! - [`settings`]: name, namespace, serve flag, mode, node directory and
+//!   broker, from the container's environment;
+//! - [`mounts`]: the container's mounts as WASI preopens;
+//! - [`sandbox`]: running `_start`, or serving calls until stopped.
+//!
+//! See `docs/containerd.md` and `docs/kubernetes.md`.
+
+pub mod mounts;
+pub mod sandbox;
+pub mod settings;
+
+pub use sandbox::{CwasiSandbox, CwasiShim};

@@ -1,0 +1,318 @@
+//! End to end through a real containerd (started by the test, see
+//! `test_support::containerd`): Wasm images imported with `ctr`, run by
+//! `containerd-shim-cwasi-v1`, and calls between containers in the three
+//! modes. Needs root and the Debian packages containerd and runc (the
+//! README's test command installs them).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use cwasi_oci::{write_image_file, ImageKind, ImageRequest};
+use test_programs_artifacts as progs;
+use test_support::containerd::Containerd;
+use test_support::RedisServer;
+
+const RUNTIME: &str = "io.containerd.cwasi.v1";
+const TEN_MIB: &str = "10485760";
+
+fn start_containerd() -> Containerd {
+    let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1"));
+    Containerd::start(shim.parent().expect("the shim has a directory"))
+}
+
+/// Builds an image of a guest program and imports it; returns its reference.
+fn image(c: &Containerd, module: &str, name: &str, kind: ImageKind) -> String {
+    let tarball = c.dir().join(format!("{name}.tar"));
+    let request = ImageRequest {
+        module: PathBuf::from(module),
+        reference: name.to_string(),
+        kind,
+        env: Vec::new(),
+    };
+    let summary = write_image_file(&request, &tarball).expect("build the image");
+    c.import(&tarball);
+    summary.reference
+}
+
+/// A node directory on the host (0700), to bind-mount at /run/cwasi.
+fn node_dir(c: &Containerd, name: &str) -> PathBuf {
+    let dir = c.dir().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+fn mount(dir: &Path) -> String {
+    format!(
+        "type=bind,src={},dst=/run/cwasi,options=rbind:rw",
+        dir.display()
+    )
+}
+
+/// `ctr run --rm` in the foreground: its output and exit status.
+fn run(c: &Containerd, id: &str, opts: &[&str], image: &str, args: &[&str]) -> Output {
+    c.track(id);
+    let mut all = vec!["run", "--rm", "--runtime", RUNTIME];
+    all.extend_from_slice(opts);
+    all.push(image);
+    all.push(id);
+    all.extend_from_slice(args);
+    c.ctr_output(&all)
+}
+
+/// `ctr run -d` of a serving container; waits until its record is in `dir`.
+fn serve(c: &Containerd, id: &str, opts: &[&str], image: &str, dir: &Path, record: &str) {
+    c.track(id);
+    let log = format!("file://{}", c.dir().join(format!("{id}.log")).display());
+    let mut all = vec![
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--log-uri",
+        &log,
+        "--env",
+        "CWASI_SERVE=true",
+    ];
+    all.extend_from_slice(opts);
+    all.push(image);
+    all.push(id);
+    let out = c.ctr_output(&all);
+    assert!(out.status.success(), "ctr run -d {id}: {}", text(&out));
+    let path = dir.join(record);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{id} did not register {}; its log: {}",
+            path.display(),
+            std::fs::read_to_string(c.dir().join(format!("{id}.log"))).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Asserts a producer container sent 10 MiB and got it back intact, over
+/// `mode` as the shim's explain output says.
+fn assert_intact_over(out: &Output, mode: &str) {
+    let all = text(out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("ok size={TEN_MIB}")),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!("producer -> echo: {mode} (")),
+        "expected mode {mode}: {all}"
+    );
+}
+
+#[test]
+fn a_wasi_hello_world_runs_and_its_exit_code_comes_back() {
+    let c = start_containerd();
+    let hello = image(&c, progs::HELLO, "hello", ImageKind::Plain);
+
+    let out = run(&c, "hello-0", &[], &hello, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from cwasi args=[]"));
+
+    let out = run(&c, "hello-3", &[], &hello, &["/hello.wasm", "3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("args=[\"3\"]"));
+
+    // The Wasm artifact layout: the module is an application/wasm layer,
+    // read from the content store, not from the (empty) rootfs.
+    let artifact = image(&c, progs::HELLO, "hello-artifact", ImageKind::WasmLayer);
+    let out = run(
+        &c,
+        "hello-artifact",
+        &["--platform", "wasip1/wasm"],
+        &artifact,
+        &["/hello.wasm", "5"],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from cwasi"));
+}
+
+#[test]
+fn broken_images_give_a_clear_error_and_containerd_stays_healthy() {
+    let c = start_containerd();
+    let hello = image(&c, progs::HELLO, "hello", ImageKind::Plain);
+
+    // An image whose entrypoint names no .wasm in it.
+    let out = run(&c, "no-wasm", &[], &hello, &["/missing.wasm"]);
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot read the module /missing.wasm"),
+        "{}",
+        text(&out)
+    );
+
+    // A corrupt module: the Wasm header, then garbage.
+    let corrupt = c.dir().join("corrupt.wasm");
+    std::fs::write(&corrupt, b"\0asm\x01\0\0\0this is not a module").unwrap();
+    let corrupt = image(&c, corrupt.to_str().unwrap(), "corrupt", ImageKind::Plain);
+    let out = run(&c, "corrupt", &[], &corrupt, &[]);
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(
+        text(&out).contains("is not a valid WebAssembly module"),
+        "{}",
+        text(&out)
+    );
+
+    assert!(c.healthy(), "containerd stopped answering");
+    let out = run(&c, "after", &[], &hello, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn calls_between_containers_take_the_mode_their_placement_allows() {
+    let c = start_containerd();
+    let echo = image(&c, progs::ECHO, "echo", ImageKind::Plain);
+    let producer = image(&c, progs::PRODUCER, "producer", ImageKind::Plain);
+    let node1 = node_dir(&c, "node1");
+    let node2 = node_dir(&c, "node2");
+    let m1 = mount(&node1);
+    let m2 = mount(&node2);
+    let call = ["/producer.wasm", TEN_MIB, "echo", "echo"];
+
+    serve(
+        &c,
+        "echo-a",
+        &["--mount", &m1, "--env", "CWASI_NAMESPACE=team-a"],
+        &echo,
+        &node1,
+        "echo@team-a.json",
+    );
+    // Same namespace: the callee's module is loaded from the node directory
+    // and runs in the caller's VM.
+    let opts = [
+        "--mount",
+        &m1,
+        "--env",
+        "CWASI_NAMESPACE=team-a",
+        "--env",
+        "CWASI_EXPLAIN=1",
+    ];
+    let out = run(&c, "caller-a", &opts, &producer, &call);
+    assert_intact_over(&out, "embedded");
+
+    // Another namespace: through the socket, in separate VMs.
+    let opts = [
+        "--mount",
+        &m1,
+        "--env",
+        "CWASI_NAMESPACE=team-b",
+        "--env",
+        "CWASI_EXPLAIN=1",
+    ];
+    let out = run(&c, "caller-b", &opts, &producer, &call);
+    assert_intact_over(&out, "local");
+
+    // The callee on a second node (its own node directory and name), found
+    // through the cluster registry in Redis.
+    c.remove("echo-a");
+    let redis = RedisServer::start();
+    let url = format!("CWASI_REDIS_URL={}", redis.url());
+    serve(
+        &c,
+        "echo-node2",
+        &[
+            "--net-host",
+            "--mount",
+            &m2,
+            "--env",
+            "CWASI_NAMESPACE=team-a",
+            "--env",
+            "CWASI_NODE=node2",
+            "--env",
+            &url,
+        ],
+        &echo,
+        &node2,
+        "echo@team-a.json",
+    );
+    let opts = [
+        "--net-host",
+        "--mount",
+        &m1,
+        "--env",
+        "CWASI_NAMESPACE=team-a",
+        "--env",
+        "CWASI_NODE=node1",
+        "--env",
+        &url,
+        "--env",
+        "CWASI_EXPLAIN=1",
+    ];
+    let out = run(&c, "caller-remote", &opts, &producer, &call);
+    assert_intact_over(&out, "remote");
+    assert!(
+        text(&out).contains("served on node 'node2'"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn stopping_a_serving_container_unregisters_it() {
+    let c = start_containerd();
+    let echo = image(&c, progs::ECHO, "echo", ImageKind::Plain);
+    let producer = image(&c, progs::PRODUCER, "producer", ImageKind::Plain);
+    let node = node_dir(&c, "node");
+    let m = mount(&node);
+    let record = node.join("echo@team-a.json");
+    let socket = node.join("echo@team-a.sock");
+    let caller = ["--mount", m.as_str(), "--env", "CWASI_NAMESPACE=team-b"];
+    let call = ["/producer.wasm", "1024", "echo", "echo"];
+
+    // `ctr task kill` (SIGTERM): the server removes its record and socket.
+    let opts = ["--mount", m.as_str(), "--env", "CWASI_NAMESPACE=team-a"];
+    serve(&c, "echo-term", &opts, &echo, &node, "echo@team-a.json");
+    assert!(socket.exists());
+    let out = c.ctr_output(&["task", "kill", "echo-term"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while record.exists() || socket.exists() {
+        assert!(Instant::now() < deadline, "record or socket left behind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let out = run(&c, "after-term", &caller, &producer, &call);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("error code=-1") && stdout.contains("'echo' not found"),
+        "{}",
+        text(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "the call hung");
+    c.remove("echo-term");
+
+    // SIGKILL and delete: nothing runs to clean up; the stale record is
+    // recognised (its lock is free), ignored and removed by the next caller.
+    serve(&c, "echo-kill", &opts, &echo, &node, "echo@team-a.json");
+    let out = c.ctr_output(&["task", "kill", "-s", "SIGKILL", "echo-kill"]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.remove("echo-kill");
+    let out = run(&c, "after-kill", &caller, &producer, &call);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("'echo' not found"),
+        "{}",
+        text(&out)
+    );
+    assert!(!record.exists(), "the stale record was not removed");
+    assert!(!socket.exists(), "the stale socket was not removed");
+}
