@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Value};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Value};
 
 use crate::error::{CallError, ErrorCode, RuntimeError};
 
@@ -32,6 +32,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 const REPLY_TTL: Duration = Duration::from_secs(120);
 /// Time for one broker round trip that is not a blocking wait.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time to open a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How to reach the broker, from `CWASI_REDIS_URL` and friends.
 #[derive(Clone)]
@@ -103,13 +105,15 @@ pub struct RemoteEndpoint {
 }
 
 /// A connection to the broker: one multiplexed connection for ordinary
-/// commands (reconnecting with backoff), and dedicated connections for
-/// blocking waits, pooled.
+/// commands (reconnecting with backoff), and plain synchronous connections
+/// for the hot path (a caller's request and wait, a consumer's read and
+/// reply), pooled. The hot path runs its round trips on the calling thread:
+/// going through the tokio runtime cost two thread hand-offs per round trip.
 pub struct Broker {
     rt: tokio::runtime::Runtime,
     client: Client,
     mux: tokio::sync::Mutex<Option<ConnectionManager>>,
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    blocking: Mutex<Vec<redis::Connection>>,
     config: BrokerConfig,
     display: String,
     next_id: AtomicU64,
@@ -218,29 +222,29 @@ impl Broker {
         Ok(m)
     }
 
-    async fn blocking_conn(&self) -> Result<MultiplexedConnection, CallError> {
-        if let Some(c) = self
+    /// A synchronous connection from the pool, or a new one; `read_timeout`
+    /// bounds every reply read on it.
+    fn sync_conn(&self, read_timeout: Duration) -> Result<redis::Connection, CallError> {
+        let pooled = self
             .blocking
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .pop()
-        {
-            return Ok(c);
-        }
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(None);
-        tokio::time::timeout(
-            OP_TIMEOUT,
-            self.client
-                .get_multiplexed_async_connection_with_config(&cfg),
-        )
-        .await
-        .map_err(|_| self.down("connecting timed out"))?
-        .map_err(|e| self.down(e))
+            .pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => self
+                .client
+                .get_connection_with_timeout(CONNECT_TIMEOUT)
+                .map_err(|e| self.down(e))?,
+        };
+        conn.set_read_timeout(Some(read_timeout))
+            .and_then(|()| conn.set_write_timeout(Some(OP_TIMEOUT)))
+            .map_err(|e| self.down(e))?;
+        Ok(conn)
     }
 
-    fn give_back(&self, c: MultiplexedConnection) {
+    /// Returns a connection whose last exchange completed, for reuse.
+    fn give_back(&self, c: redis::Connection) {
         let mut pool = self.blocking.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < 64 {
             pool.push(c);
@@ -296,59 +300,56 @@ impl Broker {
         let id = self.new_request_id();
         let reply = format!("cwasi:reply:{id}");
         let deadline = now_ms() + timeout.as_millis() as u64;
-        self.rt.block_on(async {
-            let mut add = redis::cmd("XADD");
-            add.arg(stream_key(ns, name))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(STREAM_MAXLEN)
-                .arg("*")
-                .arg("id")
-                .arg(&id)
-                .arg("reply")
-                .arg(&reply)
-                .arg("deadline")
-                .arg(deadline)
-                .arg("payload")
-                .arg(request);
-            // The request and the wait go out together, on a connection of
-            // their own: one round trip to the broker.
-            let mut conn = self.blocking_conn().await?;
-            let mut p = redis::pipe();
-            p.add_command(add)
-                .cmd("BLPOP")
-                .arg(&reply)
-                .arg(timeout.as_secs_f64().max(0.01));
-            let waited = tokio::time::timeout(
-                timeout + Duration::from_secs(2),
-                p.query_async::<Value>(&mut conn),
-            )
-            .await;
-            // A popped list is gone; an unanswered key expires with its reply.
-            let value = match waited {
-                Ok(Ok(Value::Array(mut replies))) if replies.len() == 2 => {
-                    self.give_back(conn);
-                    replies.pop().unwrap_or(Value::Nil)
-                }
-                Ok(Ok(other)) => return Err(self.down(format!("unexpected reply {other:?}"))),
-                Ok(Err(e)) => return Err(self.down(e)),
-                Err(_) => Value::Nil,
-            };
-            let envelope = match value {
-                Value::Array(mut items) if items.len() == 2 => match items.pop() {
-                    Some(Value::BulkString(b)) => b,
-                    _ => return Err(self.down("malformed reply")),
-                },
-                Value::Nil => {
-                    return Err(CallError::new(
-                        ErrorCode::Timeout,
-                        format!("'{name}' (namespace '{ns}') did not answer within {timeout:?} through the broker"),
-                    ))
-                }
-                other => return Err(self.down(format!("unexpected reply {other:?}"))),
-            };
-            decode_reply(envelope, max_payload)
-        })
+        let mut add = redis::cmd("XADD");
+        add.arg(stream_key(ns, name))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_MAXLEN)
+            .arg("*")
+            .arg("id")
+            .arg(&id)
+            .arg("reply")
+            .arg(&reply)
+            .arg("deadline")
+            .arg(deadline)
+            .arg("payload")
+            .arg(request);
+        // The request and the wait go out together, on a connection of their
+        // own: one round trip to the broker.
+        let mut conn = self.sync_conn(timeout + Duration::from_secs(2))?;
+        let mut p = redis::pipe();
+        p.add_command(add)
+            .cmd("BLPOP")
+            .arg(&reply)
+            .arg(timeout.as_secs_f64().max(0.01));
+        // A popped list is gone; an unanswered key expires with its reply.
+        let value = match p.query::<Value>(&mut conn) {
+            Ok(Value::Array(mut replies)) if replies.len() == 2 => {
+                self.give_back(conn);
+                replies.pop().unwrap_or(Value::Nil)
+            }
+            Ok(other) => return Err(self.down(format!("unexpected reply {other:?}"))),
+            // The socket's own bound, past BLPOP's: the connection is dropped.
+            Err(e) if e.is_timeout() => Value::Nil,
+            Err(e) => return Err(self.down(e)),
+        };
+        let envelope = match value {
+            Value::Array(mut items) if items.len() == 2 => match items.pop() {
+                Some(Value::BulkString(b)) => b,
+                _ => return Err(self.down("malformed reply")),
+            },
+            Value::Nil => {
+                return Err(CallError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "'{name}' (namespace '{ns}') did not answer within {timeout:?} through \
+                         the broker"
+                    ),
+                ))
+            }
+            other => return Err(self.down(format!("unexpected reply {other:?}"))),
+        };
+        decode_reply(envelope, max_payload)
     }
 
     /// Nodes that serve `name` right now, in any namespace.
@@ -672,6 +673,15 @@ fn heartbeat(b: &Broker, ns: &str, name: &str, record: &str, stop: &AtomicBool) 
     }
 }
 
+/// One consumer of one stream, as `process` and `admit` need it.
+#[derive(Clone, Copy)]
+struct Consumer<'a> {
+    broker: &'a Broker,
+    stream: &'a str,
+    name: &'a str,
+    lease: Duration,
+}
+
 fn consume(
     b: &Broker,
     stream: &str,
@@ -683,11 +693,12 @@ fn consume(
     let mut backoff = Duration::from_millis(100);
     let mut group_ready = false;
     let mut last_reclaim = std::time::Instant::now();
-    let mut conn: Option<MultiplexedConnection> = None;
+    // This consumer's own connection for its reads and replies.
+    let mut conn: Option<redis::Connection> = None;
     while !stop.load(Ordering::Relaxed) {
-        let step = b.rt.block_on(async {
+        let step = (|| {
             if !group_ready {
-                b.ensure_group(stream).await?;
+                b.rt.block_on(b.ensure_group(stream))?;
                 group_ready = true;
             }
             // Entries left pending by dead consumers, once they are past
@@ -702,7 +713,7 @@ fn consume(
                     .arg("0-0")
                     .arg("COUNT")
                     .arg(16);
-                if let Value::Array(mut parts) = b.query(&c).await? {
+                if let Value::Array(mut parts) = b.rt.block_on(b.query(&c))? {
                     if parts.len() >= 2 {
                         let claimed = parts.swap_remove(1);
                         let list = entries(claimed);
@@ -713,9 +724,9 @@ fn consume(
                     }
                 }
             }
-            let mut c = match conn.take() {
+            let c = match conn.as_mut() {
                 Some(c) => c,
-                None => b.blocking_conn().await?,
+                None => conn.insert(b.sync_conn(OP_TIMEOUT)?),
             };
             let mut read = redis::cmd("XREADGROUP");
             read.arg("GROUP")
@@ -728,16 +739,13 @@ fn consume(
                 .arg("STREAMS")
                 .arg(stream)
                 .arg(">");
-            let v = tokio::time::timeout(Duration::from_secs(5), read.query_async::<Value>(&mut c))
-                .await
-                .map_err(|_| b.down("XREADGROUP did not return"))?
-                .map_err(|e| {
-                    if e.code() == Some("NOGROUP") {
-                        group_ready = false;
-                    }
-                    b.down(e)
-                })?;
-            conn = Some(c);
+            let v = read.query::<Value>(c).map_err(|e| {
+                if e.code() == Some("NOGROUP") {
+                    group_ready = false;
+                }
+                conn = None;
+                b.down(e)
+            })?;
             // [[stream, [entries...]]] or nil
             let list = match v {
                 Value::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
@@ -748,17 +756,24 @@ fn consume(
                 _ => Vec::new(),
             };
             Ok((list, false))
-        });
+        })();
         match step {
             Ok((list, reclaimed)) => {
                 backoff = Duration::from_millis(100);
                 for e in list {
-                    process(b, stream, consumer, lease, handler, e, reclaimed);
+                    let at = Consumer {
+                        broker: b,
+                        stream,
+                        name: consumer,
+                        lease,
+                    };
+                    process(at, handler, e, reclaimed, &mut conn);
                 }
             }
             Err(e) => {
                 tracing::warn!(stream, "broker error, retrying in {backoff:?}: {e}");
                 group_ready = false;
+                conn = None;
                 sleep_unless_stopped(backoff, stop);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
@@ -789,52 +804,20 @@ fn ack_pipe(stream: &str, eid: &str) -> redis::Pipeline {
 /// keep a fresh entry past the lease while alive, since its call is stopped
 /// at the call timeout and the lease is longer.
 fn process(
-    b: &Broker,
-    stream: &str,
-    consumer: &str,
-    lease: Duration,
+    at: Consumer<'_>,
     handler: &Handler,
     entry: Result<Entry, String>,
     reclaimed: bool,
+    conn: &mut Option<redis::Connection>,
 ) {
-    let admitted = b.rt.block_on(async {
-        let e = match entry {
-            Ok(e) => e,
-            Err(eid) => {
-                tracing::warn!(stream, entry = %eid, "dropping a malformed request");
-                b.query_pipe(&ack_pipe(stream, &eid)).await?;
-                return Ok(None);
-            }
-        };
-        if now_ms() > e.deadline_ms {
-            // The caller has given up and reported the failure.
-            tracing::debug!(id = %e.id, "dropping an expired request");
-            b.query_pipe(&ack_pipe(stream, &e.entry_id)).await?;
-            return Ok(None);
-        }
-        if !reclaimed {
-            return Ok(Some(e));
-        }
-        let done_key = format!("cwasi:done:{}", e.id);
-        if b.query(redis::cmd("EXISTS").arg(&done_key)).await? == Value::Int(1) {
-            // Answered before, by a consumer that died before acknowledging.
-            b.query_pipe(&ack_pipe(stream, &e.entry_id)).await?;
-            return Ok(None);
-        }
-        let mut claim = redis::cmd("SET");
-        claim
-            .arg(format!("cwasi:claim:{}", e.id))
-            .arg(consumer)
-            .arg("NX")
-            .arg("PX")
-            .arg(lease.as_millis() as u64);
-        if b.query(&claim).await? == Value::Nil {
-            // Another consumer runs it; if that one dies, the entry is
-            // reclaimed once the claim's lease is over.
-            return Ok(None);
-        }
-        Ok::<_, CallError>(Some(e))
-    });
+    let Consumer {
+        broker: b, stream, ..
+    } = at;
+    // A fresh entry needs no broker round trip before it runs.
+    let admitted = match entry {
+        Ok(e) if !reclaimed && now_ms() <= e.deadline_ms => Ok(Some(e)),
+        entry => b.rt.block_on(admit(at, entry, reclaimed)),
+    };
     let e = match admitted {
         Ok(Some(e)) => e,
         Ok(None) => return,
@@ -848,38 +831,91 @@ fn process(
     };
     let result = handler(&e.payload);
     let envelope = encode_reply(&result);
-    let finished = b.rt.block_on(async {
-        let mut p = redis::pipe();
-        p.atomic()
-            .cmd("LPUSH")
-            .arg(&e.reply)
-            .arg(envelope)
-            .cmd("PEXPIRE")
-            .arg(&e.reply)
-            .arg(REPLY_TTL.as_millis() as u64)
-            .cmd("SET")
-            .arg(format!("cwasi:done:{}", e.id))
-            .arg(1)
-            .arg("PX")
-            .arg(REPLY_TTL.as_millis() as u64)
-            .cmd("DEL")
-            .arg(format!("cwasi:claim:{}", e.id))
-            .cmd("XACK")
-            .arg(stream)
-            .arg(GROUP)
-            .arg(&e.entry_id)
-            .cmd("XDEL")
-            .arg(stream)
-            .arg(&e.entry_id);
-        b.query_pipe(&p).await?;
-        Ok::<(), CallError>(())
-    });
+    let mut p = redis::pipe();
+    p.atomic()
+        .cmd("LPUSH")
+        .arg(&e.reply)
+        .arg(envelope)
+        .cmd("PEXPIRE")
+        .arg(&e.reply)
+        .arg(REPLY_TTL.as_millis() as u64)
+        .cmd("SET")
+        .arg(format!("cwasi:done:{}", e.id))
+        .arg(1)
+        .arg("PX")
+        .arg(REPLY_TTL.as_millis() as u64)
+        .cmd("DEL")
+        .arg(format!("cwasi:claim:{}", e.id))
+        .cmd("XACK")
+        .arg(stream)
+        .arg(GROUP)
+        .arg(&e.entry_id)
+        .cmd("XDEL")
+        .arg(stream)
+        .arg(&e.entry_id);
+    let finished = match conn.as_mut() {
+        Some(c) => Ok(c),
+        None => b.sync_conn(OP_TIMEOUT).map(|c| conn.insert(c)),
+    }
+    .and_then(|c| p.query::<Value>(c).map_err(|e| b.down(e)));
     if let Err(err) = finished {
+        *conn = None;
         tracing::warn!(
             stream,
             "could not finish a request (it stays pending and will be reclaimed): {err}"
         );
     }
+}
+
+/// Decides whether a reclaimed, expired or malformed entry runs here; the
+/// ones that do not are acknowledged or left to their claim holder.
+async fn admit(
+    at: Consumer<'_>,
+    entry: Result<Entry, String>,
+    reclaimed: bool,
+) -> Result<Option<Entry>, CallError> {
+    let Consumer {
+        broker: b,
+        stream,
+        name: consumer,
+        lease,
+    } = at;
+    let e = match entry {
+        Ok(e) => e,
+        Err(eid) => {
+            tracing::warn!(stream, entry = %eid, "dropping a malformed request");
+            b.query_pipe(&ack_pipe(stream, &eid)).await?;
+            return Ok(None);
+        }
+    };
+    if now_ms() > e.deadline_ms {
+        // The caller has given up and reported the failure.
+        tracing::debug!(id = %e.id, "dropping an expired request");
+        b.query_pipe(&ack_pipe(stream, &e.entry_id)).await?;
+        return Ok(None);
+    }
+    if !reclaimed {
+        return Ok(Some(e));
+    }
+    let done_key = format!("cwasi:done:{}", e.id);
+    if b.query(redis::cmd("EXISTS").arg(&done_key)).await? == Value::Int(1) {
+        // Answered before, by a consumer that died before acknowledging.
+        b.query_pipe(&ack_pipe(stream, &e.entry_id)).await?;
+        return Ok(None);
+    }
+    let mut claim = redis::cmd("SET");
+    claim
+        .arg(format!("cwasi:claim:{}", e.id))
+        .arg(consumer)
+        .arg("NX")
+        .arg("PX")
+        .arg(lease.as_millis() as u64);
+    if b.query(&claim).await? == Value::Nil {
+        // Another consumer runs it; if that one dies, the entry is
+        // reclaimed once the claim's lease is over.
+        return Ok(None);
+    }
+    Ok(Some(e))
 }
 
 #[cfg(test)]
