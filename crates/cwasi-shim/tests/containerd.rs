@@ -146,6 +146,46 @@ fn a_wasi_hello_world_runs_and_its_exit_code_comes_back() {
 }
 
 #[test]
+fn mounted_directories_are_preopened_but_the_node_directory_is_not() {
+    let c = start_containerd();
+    let hello = image(&c, progs::HELLO, "hello", ImageKind::Plain);
+    let data = c.dir().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("msg.txt"), "mounted text\n").unwrap();
+    let node = node_dir(&c, "node");
+    std::fs::write(node.join("secret.json"), "{}").unwrap();
+    let data_mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        data.display()
+    );
+    let node_mount = mount(&node);
+    let out = run(
+        &c,
+        "preopens",
+        &["--mount", &data_mount, "--mount", &node_mount],
+        &hello,
+        &[
+            "/hello.wasm",
+            "0",
+            "/data/msg.txt",
+            "/run/cwasi/secret.json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("file /data/msg.txt: mounted text"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("file /run/cwasi/secret.json: error"),
+        "the node directory must stay out of the guest's reach: {}",
+        text(&out)
+    );
+}
+
+#[test]
 fn broken_images_give_a_clear_error_and_containerd_stays_healthy() {
     let c = start_containerd();
     let hello = image(&c, progs::HELLO, "hello", ImageKind::Plain);
@@ -186,6 +226,17 @@ fn calls_between_containers_take_the_mode_their_placement_allows() {
     let m1 = mount(&node1);
     let m2 = mount(&node2);
     let call = ["/producer.wasm", TEN_MIB, "echo", "echo"];
+
+    // Without CWASI_NAMESPACE, the containerd namespace is the function's.
+    serve(
+        &c,
+        "echo-default-ns",
+        &["--mount", &m1],
+        &echo,
+        &node1,
+        &format!("echo@{}.json", c.namespace()),
+    );
+    c.remove("echo-default-ns");
 
     serve(
         &c,

@@ -108,6 +108,11 @@ impl Containerd {
         &self.dir
     }
 
+    /// The containerd namespace the test's containers live in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
     /// `ctr` bound to this containerd and its test namespace.
     pub fn ctr(&self) -> Command {
         let mut cmd = Command::new("ctr");
