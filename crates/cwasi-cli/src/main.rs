@@ -2,6 +2,7 @@
 //! functions to other processes, calls them, and inspects modules. Thin over
 //! `cwasi-runtime`.
 
+mod bench;
 mod report;
 mod served;
 
@@ -40,6 +41,9 @@ enum Command {
     Serve(ServeArgs),
     /// Calls a served function from the shell.
     Call(CallArgs),
+    /// Measures the modes against redis-storage, HTTP and memcpy (the
+    /// paper's experiments); see docs/benchmarks.md.
+    Bench(bench::BenchArgs),
     /// Shows which ABI imports and exports a module has.
     Inspect {
         /// The .wasm file.
@@ -187,6 +191,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         Command::Call(args) => call(args).map(|()| ExitCode::SUCCESS),
         Command::Inspect { module } => inspect(&module).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("cwasi: error: {e:#}");
