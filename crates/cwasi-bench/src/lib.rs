@@ -280,6 +280,11 @@ pub struct Row {
     pub cpu_redis: CpuPerOp,
     /// Peak RSS of the benchmark process during this measurement, KiB.
     pub rss_a_kib: u64,
+    /// RSS of the benchmark process when the measurement started, KiB: the
+    /// process is shared by every contender and keeps memory its allocator
+    /// retained from earlier points, so `rss_a_kib - rss_a_base_kib` is what
+    /// this measurement added.
+    pub rss_a_base_kib: u64,
     /// Peak RSS of B's processes (summed), KiB; 0 when B is in A's process.
     pub rss_b_kib: u64,
     /// Peak RSS of redis-server, KiB; 0 when Redis does not take part.
@@ -287,6 +292,11 @@ pub struct Row {
 }
 
 impl Row {
+    /// What A's peak memory grew by during the measurement, KiB.
+    pub fn rss_a_growth_kib(&self) -> u64 {
+        self.rss_a_kib.saturating_sub(self.rss_a_base_kib)
+    }
+
     /// The time compared in ratios: the median latency, or for throughput
     /// the mean time per call (the inverse of calls/s).
     pub fn compared_ns(&self) -> f64 {
@@ -522,6 +532,7 @@ fn measure_point(
     };
     let parties = c.parties();
     reset_peaks(&parties);
+    let rss_a_base_kib = procfs::rss_kib(std::process::id());
     let before = cpu_now(&parties);
     let job_out = Job::Send(payload.clone());
     let job_in = Job::Fetch(p.size);
@@ -556,6 +567,7 @@ fn measure_point(
         cpu_b: per_op(1),
         cpu_redis: per_op(2),
         rss_a_kib: procfs::peak_rss_kib(std::process::id()),
+        rss_a_base_kib,
         rss_b_kib: parties
             .b_processes
             .iter()

@@ -49,6 +49,7 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<PathBuf>, BenchErr
     for e in [Experiment::FanOut, Experiment::FanIn] {
         let rows = rows_of(e);
         let mut sizes: Vec<usize> = rows.iter().map(|r| r.point.size).collect();
+        sizes.sort_unstable();
         sizes.dedup();
         for size in sizes {
             let at: Vec<&Row> = rows
@@ -77,6 +78,7 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<PathBuf>, BenchErr
     if !tp.is_empty() {
         let path = dir.join("throughput.svg");
         let mut sizes: Vec<usize> = tp.iter().map(|r| r.point.size).collect();
+        sizes.sort_unstable();
         sizes.dedup();
         let panels: Vec<(String, Vec<(Kind, f64)>)> = sizes
             .iter()
@@ -115,10 +117,8 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<PathBuf>, BenchErr
         let rss = at
             .iter()
             .map(|r| {
-                (
-                    r.kind,
-                    (r.rss_a_kib + r.rss_b_kib + r.rss_redis_kib) as f64 / 1024.0,
-                )
+                let kib = r.rss_a_growth_kib() + r.rss_b_kib + r.rss_redis_kib;
+                (r.kind, kib as f64 / 1024.0)
             })
             .collect();
         bar_chart(
@@ -129,7 +129,7 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<PathBuf>, BenchErr
             ),
             &[
                 ("CPU time per hand-off, all parties (µs)".into(), cpu),
-                ("peak RSS, all processes (MiB)".into(), rss),
+                ("peak RSS: A's growth + B + Redis (MiB)".into(), rss),
             ],
         )?;
         out.push(path);
@@ -165,7 +165,11 @@ fn log_bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     if lo > hi {
         (0.1, 10.0)
     } else {
-        (lo / 2.0, hi * 2.0)
+        // Whole decades, so that every axis has labelled ticks.
+        (
+            10f64.powf((lo / 1.5).log10().floor()),
+            10f64.powf((hi * 1.5).log10().ceil()),
+        )
     }
 }
 
@@ -192,7 +196,14 @@ fn line_chart(
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
-        .x_label_formatter(&|v| axis_label(*v, x_desc.starts_with("payload")))
+        .x_labels(8)
+        .x_label_formatter(&|v| {
+            if x_desc.starts_with("payload") {
+                axis_label(*v, true)
+            } else {
+                format!("{v:.0}")
+            }
+        })
         .y_label_formatter(&|v| axis_label(*v, false))
         .draw()
         .map_err(|e| err(&e))?;
@@ -217,13 +228,16 @@ fn line_chart(
     root.present().map_err(|e| err(&e))
 }
 
-/// A tick label: sizes in B/KiB/MiB, other values compactly.
+/// A tick label: bytes in B/kB/MB/GB (the log axis ticks at powers of
+/// ten), other values compactly.
 fn axis_label(v: f64, bytes: bool) -> String {
-    if bytes && v >= 1.0 {
-        let s = v.round() as usize;
-        if s.is_power_of_two() || s.is_multiple_of(1024) {
-            return size_label(s);
-        }
+    if bytes {
+        return match v {
+            v if v >= 1e9 => format!("{} GB", v / 1e9),
+            v if v >= 1e6 => format!("{} MB", v / 1e6),
+            v if v >= 1e3 => format!("{} kB", v / 1e3),
+            v => format!("{v} B"),
+        };
     }
     if v >= 1e6 || (v > 0.0 && v < 1e-2) {
         format!("{v:.0e}")
@@ -254,13 +268,14 @@ fn bar_chart(
             .filter(|(_, v)| v.is_finite() && *v > 0.0)
             .collect();
         let (lo, hi) = log_bounds(bars.iter().map(|b| b.1));
+        // A segmented range `0..k` has k + 1 segments.
         let n = bars.len().max(1) as i32;
         let mut chart = ChartBuilder::on(area)
             .caption(caption, ("sans-serif", 15))
             .margin(10)
             .x_label_area_size(60)
             .y_label_area_size(65)
-            .build_cartesian_2d((0..n).into_segmented(), (lo..hi).log_scale())
+            .build_cartesian_2d((0..n - 1).into_segmented(), (lo..hi).log_scale())
             .map_err(|e| err(&e))?;
         let names: Vec<&str> = bars.iter().map(|b| b.0.name()).collect();
         chart

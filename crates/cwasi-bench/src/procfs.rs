@@ -74,17 +74,28 @@ pub fn current_tid() -> Option<u32> {
     link.file_name()?.to_str()?.parse().ok()
 }
 
-/// Peak resident memory of process `pid` since start or since the last
-/// [`reset_peak_rss`], in KiB (`VmHWM`); 0 if it cannot be read.
-pub fn peak_rss_kib(pid: u32) -> u64 {
+/// A `kB` field of `/proc/<pid>/status`, or 0 if it cannot be read.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Peak resident memory of process `pid` since start or since the last
+/// [`reset_peak_rss`], in KiB (`VmHWM`); 0 if it cannot be read.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM")
+}
+
+/// Resident memory of process `pid` now, in KiB (`VmRSS`); 0 if it cannot
+/// be read.
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
 }
 
 /// Resets the peak resident memory of `pid` to its current resident memory
@@ -113,6 +124,7 @@ mod tests {
         let tid = current_tid().expect("thread id");
         assert!(thread_cpu(tid).user_ns > 0);
         assert!(peak_rss_kib(pid) > 0);
+        assert!(rss_kib(pid) > 0 && rss_kib(pid) <= peak_rss_kib(pid));
         reset_peak_rss(pid);
         assert!(peak_rss_kib(pid) > 0);
         assert_eq!(peak_rss_kib(u32::MAX), 0);

@@ -8,7 +8,7 @@ use crate::units::{fmt_ns, size_label};
 use crate::{plot, BenchError, Experiment, Kind, Results, Row, Written};
 
 /// The columns of every experiment's CSV.
-const COLUMNS: [&str; 24] = [
+const COLUMNS: [&str; 25] = [
     "experiment",
     "contender",
     "size_bytes",
@@ -28,10 +28,11 @@ const COLUMNS: [&str; 24] = [
     "cpu_redis_user_ns_per_op",
     "cpu_redis_sys_ns_per_op",
     "rss_a_kib",
+    "rss_a_base_kib",
     "rss_b_kib",
     "rss_redis_kib",
     "cpu_total_ns_per_op",
-    "rss_total_kib",
+    "rss_a_growth_b_redis_kib",
     "compared_ns",
 ];
 
@@ -63,10 +64,11 @@ fn record(r: &Row) -> Vec<String> {
         f(r.cpu_redis.user),
         f(r.cpu_redis.sys),
         r.rss_a_kib.to_string(),
+        r.rss_a_base_kib.to_string(),
         r.rss_b_kib.to_string(),
         r.rss_redis_kib.to_string(),
         f(cpu_total),
-        (r.rss_a_kib + r.rss_b_kib + r.rss_redis_kib).to_string(),
+        (r.rss_a_growth_kib() + r.rss_b_kib + r.rss_redis_kib).to_string(),
         f(r.compared_ns()),
     ]
 }
@@ -309,11 +311,11 @@ fn ratios_section(results: &Results, md: &mut String) {
 fn resources_section(results: &Results, md: &mut String) {
     let _ = writeln!(
         md,
-        "## CPU and memory\n\nCPU time per operation (user + sys) of A (the benchmark process, without B's threads), B (its processes or threads) and redis-server; peak RSS (VmHWM, reset before each point) in MiB of the benchmark process, B's processes and redis-server (`-`: not a separate process / not taking part). Embedded and memcpy run B inside A.\n"
+        "## CPU and memory\n\nCPU time per operation (user + sys) of A (the benchmark process, without B's threads), B (its processes or threads) and redis-server. Memory in MiB: for A, what its peak RSS grew by during the point (the process is shared by all contenders and keeps memory retained from earlier points; its absolute peak is in the CSV); for B's processes and redis-server, their peak RSS (VmHWM, reset before each point); `-`: not a separate process, or not taking part. Embedded and memcpy run B inside A, and the baselines run B as threads of A.\n"
     );
     let _ = writeln!(
         md,
-        "| experiment | point | contender | CPU A | CPU B | CPU redis | RSS A | RSS B | RSS redis |\n|---|---|---|---:|---:|---:|---:|---:|---:|"
+        "| experiment | point | contender | CPU A | CPU B | CPU redis | A growth | RSS B | RSS redis |\n|---|---|---|---:|---:|---:|---:|---:|---:|"
     );
     for r in &results.rows {
         let cpu = |c: crate::CpuPerOp| fmt_ns(c.user + c.sys);
@@ -326,7 +328,7 @@ fn resources_section(results: &Results, md: &mut String) {
             cpu(r.cpu_a),
             cpu(r.cpu_b),
             cpu(r.cpu_redis),
-            mib(r.rss_a_kib),
+            format!("{:.0}", r.rss_a_growth_kib() as f64 / 1024.0),
             mib(r.rss_b_kib),
             mib(r.rss_redis_kib)
         );

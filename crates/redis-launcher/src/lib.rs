@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,17 +99,17 @@ impl RedisServer {
     /// waits until it answers.
     pub fn restart(&mut self) -> Result<(), LaunchError> {
         self.kill();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--protected-mode", "yes"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(LaunchError::Spawn)?;
+            .stderr(Stdio::null());
+        kill_with_parent(&mut cmd);
+        let child = cmd.spawn().map_err(LaunchError::Spawn)?;
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         while !self.ping() {
@@ -153,6 +154,21 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Makes the kernel kill the child started by `cmd` (SIGKILL) when the
+/// thread that starts it exits, so that a process killed before it could
+/// drop its children (Ctrl-C, SIGKILL) leaves no server behind. Start
+/// children from a thread that lives as long as they should.
+pub fn kill_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes one async-signal-safe system call (prctl).
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
     }
 }
 

@@ -29,10 +29,10 @@ impl Contender for Memcpy {
     }
 
     fn prepare(&self, size: usize) -> Result<(), BenchError> {
+        // Destinations are sized on first use (in the warm-up), so that only
+        // the workers of this point hold memory.
         for d in &self.dst {
-            let mut d = lock(d);
-            d.clear();
-            d.resize(size, 1);
+            *lock(d) = Vec::new();
         }
         *lock(&self.src) = Arc::from(vec![7u8; size]);
         Ok(())

@@ -62,6 +62,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        redis_launcher::kill_with_parent(&mut cmd);
         if let Some(r) = redis {
             cmd.env("CWASI_REDIS_URL", r.url())
                 .env("CWASI_NODE", "bench-remote");
