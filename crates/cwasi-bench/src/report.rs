@@ -321,14 +321,14 @@ fn resources_section(results: &Results, md: &mut String) {
         let cpu = |c: crate::CpuPerOp| fmt_ns(c.user + c.sys);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {} |",
             r.point.experiment.name(),
             point_label(r),
             r.kind,
             cpu(r.cpu_a),
             cpu(r.cpu_b),
             cpu(r.cpu_redis),
-            format!("{:.0}", r.rss_a_growth_kib() as f64 / 1024.0),
+            r.rss_a_growth_kib() as f64 / 1024.0,
             mib(r.rss_b_kib),
             mib(r.rss_redis_kib)
         );

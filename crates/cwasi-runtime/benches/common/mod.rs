@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-/// Sizes are named as `cwasi bench` names them.
+/// Sizes are named as `cwasi bench` names them. (Not every benchmark uses
+/// every name, and each compiles this module on its own.)
+#[allow(unused_imports)]
 pub use cwasi_bench::{size_label, KIB, MIB};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
