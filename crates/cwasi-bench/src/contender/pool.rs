@@ -44,6 +44,10 @@ impl Pool {
                             Job::Send(p) => c.send(i, &p),
                             Job::Fetch(size) => c.fetch(i, size),
                         };
+                        // Let go of the contender before reporting, so that
+                        // the run's last reference (and the contender's
+                        // shutdown) stays with the main thread.
+                        drop(c);
                         if done_tx.send(r).is_err() {
                             return;
                         }
