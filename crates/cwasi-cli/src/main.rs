@@ -2,6 +2,7 @@
 //! functions to other processes, calls them, and inspects modules. Thin over
 //! `cwasi-runtime`.
 
+mod bench;
 mod image;
 mod report;
 mod served;
@@ -44,6 +45,9 @@ enum Command {
     /// Builds OCI images of modules for containerd.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Measures the modes against redis-storage, HTTP and memcpy (the
+    /// paper's experiments); see docs/benchmarks.md.
+    Bench(bench::BenchArgs),
     /// Shows which ABI imports and exports a module has.
     Inspect {
         /// The .wasm file.
@@ -193,6 +197,7 @@ fn main() -> ExitCode {
         Command::Call(args) => call(args).map(|()| ExitCode::SUCCESS),
         Command::Image(command) => image::image(command).map(|()| ExitCode::SUCCESS),
         Command::Inspect { module } => inspect(&module).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("cwasi: error: {e:#}");

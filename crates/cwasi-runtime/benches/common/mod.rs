@@ -4,8 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-pub const KIB: usize = 1 << 10;
-pub const MIB: usize = 1 << 20;
+/// Sizes are named as `cwasi bench` names them. (Not every benchmark uses
+/// every name, and each compiles this module on its own.)
+#[allow(unused_imports)]
+pub use cwasi_bench::{size_label, KIB, MIB};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -246,16 +248,6 @@ pub fn measure<const N: usize>(s: &Settings, mut ops: [Op<'_>; N]) -> [Samples; 
         per_op_ns: samples.next().expect("one sample list per operation"),
         batch: batches[i],
     })
-}
-
-pub fn size_label(size: usize) -> String {
-    if size >= MIB && size.is_multiple_of(MIB) {
-        format!("{} MiB", size / MIB)
-    } else if size >= KIB && size.is_multiple_of(KIB) {
-        format!("{} KiB", size / KIB)
-    } else {
-        format!("{size} B")
-    }
 }
 
 pub fn fmt_ns(ns: f64) -> String {

@@ -50,6 +50,7 @@ mod tests {
             "count",
             "discard",
             "bench_caller",
+            "emit",
         ] {
             assert!(
                 names.contains(&expected),

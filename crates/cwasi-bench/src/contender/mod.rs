@@ -1,0 +1,170 @@
+//! The contenders: the three modes of CWASI, the two ways platforms pass
+//! data today, and memcpy. Each moves a payload from A to B (`send`) or
+//! from B to A (`fetch`); the worker index picks one of up to [`MAX_FAN`]
+//! independent Bs, so fan-out and fan-in run the same code concurrently.
+
+mod http;
+mod memcpy;
+mod modes;
+pub(crate) mod pool;
+mod redis_storage;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::BenchError;
+
+pub use pool::Pool;
+
+/// The largest fan-out degree; every contender prepares this many Bs.
+pub const MAX_FAN: usize = 16;
+
+/// How long one operation may take before it counts as failed.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// CWASI embedded mode: B is instantiated in A's process.
+    Embedded,
+    /// CWASI local mode: B is a `cwasi serve` process on this node.
+    Local,
+    /// CWASI remote mode: B is a `cwasi serve` process of another "node",
+    /// reached through Redis streams.
+    Remote,
+    /// Baseline: A SETs the payload in Redis, B is notified and GETs it.
+    RedisStorage,
+    /// Baseline: A POSTs the payload to B over loopback HTTP/1.1.
+    Http,
+    /// The physical limit: copying the bytes in memory.
+    Memcpy,
+}
+
+impl Kind {
+    /// Every contender, in report order.
+    pub const ALL: [Kind; 6] = [
+        Kind::Embedded,
+        Kind::Local,
+        Kind::Remote,
+        Kind::RedisStorage,
+        Kind::Http,
+        Kind::Memcpy,
+    ];
+
+    /// The name on the command line and in the reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Embedded => "embedded",
+            Kind::Local => "local",
+            Kind::Remote => "remote",
+            Kind::RedisStorage => "redis-storage",
+            Kind::Http => "http",
+            Kind::Memcpy => "memcpy",
+        }
+    }
+
+    /// Whether it is a mode of CWASI (as opposed to a baseline or memcpy).
+    pub fn is_mode(self) -> bool {
+        matches!(self, Kind::Embedded | Kind::Local | Kind::Remote)
+    }
+
+    /// Whether it is one of the two baselines.
+    pub fn is_baseline(self) -> bool {
+        matches!(self, Kind::RedisStorage | Kind::Http)
+    }
+
+    /// Whether it needs a Redis server.
+    pub fn needs_redis(self) -> bool {
+        matches!(self, Kind::Remote | Kind::RedisStorage)
+    }
+
+    /// Parses a name of [`Kind::name`].
+    pub fn parse(text: &str) -> Result<Kind, BenchError> {
+        let t = text.trim();
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == t)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+                BenchError::BadInput(format!(
+                    "unknown mode or baseline '{t}' (expected: {})",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Who besides the benchmark process takes part, for CPU and memory.
+#[derive(Debug, Clone, Default)]
+pub struct Parties {
+    /// Processes that play B (`cwasi serve`).
+    pub b_processes: Vec<u32>,
+    /// Threads of this process that play B (the baselines' receivers).
+    pub b_threads: Vec<u32>,
+    /// The Redis server, if it carries the data.
+    pub redis: Option<u32>,
+}
+
+/// One way of moving bytes between A and B.
+pub trait Contender: Send + Sync {
+    /// Which one it is.
+    fn kind(&self) -> Kind;
+
+    /// Prepares buffers for payloads of `size` bytes (untimed).
+    fn prepare(&self, size: usize) -> Result<(), BenchError>;
+
+    /// A hands `payload` to B number `worker` and returns once B holds it in
+    /// its own memory.
+    fn send(&self, worker: usize, payload: &Arc<[u8]>) -> Result<(), BenchError>;
+
+    /// A asks B number `worker` for `size` bytes and returns once A holds
+    /// them.
+    fn fetch(&self, worker: usize, size: usize) -> Result<(), BenchError>;
+
+    /// The processes and threads besides A.
+    fn parties(&self) -> Parties;
+}
+
+/// What the contenders need from the run.
+pub struct Setup<'a> {
+    /// The `cwasi` binary that serves B in local and remote mode.
+    pub cwasi_exe: &'a std::path::Path,
+    /// A private directory for node directories, removed by the caller.
+    pub scratch: &'a std::path::Path,
+    /// The Redis of this run, if any contender needs one.
+    pub redis: Option<&'a redis_launcher::RedisServer>,
+}
+
+/// Starts contender `kind`.
+pub fn start(kind: Kind, setup: &Setup<'_>) -> Result<Arc<dyn Contender>, BenchError> {
+    let redis = || {
+        setup
+            .redis
+            .ok_or_else(|| BenchError::setup(kind.name(), "no Redis was started"))
+    };
+    Ok(match kind {
+        Kind::Embedded => Arc::new(modes::Modes::embedded()?),
+        Kind::Local => Arc::new(modes::Modes::local(setup.cwasi_exe, setup.scratch)?),
+        Kind::Remote => Arc::new(modes::Modes::remote(
+            setup.cwasi_exe,
+            setup.scratch,
+            redis()?,
+        )?),
+        Kind::RedisStorage => Arc::new(redis_storage::RedisStorage::start(redis()?)?),
+        Kind::Http => Arc::new(http::Http::start()?),
+        Kind::Memcpy => Arc::new(memcpy::Memcpy::new()),
+    })
+}
+
+/// Locks a mutex even if a panicking thread poisoned it (the state is plain
+/// buffers and connections, still usable or replaced on the next call).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

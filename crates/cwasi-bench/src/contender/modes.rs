@@ -1,0 +1,270 @@
+//! The three modes of CWASI, called from the host as the CLI and the tests
+//! do (`Runtime::call_into` from namespace `bench-a`). B is `discard` for
+//! `send` (it takes the payload into its linear memory and answers nothing)
+//! and `emit` for `fetch` (it answers with the number of bytes asked for).
+//!
+//! - embedded: both are loaded in this process, in the caller's namespace;
+//! - local: each is a `cwasi serve` process in namespace `bench-b`, sharing
+//!   a private node directory with the caller;
+//! - remote: each is a `cwasi serve` process of node `bench-remote` with its
+//!   own node directory, announced through the run's Redis; the caller is
+//!   node `bench-caller`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cwasi_runtime::broker::{Broker, BrokerConfig};
+use cwasi_runtime::{FunctionSpec, Mode, NodeDirectory, Runtime};
+use redis_launcher::RedisServer;
+use rustix::process::{kill_process, Pid, Signal};
+use test_programs_artifacts as progs;
+
+use super::{lock, Contender, Kind, Parties, MAX_FAN};
+use crate::BenchError;
+
+/// The caller's namespace.
+const CALLER_NS: &str = "bench-a";
+/// The namespace of the served Bs.
+const SERVED_NS: &str = "bench-b";
+/// B of `send`.
+const DISCARD: &str = "discard";
+/// B of `fetch`.
+const EMIT: &str = "emit";
+/// How long a `cwasi serve` may take to be reachable.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a `cwasi serve` may take to stop after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A `cwasi serve` child; stopped (SIGTERM, then SIGKILL) on drop.
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn spawn(
+        exe: &Path,
+        module: &str,
+        name: &str,
+        runtime_dir: &Path,
+        redis: Option<&RedisServer>,
+    ) -> Result<Server, BenchError> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
+            .arg(module)
+            .args(["--name", name, "--namespace", SERVED_NS])
+            .arg("--runtime-dir")
+            .arg(runtime_dir)
+            .args(["--max-concurrent", &MAX_FAN.to_string()])
+            .env_remove("CWASI_REDIS_URL")
+            .env_remove("CWASI_NODE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        redis_launcher::kill_with_parent(&mut cmd);
+        if let Some(r) = redis {
+            cmd.env("CWASI_REDIS_URL", r.url())
+                .env("CWASI_NODE", "bench-remote");
+        }
+        let child = cmd.spawn().map_err(|e| {
+            BenchError::setup(
+                "cwasi serve",
+                format!("cannot run {} serve: {e}", exe.display()),
+            )
+        })?;
+        Ok(Server { child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the server has exited.
+    fn check_alive(&mut self, name: &str) -> Result<(), BenchError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(BenchError::setup(
+                "cwasi serve",
+                format!("the server of '{name}' exited ({status})"),
+            )),
+            Err(e) => Err(BenchError::setup("cwasi serve", e)),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM lets it remove its socket and record; SIGKILL if it hangs.
+        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
+            let _ = kill_process(pid, Signal::TERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One of the three modes: a caller runtime, the servers of B (none when
+/// embedded) and a response buffer per worker.
+pub struct Modes {
+    kind: Kind,
+    // Declared before the servers: callers close their connections first.
+    runtime: Runtime,
+    responses: Vec<Mutex<Vec<u8>>>,
+    servers: Vec<Server>,
+    redis_pid: Option<u32>,
+}
+
+fn spec(name: &str, module: &str) -> FunctionSpec {
+    FunctionSpec::new(name, CALLER_NS, PathBuf::from(module))
+}
+
+impl Modes {
+    fn new(
+        kind: Kind,
+        runtime: Runtime,
+        servers: Vec<Server>,
+        redis_pid: Option<u32>,
+    ) -> Result<Modes, BenchError> {
+        let mut m = Modes {
+            kind,
+            runtime,
+            responses: (0..MAX_FAN).map(|_| Mutex::new(Vec::new())).collect(),
+            servers,
+            redis_pid,
+        };
+        m.wait_for_mode()?;
+        Ok(m)
+    }
+
+    /// Embedded: `discard` and `emit` loaded in the caller's namespace.
+    pub fn embedded() -> Result<Modes, BenchError> {
+        let runtime = Runtime::builder()
+            .function(spec(DISCARD, progs::DISCARD))
+            .function(spec(EMIT, progs::EMIT))
+            .build()
+            .map_err(|e| BenchError::setup("embedded", e))?;
+        Modes::new(Kind::Embedded, runtime, Vec::new(), None)
+    }
+
+    /// Local: the Bs served by `cwasi serve` processes on this node.
+    pub fn local(exe: &Path, scratch: &Path) -> Result<Modes, BenchError> {
+        let dir = NodeDirectory::open(&scratch.join("local"))
+            .map_err(|e| BenchError::setup("local", e))?;
+        let servers = vec![
+            Server::spawn(exe, progs::DISCARD, DISCARD, dir.root(), None)?,
+            Server::spawn(exe, progs::EMIT, EMIT, dir.root(), None)?,
+        ];
+        let runtime = Runtime::builder()
+            .node_directory(dir)
+            .build()
+            .map_err(|e| BenchError::setup("local", e))?;
+        Modes::new(Kind::Local, runtime, servers, None)
+    }
+
+    /// Remote: the Bs served by `cwasi serve` processes of another node,
+    /// reached through `redis`.
+    pub fn remote(exe: &Path, scratch: &Path, redis: &RedisServer) -> Result<Modes, BenchError> {
+        let server_dir = NodeDirectory::open(&scratch.join("remote-server"))
+            .map_err(|e| BenchError::setup("remote", e))?;
+        let caller_dir = NodeDirectory::open(&scratch.join("remote-caller"))
+            .map_err(|e| BenchError::setup("remote", e))?;
+        let servers = vec![
+            Server::spawn(exe, progs::DISCARD, DISCARD, server_dir.root(), Some(redis))?,
+            Server::spawn(exe, progs::EMIT, EMIT, server_dir.root(), Some(redis))?,
+        ];
+        let broker = Broker::new(BrokerConfig::new(redis.url(), "bench-caller"))
+            .map_err(|e| BenchError::setup("remote", e))?;
+        let runtime = Runtime::builder()
+            .node_directory(caller_dir)
+            .broker(broker)
+            .build()
+            .map_err(|e| BenchError::setup("remote", e))?;
+        Modes::new(Kind::Remote, runtime, servers, redis.pid())
+    }
+
+    /// The mode each B is reached in, as the selector decides it.
+    fn mode_of(&self, target: &str) -> Option<Mode> {
+        self.runtime.explain(CALLER_NS, target).ok().map(|s| s.mode)
+    }
+
+    /// Waits until the selector routes both Bs through this mode (servers
+    /// have registered), or fails after [`START_TIMEOUT`].
+    fn wait_for_mode(&mut self) -> Result<(), BenchError> {
+        let want = match self.kind {
+            Kind::Embedded => Mode::Embedded,
+            Kind::Local => Mode::Local,
+            _ => Mode::Remote,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if [DISCARD, EMIT]
+                .iter()
+                .all(|t| self.mode_of(t) == Some(want))
+            {
+                return Ok(());
+            }
+            for (s, name) in self.servers.iter_mut().zip([DISCARD, EMIT]) {
+                s.check_alive(name)?;
+            }
+            if Instant::now() > deadline {
+                let got = self
+                    .runtime
+                    .explain(CALLER_NS, DISCARD)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string());
+                return Err(BenchError::setup(
+                    self.kind.name(),
+                    format!("not routed in {want} mode within {START_TIMEOUT:?}: {got}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Contender for Modes {
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn prepare(&self, _size: usize) -> Result<(), BenchError> {
+        Ok(())
+    }
+
+    fn send(&self, worker: usize, payload: &Arc<[u8]>) -> Result<(), BenchError> {
+        let mut resp = lock(&self.responses[worker]);
+        self.runtime
+            .call_into(CALLER_NS, DISCARD, payload, &mut resp)
+            .map_err(|e| BenchError::op(self.kind.name(), e))
+    }
+
+    fn fetch(&self, worker: usize, size: usize) -> Result<(), BenchError> {
+        let mut resp = lock(&self.responses[worker]);
+        self.runtime
+            .call_into(CALLER_NS, EMIT, &(size as u64).to_le_bytes(), &mut resp)
+            .map_err(|e| BenchError::op(self.kind.name(), e))?;
+        if resp.len() != size {
+            return Err(BenchError::op(
+                self.kind.name(),
+                format!("emit answered {} bytes instead of {size}", resp.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn parties(&self) -> Parties {
+        Parties {
+            b_processes: self.servers.iter().map(Server::pid).collect(),
+            b_threads: Vec::new(),
+            redis: self.redis_pid,
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `cwasi bench`: the command line of the `cwasi-bench` experiments.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use cwasi_bench::{Config, Experiment, Kind};
+
+/// A comma-separated list parsed as one value (clap would treat a `Vec`
+/// field as a repeated flag).
+type List<T> = Vec<T>;
+
+/// Reproduces the paper's experiments on this machine: CWASI's modes against
+/// redis-storage, HTTP and memcpy.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// A run of under 2 minutes (fewer sizes, short budgets).
+    #[arg(long)]
+    quick: bool,
+    /// Experiments to run: sequential, fan-out, fan-in, throughput
+    /// (comma-separated; default: all).
+    #[arg(long, value_name = "LIST", value_parser = |s: &str| Experiment::parse_list(s).map_err(|e| e.to_string()))]
+    only: Option<List<Experiment>>,
+    /// What to compare: embedded, local, remote, redis-storage, http, memcpy
+    /// (comma-separated; default: all).
+    #[arg(long, value_name = "LIST", value_parser = |s: &str| cwasi_bench::parse_kinds(s).map_err(|e| e.to_string()))]
+    modes: Option<List<Kind>>,
+    /// Payload sizes of the sequential experiment, e.g. 1KiB,64KiB,10MiB.
+    #[arg(long, value_name = "LIST", value_parser = |s: &str| cwasi_bench::parse_sizes(s).map_err(|e| e.to_string()))]
+    sizes: Option<List<usize>>,
+    /// Payload sizes of fan-out and fan-in, e.g. 1MiB,10MiB.
+    #[arg(long, value_name = "LIST", value_parser = |s: &str| cwasi_bench::parse_sizes(s).map_err(|e| e.to_string()))]
+    fan_sizes: Option<List<usize>>,
+    /// Fan-out and fan-in degrees N, e.g. 1,2,4,8,16 (at most 16).
+    #[arg(long, value_name = "LIST", value_parser = |s: &str| cwasi_bench::parse_counts(s).map_err(|e| e.to_string()))]
+    fanout: Option<List<usize>>,
+    /// Payload sizes of the throughput experiment, e.g. 64B,1MiB.
+    #[arg(long, value_name = "LIST", value_parser = |s: &str| cwasi_bench::parse_sizes(s).map_err(|e| e.to_string()))]
+    throughput_sizes: Option<List<usize>>,
+    /// How long each throughput point runs, e.g. 3s or 200ms.
+    #[arg(long, value_name = "TIME", value_parser = |s: &str| cwasi_bench::parse_duration(s).map_err(|e| e.to_string()))]
+    duration: Option<std::time::Duration>,
+    /// Sampling time of each latency point, e.g. 2s or 100ms.
+    #[arg(long, value_name = "TIME", value_parser = |s: &str| cwasi_bench::parse_duration(s).map_err(|e| e.to_string()))]
+    budget: Option<std::time::Duration>,
+    /// Warm-up of each point, e.g. 300ms.
+    #[arg(long, value_name = "TIME", value_parser = |s: &str| cwasi_bench::parse_duration(s).map_err(|e| e.to_string()))]
+    warmup: Option<std::time::Duration>,
+    /// Minimum samples per latency point.
+    #[arg(long, value_name = "N")]
+    min_samples: Option<usize>,
+    /// Output directory (default: bench-results/<UTC timestamp>).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// The cwasi binary that serves B in local and remote mode (default:
+    /// this one).
+    #[arg(long, value_name = "PATH")]
+    cwasi: Option<PathBuf>,
+    /// Does not show a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// Runs the benchmark and prints the summary.
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let exe = match args.cwasi {
+        Some(p) => p,
+        None => std::env::current_exe().context("cannot find the cwasi binary")?,
+    };
+    let mut c = if args.quick {
+        Config::quick(exe)
+    } else {
+        Config::full(exe)
+    };
+    if let Some(v) = args.only {
+        c.experiments = v;
+    }
+    if let Some(v) = args.modes {
+        c.kinds = v;
+    }
+    if let Some(v) = args.sizes {
+        c.sizes = v;
+    }
+    if let Some(v) = args.fan_sizes {
+        c.fan_sizes = v;
+    }
+    if let Some(v) = args.fanout {
+        c.fan_counts = v;
+    }
+    if let Some(v) = args.throughput_sizes {
+        c.throughput_sizes = v;
+    }
+    if let Some(v) = args.duration {
+        c.throughput_duration = v;
+    }
+    if let Some(v) = args.budget {
+        c.budget.time = v;
+    }
+    if let Some(v) = args.warmup {
+        c.budget.warmup = v;
+    }
+    if let Some(v) = args.min_samples {
+        c.budget.min_samples = v.max(1);
+    }
+    if let Some(v) = args.out {
+        c.out = v;
+    }
+    c.progress = !args.no_progress;
+    let started = Instant::now();
+    eprintln!(
+        "cwasi bench ({}): writing to {}",
+        c.profile,
+        c.out.display()
+    );
+    let (_, written) = cwasi_bench::run(&c)?;
+    let summary = written.dir.join("summary.md");
+    let text = std::fs::read_to_string(&summary)
+        .with_context(|| format!("cannot read {}", summary.display()))?;
+    println!("{text}");
+    eprintln!(
+        "cwasi bench: {} files in {} ({:.1} s)",
+        written.files.len(),
+        written.dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}

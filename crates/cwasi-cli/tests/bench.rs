@@ -1,0 +1,166 @@
+//! `cwasi bench` end to end, with tiny sizes and short budgets: every file
+//! is written and well-formed, and no ratio is NaN or infinite. It makes no
+//! timing assertion (the figures of such a short run mean nothing).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::{cwasi, Scratch, LIMIT};
+
+const KINDS: [&str; 6] = [
+    "embedded",
+    "local",
+    "remote",
+    "redis-storage",
+    "http",
+    "memcpy",
+];
+
+/// Reads a CSV (the reader rejects rows of another length than the header)
+/// and returns its header and rows.
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = r.headers().unwrap().iter().map(String::from).collect();
+    let rows = r
+        .records()
+        .map(|rec| {
+            rec.unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .iter()
+                .map(String::from)
+                .collect()
+        })
+        .collect();
+    (header, rows)
+}
+
+fn number(path: &Path, column: &str, value: &str) -> f64 {
+    let v: f64 = value
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {column} = {value:?}: {e}", path.display()));
+    assert!(v.is_finite(), "{}: {column} = {v}", path.display());
+    v
+}
+
+#[test]
+fn bench_writes_every_file_well_formed() {
+    let dir = Scratch::new("bench");
+    let out = dir.0.join("results");
+    let run = cwasi(
+        &[
+            "bench",
+            "--sizes",
+            "64B,1KiB",
+            "--fan-sizes",
+            "1KiB",
+            "--fanout",
+            "1,2",
+            "--throughput-sizes",
+            "64B",
+            "--duration",
+            "50ms",
+            "--budget",
+            "20ms",
+            "--warmup",
+            "5ms",
+            "--min-samples",
+            "2",
+            "--no-progress",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+
+    for experiment in ["sequential", "fan-out", "fan-in", "throughput"] {
+        let path = out.join(format!("{experiment}.csv"));
+        let (header, rows) = read_csv(&path);
+        assert!(header.len() > 10, "{}: {header:?}", path.display());
+        let kinds: BTreeSet<&str> = rows.iter().map(|r| r[1].as_str()).collect();
+        assert_eq!(kinds, KINDS.into_iter().collect(), "{}", path.display());
+        for row in &rows {
+            assert_eq!(row[0], experiment);
+            for (column, value) in header.iter().zip(row).skip(2) {
+                number(&path, column, value);
+            }
+        }
+    }
+
+    let path = out.join("ratios.csv");
+    let (header, rows) = read_csv(&path);
+    assert_eq!(header.last().map(String::as_str), Some("ratio"));
+    assert!(!rows.is_empty());
+    for row in &rows {
+        let v = number(&path, "ratio", row.last().unwrap());
+        assert!(v > 0.0, "{row:?}");
+    }
+    let pairs: BTreeSet<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r[3].as_str(), r[4].as_str()))
+        .collect();
+    for mode in ["embedded", "local", "remote"] {
+        assert!(pairs.contains(&(mode, "memcpy")), "{mode}/memcpy missing");
+        for baseline in ["redis-storage", "http"] {
+            assert!(
+                pairs.contains(&(baseline, mode)),
+                "{baseline}/{mode} missing"
+            );
+        }
+    }
+
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("| point | embedded | local | remote | redis-storage | http | memcpy |"),
+        "{md}"
+    );
+    assert!(md.contains("## Ratios"), "{md}");
+    assert!(!md.contains("NaN") && !md.contains("inf"), "{md}");
+    assert_eq!(run.stdout.trim(), md.trim(), "the summary is printed too");
+
+    for svg in [
+        "sequential.svg",
+        "fan-out-1KiB.svg",
+        "fan-in-1KiB.svg",
+        "throughput.svg",
+        "resources.svg",
+    ] {
+        let path = out.join(svg);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{svg}: {e}"));
+        assert!(
+            text.starts_with("<svg") || text.starts_with("<?xml"),
+            "{svg}"
+        );
+        let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{svg}: {e}"));
+        assert_eq!(doc.root_element().tag_name().name(), "svg");
+        assert!(md.contains(svg), "summary.md does not show {svg}");
+    }
+}
+
+#[test]
+fn bench_rejects_bad_input_clearly() {
+    for (args, expected) in [
+        (&["bench", "--sizes", "1XB"][..], "bad size '1XB'"),
+        (
+            &["bench", "--modes", "embedded,fax"][..],
+            "unknown mode or baseline 'fax'",
+        ),
+        (
+            &["bench", "--only", "everything"][..],
+            "unknown experiment 'everything'",
+        ),
+        (&["bench", "--fanout", "0"][..], "bad fan-out degree '0'"),
+        (&["bench", "--duration", "soon"][..], "bad duration 'soon'"),
+    ] {
+        let run = cwasi(args, LIMIT);
+        assert_eq!(run.code, Some(2), "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
+    }
+}
