@@ -18,7 +18,7 @@ use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::engine::{load_module, new_engine};
 use cwasi_runtime::{
     Composition, FunctionSpec, Limits, ModeOverride, NodeDirectory, Runtime, SeedConfig,
-    ServeOptions,
+    ServeOptions, StopSignals,
 };
 
 #[derive(Parser)]
@@ -312,12 +312,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         allowed_uids: args.allow_uid,
         ..ServeOptions::default()
     };
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .context("cannot install signal handlers")?;
+    let mut signals = StopSignals::install().context("cannot install signal handlers")?;
     let handle = runtime.serve(&args.name, &dir, opts)?;
     eprintln!(
         "cwasi: serving '{}' (namespace '{}') at {}",
@@ -325,8 +320,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         args.namespace,
         handle.record().socket.display()
     );
-    let signal = signals.forever().next();
-    tracing::info!(?signal, "stopping");
+    signals.wait();
     drop(handle);
     Ok(())
 }

@@ -34,4 +34,4 @@ pub use inspect::ModuleInfo;
 pub use registry::{EndpointRecord, NodeDirectory};
 pub use runtime::{Decision, HopReport, Runtime, RuntimeBuilder};
 pub use selector::Selection;
-pub use serve::{ServeHandle, ServeOptions};
+pub use serve::{ServeHandle, ServeOptions, StopSignals};

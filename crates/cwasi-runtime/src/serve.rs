@@ -77,6 +77,31 @@ impl Drop for ServeHandle {
     }
 }
 
+/// The signals that stop a server cleanly (SIGTERM, SIGINT, SIGHUP), so
+/// that dropping its [`ServeHandle`] removes the record and socket. Install
+/// them before serving: a process that is pid 1 of its PID namespace (a
+/// container) ignores signals it has no handler for.
+pub struct StopSignals(signal_hook::iterator::Signals);
+
+impl StopSignals {
+    /// Installs the handlers.
+    pub fn install() -> io::Result<StopSignals> {
+        signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ])
+        .map(StopSignals)
+    }
+
+    /// Blocks until one of them arrives, and returns it.
+    pub fn wait(&mut self) -> Option<i32> {
+        let signal = self.0.forever().next();
+        tracing::info!(?signal, "stopping");
+        signal
+    }
+}
+
 /// A counting semaphore bounding concurrent calls.
 struct Slots {
     free: Mutex<usize>,

@@ -10,7 +10,7 @@ use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source};
 use containerd_shim_wasm::sandbox::Sandbox;
 use containerd_shim_wasm::shim::{Shim, Version};
 use cwasi_runtime::broker::{Broker, BrokerConfig};
-use cwasi_runtime::{FunctionSpec, NodeDirectory, Runtime, ServeOptions};
+use cwasi_runtime::{FunctionSpec, NodeDirectory, Runtime, ServeOptions, StopSignals};
 
 use crate::mounts::container_preopens;
 use crate::settings::{containerd_namespace, ContainerSettings};
@@ -189,11 +189,7 @@ fn serve(runtime: &Runtime, settings: &ContainerSettings, dir: Option<&NodeDirec
     };
     // As pid 1 of its PID namespace the container ignores signals it has no
     // handler for, so the handlers are what makes `ctr task kill` work.
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ]) {
+    let mut signals = match StopSignals::install() {
         Ok(s) => s,
         Err(e) => return fail(EXIT_FAILED, &format!("cannot install signal handlers: {e}")),
     };
@@ -207,8 +203,7 @@ fn serve(runtime: &Runtime, settings: &ContainerSettings, dir: Option<&NodeDirec
         settings.namespace,
         handle.record().socket.display()
     );
-    let signal = signals.forever().next();
-    tracing::info!(?signal, "stopping");
+    signals.wait();
     drop(handle);
     // Give the log line a chance to reach the FIFO before exit.
     std::thread::sleep(Duration::from_millis(10));

@@ -88,14 +88,7 @@ impl ContainerSettings {
                 None => (e.clone(), String::new()),
             })
             .collect();
-        // The last definition wins, as in a shell.
-        let var = |k: &str| {
-            env.iter()
-                .rev()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-                .filter(|v| !v.is_empty())
-        };
+        let var = |k: &str| last_value(&env, k).filter(|v| !v.is_empty());
         let flag = |name: &'static str| -> Result<bool, SettingsError> {
             match var(name).as_deref() {
                 None | Some("0" | "false" | "no") => Ok(false),
@@ -137,12 +130,16 @@ impl ContainerSettings {
 
     /// Looks a variable up in the container's environment.
     pub fn var(&self, name: &str) -> Option<String> {
-        self.env
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+        last_value(&self.env, name)
     }
+}
+
+/// The value of `name` in `env`; the last definition wins, as in a shell.
+fn last_value(env: &[(String, String)], name: &str) -> Option<String> {
+    env.iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
 }
 
 /// The containerd namespace this shim was started for: containerd passes it
