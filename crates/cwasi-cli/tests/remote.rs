@@ -58,6 +58,13 @@ fn wait_announced(rt: &Runtime, ns: &str, name: &str) {
     }
 }
 
+/// How many keys match `pattern` right now (`:N`).
+fn count_keys(redis: &RedisServer, pattern: &str) -> String {
+    redis
+        .command(&["EVAL", "return #redis.call('KEYS', ARGV[1])", "0", pattern])
+        .unwrap_or_default()
+}
+
 #[test]
 fn two_nodes_on_one_machine_exchange_every_payload_remotely() {
     let redis = RedisServer::start();
@@ -88,6 +95,19 @@ fn two_nodes_on_one_machine_exchange_every_payload_remotely() {
             "producer -> echo: remote ('echo' is served on node 'node2'",
         );
     }
+    // Requests from PAYLOAD_KEY_MIN on travel in keys of their own (the
+    // 10 MiB and 100 MiB ones here); every answer deletes its request's key
+    // and its entry, and each caller popped its reply.
+    const _: () = assert!(cwasi_runtime::broker::PAYLOAD_KEY_MIN <= 10 << 20);
+    for pattern in ["cwasi:payload:*", "cwasi:reply:*", "cwasi:claim:*"] {
+        assert_eq!(count_keys(&redis, pattern), ":0", "{pattern} left behind");
+    }
+    assert_eq!(
+        redis
+            .command(&["XLEN", "cwasi:fn:b:echo"])
+            .unwrap_or_default(),
+        ":0"
+    );
 }
 
 #[test]
@@ -131,7 +151,14 @@ fn soak_with_a_server_killed_and_restarted_loses_and_duplicates_nothing() {
             let (rt, ok, failed, wrong, late, codes) = (&rt, &ok, &failed, &wrong, &late, &codes);
             s.spawn(move || {
                 for i in 0..CALLS / THREADS {
-                    let payload = format!("call {t}/{i} {}", "x".repeat((i % 64) as usize));
+                    // Every 50th request is large enough to travel in a key
+                    // of its own.
+                    let pad = if i % 50 == 7 {
+                        cwasi_runtime::broker::PAYLOAD_KEY_MIN + 100
+                    } else {
+                        (i % 64) as usize
+                    };
+                    let payload = format!("call {t}/{i} {}", "x".repeat(pad));
                     let started = Instant::now();
                     match rt.call("a", "echo", payload.as_bytes()) {
                         Ok(r) if r == payload.as_bytes() => ok.fetch_add(1, Ordering::Relaxed),
@@ -192,6 +219,17 @@ fn soak_with_a_server_killed_and_restarted_loses_and_duplicates_nothing() {
         assert!(
             Instant::now() < deadline,
             "the stream never drained: XLEN {len}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The payload keys of large requests go with their answers, or expire
+    // shortly after their deadline when the request was dropped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count_keys(&redis, "cwasi:payload:*") != ":0" {
+        assert!(
+            Instant::now() < deadline,
+            "payload keys never went away: {}",
+            count_keys(&redis, "cwasi:payload:*")
         );
         std::thread::sleep(Duration::from_millis(200));
     }

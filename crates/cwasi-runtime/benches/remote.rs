@@ -17,8 +17,9 @@
 //! - `memcpy`: copying the payload into a warm, preallocated `Vec`, for
 //!   orientation;
 //! - `remote`: `Runtime::call_into` on node1: the payload goes caller ->
-//!   Redis stream -> node2's consumer -> `discard`'s linear memory, and an
-//!   empty reply comes back through a reply key;
+//!   Redis stream (from `PAYLOAD_KEY_MIN` on, a key of its own that the
+//!   stream entry names) -> node2's consumer -> `discard`'s linear memory,
+//!   and an empty reply comes back through a reply key;
 //! - `raw`: the same hand-off done by hand with the `redis` crate, as a
 //!   platform does it today: `SET` of a key with the payload on one plain
 //!   synchronous connection, then `GET` of it on a second one (the

@@ -4,9 +4,10 @@
 //! Keys:
 //! - `cwasi:fn:{ns}:{name}`: the request stream of a function, read by the
 //!   consumer group `cwasi`;
+//! - `cwasi:payload:{id}`: the payload of one large request, kept out of the
+//!   stream (see [`PAYLOAD_KEY_MIN`]);
 //! - `cwasi:reply:{id}`: the reply list of one request (`LPUSH` + expiry);
-//! - `cwasi:claim:{id}` / `cwasi:done:{id}`: which consumer runs a request, and
-//!   that it was answered, so a reclaimed entry never runs twice;
+//! - `cwasi:claim:{id}`: which consumer runs a reclaimed request;
 //! - `cwasi:node:{node}`: a hash of the functions a node serves (TTL);
 //! - `cwasi:fn-nodes:{ns}:{name}`: nodes serving a function, scored by the
 //!   time their announcement expires; `cwasi:fn-ns:{name}`: its namespaces.
@@ -28,8 +29,18 @@ pub const STREAM_MAXLEN: u64 = 100_000;
 pub const ANNOUNCE_TTL: Duration = Duration::from_secs(15);
 /// How often a server renews its announcement.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Requests at least this large travel in a key of their own
+/// (`cwasi:payload:{id}`), named by the stream entry, instead of inside it:
+/// Redis copies a stream entry's fields into the stream and again into every
+/// read, where a string value keeps the buffer it was received in. Below
+/// this size the extra round trip to fetch the key costs more than the copy
+/// (docs/benchmarks.md).
+pub const PAYLOAD_KEY_MIN: usize = 256 * 1024;
 /// How long a reply waits for its caller.
 const REPLY_TTL: Duration = Duration::from_secs(120);
+/// How long a large request's payload key outlives the request's deadline,
+/// for clocks that differ a little between nodes.
+const LATE_MARGIN_MS: u64 = 5_000;
 /// Time for one broker round trip that is not a blocking wait.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time to open a connection.
@@ -134,7 +145,15 @@ struct Entry {
     id: String,
     reply: String,
     deadline_ms: u64,
-    payload: Vec<u8>,
+    payload: Payload,
+}
+
+/// Where a request's payload is.
+enum Payload {
+    /// In the stream entry.
+    Inline(Vec<u8>),
+    /// In a key of its own, for large requests.
+    Key(String),
 }
 
 fn now_ms() -> u64 {
@@ -311,20 +330,31 @@ impl Broker {
             .arg("reply")
             .arg(&reply)
             .arg("deadline")
-            .arg(deadline)
-            .arg("payload")
-            .arg(request);
-        // The request and the wait go out together, on a connection of their
-        // own: one round trip to the broker.
-        let mut conn = self.sync_conn(timeout + Duration::from_secs(2))?;
+            .arg(deadline);
         let mut p = redis::pipe();
+        if request.len() >= PAYLOAD_KEY_MIN {
+            // It lives until the request's deadline; a server deletes it
+            // when it answers.
+            let key = format!("cwasi:payload:{id}");
+            p.cmd("SET")
+                .arg(&key)
+                .arg(request)
+                .arg("PX")
+                .arg(timeout.as_millis().max(1) as u64 + LATE_MARGIN_MS);
+            add.arg("payload_key").arg(key);
+        } else {
+            add.arg("payload").arg(request);
+        }
+        // The request and the wait go out together, on a connection of their
+        // own: one round trip to the broker. A popped list is gone; an
+        // unanswered key expires with its reply.
         p.add_command(add)
             .cmd("BLPOP")
             .arg(&reply)
             .arg(timeout.as_secs_f64().max(0.01));
-        // A popped list is gone; an unanswered key expires with its reply.
-        let value = match p.query::<Value>(&mut conn) {
-            Ok(Value::Array(mut replies)) if replies.len() == 2 => {
+        let mut conn = self.sync_conn(timeout + Duration::from_secs(2))?;
+        let value = match p.query::<Vec<Value>>(&mut conn) {
+            Ok(mut replies) if replies.len() == p.len() => {
                 self.give_back(conn);
                 replies.pop().unwrap_or(Value::Nil)
             }
@@ -507,7 +537,8 @@ fn field_map(fields: Vec<Value>) -> Option<Entry> {
             b"id" => id = String::from_utf8(v).ok(),
             b"reply" => reply = String::from_utf8(v).ok(),
             b"deadline" => deadline = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()),
-            b"payload" => payload = Some(v),
+            b"payload" => payload = Some(Payload::Inline(v)),
+            b"payload_key" => payload = String::from_utf8(v).ok().map(Payload::Key),
             _ => {}
         }
     }
@@ -690,12 +721,31 @@ fn consume(
     handler: &Handler,
     stop: &AtomicBool,
 ) {
+    let at = Consumer {
+        broker: b,
+        stream,
+        name: consumer,
+        lease,
+    };
     let mut backoff = Duration::from_millis(100);
     let mut group_ready = false;
     let mut last_reclaim = std::time::Instant::now();
     // This consumer's own connection for its reads and replies.
     let mut conn: Option<redis::Connection> = None;
-    while !stop.load(Ordering::Relaxed) {
+    // The answer to the request just run: it goes out with the next read, in
+    // one write, unless something else comes first.
+    let mut owed: Option<redis::Pipeline> = None;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let reclaim_due = last_reclaim.elapsed() >= lease / 2;
+        if stopping || reclaim_due || !group_ready {
+            if let Some(p) = owed.take() {
+                send_answer(at, &mut conn, p);
+            }
+        }
+        if stopping {
+            break;
+        }
         let step = (|| {
             if !group_ready {
                 b.rt.block_on(b.ensure_group(stream))?;
@@ -703,7 +753,7 @@ fn consume(
             }
             // Entries left pending by dead consumers, once they are past
             // their lease.
-            if last_reclaim.elapsed() >= lease / 2 {
+            if reclaim_due {
                 last_reclaim = std::time::Instant::now();
                 let mut c = redis::cmd("XAUTOCLAIM");
                 c.arg(stream)
@@ -739,15 +789,32 @@ fn consume(
                 .arg("STREAMS")
                 .arg(stream)
                 .arg(">");
-            let v = read.query::<Value>(c).map_err(|e| {
-                if e.code() == Some("NOGROUP") {
-                    group_ready = false;
-                }
+            let answering = owed.is_some();
+            let mut p = owed.take().unwrap_or_else(answer_pipe);
+            p.add_command(read);
+            let mut values = p.query::<Vec<Value>>(c).map_err(|e| {
                 conn = None;
+                if answering {
+                    tracing::warn!(
+                        stream,
+                        "could not send an answer (its request stays pending and will be \
+                         reclaimed): {e}"
+                    );
+                }
                 b.down(e)
             })?;
+            let v = values.pop().unwrap_or(Value::Nil);
+            if answering {
+                check_answer(at, values.pop());
+            }
             // [[stream, [entries...]]] or nil
             let list = match v {
+                Value::ServerError(e) => {
+                    if e.code() == "NOGROUP" {
+                        group_ready = false;
+                    }
+                    return Err(b.down(e));
+                }
                 Value::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
                     Value::Array(mut pair) if pair.len() == 2 => entries(pair.swap_remove(1)),
                     _ => Vec::new(),
@@ -761,13 +828,10 @@ fn consume(
             Ok((list, reclaimed)) => {
                 backoff = Duration::from_millis(100);
                 for e in list {
-                    let at = Consumer {
-                        broker: b,
-                        stream,
-                        name: consumer,
-                        lease,
-                    };
-                    process(at, handler, e, reclaimed, &mut conn);
+                    if let Some(p) = owed.take() {
+                        send_answer(at, &mut conn, p);
+                    }
+                    owed = process(at, handler, e, reclaimed, &mut conn);
                 }
             }
             Err(e) => {
@@ -793,23 +857,110 @@ fn ack_pipe(stream: &str, eid: &str) -> redis::Pipeline {
     p
 }
 
-/// Runs one request: skips it if expired, runs the handler, then replies,
-/// acknowledges and deletes the entry in one transaction. A failure before
-/// that leaves the entry pending, to be reclaimed.
+/// An empty pipeline for an answer: server errors come back as values, so
+/// that the answer's and the next read's can be told apart.
+fn answer_pipe() -> redis::Pipeline {
+    let mut p = redis::pipe();
+    p.ignore_errors();
+    p
+}
+
+/// The commands that answer a request, as one `MULTI`: store the reply and
+/// its expiry, acknowledge and delete the entry, and delete the request's
+/// claim (if reclaimed) and payload key (if any). Only the `EXEC` has a
+/// value in the pipeline's result.
+fn answer(stream: &str, e: &Entry, envelope: Vec<u8>, reclaimed: bool) -> redis::Pipeline {
+    let mut p = answer_pipe();
+    p.cmd("MULTI")
+        .ignore()
+        .cmd("LPUSH")
+        .arg(&e.reply)
+        .arg(envelope)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&e.reply)
+        .arg(REPLY_TTL.as_millis() as u64)
+        .ignore()
+        .cmd("XACK")
+        .arg(stream)
+        .arg(GROUP)
+        .arg(&e.entry_id)
+        .ignore()
+        .cmd("XDEL")
+        .arg(stream)
+        .arg(&e.entry_id)
+        .ignore();
+    if reclaimed {
+        p.cmd("DEL").arg(claim_key(&e.id)).ignore();
+    }
+    if let Payload::Key(key) = &e.payload {
+        p.cmd("DEL").arg(key).ignore();
+    }
+    p.cmd("EXEC");
+    p
+}
+
+fn claim_key(id: &str) -> String {
+    format!("cwasi:claim:{id}")
+}
+
+/// Sends an answer on its own (when no read follows it at once).
+fn send_answer(at: Consumer<'_>, conn: &mut Option<redis::Connection>, p: redis::Pipeline) {
+    let sent = match conn.as_mut() {
+        Some(c) => Ok(c),
+        None => at.broker.sync_conn(OP_TIMEOUT).map(|c| conn.insert(c)),
+    }
+    .and_then(|c| p.query::<Vec<Value>>(c).map_err(|e| at.broker.down(e)));
+    match sent {
+        Ok(mut values) => check_answer(at, values.pop()),
+        Err(err) => {
+            *conn = None;
+            tracing::warn!(
+                stream = at.stream,
+                "could not send an answer (its request stays pending and will be reclaimed): \
+                 {err}"
+            );
+        }
+    }
+}
+
+/// Logs an answer's `EXEC` that failed (the request then stays pending, to
+/// be reclaimed) or whose commands partly failed.
+fn check_answer(at: Consumer<'_>, exec: Option<Value>) {
+    let failure = match exec {
+        Some(Value::Array(items)) => items.into_iter().find_map(|v| match v {
+            Value::ServerError(e) => Some(e.to_string()),
+            _ => None,
+        }),
+        Some(Value::ServerError(e)) => Some(e.to_string()),
+        other => Some(format!("unexpected reply {other:?}")),
+    };
+    if let Some(failure) = failure {
+        tracing::warn!(
+            stream = at.stream,
+            "an answer was not stored in full (its request may be reclaimed): {failure}"
+        );
+    }
+}
+
+/// Runs one request and returns the commands that answer it, or `None` if
+/// it is not run here (expired, malformed, answered or held elsewhere) or
+/// must stay pending (its payload could not be read).
 ///
 /// A fresh entry (delivered by `>`) was never given to another consumer, so
 /// it runs at once. A `reclaimed` one may have been answered by a consumer
-/// that died before acknowledging (the done marker), or may still be running
-/// elsewhere (the claim): it runs only if neither holds. A consumer cannot
-/// keep a fresh entry past the lease while alive, since its call is stopped
-/// at the call timeout and the lease is longer.
+/// whose answer raced the reclaim (then the entry is gone, since the answer
+/// deletes it), or may still be running elsewhere (the claim): it runs only
+/// if neither holds. A consumer cannot keep a fresh entry past the lease
+/// while alive, since its call is stopped at the call timeout and the lease
+/// is longer.
 fn process(
     at: Consumer<'_>,
     handler: &Handler,
     entry: Result<Entry, String>,
     reclaimed: bool,
     conn: &mut Option<redis::Connection>,
-) {
+) -> Option<redis::Pipeline> {
     let Consumer {
         broker: b, stream, ..
     } = at;
@@ -820,51 +971,50 @@ fn process(
     };
     let e = match admitted {
         Ok(Some(e)) => e,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(err) => {
             tracing::warn!(
                 stream,
                 "could not admit a request (it stays pending): {err}"
             );
-            return;
+            return None;
         }
     };
-    let result = handler(&e.payload);
-    let envelope = encode_reply(&result);
-    let mut p = redis::pipe();
-    p.atomic()
-        .cmd("LPUSH")
-        .arg(&e.reply)
-        .arg(envelope)
-        .cmd("PEXPIRE")
-        .arg(&e.reply)
-        .arg(REPLY_TTL.as_millis() as u64)
-        .cmd("SET")
-        .arg(format!("cwasi:done:{}", e.id))
-        .arg(1)
-        .arg("PX")
-        .arg(REPLY_TTL.as_millis() as u64)
-        .cmd("DEL")
-        .arg(format!("cwasi:claim:{}", e.id))
-        .cmd("XACK")
-        .arg(stream)
-        .arg(GROUP)
-        .arg(&e.entry_id)
-        .cmd("XDEL")
-        .arg(stream)
-        .arg(&e.entry_id);
-    let finished = match conn.as_mut() {
-        Some(c) => Ok(c),
-        None => b.sync_conn(OP_TIMEOUT).map(|c| conn.insert(c)),
-    }
-    .and_then(|c| p.query::<Value>(c).map_err(|e| b.down(e)));
-    if let Err(err) = finished {
-        *conn = None;
-        tracing::warn!(
-            stream,
-            "could not finish a request (it stays pending and will be reclaimed): {err}"
-        );
-    }
+    let result = match &e.payload {
+        Payload::Inline(bytes) => handler(bytes),
+        Payload::Key(key) => match fetch(b, conn, key) {
+            Ok(Some(bytes)) => handler(&bytes),
+            Ok(None) => Err(CallError::new(
+                ErrorCode::Transport,
+                "the request's payload is no longer in the broker (expired or evicted)",
+            )),
+            Err(err) => {
+                *conn = None;
+                tracing::warn!(
+                    stream,
+                    "could not read a request's payload (it stays pending): {err}"
+                );
+                return None;
+            }
+        },
+    };
+    Some(answer(stream, &e, encode_reply(&result), reclaimed))
+}
+
+/// Reads a large request's payload key on the consumer's connection.
+fn fetch(
+    b: &Broker,
+    conn: &mut Option<redis::Connection>,
+    key: &str,
+) -> Result<Option<Vec<u8>>, CallError> {
+    let c = match conn.as_mut() {
+        Some(c) => c,
+        None => conn.insert(b.sync_conn(OP_TIMEOUT)?),
+    };
+    redis::cmd("GET")
+        .arg(key)
+        .query::<Option<Vec<u8>>>(c)
+        .map_err(|e| b.down(e))
 }
 
 /// Decides whether a reclaimed, expired or malformed entry runs here; the
@@ -897,15 +1047,23 @@ async fn admit(
     if !reclaimed {
         return Ok(Some(e));
     }
-    let done_key = format!("cwasi:done:{}", e.id);
-    if b.query(redis::cmd("EXISTS").arg(&done_key)).await? == Value::Int(1) {
-        // Answered before, by a consumer that died before acknowledging.
+    let still_there = b
+        .query(
+            redis::cmd("XRANGE")
+                .arg(stream)
+                .arg(&e.entry_id)
+                .arg(&e.entry_id),
+        )
+        .await?;
+    if matches!(&still_there, Value::Array(items) if items.is_empty()) {
+        // Answered (the answer deletes the entry) by a consumer that finished
+        // just as it was reclaimed.
         b.query_pipe(&ack_pipe(stream, &e.entry_id)).await?;
         return Ok(None);
     }
     let mut claim = redis::cmd("SET");
     claim
-        .arg(format!("cwasi:claim:{}", e.id))
+        .arg(claim_key(&e.id))
         .arg(consumer)
         .arg("NX")
         .arg("PX")
