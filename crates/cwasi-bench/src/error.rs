@@ -24,6 +24,10 @@ pub enum BenchError {
         /// What went wrong.
         message: String,
     },
+    /// The run was asked to stop (`Config::stop`) before it finished; no
+    /// result file was written.
+    #[error("interrupted before the end; no result file was written")]
+    Interrupted,
     /// Redis could not be started.
     #[error(transparent)]
     Redis(#[from] redis_launcher::LaunchError),

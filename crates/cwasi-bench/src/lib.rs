@@ -20,6 +20,7 @@ mod units;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -115,6 +116,10 @@ pub struct Config {
     pub cwasi_exe: PathBuf,
     /// Whether to show a progress bar (only drawn on a terminal).
     pub progress: bool,
+    /// Set from outside (a signal handler) to end the run early: it stops
+    /// at the next operation with [`BenchError::Interrupted`], after
+    /// stopping and removing everything it started.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Config {
@@ -148,6 +153,7 @@ impl Config {
             out: default_out_dir(),
             cwasi_exe,
             progress: true,
+            stop: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -393,16 +399,19 @@ pub fn run(config: &Config) -> Result<(Results, Written), BenchError> {
     } else {
         None
     };
+    let guests = contender::Guests::write(&scratch.0)?;
     let setup = contender::Setup {
         cwasi_exe: &config.cwasi_exe,
         scratch: &scratch.0,
         redis: redis.as_ref(),
+        guests: &guests,
     };
     let max_n = points.iter().map(|p| p.n).max().unwrap_or(1);
     let pool = Pool::new(max_n)?;
     let bar = progress_bar(config, (points.len() * config.kinds.len()) as u64);
     let mut rows = Vec::new();
     for &kind in &config.kinds {
+        interrupted(config)?;
         bar.set_message(format!("starting {kind}"));
         let c = contender::start(kind, &setup)?;
         for &p in &points {
@@ -466,6 +475,14 @@ fn progress_bar(config: &Config, total: u64) -> indicatif::ProgressBar {
     }
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+/// Fails with [`BenchError::Interrupted`] once the run is asked to stop.
+fn interrupted(config: &Config) -> Result<(), BenchError> {
+    if config.stop.load(Ordering::Relaxed) {
+        return Err(BenchError::Interrupted);
+    }
+    Ok(())
 }
 
 /// A private directory for node directories; removed on drop.
@@ -536,7 +553,7 @@ fn measure_point(
     let before = cpu_now(&parties);
     let job_out = Job::Send(payload.clone());
     let job_in = Job::Fetch(p.size);
-    let s = measure::measure(&budget, || match p.experiment {
+    let s = measure::measure(&budget, &config.stop, || match p.experiment {
         Experiment::Sequential | Experiment::Throughput => c.send(0, &payload),
         Experiment::FanOut => pool.run(c, &job_out, p.n),
         Experiment::FanIn => pool.run(c, &job_in, p.n),

@@ -2,6 +2,7 @@
 //! minimum count are both met, with statistics over the samples.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::BenchError;
@@ -77,11 +78,19 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// The first error aborts the measurement.
 pub fn measure(
     budget: &Budget,
+    stop: &AtomicBool,
     mut op: impl FnMut() -> Result<(), BenchError>,
 ) -> Result<Samples, BenchError> {
+    let stopped = || {
+        if stop.load(Ordering::Relaxed) {
+            return Err(BenchError::Interrupted);
+        }
+        Ok(())
+    };
     let start = Instant::now();
     let mut warm_runs = 0u64;
     while warm_runs == 0 || start.elapsed() < budget.warmup {
+        stopped()?;
         op()?;
         warm_runs += 1;
     }
@@ -97,6 +106,7 @@ pub fn measure(
     while samples.len() < budget.min_samples.max(1)
         || (start.elapsed() < budget.time && samples.len() < budget.max_samples)
     {
+        stopped()?;
         let t = Instant::now();
         for _ in 0..batch {
             black_box(op()?);
@@ -136,17 +146,18 @@ mod tests {
             min_samples: 3,
             max_samples: 1000,
         };
-        let s = measure(&budget, || {
+        let go = AtomicBool::new(false);
+        let s = measure(&budget, &go, || {
             std::thread::sleep(Duration::from_micros(100));
             Ok(())
         })
         .unwrap();
         assert!(s.count() >= 3 && s.batch == 1);
         assert!(s.median() >= 100_000.0 && s.p99() >= s.median());
-        let fast = measure(&budget, || Ok(())).unwrap();
+        let fast = measure(&budget, &go, || Ok(())).unwrap();
         assert!(fast.batch > 1 && fast.count() <= 1000);
         let mut n = 0;
-        let err = measure(&budget, || {
+        let err = measure(&budget, &go, || {
             n += 1;
             if n > 2 {
                 Err(BenchError::op("test", "boom"))
@@ -155,5 +166,26 @@ mod tests {
             }
         });
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn stops_when_asked() {
+        let budget = Budget {
+            warmup: Duration::from_secs(60),
+            time: Duration::from_secs(60),
+            min_samples: 1_000_000,
+            max_samples: usize::MAX,
+        };
+        let stop = AtomicBool::new(false);
+        let mut n = 0;
+        let r = measure(&budget, &stop, || {
+            n += 1;
+            if n == 10 {
+                stop.store(true, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        assert!(matches!(r, Err(BenchError::Interrupted)), "{:?}", r.err());
+        assert_eq!(n, 10);
     }
 }

@@ -7,6 +7,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use cwasi_bench::{Config, Experiment, Kind};
 
+/// The exit status of an interrupted run (128 + SIGINT, as shells report it).
+const INTERRUPTED: i32 = 130;
+
 /// A comma-separated list parsed as one value (clap would treat a `Vec`
 /// field as a repeated flag).
 type List<T> = Vec<T>;
@@ -107,13 +110,32 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         c.out = v;
     }
     c.progress = !args.no_progress;
+    // Ctrl-C, SIGTERM or SIGHUP end the run at its next operation, so that
+    // its servers, Redis and scratch directory are stopped and removed; a
+    // second one exits at once.
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register_conditional_shutdown(signal, INTERRUPTED, c.stop.clone())
+            .and_then(|_| signal_hook::flag::register(signal, c.stop.clone()))
+            .context("cannot install the signal handlers")?;
+    }
     let started = Instant::now();
     eprintln!(
         "cwasi bench ({}): writing to {}",
         c.profile,
         c.out.display()
     );
-    let (_, written) = cwasi_bench::run(&c)?;
+    let written = match cwasi_bench::run(&c) {
+        Ok((_, written)) => written,
+        Err(e @ cwasi_bench::BenchError::Interrupted) => {
+            eprintln!("cwasi bench: {e}");
+            return Ok(ExitCode::from(INTERRUPTED as u8));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let summary = written.dir.join("summary.md");
     let text = std::fs::read_to_string(&summary)
         .with_context(|| format!("cannot read {}", summary.display()))?;

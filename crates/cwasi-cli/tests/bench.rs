@@ -164,3 +164,113 @@ fn bench_rejects_bad_input_clearly() {
         assert!(run.stderr.contains(expected), "{args:?}: {}", run.stderr);
     }
 }
+
+/// The pids of the running processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn an_interrupted_bench_stops_its_servers_and_removes_its_files() {
+    let dir = Scratch::new("bench-interrupt");
+    let tmp = dir.0.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = dir.0.join("results");
+    // A run that would sample for a minute, in a private TMPDIR.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cwasi"))
+        .args(["bench", "--modes", "local,remote", "--only", "sequential"])
+        .args(["--sizes", "64B", "--budget", "60s", "--warmup", "1ms"])
+        .args(["--no-progress", "--out"])
+        .arg(&out)
+        .env("TMPDIR", &tmp)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Measuring has begun once local mode's servers have registered.
+    let node_dir = tmp.join(format!("cwasi-bench-{pid}")).join("local");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let registered = || {
+        std::fs::read_dir(&node_dir).is_ok_and(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+                >= 2
+        })
+    };
+    while !registered() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "cwasi bench ended early"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the local servers never registered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let servers = children_of(pid);
+    assert!(
+        servers.len() >= 3,
+        "expected redis and two servers: {servers:?}"
+    );
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cwasi bench did not stop within 20 s of SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+
+    // Its servers and Redis are gone, and so are its scratch and Redis
+    // directories; no result was written.
+    for p in servers {
+        assert!(
+            !Path::new(&format!("/proc/{p}")).exists(),
+            "child {p} outlived the interrupted bench"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!out.join("summary.md").exists());
+}

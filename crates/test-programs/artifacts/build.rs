@@ -190,6 +190,27 @@ fn render(wasm_dir: &Path, programs: &BTreeMap<String, PathBuf>) -> String {
     for name in programs.keys() {
         writeln!(out, "    ({name:?}, {}),", name.to_uppercase()).unwrap();
     }
-    writeln!(out, "];").unwrap();
+    writeln!(out, "];\n").unwrap();
+    // A macro, not constants: the bytes land only in the crates that use
+    // them, not in this crate's metadata (tens of megabytes in all).
+    writeln!(
+        out,
+        "/// The bytes of a guest program, named as its path constant\n\
+         /// (`wasm_bytes!(DISCARD)`): `include_bytes!` of its `.wasm`, for binaries\n\
+         /// that must run away from this build tree.\n\
+         #[macro_export]\n\
+         macro_rules! wasm_bytes {{"
+    )
+    .unwrap();
+    for (name, path) in programs {
+        let path = path.to_str().expect("UTF-8 wasm path");
+        writeln!(
+            out,
+            "    ({}) => {{ include_bytes!({path:?}) }};",
+            name.to_uppercase()
+        )
+        .unwrap();
+    }
+    writeln!(out, "}}").unwrap();
     out
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::BenchError;
 
+pub use modes::Guests;
 pub use pool::Pool;
 
 /// The largest fan-out degree; every contender prepares this many Bs.
@@ -140,6 +141,8 @@ pub struct Setup<'a> {
     pub scratch: &'a std::path::Path,
     /// The Redis of this run, if any contender needs one.
     pub redis: Option<&'a redis_launcher::RedisServer>,
+    /// The Bs' modules.
+    pub guests: &'a modes::Guests,
 }
 
 /// Starts contender `kind`.
@@ -150,11 +153,16 @@ pub fn start(kind: Kind, setup: &Setup<'_>) -> Result<Arc<dyn Contender>, BenchE
             .ok_or_else(|| BenchError::setup(kind.name(), "no Redis was started"))
     };
     Ok(match kind {
-        Kind::Embedded => Arc::new(modes::Modes::embedded()?),
-        Kind::Local => Arc::new(modes::Modes::local(setup.cwasi_exe, setup.scratch)?),
+        Kind::Embedded => Arc::new(modes::Modes::embedded(setup.guests)?),
+        Kind::Local => Arc::new(modes::Modes::local(
+            setup.cwasi_exe,
+            setup.scratch,
+            setup.guests,
+        )?),
         Kind::Remote => Arc::new(modes::Modes::remote(
             setup.cwasi_exe,
             setup.scratch,
+            setup.guests,
             redis()?,
         )?),
         Kind::RedisStorage => Arc::new(redis_storage::RedisStorage::start(redis()?)?),

@@ -19,7 +19,6 @@ use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::{FunctionSpec, Mode, NodeDirectory, Runtime};
 use redis_launcher::RedisServer;
 use rustix::process::{kill_process, Pid, Signal};
-use test_programs_artifacts as progs;
 
 use super::{lock, Contender, Kind, Parties, MAX_FAN};
 use crate::BenchError;
@@ -37,6 +36,29 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a `cwasi serve` may take to stop after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The Bs' modules, written into the run's scratch directory from the bytes
+/// compiled into this binary, so that an installed `cwasi bench` needs no
+/// build tree.
+pub struct Guests {
+    discard: PathBuf,
+    emit: PathBuf,
+}
+
+impl Guests {
+    /// Writes `discard.wasm` and `emit.wasm` into `scratch`.
+    pub fn write(scratch: &Path) -> Result<Guests, BenchError> {
+        let write = |name: &str, bytes: &[u8]| {
+            let path = scratch.join(format!("{name}.wasm"));
+            std::fs::write(&path, bytes).map_err(|e| BenchError::output(&path, e))?;
+            Ok::<_, BenchError>(path)
+        };
+        Ok(Guests {
+            discard: write(DISCARD, test_programs_artifacts::wasm_bytes!(DISCARD))?,
+            emit: write(EMIT, test_programs_artifacts::wasm_bytes!(EMIT))?,
+        })
+    }
+}
+
 /// A `cwasi serve` child; stopped (SIGTERM, then SIGKILL) on drop.
 struct Server {
     child: Child,
@@ -45,7 +67,7 @@ struct Server {
 impl Server {
     fn spawn(
         exe: &Path,
-        module: &str,
+        module: &Path,
         name: &str,
         runtime_dir: &Path,
         redis: Option<&RedisServer>,
@@ -122,8 +144,8 @@ pub struct Modes {
     redis_pid: Option<u32>,
 }
 
-fn spec(name: &str, module: &str) -> FunctionSpec {
-    FunctionSpec::new(name, CALLER_NS, PathBuf::from(module))
+fn spec(name: &str, module: &Path) -> FunctionSpec {
+    FunctionSpec::new(name, CALLER_NS, module.to_path_buf())
 }
 
 impl Modes {
@@ -145,22 +167,22 @@ impl Modes {
     }
 
     /// Embedded: `discard` and `emit` loaded in the caller's namespace.
-    pub fn embedded() -> Result<Modes, BenchError> {
+    pub fn embedded(guests: &Guests) -> Result<Modes, BenchError> {
         let runtime = Runtime::builder()
-            .function(spec(DISCARD, progs::DISCARD))
-            .function(spec(EMIT, progs::EMIT))
+            .function(spec(DISCARD, &guests.discard))
+            .function(spec(EMIT, &guests.emit))
             .build()
             .map_err(|e| BenchError::setup("embedded", e))?;
         Modes::new(Kind::Embedded, runtime, Vec::new(), None)
     }
 
     /// Local: the Bs served by `cwasi serve` processes on this node.
-    pub fn local(exe: &Path, scratch: &Path) -> Result<Modes, BenchError> {
+    pub fn local(exe: &Path, scratch: &Path, guests: &Guests) -> Result<Modes, BenchError> {
         let dir = NodeDirectory::open(&scratch.join("local"))
             .map_err(|e| BenchError::setup("local", e))?;
         let servers = vec![
-            Server::spawn(exe, progs::DISCARD, DISCARD, dir.root(), None)?,
-            Server::spawn(exe, progs::EMIT, EMIT, dir.root(), None)?,
+            Server::spawn(exe, &guests.discard, DISCARD, dir.root(), None)?,
+            Server::spawn(exe, &guests.emit, EMIT, dir.root(), None)?,
         ];
         let runtime = Runtime::builder()
             .node_directory(dir)
@@ -171,14 +193,25 @@ impl Modes {
 
     /// Remote: the Bs served by `cwasi serve` processes of another node,
     /// reached through `redis`.
-    pub fn remote(exe: &Path, scratch: &Path, redis: &RedisServer) -> Result<Modes, BenchError> {
+    pub fn remote(
+        exe: &Path,
+        scratch: &Path,
+        guests: &Guests,
+        redis: &RedisServer,
+    ) -> Result<Modes, BenchError> {
         let server_dir = NodeDirectory::open(&scratch.join("remote-server"))
             .map_err(|e| BenchError::setup("remote", e))?;
         let caller_dir = NodeDirectory::open(&scratch.join("remote-caller"))
             .map_err(|e| BenchError::setup("remote", e))?;
         let servers = vec![
-            Server::spawn(exe, progs::DISCARD, DISCARD, server_dir.root(), Some(redis))?,
-            Server::spawn(exe, progs::EMIT, EMIT, server_dir.root(), Some(redis))?,
+            Server::spawn(
+                exe,
+                &guests.discard,
+                DISCARD,
+                server_dir.root(),
+                Some(redis),
+            )?,
+            Server::spawn(exe, &guests.emit, EMIT, server_dir.root(), Some(redis))?,
         ];
         let broker = Broker::new(BrokerConfig::new(redis.url(), "bench-caller"))
             .map_err(|e| BenchError::setup("remote", e))?;

@@ -6,6 +6,7 @@
 //! `examples/functions/src/bin` gets a constant named after it in upper case
 //! (`ECHO`, `BAD_RESPONSE`, `SOURCE`, ...), holding the absolute path of its
 //! `.wasm`; [`ALL`] lists them all and [`EXAMPLES_DIR`] is their directory.
+//! [`wasm_bytes!`] compiles a program's bytes into the crate that uses it.
 
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 
@@ -58,5 +59,11 @@ mod tests {
             );
         }
         assert_eq!(ECHO, ALL.iter().find(|(n, _)| *n == "echo").unwrap().1);
+    }
+
+    #[test]
+    fn compiled_in_bytes_are_the_files() {
+        assert_eq!(&wasm_bytes!(DISCARD)[..], std::fs::read(DISCARD).unwrap());
+        assert_eq!(&wasm_bytes!(EMIT)[..4], b"\0asm");
     }
 }
