@@ -20,10 +20,11 @@ fi
 # - util-linux (setpriv): a test calls a server as another user;
 # - containerd, runc: the shim's end-to-end tests run a private containerd;
 # - protobuf-compiler, libseccomp-dev: building the shim (runwasi's
-#   containerd-client runs protoc; youki's libcontainer links libseccomp).
+#   containerd-client runs protoc; youki's libcontainer links libseccomp);
+# - openssl: a test makes a private CA for a TLS redis-server.
 APT_PACKAGES=()
 if [ "${1:-}" = "--test" ]; then
-    APT_PACKAGES=(redis-server util-linux containerd runc protobuf-compiler libseccomp-dev)
+    APT_PACKAGES=(redis-server util-linux containerd runc protobuf-compiler libseccomp-dev openssl)
 fi
 missing=()
 for p in ${APT_PACKAGES[@]+"${APT_PACKAGES[@]}"}; do

@@ -3,19 +3,26 @@
 //! with the `redis` crate to a real redis-server that the test starts, served
 //! by a `StreamServer`.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cwasi_runtime::broker::{Broker, BrokerConfig, Handler, StreamServer, PAYLOAD_KEY_MIN};
-use cwasi_runtime::ErrorCode;
+use cwasi_runtime::{CallError, ErrorCode};
+use test_support::tls::TestCertificates;
 use test_support::RedisServer;
 
 const STREAM: &str = "cwasi:fn:ns:echo";
 
 /// Serves an echo handler on `cwasi:fn:ns:echo`, counting its runs.
 fn echo_server(url: &str, runs: Arc<AtomicU64>) -> StreamServer {
-    let broker = Broker::new(BrokerConfig::new(url, "node2")).unwrap();
+    echo_server_with(BrokerConfig::new(url, "node2"), runs)
+}
+
+/// The same, reaching the broker as `config` says.
+fn echo_server_with(config: BrokerConfig, runs: Arc<AtomicU64>) -> StreamServer {
+    let broker = Broker::new(config).unwrap();
     let handler: Handler = Arc::new(move |req: &[u8]| {
         runs.fetch_add(1, Ordering::SeqCst);
         Ok(req.to_vec())
@@ -113,4 +120,122 @@ fn large_requests_travel_in_their_own_key_which_the_answer_deletes() {
     // Every answered entry is acknowledged and deleted.
     let len: i64 = redis::cmd("XLEN").arg(STREAM).query(&mut conn).unwrap();
     assert_eq!(len, 0);
+}
+
+/// One call of the echo server through a broker client made from `config`.
+fn round_trip(config: BrokerConfig) -> Result<Vec<u8>, CallError> {
+    let broker =
+        Broker::new(config).map_err(|e| CallError::new(ErrorCode::Transport, e.to_string()))?;
+    broker.call("ns", "echo", b"ping", Duration::from_secs(10), 1 << 20)
+}
+
+/// Fails unless `r` is a broker error whose message has `needle`.
+fn assert_broker_error(r: Result<Vec<u8>, CallError>, needle: &str) -> String {
+    let e = r.expect_err("the call should have failed");
+    assert_eq!(e.code, ErrorCode::Transport, "{e}");
+    assert!(e.message.contains(needle), "no {needle:?} in: {e}");
+    e.message
+}
+
+#[test]
+fn acl_users_get_through_with_their_password_only() {
+    let redis = RedisServer::start();
+    let port = redis.port();
+    // A user of its own and the default user off, as a hardened Redis has it.
+    for cmd in [
+        &[
+            "ACL",
+            "SETUSER",
+            "cwasi",
+            "on",
+            ">s3cret-pw",
+            "~*",
+            "&*",
+            "+@all",
+        ][..],
+        &["ACL", "SETUSER", "default", "off"][..],
+    ] {
+        assert_eq!(redis.command(cmd).as_deref(), Some("+OK"), "{cmd:?}");
+    }
+    let plain = format!("redis://127.0.0.1:{port}");
+    // The server has its credentials in the URL, the caller in the fields
+    // that CWASI_REDIS_USERNAME and CWASI_REDIS_PASSWORD fill.
+    let _server = echo_server_with(
+        BrokerConfig::new(format!("redis://cwasi:s3cret-pw@127.0.0.1:{port}"), "node2"),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let caller = |user: Option<&str>, password: Option<&str>| BrokerConfig {
+        username: user.map(String::from),
+        password: password.map(String::from),
+        ..BrokerConfig::new(&plain, "node1")
+    };
+    // The consumer group appears once the server has connected.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match round_trip(caller(Some("cwasi"), Some("s3cret-pw"))) {
+            Ok(r) => break assert_eq!(r, b"ping"),
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+    }
+    let message = assert_broker_error(
+        round_trip(caller(Some("cwasi"), Some("not-it"))),
+        "authentication failed",
+    );
+    assert!(
+        !message.contains("not-it"),
+        "a password in a message: {message}"
+    );
+    // No credentials: Redis 7.0 drops the connection ("unexpected end of
+    // file"); the call fails at once rather than waiting out its timeout.
+    let started = std::time::Instant::now();
+    assert_broker_error(round_trip(caller(None, None)), "unreachable");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn tls_brokers_need_the_ca_and_a_client_certificate() {
+    let scratch = std::env::temp_dir().join(format!("cwasi-tls-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let certs = TestCertificates::generate(&scratch);
+    let tls_port = test_support::free_port();
+    let _redis = RedisServer::start_with(&certs.redis_args(tls_port));
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let config = |ca: bool, client: bool| BrokerConfig {
+        ca_file: ca.then(|| certs.ca_cert.clone()),
+        client_cert: client.then(|| (certs.client_cert.clone(), certs.client_key.clone())),
+        ..BrokerConfig::new(&url, "node1")
+    };
+    let _server = echo_server_with(config(true, true), Arc::new(AtomicU64::new(0)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match round_trip(config(true, true)) {
+            Ok(r) => break assert_eq!(r, b"ping"),
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+    }
+    // Not trusting the private CA: the server's certificate is refused.
+    assert_broker_error(round_trip(config(false, true)), "certificate");
+    // No client certificate: the server refuses the client.
+    assert!(round_trip(config(true, false)).is_err());
+    // Settings that cannot work are refused up front.
+    let plain = BrokerConfig {
+        ca_file: Some(certs.ca_cert.clone()),
+        ..BrokerConfig::new("redis://127.0.0.1:1", "node1")
+    };
+    let e = Broker::new(plain).unwrap_err().to_string();
+    assert!(e.contains("need a rediss:// URL"), "{e}");
+    let missing = BrokerConfig {
+        ca_file: Some(scratch.join("no-such-ca.pem")),
+        ..BrokerConfig::new(&url, "node1")
+    };
+    let e = Broker::new(missing).unwrap_err().to_string();
+    assert!(e.contains("cannot read CWASI_REDIS_CA_FILE"), "{e}");
+    let half = BrokerConfig {
+        client_cert: Some((certs.client_cert.clone(), PathBuf::new())),
+        ..BrokerConfig::new(&url, "node1")
+    };
+    let e = Broker::new(half).unwrap_err().to_string();
+    assert!(e.contains("CWASI_REDIS_CLIENT_KEY is not set"), "{e}");
+    let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -50,11 +50,18 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free loopback port and waits until it answers.
     pub fn start() -> Result<RedisServer, LaunchError> {
+        RedisServer::start_with(&[])
+    }
+
+    /// The same, with more `redis-server` arguments (for example a TLS port
+    /// and its certificates); the plain port stays, for the readiness check.
+    pub fn start_with(extra_args: &[String]) -> Result<RedisServer, LaunchError> {
         let port = free_port().map_err(LaunchError::NoPort)?;
         let dir = std::env::temp_dir().join(format!("cwasi-redis-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -66,6 +73,7 @@ impl RedisServer {
             child: None,
             port,
             dir,
+            extra_args: extra_args.to_vec(),
         };
         server.restart()?;
         Ok(server)
@@ -105,6 +113,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

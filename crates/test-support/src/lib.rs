@@ -3,9 +3,11 @@
 //! loopback port with a private directory (from `redis-launcher`, which
 //! `cwasi bench` uses too). In a test, failing to start is a test failure,
 //! so these wrappers panic with the launcher's message instead of returning
-//! it. [`containerd`] runs a private containerd for the shim's tests.
+//! it. [`containerd`] runs a private containerd for the shim's tests;
+//! [`tls`] makes a private CA and certificates for a TLS Redis.
 
 pub mod containerd;
+pub mod tls;
 
 use std::ops::{Deref, DerefMut};
 
@@ -17,6 +19,13 @@ impl RedisServer {
     /// if it cannot (for example if `redis-server` is not installed).
     pub fn start() -> RedisServer {
         RedisServer(redis_launcher::RedisServer::start().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// The same, with more `redis-server` arguments.
+    pub fn start_with(extra_args: &[String]) -> RedisServer {
+        RedisServer(
+            redis_launcher::RedisServer::start_with(extra_args).unwrap_or_else(|e| panic!("{e}")),
+        )
     }
 
     /// Starts it again on the same port (after `kill`); panics if it cannot.
