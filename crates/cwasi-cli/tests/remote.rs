@@ -95,11 +95,17 @@ fn two_nodes_on_one_machine_exchange_every_payload_remotely() {
             "producer -> echo: remote ('echo' is served on node 'node2'",
         );
     }
-    // Requests from PAYLOAD_KEY_MIN on travel in keys of their own (the
-    // 10 MiB and 100 MiB ones here); every answer deletes its request's key
-    // and its entry, and each caller popped its reply.
+    // Requests and responses from PAYLOAD_KEY_MIN on travel in keys of their
+    // own (the 10 MiB and 100 MiB ones here); every answer deletes its
+    // request's key and its entry, and each caller took its reply and
+    // response.
     const _: () = assert!(cwasi_runtime::broker::PAYLOAD_KEY_MIN <= 10 << 20);
-    for pattern in ["cwasi:payload:*", "cwasi:reply:*", "cwasi:claim:*"] {
+    for pattern in [
+        "cwasi:payload:*",
+        "cwasi:response:*",
+        "cwasi:reply:*",
+        "cwasi:claim:*",
+    ] {
         assert_eq!(count_keys(&redis, pattern), ":0", "{pattern} left behind");
     }
     assert_eq!(

@@ -177,10 +177,7 @@ impl CallerIo for GuestIo<'_, '_> {
 fn check_payload(caller: &Caller<'_, HostState>, len: usize) -> Result<(), CallError> {
     let max = caller.data().runtime.limits.max_payload_bytes;
     if len > max {
-        return Err(CallError::new(
-            ErrorCode::TooLarge,
-            format!("the request of {len} bytes is over the payload limit of {max} bytes"),
-        ));
+        return Err(CallError::too_large("request", len, max));
     }
     Ok(())
 }

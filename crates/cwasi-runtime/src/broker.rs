@@ -7,6 +7,7 @@
 //! - `cwasi:payload:{id}`: the payload of one large request, kept out of the
 //!   stream (see [`PAYLOAD_KEY_MIN`]);
 //! - `cwasi:reply:{id}`: the reply list of one request (`LPUSH` + expiry);
+//! - `cwasi:response:{id}`: the response to one request, when it is large;
 //! - `cwasi:claim:{id}`: which consumer runs a reclaimed request;
 //! - `cwasi:node:{node}`: a hash of the functions a node serves (TTL);
 //! - `cwasi:fn-nodes:{ns}:{name}`: nodes serving a function, scored by the
@@ -326,8 +327,10 @@ impl Broker {
         Ok(conn)
     }
 
-    /// Returns a connection whose last exchange completed, for reuse.
-    fn give_back(&self, c: redis::Connection) {
+    /// Returns a connection whose last exchange completed, for reuse (if
+    /// there is one).
+    fn give_back(&self, c: Option<redis::Connection>) {
+        let Some(c) = c else { return };
         let mut pool = self.blocking.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < 64 {
             pool.push(c);
@@ -417,14 +420,14 @@ impl Broker {
             .arg(&reply)
             .arg(timeout.as_secs_f64().max(0.01));
         let mut conn = self.sync_conn(timeout + Duration::from_secs(2))?;
-        let value = match p.query::<Vec<Value>>(&mut conn) {
+        let (value, mut conn) = match p.query::<Vec<Value>>(&mut conn) {
             Ok(mut replies) if replies.len() == p.len() => {
-                self.give_back(conn);
-                replies.pop().unwrap_or(Value::Nil)
+                (replies.pop().unwrap_or(Value::Nil), Some(conn))
             }
             Ok(other) => return Err(self.down(format!("unexpected reply {other:?}"))),
-            // The socket's own bound, past BLPOP's: the connection is dropped.
-            Err(e) if e.is_timeout() => Value::Nil,
+            // The socket's own bound, past BLPOP's: the connection, which may
+            // still have the wait pending, is dropped.
+            Err(e) if e.is_timeout() => (Value::Nil, None),
             Err(e) => return Err(self.down(e)),
         };
         let envelope = match value {
@@ -433,17 +436,48 @@ impl Broker {
                 _ => return Err(self.down("malformed reply")),
             },
             Value::Nil => {
+                self.give_back(conn);
                 return Err(CallError::new(
                     ErrorCode::Timeout,
                     format!(
                         "'{name}' (namespace '{ns}') did not answer within {timeout:?} through \
                          the broker"
                     ),
-                ))
+                ));
             }
             other => return Err(self.down(format!("unexpected reply {other:?}"))),
         };
-        decode_reply(envelope, max_payload)
+        let response = match decode_reply(envelope) {
+            Ok(Reply::Body(body)) => body,
+            Err(e) => {
+                self.give_back(conn);
+                return Err(e);
+            }
+            // A large response waits in a key of its own; taking it deletes it.
+            Ok(Reply::InKey(key)) => match conn
+                .as_mut()
+                .map(|c| redis::cmd("GETDEL").arg(&key).query::<Option<Vec<u8>>>(c))
+            {
+                Some(Ok(Some(body))) => body,
+                Some(Ok(None)) => {
+                    return Err(CallError::new(
+                        ErrorCode::Transport,
+                        format!("the response in {key} is no longer in the broker (expired)"),
+                    ))
+                }
+                Some(Err(e)) => return Err(self.down(e)),
+                None => return Err(self.down("the connection was lost")),
+            },
+        };
+        self.give_back(conn);
+        if response.len() > max_payload {
+            return Err(CallError::too_large(
+                "response",
+                response.len(),
+                max_payload,
+            ));
+        }
+        Ok(response)
     }
 
     /// Nodes that serve `name` right now, in any namespace.
@@ -529,24 +563,29 @@ impl Broker {
     }
 }
 
-/// `status (i32 LE) + bytes`: the response, or the error message.
-fn encode_reply(result: &Result<Vec<u8>, CallError>) -> Vec<u8> {
-    match result {
-        Ok(body) => {
-            let mut v = Vec::with_capacity(4 + body.len());
-            v.extend_from_slice(&0i32.to_le_bytes());
-            v.extend_from_slice(body);
-            v
-        }
-        Err(e) => {
-            let mut v = e.code.as_raw().to_le_bytes().to_vec();
-            v.extend_from_slice(e.message.as_bytes());
-            v
-        }
-    }
+/// The status of a reply whose response is in a key of its own, named by
+/// the rest of the envelope (responses from [`PAYLOAD_KEY_MIN`] on).
+const STATUS_IN_KEY: i32 = 1;
+
+/// `status (i32 LE) ‖ bytes`: 0 and the response, [`STATUS_IN_KEY`] and the
+/// key holding it, or an ABI error code and the error message.
+fn envelope(status: i32, bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + bytes.len());
+    v.extend_from_slice(&status.to_le_bytes());
+    v.extend_from_slice(bytes);
+    v
 }
 
-fn decode_reply(mut envelope: Vec<u8>, max_payload: usize) -> Result<Vec<u8>, CallError> {
+/// What a reply envelope carries.
+#[derive(Debug, PartialEq)]
+enum Reply {
+    /// The response itself.
+    Body(Vec<u8>),
+    /// The key that holds the response.
+    InKey(String),
+}
+
+fn decode_reply(mut envelope: Vec<u8>) -> Result<Reply, CallError> {
     if envelope.len() < 4 {
         return Err(CallError::new(
             ErrorCode::Transport,
@@ -554,24 +593,19 @@ fn decode_reply(mut envelope: Vec<u8>, max_payload: usize) -> Result<Vec<u8>, Ca
         ));
     }
     let status = i32::from_le_bytes(envelope[..4].try_into().expect("4 bytes"));
-    if status != 0 {
-        let code = ErrorCode::from_raw(status).unwrap_or(ErrorCode::Transport);
-        return Err(CallError::new(
-            code,
+    match status {
+        0 => {
+            envelope.drain(..4);
+            Ok(Reply::Body(envelope))
+        }
+        STATUS_IN_KEY => String::from_utf8(envelope.split_off(4))
+            .map(Reply::InKey)
+            .map_err(|_| CallError::new(ErrorCode::Transport, "a reply naming a bad key")),
+        _ => Err(CallError::new(
+            ErrorCode::from_raw(status).unwrap_or(ErrorCode::Transport),
             String::from_utf8_lossy(&envelope[4..]).into_owned(),
-        ));
+        )),
     }
-    if envelope.len() - 4 > max_payload {
-        return Err(CallError::new(
-            ErrorCode::TooLarge,
-            format!(
-                "the response of {} bytes is over the payload limit",
-                envelope.len() - 4
-            ),
-        ));
-    }
-    envelope.drain(..4);
-    Ok(envelope)
 }
 
 fn strings(v: Value) -> Vec<String> {
@@ -930,20 +964,35 @@ fn answer_pipe() -> redis::Pipeline {
 }
 
 /// The commands that answer a request, as one `MULTI`: store the reply and
-/// its expiry, acknowledge and delete the entry, and delete the request's
-/// claim (if reclaimed) and payload key (if any). Only the `EXEC` has a
-/// value in the pipeline's result.
-fn answer(stream: &str, e: &Entry, envelope: Vec<u8>, reclaimed: bool) -> redis::Pipeline {
+/// its expiry (a large response in a key of its own, which the reply names),
+/// acknowledge and delete the entry, and delete the request's claim (if
+/// reclaimed) and payload key (if any). Only the `EXEC` has a value in the
+/// pipeline's result.
+fn answer(
+    stream: &str,
+    e: &Entry,
+    result: Result<Vec<u8>, CallError>,
+    reclaimed: bool,
+) -> redis::Pipeline {
+    let ttl = REPLY_TTL.as_millis() as u64;
     let mut p = answer_pipe();
-    p.cmd("MULTI")
-        .ignore()
-        .cmd("LPUSH")
+    p.cmd("MULTI").ignore();
+    let reply = match result {
+        Ok(body) if body.len() >= PAYLOAD_KEY_MIN => {
+            let key = format!("cwasi:response:{}", e.id);
+            p.cmd("SET").arg(&key).arg(body).arg("PX").arg(ttl).ignore();
+            envelope(STATUS_IN_KEY, key.as_bytes())
+        }
+        Ok(body) => envelope(0, &body),
+        Err(err) => envelope(err.code.as_raw(), err.message.as_bytes()),
+    };
+    p.cmd("LPUSH")
         .arg(&e.reply)
-        .arg(envelope)
+        .arg(reply)
         .ignore()
         .cmd("PEXPIRE")
         .arg(&e.reply)
-        .arg(REPLY_TTL.as_millis() as u64)
+        .arg(ttl)
         .ignore()
         .cmd("XACK")
         .arg(stream)
@@ -1062,7 +1111,7 @@ fn process(
             }
         },
     };
-    Some(answer(stream, &e, encode_reply(&result), reclaimed))
+    Some(answer(stream, &e, result, reclaimed))
 }
 
 /// Reads a large request's payload key on the consumer's connection.
@@ -1146,21 +1195,22 @@ mod tests {
 
     #[test]
     fn replies_round_trip() {
-        let ok = encode_reply(&Ok(b"abc".to_vec()));
-        assert_eq!(decode_reply(ok, 10).unwrap(), b"abc");
-        let err = encode_reply(&Err(CallError::new(ErrorCode::CalleeTrapped, "boom")));
-        let e = decode_reply(err, 10).unwrap_err();
+        assert_eq!(
+            decode_reply(envelope(0, b"abc")).unwrap(),
+            Reply::Body(b"abc".to_vec())
+        );
+        assert_eq!(
+            decode_reply(envelope(STATUS_IN_KEY, b"cwasi:response:x")).unwrap(),
+            Reply::InKey("cwasi:response:x".into())
+        );
+        let err = CallError::new(ErrorCode::CalleeTrapped, "boom");
+        let e = decode_reply(envelope(err.code.as_raw(), err.message.as_bytes())).unwrap_err();
         assert_eq!(
             (e.code, e.message.as_str()),
             (ErrorCode::CalleeTrapped, "boom")
         );
-        assert!(decode_reply(vec![1], 10).is_err());
-        assert_eq!(
-            decode_reply(encode_reply(&Ok(vec![0; 11])), 10)
-                .unwrap_err()
-                .code,
-            ErrorCode::TooLarge
-        );
+        assert!(decode_reply(vec![1]).is_err());
+        assert!(decode_reply(envelope(STATUS_IN_KEY, &[0xff])).is_err());
     }
 
     #[test]

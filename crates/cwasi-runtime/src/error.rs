@@ -110,6 +110,15 @@ impl CallError {
             message: message.into(),
         }
     }
+
+    /// `TOO_LARGE`: a request or response (`what`) of `len` bytes over the
+    /// payload limit `max`, in the same words wherever a limit is checked.
+    pub fn too_large(what: &str, len: usize, max: usize) -> Self {
+        CallError::new(
+            ErrorCode::TooLarge,
+            format!("the {what} of {len} bytes is over the payload limit of {max} bytes"),
+        )
+    }
 }
 
 /// Host-side errors: loading modules, reading compositions, running entries.

@@ -681,13 +681,7 @@ impl Runtime {
     ) -> Result<(), CallError> {
         let max = self.inner.limits.max_payload_bytes;
         if request.len() > max {
-            return Err(CallError::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "the request of {} bytes is over the payload limit of {max} bytes",
-                    request.len()
-                ),
-            ));
+            return Err(CallError::too_large("request", request.len(), max));
         }
         let route = self.inner.route_from(HOST_CALLER, namespace, target)?;
         let started = Instant::now();

@@ -506,13 +506,7 @@ fn run_call(
     let ctx = CallContext { runtime, depth: 1 };
     let resp: ResponseRange = match handled {
         Ok(r) if r.len > runtime.limits.max_payload_bytes => {
-            let e = CallError::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "the response of {} bytes is over the payload limit of {} bytes",
-                    r.len, runtime.limits.max_payload_bytes
-                ),
-            );
+            let e = CallError::too_large("response", r.len, runtime.limits.max_payload_bytes);
             let failed = Err(e.clone());
             finish(f, inst, &failed, &ctx);
             return Err(CallOutcome::Failed(e));

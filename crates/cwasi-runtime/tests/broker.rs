@@ -44,7 +44,8 @@ fn deadline_in(d: Duration) -> u64 {
 }
 
 /// Adds a request by hand (`payload` or `payload_key` field) and waits for
-/// its reply envelope: `status (i32 LE) ‖ bytes`.
+/// its reply envelope, `status (i32 LE) ‖ bytes`; a response in a key of its
+/// own (status 1, the key) is taken from that key.
 fn request(conn: &mut redis::Connection, id: &str, field: &str, value: &[u8]) -> (i32, Vec<u8>) {
     let reply = format!("cwasi:reply:{id}");
     let _: String = redis::cmd("XADD")
@@ -66,11 +67,17 @@ fn request(conn: &mut redis::Connection, id: &str, field: &str, value: &[u8]) ->
         .query(conn)
         .expect("no reply within 20 s");
     let status = i32::from_le_bytes(envelope[..4].try_into().unwrap());
-    (status, envelope[4..].to_vec())
+    if status != 1 {
+        return (status, envelope[4..].to_vec());
+    }
+    let key = String::from_utf8(envelope[4..].to_vec()).unwrap();
+    assert_eq!(key, format!("cwasi:response:{id}"));
+    let body: Vec<u8> = redis::cmd("GETDEL").arg(&key).query(conn).unwrap();
+    (0, body)
 }
 
 #[test]
-fn large_requests_travel_in_their_own_key_which_the_answer_deletes() {
+fn large_payloads_travel_in_keys_of_their_own() {
     let redis = RedisServer::start();
     let runs = Arc::new(AtomicU64::new(0));
     let _server = echo_server(&redis.url(), runs.clone());
@@ -86,7 +93,8 @@ fn large_requests_travel_in_their_own_key_which_the_answer_deletes() {
     );
 
     // A payload in a key of its own, as a caller writes one from
-    // PAYLOAD_KEY_MIN on; the answer deletes the key with the entry.
+    // PAYLOAD_KEY_MIN on; the answer deletes the key with the entry. The
+    // echoed response is as large, so it comes back in a key too.
     let big: Vec<u8> = (0..PAYLOAD_KEY_MIN + 3).map(|i| (i % 251) as u8).collect();
     let _: () = redis::cmd("SET")
         .arg("cwasi:payload:t-2")
@@ -104,6 +112,9 @@ fn large_requests_travel_in_their_own_key_which_the_answer_deletes() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(left, 0, "the payload key outlived its answer");
+    // Just under the limit, the response travels in the reply itself.
+    let small = vec![7u8; PAYLOAD_KEY_MIN - 1];
+    assert_eq!(request(&mut conn, "t-4", "payload", &small), (0, small));
 
     // A payload key that is gone (expired, evicted): a clear error, and the
     // handler does not run.

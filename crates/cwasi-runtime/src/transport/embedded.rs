@@ -121,13 +121,7 @@ fn deliver(
     max_payload: usize,
 ) -> Result<(), CallError> {
     if resp.len > max_payload {
-        return Err(CallError::new(
-            ErrorCode::TooLarge,
-            format!(
-                "the response of {} bytes is over the payload limit of {max_payload} bytes",
-                resp.len
-            ),
-        ));
+        return Err(CallError::too_large("response", resp.len, max_payload));
     }
     let dst = io.response_buffer(resp.len)?;
     let n = dst.len().min(resp.len);
