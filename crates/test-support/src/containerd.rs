@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::process::output_within;
+
 /// How long containerd may take to answer `ctr version`.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long one `ctr` command may take.
@@ -213,50 +215,6 @@ impl Drop for Containerd {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Runs a command to completion, or kills it after `timeout` and returns
-/// `None`.
-pub fn output_within(cmd: &mut Command, timeout: Duration) -> Option<Output> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    let out_thread = drain(child.stdout.take());
-    let err_thread = drain(child.stderr.take());
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let stdout = out_thread.join().unwrap_or_default();
-    let stderr = err_thread.join().unwrap_or_default();
-    status.map(|status| Output {
-        status,
-        stdout,
-        stderr,
-    })
-}
-
-/// Reads a pipe to its end on a thread, so that a full pipe never blocks
-/// the child.
-fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut buf);
-        }
-        buf
-    })
 }
 
 fn set_mode(path: &Path, mode: u32) {

@@ -4,9 +4,11 @@
 //! `cwasi bench` uses too). In a test, failing to start is a test failure,
 //! so these wrappers panic with the launcher's message instead of returning
 //! it. [`containerd`] runs a private containerd for the shim's tests;
-//! [`tls`] makes a private CA and certificates for a TLS Redis.
+//! [`tls`] makes a private CA and certificates for a TLS Redis;
+//! [`process`] runs a binary under a deadline.
 
 pub mod containerd;
+pub mod process;
 pub mod tls;
 
 use std::ops::{Deref, DerefMut};

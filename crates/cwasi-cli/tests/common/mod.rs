@@ -2,7 +2,6 @@
 
 #![allow(dead_code)]
 
-use std::io::Read;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,43 +21,16 @@ pub fn cwasi(args: &[&str], limit: Duration) -> Output {
     run_with_timeout(Command::new(env!("CARGO_BIN_EXE_cwasi")).args(args), limit)
 }
 
-/// Runs a command and kills it if it outlives `limit`.
+/// Runs a command and kills it if it outlives `limit` (then the test fails).
 pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
     let args = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start cwasi");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let out = test_support::process::run_within(cmd, limit)
+        .unwrap_or_else(|e| panic!("cannot start {args}: {e}"))
+        .unwrap_or_else(|| panic!("{args} did not finish within {limit:?}"));
     Output {
-        code: status.code(),
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
