@@ -20,7 +20,7 @@ mod units;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -411,7 +411,7 @@ pub fn run(config: &Config) -> Result<(Results, Written), BenchError> {
     let bar = progress_bar(config, (points.len() * config.kinds.len()) as u64);
     let mut rows = Vec::new();
     for &kind in &config.kinds {
-        interrupted(config)?;
+        measure::check_stop(&config.stop)?;
         bar.set_message(format!("starting {kind}"));
         let c = contender::start(kind, &setup)?;
         for &p in &points {
@@ -475,14 +475,6 @@ fn progress_bar(config: &Config, total: u64) -> indicatif::ProgressBar {
     }
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
-}
-
-/// Fails with [`BenchError::Interrupted`] once the run is asked to stop.
-fn interrupted(config: &Config) -> Result<(), BenchError> {
-    if config.stop.load(Ordering::Relaxed) {
-        return Err(BenchError::Interrupted);
-    }
-    Ok(())
 }
 
 /// A private directory for node directories; removed on drop.

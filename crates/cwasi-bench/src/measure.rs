@@ -74,23 +74,25 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank - 1]
 }
 
+/// Fails with [`BenchError::Interrupted`] once `stop` is set.
+pub fn check_stop(stop: &AtomicBool) -> Result<(), BenchError> {
+    if stop.load(Ordering::Relaxed) {
+        return Err(BenchError::Interrupted);
+    }
+    Ok(())
+}
+
 /// Measures `op`: warms it up, sizes batches, then samples within `budget`.
-/// The first error aborts the measurement.
+/// The first error aborts the measurement, and so does `stop`.
 pub fn measure(
     budget: &Budget,
     stop: &AtomicBool,
     mut op: impl FnMut() -> Result<(), BenchError>,
 ) -> Result<Samples, BenchError> {
-    let stopped = || {
-        if stop.load(Ordering::Relaxed) {
-            return Err(BenchError::Interrupted);
-        }
-        Ok(())
-    };
     let start = Instant::now();
     let mut warm_runs = 0u64;
     while warm_runs == 0 || start.elapsed() < budget.warmup {
-        stopped()?;
+        check_stop(stop)?;
         op()?;
         warm_runs += 1;
     }
@@ -106,7 +108,7 @@ pub fn measure(
     while samples.len() < budget.min_samples.max(1)
         || (start.elapsed() < budget.time && samples.len() < budget.max_samples)
     {
-        stopped()?;
+        check_stop(stop)?;
         let t = Instant::now();
         for _ in 0..batch {
             black_box(op()?);

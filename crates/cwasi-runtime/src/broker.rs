@@ -327,10 +327,8 @@ impl Broker {
         Ok(conn)
     }
 
-    /// Returns a connection whose last exchange completed, for reuse (if
-    /// there is one).
-    fn give_back(&self, c: Option<redis::Connection>) {
-        let Some(c) = c else { return };
+    /// Returns a connection whose last exchange completed, for reuse.
+    fn give_back(&self, c: redis::Connection) {
         let mut pool = self.blocking.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < 64 {
             pool.push(c);
@@ -419,15 +417,22 @@ impl Broker {
             .cmd("BLPOP")
             .arg(&reply)
             .arg(timeout.as_secs_f64().max(0.01));
+        let timed_out = || {
+            CallError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "'{name}' (namespace '{ns}') did not answer within {timeout:?} through the \
+                     broker"
+                ),
+            )
+        };
         let mut conn = self.sync_conn(timeout + Duration::from_secs(2))?;
-        let (value, mut conn) = match p.query::<Vec<Value>>(&mut conn) {
-            Ok(mut replies) if replies.len() == p.len() => {
-                (replies.pop().unwrap_or(Value::Nil), Some(conn))
-            }
+        let value = match p.query::<Vec<Value>>(&mut conn) {
+            Ok(mut replies) if replies.len() == p.len() => replies.pop().unwrap_or(Value::Nil),
             Ok(other) => return Err(self.down(format!("unexpected reply {other:?}"))),
             // The socket's own bound, past BLPOP's: the connection, which may
             // still have the wait pending, is dropped.
-            Err(e) if e.is_timeout() => (Value::Nil, None),
+            Err(e) if e.is_timeout() => return Err(timed_out()),
             Err(e) => return Err(self.down(e)),
         };
         let envelope = match value {
@@ -437,13 +442,7 @@ impl Broker {
             },
             Value::Nil => {
                 self.give_back(conn);
-                return Err(CallError::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "'{name}' (namespace '{ns}') did not answer within {timeout:?} through \
-                         the broker"
-                    ),
-                ));
+                return Err(timed_out());
             }
             other => return Err(self.down(format!("unexpected reply {other:?}"))),
         };
@@ -454,19 +453,18 @@ impl Broker {
                 return Err(e);
             }
             // A large response waits in a key of its own; taking it deletes it.
-            Ok(Reply::InKey(key)) => match conn
-                .as_mut()
-                .map(|c| redis::cmd("GETDEL").arg(&key).query::<Option<Vec<u8>>>(c))
+            Ok(Reply::InKey(key)) => match redis::cmd("GETDEL")
+                .arg(&key)
+                .query::<Option<Vec<u8>>>(&mut conn)
             {
-                Some(Ok(Some(body))) => body,
-                Some(Ok(None)) => {
+                Ok(Some(body)) => body,
+                Ok(None) => {
                     return Err(CallError::new(
                         ErrorCode::Transport,
                         format!("the response in {key} is no longer in the broker (expired)"),
                     ))
                 }
-                Some(Err(e)) => return Err(self.down(e)),
-                None => return Err(self.down("the connection was lost")),
+                Err(e) => return Err(self.down(e)),
             },
         };
         self.give_back(conn);
@@ -872,10 +870,7 @@ fn consume(
                     }
                 }
             }
-            let c = match conn.as_mut() {
-                Some(c) => c,
-                None => conn.insert(b.sync_conn(OP_TIMEOUT)?),
-            };
+            let c = consumer_conn(b, &mut conn)?;
             let mut read = redis::cmd("XREADGROUP");
             read.arg("GROUP")
                 .arg(GROUP)
@@ -1017,13 +1012,22 @@ fn claim_key(id: &str) -> String {
     format!("cwasi:claim:{id}")
 }
 
+/// The consumer's own connection for its reads and answers, opened if it
+/// has none (after a failure, it is dropped and opened again).
+fn consumer_conn<'c>(
+    b: &Broker,
+    conn: &'c mut Option<redis::Connection>,
+) -> Result<&'c mut redis::Connection, CallError> {
+    match conn {
+        Some(c) => Ok(c),
+        None => Ok(conn.insert(b.sync_conn(OP_TIMEOUT)?)),
+    }
+}
+
 /// Sends an answer on its own (when no read follows it at once).
 fn send_answer(at: Consumer<'_>, conn: &mut Option<redis::Connection>, p: redis::Pipeline) {
-    let sent = match conn.as_mut() {
-        Some(c) => Ok(c),
-        None => at.broker.sync_conn(OP_TIMEOUT).map(|c| conn.insert(c)),
-    }
-    .and_then(|c| p.query::<Vec<Value>>(c).map_err(|e| at.broker.down(e)));
+    let sent = consumer_conn(at.broker, conn)
+        .and_then(|c| p.query::<Vec<Value>>(c).map_err(|e| at.broker.down(e)));
     match sent {
         Ok(mut values) => check_answer(at, values.pop()),
         Err(err) => {
@@ -1120,10 +1124,7 @@ fn fetch(
     conn: &mut Option<redis::Connection>,
     key: &str,
 ) -> Result<Option<Vec<u8>>, CallError> {
-    let c = match conn.as_mut() {
-        Some(c) => c,
-        None => conn.insert(b.sync_conn(OP_TIMEOUT)?),
-    };
+    let c = consumer_conn(b, conn)?;
     redis::cmd("GET")
         .arg(key)
         .query::<Option<Vec<u8>>>(c)

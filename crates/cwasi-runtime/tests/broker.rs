@@ -140,6 +140,18 @@ fn round_trip(config: BrokerConfig) -> Result<Vec<u8>, CallError> {
     broker.call("ns", "echo", b"ping", Duration::from_secs(10), 1 << 20)
 }
 
+/// Calls until a round trip with the settings `config` makes succeeds
+/// (the consumer group appears once the server has connected), for 20 s.
+fn until_served(config: impl Fn() -> BrokerConfig) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match round_trip(config()) {
+            Ok(r) => break assert_eq!(r, b"ping"),
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+    }
+}
+
 /// Fails unless `r` is a broker error whose message has `needle`.
 fn assert_broker_error(r: Result<Vec<u8>, CallError>, needle: &str) -> String {
     let e = r.expect_err("the call should have failed");
@@ -180,14 +192,7 @@ fn acl_users_get_through_with_their_password_only() {
         password: password.map(String::from),
         ..BrokerConfig::new(&plain, "node1")
     };
-    // The consumer group appears once the server has connected.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match round_trip(caller(Some("cwasi"), Some("s3cret-pw"))) {
-            Ok(r) => break assert_eq!(r, b"ping"),
-            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
-        }
-    }
+    until_served(|| caller(Some("cwasi"), Some("s3cret-pw")));
     let message = assert_broker_error(
         round_trip(caller(Some("cwasi"), Some("not-it"))),
         "authentication failed",
@@ -218,13 +223,7 @@ fn tls_brokers_need_the_ca_and_a_client_certificate() {
         ..BrokerConfig::new(&url, "node1")
     };
     let _server = echo_server_with(config(true, true), Arc::new(AtomicU64::new(0)));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match round_trip(config(true, true)) {
-            Ok(r) => break assert_eq!(r, b"ping"),
-            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
-        }
-    }
+    until_served(|| config(true, true));
     // Not trusting the private CA: the server's certificate is refused.
     assert_broker_error(round_trip(config(false, true)), "certificate");
     // No client certificate: the server refuses the client.
