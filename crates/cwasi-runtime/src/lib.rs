@@ -14,6 +14,7 @@ pub mod abi;
 pub mod broker;
 pub mod composition;
 pub mod config;
+pub mod deadline;
 pub mod engine;
 pub mod error;
 pub mod inspect;

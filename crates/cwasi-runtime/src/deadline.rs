@@ -1,0 +1,118 @@
+//! Time in one place: the [`Deadline`] every call carries through every hop,
+//! and the named grace periods the transports add to it.
+//!
+//! A deadline is set once, by the entry (its entry timeout) or by an
+//! incoming request (what its caller had left), and passed down: a nested
+//! call gets the earlier of its own call timeout and what is left of its
+//! caller's deadline, so a chain of calls never outlives its first caller.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The instant by which a call must be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline(Instant);
+
+/// Longest time a deadline can lie ahead (about 30 years): later ones are
+/// clamped to it, so that `Instant` arithmetic never overflows.
+const FAR: Duration = Duration::from_secs(1 << 30);
+
+impl Deadline {
+    /// `timeout` from now.
+    pub fn after(timeout: Duration) -> Deadline {
+        let now = Instant::now();
+        Deadline(now.checked_add(timeout.min(FAR)).unwrap_or(now))
+    }
+
+    /// The deadline of a call made now, with its own `timeout`, by a caller
+    /// whose deadline is `self`: whichever comes first.
+    pub fn nested(self, timeout: Duration) -> Deadline {
+        self.min(Deadline::after(timeout))
+    }
+
+    /// Time left, zero once passed.
+    pub fn remaining(self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the deadline has passed.
+    pub fn is_expired(self) -> bool {
+        Instant::now() >= self.0
+    }
+
+    /// The instant itself.
+    pub fn instant(self) -> Instant {
+        self.0
+    }
+
+    /// The deadline as wall-clock milliseconds since the Unix epoch, for
+    /// peers on other nodes (whose monotonic clocks differ from ours).
+    pub fn to_unix_ms(self) -> u64 {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        (wall + self.remaining()).as_millis() as u64
+    }
+
+    /// A deadline given as wall-clock milliseconds since the Unix epoch; one
+    /// in the past is already expired.
+    pub fn from_unix_ms(ms: u64) -> Deadline {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Deadline::after(Duration::from_millis(ms).saturating_sub(wall))
+    }
+}
+
+/// How long a caller waits past its deadline for the callee's own timeout
+/// error to arrive, before it reports the timeout itself: the callee is
+/// interrupted at the same deadline, and its answer is more precise.
+pub const ANSWER_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a local connection may take to be opened, and one frame to be
+/// written, before the peer counts as unreachable.
+pub const LOCAL_IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long past the call timeout a broker consumer holds a request before
+/// another consumer may take it over (its lease), and how long a request's
+/// payload key outlives the request's deadline: nodes' clocks may differ by
+/// this much.
+pub const LEASE_GRACE: Duration = Duration::from_secs(5);
+
+/// One broker round trip that is not a blocking wait.
+pub const BROKER_OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opening a connection to the broker.
+pub const BROKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a reply waits in the broker for its caller.
+pub const REPLY_TTL: Duration = Duration::from_secs(120);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nested_deadline_never_outlives_its_caller() {
+        let outer = Deadline::after(Duration::from_millis(200));
+        assert_eq!(outer.nested(Duration::from_secs(30)), outer);
+        let inner = outer.nested(Duration::from_millis(10));
+        assert!(inner < outer);
+        assert!(outer.remaining() <= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn huge_timeouts_do_not_overflow() {
+        let d = Deadline::after(Duration::MAX);
+        assert!(d.remaining() > Duration::from_secs(3600));
+        assert!(!d.is_expired());
+    }
+
+    #[test]
+    fn wall_clock_round_trip() {
+        let d = Deadline::after(Duration::from_secs(10));
+        let back = Deadline::from_unix_ms(d.to_unix_ms());
+        let diff = back.remaining().abs_diff(d.remaining());
+        assert!(diff < Duration::from_millis(50), "{diff:?}");
+        assert!(Deadline::from_unix_ms(1).is_expired());
+    }
+}
