@@ -10,16 +10,22 @@
 //! - the `cwasi_alloc` export, through which the host hands buffers to the
 //!   guest, is defined in this crate and needs no macro (see [`export`]).
 //!
+//! The ABI's error codes, names, limits and packing helpers come from the
+//! dependency-free `cwasi-abi` crate, which the host shares; it is
+//! re-exported as [`abi`], and its [`ErrorCode`] at the top level.
+//!
 //! On targets other than wasm32 the API still compiles, but every call fails
 //! with [`ErrorCode::Transport`]: there is no host to talk to.
 
 mod error;
 
-pub mod abi;
 pub mod export;
 pub mod raw;
 
-pub use error::{CallError, ErrorCode};
+/// The ABI vocabulary shared with the host: the `cwasi-abi` crate.
+pub use cwasi_abi as abi;
+pub use cwasi_abi::ErrorCode;
+pub use error::CallError;
 
 /// Text of the error every call returns off wasm32.
 #[cfg(not(target_arch = "wasm32"))]
@@ -33,9 +39,9 @@ const NO_HOST_MESSAGE: &str = "cwasi host imports are only available on wasm32 t
 pub fn call(target: &str, payload: &[u8]) -> Result<Vec<u8>, CallError> {
     let (target_ptr, target_len) = bytes_arg(target.as_bytes());
     let (req_ptr, req_len) = bytes_arg(payload);
-    let mut out = [0u32; 2];
+    let mut out = [0u8; abi::RESULT_SLOT_LEN];
     // SAFETY: all ranges point at live buffers of the given lengths; `out` is
-    // 8 writable, aligned bytes.
+    // the 8 writable bytes of the result slot.
     let rc = unsafe {
         raw::call(
             target_ptr,
@@ -95,8 +101,8 @@ pub struct PendingCall {
 impl PendingCall {
     /// Blocks until the call answers and returns its response.
     pub fn wait(self) -> Result<Vec<u8>, CallError> {
-        let mut out = [0u32; 2];
-        // SAFETY: `out` is 8 writable, aligned bytes.
+        let mut out = [0u8; abi::RESULT_SLOT_LEN];
+        // SAFETY: `out` is the 8 writable bytes of the result slot.
         let rc = unsafe { raw::call_wait(self.handle, ptr_arg(out.as_mut_ptr())) };
         finish(rc, out)
     }
@@ -120,7 +126,7 @@ pub fn last_error_message() -> String {
             // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.
             let n = unsafe { raw::last_error(ptr_arg(buf.as_mut_ptr()), buf.len() as i32) };
             if n < 0 {
-                return format!("(cwasi.last_error failed: {})", ErrorCode::from_raw(n));
+                return format!("(cwasi.last_error failed: {})", error::RawCode(n));
             }
             let n = n as u32 as usize;
             if n <= buf.len() {
@@ -137,13 +143,13 @@ pub fn last_error_message() -> String {
     }
 }
 
-/// Turns the result of `call` / `call_wait` and the `(ptr, len)` pair the
-/// host wrote into an owned response or an error.
-fn finish(rc: i32, out: [u32; 2]) -> Result<Vec<u8>, CallError> {
+/// Turns the result of `call` / `call_wait` and the result slot the host
+/// wrote into an owned response or an error.
+fn finish(rc: i32, out: [u8; abi::RESULT_SLOT_LEN]) -> Result<Vec<u8>, CallError> {
     if rc < 0 {
         return Err(error_from_raw(rc));
     }
-    let [resp_ptr, resp_len] = [u32::from_le(out[0]), u32::from_le(out[1])];
+    let (resp_ptr, resp_len) = abi::decode_result_slot(out);
     if resp_len == 0 {
         return Ok(Vec::new());
     }
@@ -163,7 +169,7 @@ fn finish(rc: i32, out: [u32; 2]) -> Result<Vec<u8>, CallError> {
 
 /// Builds a [`CallError`] for a raw negative code, with the host's message.
 fn error_from_raw(raw: i32) -> CallError {
-    CallError::new(ErrorCode::from_raw(raw), last_error_message())
+    CallError::from_raw(raw, last_error_message())
 }
 
 /// A byte slice as an ABI `(ptr, len)` pair; empty slices are passed as
@@ -188,10 +194,10 @@ mod tests {
     #[test]
     fn host_stubs_fail_cleanly() {
         let e = call("echo", b"hi").unwrap_err();
-        assert_eq!(e.code, ErrorCode::Transport);
+        assert_eq!(e.code(), Some(ErrorCode::Transport));
         assert!(!e.message.is_empty());
         let e = call_start("echo", b"").unwrap_err();
-        assert_eq!(e.code, ErrorCode::Transport);
+        assert_eq!(e.code(), Some(ErrorCode::Transport));
         let all = call_all([("a", &b"1"[..]), ("b", &b"2"[..])]);
         assert_eq!(all.len(), 2);
         assert!(all.iter().all(|r| r.is_err()));
@@ -199,11 +205,17 @@ mod tests {
 
     #[test]
     fn empty_response_needs_no_buffer() {
-        assert_eq!(finish(0, [0, 0]), Ok(Vec::new()));
-        assert_eq!(finish(0, [0, 5]).unwrap_err().code, ErrorCode::BadResponse);
+        let slot = abi::encode_result_slot;
+        assert_eq!(finish(0, slot(0, 0)), Ok(Vec::new()));
         assert_eq!(
-            finish(-11, [0, 0]).unwrap_err().code,
-            ErrorCode::UnknownHandle
+            finish(0, slot(0, 5)).unwrap_err().code(),
+            Some(ErrorCode::BadResponse)
         );
+        assert_eq!(
+            finish(-11, slot(0, 0)).unwrap_err().code(),
+            Some(ErrorCode::UnknownHandle)
+        );
+        // A code from a newer host keeps its raw value.
+        assert_eq!(finish(-99, slot(0, 0)).unwrap_err().raw, -99);
     }
 }

@@ -9,6 +9,7 @@
 
 #[cfg(target_arch = "wasm32")]
 mod imports {
+    // `cwasi_abi::CWASI_MODULE`; the attribute only takes a literal.
     #[link(wasm_import_module = "cwasi")]
     unsafe extern "C" {
         /// Calls `target` with the request and blocks for the answer; writes

@@ -46,6 +46,8 @@ fn main() {
 fn emit_rerun(workspace: &Path) {
     let mut paths = vec![
         workspace.join("Cargo.toml"),
+        workspace.join("crates/cwasi-abi/Cargo.toml"),
+        workspace.join("crates/cwasi-abi/src"),
         workspace.join("crates/cwasi-guest/Cargo.toml"),
         workspace.join("crates/cwasi-guest/src"),
     ];

@@ -27,11 +27,7 @@ fn main() {
     let payload = generate(size);
     for i in 0..iterations {
         if let Err(e) = cwasi_guest::call(target, &payload) {
-            println!(
-                "error call={i} code={} message={}",
-                e.code.as_raw(),
-                e.message
-            );
+            println!("error call={i} code={} message={}", e.raw, e.message);
             exit(2);
         }
     }

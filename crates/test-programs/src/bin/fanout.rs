@@ -31,7 +31,7 @@ fn main() {
 }
 
 fn fail(e: cwasi_guest::CallError) -> ! {
-    println!("error code={} message={}", e.code.as_raw(), e.message);
+    println!("error code={} message={}", e.raw, e.message);
     exit(2);
 }
 

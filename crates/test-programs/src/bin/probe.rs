@@ -13,6 +13,7 @@
 //! `step=<i> code=<raw> message=<msg>`. Exits 0, or 64 on malformed
 //! arguments (checked before any step runs).
 
+use cwasi_guest::abi::{decode_result_slot, RESULT_SLOT_LEN};
 use cwasi_guest::{raw, CallError};
 use std::process::exit;
 
@@ -71,7 +72,7 @@ fn main() {
             Step::Send(target, text) => cwasi_guest::call(target, text.as_bytes()).map(|r| r.len()),
             Step::BadPtr(target) => {
                 let (tp, tl) = arg(target.as_bytes());
-                let mut out = [0u32; 2];
+                let mut out = [0u8; RESULT_SLOT_LEN];
                 // SAFETY: the host must check the bad request range and not
                 // read it; target and out are valid.
                 let rc = unsafe { raw::call(tp, tl, OUTSIDE as i32, 64, ptr(out.as_mut_ptr())) };
@@ -84,18 +85,18 @@ fn main() {
                 // SAFETY: the host must check the bad out range and not
                 // write it; target and request are valid.
                 let rc = unsafe { raw::call(tp, tl, rp, rl, OUTSIDE as i32) };
-                raw_result(rc, [0, 0])
+                raw_result(rc, [0; RESULT_SLOT_LEN])
             }
             Step::BadTarget => {
                 let target = [0xFFu8, 0xFE, 0x80];
                 let (tp, tl) = arg(&target);
-                let mut out = [0u32; 2];
+                let mut out = [0u8; RESULT_SLOT_LEN];
                 // SAFETY: all ranges are valid; only the name is bad.
                 let rc = unsafe { raw::call(tp, tl, 0, 0, ptr(out.as_mut_ptr())) };
                 raw_result(rc, out)
             }
             Step::BadHandle => {
-                let mut out = [0u32; 2];
+                let mut out = [0u8; RESULT_SLOT_LEN];
                 // SAFETY: `out` is valid; only the handle is bad.
                 let rc = unsafe { raw::call_wait(BAD_HANDLE, ptr(out.as_mut_ptr())) };
                 raw_result(rc, out)
@@ -103,21 +104,19 @@ fn main() {
         };
         match result {
             Ok(len) => println!("step={i} ok len={len}"),
-            Err(e) => println!("step={i} code={} message={}", e.code.as_raw(), e.message),
+            Err(e) => println!("step={i} code={} message={}", e.raw, e.message),
         }
     }
 }
 
 /// Result of a raw call: the response length, or the code and message.
-fn raw_result(rc: i32, out: [u32; 2]) -> Result<usize, CallError> {
+fn raw_result(rc: i32, out: [u8; RESULT_SLOT_LEN]) -> Result<usize, CallError> {
     if rc < 0 {
-        return Err(CallError::new(
-            cwasi_guest::ErrorCode::from_raw(rc),
-            cwasi_guest::last_error_message(),
-        ));
+        return Err(CallError::from_raw(rc, cwasi_guest::last_error_message()));
     }
-    let len = u32::from_le(out[1]) as usize;
-    free_response(u32::from_le(out[0]), len);
+    let (resp_ptr, len) = decode_result_slot(out);
+    let len = len as usize;
+    free_response(resp_ptr, len);
     Ok(len)
 }
 

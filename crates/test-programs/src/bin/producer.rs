@@ -29,7 +29,7 @@ fn main() {
     let reply = match cwasi_guest::call(target, &data) {
         Ok(reply) => reply,
         Err(e) => {
-            println!("error code={} message={}", e.code.as_raw(), e.message);
+            println!("error code={} message={}", e.raw, e.message);
             exit(2);
         }
     };

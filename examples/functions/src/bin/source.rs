@@ -191,7 +191,7 @@ fn main() {
         }
         Err(e) => {
             eprintln!("source: {e}");
-            println!("error code={} message={}", e.code.as_raw(), e.message);
+            println!("error code={} message={}", e.raw, e.message);
             exit(2);
         }
     }
