@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use cwasi_runtime::broker::{Broker, BrokerConfig};
-use cwasi_runtime::engine::{load_module, new_engine};
 use cwasi_runtime::{
     Composition, FunctionSpec, Limits, ModeOverride, NodeDirectory, Runtime, SeedConfig,
     ServeOptions, StopSignals,
@@ -92,7 +91,7 @@ struct ServeArgs {
     #[arg(long)]
     name: String,
     /// The trust domain.
-    #[arg(long, default_value = cwasi_runtime::config::DEFAULT_NAMESPACE)]
+    #[arg(long, default_value = cwasi_runtime::DEFAULT_NAMESPACE)]
     namespace: String,
     /// For a function written for the CWASI prototype: its handler export.
     #[arg(long)]
@@ -155,7 +154,7 @@ struct CallArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// The caller's namespace, which decides what may be embedded.
-    #[arg(long, default_value = cwasi_runtime::config::DEFAULT_NAMESPACE)]
+    #[arg(long, default_value = cwasi_runtime::DEFAULT_NAMESPACE)]
     namespace: String,
     /// Calls this socket directly instead of looking the function up.
     #[arg(long)]
@@ -366,8 +365,7 @@ fn call(args: CallArgs) -> Result<()> {
 }
 
 fn inspect(path: &Path) -> Result<()> {
-    let (engine, _ticker) = new_engine()?;
-    let module = load_module(&engine, path)?;
+    let module = cwasi_runtime::inspect_module(path)?;
     println!("module:                {}", path.display());
     println!("digest:                {}", module.digest);
     println!("{}", module.info);

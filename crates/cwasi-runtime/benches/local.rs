@@ -48,8 +48,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{fmt_ns, measure, op, size_label, verdict, Args, Profile, Settings, KIB, MIB};
-use cwasi_runtime::runtime::HOST_CALLER;
 use cwasi_runtime::wire::{Header, Kind, HEADER_LEN};
+use cwasi_runtime::HOST_CALLER;
 use cwasi_runtime::{FunctionSpec, Mode, NodeDirectory, Runtime, ServeHandle, ServeOptions};
 use placement::{affinity, Placement};
 use test_programs_artifacts as progs;

@@ -212,20 +212,10 @@ fn positive_ms(what: &str, ms: u64) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
-/// Checks a function name: 1 to 255 bytes of letters, digits, `-`, `_`, `.`.
+/// Checks a function or namespace name (`cwasi_abi::validate_name`: 1 to
+/// 255 bytes of letters, digits, `-`, `_` and `.`).
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid function name '{name}': use 1-255 letters, digits, '-', '_' or '.'"
-        ))
-    }
+    cwasi_abi::validate_name(name).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

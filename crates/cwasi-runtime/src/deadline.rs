@@ -19,14 +19,24 @@ const FAR: Duration = Duration::from_secs(1 << 30);
 impl Deadline {
     /// `timeout` from now.
     pub fn after(timeout: Duration) -> Deadline {
-        let now = Instant::now();
+        Deadline::at(Instant::now(), timeout)
+    }
+
+    /// `timeout` from `now` (a caller that has read the clock already).
+    pub fn at(now: Instant, timeout: Duration) -> Deadline {
         Deadline(now.checked_add(timeout.min(FAR)).unwrap_or(now))
     }
 
     /// The deadline of a call made now, with its own `timeout`, by a caller
     /// whose deadline is `self`: whichever comes first.
     pub fn nested(self, timeout: Duration) -> Deadline {
-        self.min(Deadline::after(timeout))
+        self.nested_at(Instant::now(), timeout)
+    }
+
+    /// [`Deadline::nested`] for a call made at `now` (a caller that has read
+    /// the clock already).
+    pub fn nested_at(self, now: Instant, timeout: Duration) -> Deadline {
+        self.min(Deadline::at(now, timeout))
     }
 
     /// Time left, zero once passed.

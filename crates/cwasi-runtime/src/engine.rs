@@ -28,8 +28,10 @@ pub fn ticks_for(timeout: Duration) -> u64 {
 pub fn new_engine() -> Result<(Engine, EpochTicker), RuntimeError> {
     let mut config = Config::new();
     config.epoch_interruption(true);
-    let engine = Engine::new(&config)
-        .map_err(|e| RuntimeError::Config(format!("cannot create the wasmtime engine: {e}")))?;
+    let engine = Engine::new(&config).map_err(|source| RuntimeError::Engine {
+        what: "cannot create the wasmtime engine",
+        source,
+    })?;
     let ticker = EpochTicker::start(engine.clone())?;
     Ok((engine, ticker))
 }
@@ -52,7 +54,10 @@ impl EpochTicker {
                     engine.increment_epoch();
                 }
             })
-            .map_err(|e| RuntimeError::Config(format!("cannot start the epoch thread: {e}")))?;
+            .map_err(|source| RuntimeError::Spawn {
+                what: "the epoch thread",
+                source,
+            })?;
         Ok(EpochTicker {
             stop,
             thread: Some(thread),
@@ -125,4 +130,24 @@ pub fn load_module_bytes(
 /// `sha256:<hex>` of a module's bytes: how records and stores name modules.
 pub fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+/// What `cwasi inspect` reports about a module.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// `sha256:<hex>` of the file.
+    pub digest: String,
+    /// Its ABI surface.
+    pub info: ModuleInfo,
+}
+
+/// Reads and compiles a module, on an engine of its own, and reports its
+/// digest and ABI surface; every failure names the file.
+pub fn inspect_module(path: &Path) -> Result<Inspection, RuntimeError> {
+    let (engine, _ticker) = new_engine()?;
+    let module = load_module(&engine, path)?;
+    Ok(Inspection {
+        digest: module.digest,
+        info: module.info,
+    })
 }

@@ -1,95 +1,12 @@
 //! Typed errors: the ABI error codes a guest sees, and the host-side errors of
 //! loading, configuring and running functions.
 
-use std::fmt;
 use std::path::PathBuf;
 
-/// The error codes of guest ABI v1 (`docs/abi.md`). A guest receives
-/// `code as i32`; the host keeps the rest of the detail in [`CallError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(i32)]
-pub enum ErrorCode {
-    /// No function of that name is known.
-    UnknownFunction = -1,
-    /// The callee trapped.
-    CalleeTrapped = -2,
-    /// The callee did not answer within the call timeout.
-    Timeout = -3,
-    /// The request or response is over the payload limit.
-    TooLarge = -4,
-    /// The transport failed (peer died, broker down, connection lost).
-    Transport = -5,
-    /// The call is not allowed.
-    Denied = -6,
-    /// The caller passed a bad pointer, length or target name.
-    InvalidArgument = -7,
-    /// The callee's handler returned an error.
-    CalleeError = -8,
-    /// The callee broke the ABI.
-    BadResponse = -9,
-    /// The caller's `cwasi_alloc` failed.
-    AllocFailed = -10,
-    /// `call_wait` got an unknown or already waited handle.
-    UnknownHandle = -11,
-    /// The callee hit a resource limit.
-    ResourceLimit = -12,
-    /// The target does not export a handler.
-    NotCallable = -13,
-}
-
-impl ErrorCode {
-    /// Every code, in table order; used by docs tests and `from_raw`.
-    pub const ALL: [ErrorCode; 13] = [
-        ErrorCode::UnknownFunction,
-        ErrorCode::CalleeTrapped,
-        ErrorCode::Timeout,
-        ErrorCode::TooLarge,
-        ErrorCode::Transport,
-        ErrorCode::Denied,
-        ErrorCode::InvalidArgument,
-        ErrorCode::CalleeError,
-        ErrorCode::BadResponse,
-        ErrorCode::AllocFailed,
-        ErrorCode::UnknownHandle,
-        ErrorCode::ResourceLimit,
-        ErrorCode::NotCallable,
-    ];
-
-    /// The value handed to the guest.
-    pub fn as_raw(self) -> i32 {
-        self as i32
-    }
-
-    /// Parses a raw code, for tests and the CLI.
-    pub fn from_raw(raw: i32) -> Option<ErrorCode> {
-        ErrorCode::ALL.into_iter().find(|c| c.as_raw() == raw)
-    }
-
-    /// The name used in `docs/abi.md`.
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorCode::UnknownFunction => "UNKNOWN_FUNCTION",
-            ErrorCode::CalleeTrapped => "CALLEE_TRAPPED",
-            ErrorCode::Timeout => "TIMEOUT",
-            ErrorCode::TooLarge => "TOO_LARGE",
-            ErrorCode::Transport => "TRANSPORT",
-            ErrorCode::Denied => "DENIED",
-            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
-            ErrorCode::CalleeError => "CALLEE_ERROR",
-            ErrorCode::BadResponse => "BAD_RESPONSE",
-            ErrorCode::AllocFailed => "ALLOC_FAILED",
-            ErrorCode::UnknownHandle => "UNKNOWN_HANDLE",
-            ErrorCode::ResourceLimit => "RESOURCE_LIMIT",
-            ErrorCode::NotCallable => "NOT_CALLABLE",
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.name(), self.as_raw())
-    }
-}
+/// The error codes of guest ABI v1 (`docs/abi.md`), from the `cwasi-abi`
+/// crate that the guest SDK shares. A guest receives `code.as_raw()`; the
+/// host keeps the rest of the detail in [`CallError`].
+pub use cwasi_abi::ErrorCode;
 
 /// A failed call between functions: the code the guest sees, and a message
 /// for `cwasi.last_error`, logs and the CLI.
@@ -111,6 +28,23 @@ impl CallError {
         }
     }
 
+    /// Whether the call failed because time ran out (its own timeout, or a
+    /// deadline inherited from its caller).
+    pub fn is_timeout(&self) -> bool {
+        self.code == ErrorCode::Timeout
+    }
+
+    /// Whether the callee instance that served the failed call is still in a
+    /// known state and may serve the next one: the handler returned an
+    /// error, or a payload was refused or could not be placed. After a trap,
+    /// a timeout or an ABI violation its state is unknown, and it is dropped.
+    pub fn leaves_callee_reusable(&self) -> bool {
+        matches!(
+            self.code,
+            ErrorCode::CalleeError | ErrorCode::TooLarge | ErrorCode::AllocFailed
+        )
+    }
+
     /// `TOO_LARGE`: a request or response (`what`) of `len` bytes over the
     /// payload limit `max`, in the same words wherever a limit is checked.
     pub fn too_large(what: &str, len: usize, max: usize) -> Self {
@@ -121,15 +55,18 @@ impl CallError {
     }
 }
 
-/// Host-side errors: loading modules, reading compositions, running entries.
+/// Host-side errors: loading modules, reading compositions, starting and
+/// running functions. Variants with a cause keep it as their `source`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RuntimeError {
-    /// A file could not be read.
+    /// A file could not be read or written.
     #[error("cannot read {path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
     /// The file does not start with the Wasm magic bytes.
@@ -154,9 +91,12 @@ pub enum RuntimeError {
         /// What failed.
         message: String,
     },
-    /// A composition or option is wrong.
+    /// A composition, option or file from outside is wrong.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Two functions of one runtime have the same name.
+    #[error("invalid configuration: function '{0}' is defined twice")]
+    DuplicateFunction(String),
     /// A function name is not known.
     #[error("unknown function '{0}'")]
     UnknownFunction(String),
@@ -171,7 +111,127 @@ pub enum RuntimeError {
         /// The trap and its context.
         message: String,
     },
+    /// A live server already serves this function on this node.
+    #[error(
+        "invalid configuration: function '{name}' of namespace '{namespace}' is already served \
+         on this node (pid {pid})"
+    )]
+    AlreadyServed {
+        /// The function.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+        /// The live server's pid, as it sees itself.
+        pid: u32,
+    },
+    /// A thread the runtime needs could not be started.
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        /// Which thread.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// wasmtime could not set up the engine or the linker.
+    #[error("{what}: {source}")]
+    Engine {
+        /// What was being set up.
+        what: &'static str,
+        /// wasmtime's error.
+        #[source]
+        source: wasmtime::Error,
+    },
+    /// A record or announcement could not be encoded.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// What was encoded.
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The broker's settings are wrong, or its client could not start.
+    #[error("broker: {message}{}", source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Broker {
+        /// What is wrong, for a person.
+        message: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// A call made from the host failed.
     #[error(transparent)]
     Call(#[from] CallError),
+}
+
+impl RuntimeError {
+    /// A broker error: `message` for a person, `source` the cause.
+    pub fn broker(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> RuntimeError {
+        RuntimeError::Broker {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// Whether the runtime could not start or run because of its
+    /// configuration (a composition, an option, the environment), as
+    /// opposed to a module, a file or the machine.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Config(_)
+                | RuntimeError::DuplicateFunction(_)
+                | RuntimeError::AlreadyServed { .. }
+                | RuntimeError::Broker { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_outcomes_leave_the_callee_reusable() {
+        let reusable: Vec<ErrorCode> = ErrorCode::ALL
+            .into_iter()
+            .filter(|&c| CallError::new(c, "").leaves_callee_reusable())
+            .collect();
+        assert_eq!(
+            reusable,
+            [
+                ErrorCode::TooLarge,
+                ErrorCode::CalleeError,
+                ErrorCode::AllocFailed
+            ]
+        );
+        assert!(CallError::new(ErrorCode::Timeout, "").is_timeout());
+        assert!(!CallError::new(ErrorCode::Transport, "").is_timeout());
+    }
+
+    #[test]
+    fn causes_are_kept_as_sources() {
+        use std::error::Error as _;
+        let e = RuntimeError::Spawn {
+            what: "the accept thread",
+            source: std::io::Error::other("no threads left"),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot start the accept thread: no threads left"
+        );
+        assert!(e.source().is_some());
+        assert!(!e.is_configuration());
+        let served = RuntimeError::AlreadyServed {
+            name: "echo".into(),
+            namespace: "a".into(),
+            pid: 7,
+        };
+        assert!(served.is_configuration());
+        assert!(served.to_string().contains("already served"), "{served}");
+    }
 }

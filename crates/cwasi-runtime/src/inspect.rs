@@ -3,12 +3,11 @@
 
 use std::fmt;
 
+use cwasi_abi::{
+    CWASI_MODULE, EXPORT_ALLOC, EXPORT_ERROR, EXPORT_HANDLE, EXPORT_INITIALIZE, EXPORT_MEMORY,
+    EXPORT_START, SEED_EXPORT_ALLOCATE, SEED_MODULE,
+};
 use wasmtime::{ExternType, FuncType, Module, ValType};
-
-/// The ABI import module of CWASI v1.
-pub const CWASI_MODULE: &str = "cwasi";
-/// The import module of the original prototype.
-pub const SEED_MODULE: &str = "cwasi_export";
 
 /// The ABI surface of one module.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,16 +52,16 @@ impl ModuleInfo {
         }
         for exp in module.exports() {
             match exp.ty() {
-                ExternType::Memory(_) if exp.name() == "memory" => info.memory = true,
+                ExternType::Memory(_) if exp.name() == EXPORT_MEMORY => info.memory = true,
                 ExternType::Func(f) => {
                     let sig = signature(&f);
                     match (exp.name(), sig.as_str()) {
-                        ("_start", "() -> ()") => info.start = true,
-                        ("_initialize", "() -> ()") => info.initialize = true,
-                        ("cwasi_alloc", "(i32) -> i32") => info.alloc = true,
-                        ("cwasi_handle", "(i32, i32) -> i64") => info.handle = true,
-                        ("cwasi_error", "() -> i64") => info.error = true,
-                        ("allocate", "(i32) -> i32") => info.seed_allocate = true,
+                        (EXPORT_START, "() -> ()") => info.start = true,
+                        (EXPORT_INITIALIZE, "() -> ()") => info.initialize = true,
+                        (EXPORT_ALLOC, "(i32) -> i32") => info.alloc = true,
+                        (EXPORT_HANDLE, "(i32, i32) -> i64") => info.handle = true,
+                        (EXPORT_ERROR, "() -> i64") => info.error = true,
+                        (SEED_EXPORT_ALLOCATE, "(i32) -> i32") => info.seed_allocate = true,
                         _ => {}
                     }
                     info.function_exports.push((exp.name().to_string(), sig));

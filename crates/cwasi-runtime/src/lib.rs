@@ -1,38 +1,69 @@
 //! CWASI runtime core: runs WebAssembly functions on wasmtime and connects
-//! them through the cheapest data path their placement allows.
+//! them through the cheapest data path their placement allows: the callee's
+//! VM (embedded), another process of this node (local), or another node
+//! through the broker (remote). A function calls another by name; the
+//! [`Runtime`] picks the path and says why ([`Runtime::explain`]).
 //!
-//! - [`engine`]: the wasmtime engine, limits and module loading.
-//! - [`abi`]: the host side of guest ABI v1 (`docs/abi.md`).
-//! - [`selector`]: which mode a call takes, and why.
-//! - `transport`: the data paths: embedded, local and remote.
-//! - [`broker`]: Redis streams and the cluster registry of remote mode.
-//! - [`registry`]: the node directory of served functions.
-//! - [`serve`]: hosting a function for other processes.
-//! - [`runtime`]: the functions of one process and the host-facing API.
+//! ```no_run
+//! use cwasi_runtime::{FunctionSpec, Runtime};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = Runtime::builder()
+//!     .function(FunctionSpec::new("echo", "demo", "echo.wasm".into()))
+//!     .build()?;
+//! // A call from the host, as a function of namespace "demo" would make it.
+//! let answer = runtime.call("demo", "echo", b"hello")?;
+//! assert_eq!(answer, b"hello");
+//! println!("{}", runtime.explain("demo", "echo")?);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The map of the modules and the order of their dependencies is
+//! `docs/architecture.md`.
 
-pub mod abi;
-pub mod broker;
-pub mod composition;
-pub mod config;
-pub mod deadline;
-pub mod engine;
-pub mod error;
-pub mod inspect;
-mod instance;
-pub mod registry;
-pub mod runtime;
-pub mod selector;
-pub mod serve;
+#![warn(missing_docs)]
+
+mod call;
+mod composition;
+mod config;
+mod deadline;
+mod engine;
+mod error;
+mod guest;
+mod inspect;
+mod node_dir;
+mod router;
+mod runtime;
+mod selector;
+mod serve;
 mod transport;
 
-/// The local transport's frame format, public for protocol tests and tools.
-pub use transport::wire;
+/// Remote mode's broker: the client of the Redis request streams, the
+/// stream server, and the cluster registry (`docs/protocol.md`).
+pub mod broker {
+    pub use crate::transport::remote::{
+        Broker, BrokerConfig, Handler, RemoteEndpoint, RequestMeta, StreamServer, ANNOUNCE_TTL,
+        GROUP, HEARTBEAT, PAYLOAD_KEY_MIN, STREAM_MAXLEN,
+    };
+}
 
-pub use composition::Composition;
-pub use config::{FunctionSpec, Limits, Mode, ModeOverride, Preopen, SeedConfig};
+/// The local transport's frame format, public for protocol tests and tools.
+pub mod wire {
+    pub use crate::transport::local::wire::*;
+}
+
+pub use call::route::HopReport;
+pub use composition::{validate_name, Composition};
+pub use config::{
+    FunctionSpec, Limits, Mode, ModeOverride, Preopen, SeedConfig, DEFAULT_NAMESPACE,
+};
+pub use deadline::Deadline;
+pub use engine::{inspect_module, Inspection};
 pub use error::{CallError, ErrorCode, RuntimeError};
 pub use inspect::ModuleInfo;
-pub use registry::{EndpointRecord, NodeDirectory};
-pub use runtime::{Decision, HopReport, Runtime, RuntimeBuilder};
+pub use node_dir::{node_name, node_name_from, EmbedInfo, EndpointRecord, NodeDirectory};
+pub use router::{Decision, HOST_CALLER};
+pub use runtime::{Runtime, RuntimeBuilder};
 pub use selector::Selection;
 pub use serve::{ServeHandle, ServeOptions, StopSignals};

@@ -1,15 +1,16 @@
-//! The mode policy of `docs/architecture.md`: where a callee lives and whom it
-//! trusts decide the data path. The guest never names a mode.
+//! The mode policy of `docs/architecture.md`: where a callee lives and whom
+//! it trusts decide the data path; the guest never names a mode. The policy
+//! is a pure function over plain values (what is loaded here, what the node
+//! directory and the cluster registry say, the forced mode), so every rule
+//! and every refusal is tested on its own, below.
 
 use std::fmt;
-use std::sync::Arc;
+use std::path::Path;
 
-use crate::broker::RemoteEndpoint;
 use crate::config::{Mode, ModeOverride};
 use crate::error::{CallError, ErrorCode};
-use crate::registry::EndpointRecord;
-use crate::runtime::FunctionEntry;
-use std::path::Path;
+use crate::node_dir::EndpointRecord;
+use crate::transport::remote::RemoteEndpoint;
 
 /// The mode chosen for a call, and why; shown by `--explain` and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,33 +27,48 @@ impl fmt::Display for Selection {
     }
 }
 
-/// Where a chosen callee can be reached.
-pub(crate) enum Endpoint {
-    /// Loaded in this process.
-    Embedded(Arc<FunctionEntry>),
-    /// Served by another process on this node.
-    Local(EndpointRecord),
-    /// Served on another node, reached through the broker.
-    Remote(RemoteEndpoint),
+/// A function of the target's name that this process can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loaded<'a> {
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// The node-directory record it was embedded from, when it is a function
+    /// another process of this node serves.
+    pub adopted_from: Option<&'a EndpointRecord>,
 }
 
-/// What the selector knows about where functions are.
-pub(crate) struct Candidates<'a> {
-    /// A function of that name loaded in this process, if any.
-    pub loaded: Option<&'a Arc<FunctionEntry>>,
-    /// The node-directory record `loaded` was embedded from, when it is a
-    /// function another process of this node serves.
-    pub adopted_from: Option<&'a EndpointRecord>,
+/// Everything the policy looks at for one call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placement<'a> {
+    /// The caller's namespace.
+    pub caller_namespace: &'a str,
+    /// The callee's name.
+    pub target: &'a str,
+    /// A function of that name this process can run, if any.
+    pub loaded: Option<Loaded<'a>>,
     /// Names of everything loaded, for the not-found message.
-    pub loaded_names: Vec<&'a str>,
+    pub loaded_names: &'a [&'a str],
     /// Live endpoints of that name on this node, the caller's namespace first.
-    pub local: Vec<EndpointRecord>,
+    pub local: &'a [EndpointRecord],
     /// The node directory searched, if any.
     pub node_dir: Option<&'a Path>,
     /// Live announcements on other nodes, the caller's namespace first.
-    pub remote: Vec<RemoteEndpoint>,
-    /// The broker asked, and this node's name, if there is a broker.
+    pub remote: &'a [RemoteEndpoint],
+    /// The broker asked (its URL without password) and this node's name.
     pub broker: Option<(&'a str, &'a str)>,
+    /// The forced mode, if any.
+    pub mode: ModeOverride,
+}
+
+/// Where the chosen callee is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Choice<'a> {
+    /// The function loaded here.
+    Embedded,
+    /// This endpoint on this node.
+    Local(&'a EndpointRecord),
+    /// This announcement on another node.
+    Remote(&'a RemoteEndpoint),
 }
 
 /// Applies the policy:
@@ -63,37 +79,23 @@ pub(crate) struct Candidates<'a> {
 /// 4. otherwise "function X not found (looked in: ...)".
 ///
 /// A forced mode is honoured only where it is possible.
-pub(crate) fn select(
-    caller_namespace: &str,
-    target: &str,
-    candidates: Candidates<'_>,
-    mode: ModeOverride,
-) -> Result<(Selection, Endpoint), CallError> {
-    let looked_in = || {
-        let mut places = vec![format!(
-            "this process [{}]",
-            candidates.loaded_names.join(", ")
-        )];
-        match candidates.node_dir {
-            Some(d) => places.push(format!("node directory {}", d.display())),
-            None => places.push("no node directory".to_string()),
-        }
-        match candidates.broker {
-            Some((url, node)) => {
-                places.push(format!("cluster registry at {url} (this node: {node})"))
-            }
-            None => places.push("no broker (CWASI_REDIS_URL unset)".to_string()),
-        }
-        format!("looked in: {}", places.join(", "))
+pub(crate) fn select<'a>(p: &Placement<'a>) -> Result<(Selection, Choice<'a>), CallError> {
+    let target = p.target;
+    let caller_ns = p.caller_namespace;
+    let wants = |m: Mode| p.mode == ModeOverride::Auto || p.mode == ModeOverride::Force(m);
+    let forced = |reason: String| match p.mode {
+        ModeOverride::Auto => reason,
+        ModeOverride::Force(_) => format!("forced; {reason}"),
     };
-    let embeddable = candidates
-        .loaded
-        .filter(|f| f.spec.namespace == caller_namespace);
-    let wants = |m: Mode| mode == ModeOverride::Auto || mode == ModeOverride::Force(m);
+    let chosen = |mode: Mode, reason: String| Selection {
+        mode,
+        reason: forced(reason),
+    };
 
+    let embeddable = p.loaded.filter(|f| f.namespace == caller_ns);
     if let (Some(f), true) = (embeddable, wants(Mode::Embedded)) {
-        let ns = &f.spec.namespace;
-        let mut reason = match candidates.adopted_from {
+        let ns = f.namespace;
+        let reason = match f.adopted_from {
             Some(r) => format!(
                 "'{target}' is served on this node (pid {}) in the caller's namespace '{ns}'; \
                  its module ({}) was loaded from the node directory and runs in this process",
@@ -101,31 +103,22 @@ pub(crate) fn select(
             ),
             None => format!("'{target}' is loaded in this process and shares namespace '{ns}'"),
         };
-        if mode != ModeOverride::Auto {
-            reason = format!("forced; {reason}");
-        }
-        return Ok((
-            Selection {
-                mode: Mode::Embedded,
-                reason,
-            },
-            Endpoint::Embedded(f.clone()),
-        ));
+        return Ok((chosen(Mode::Embedded, reason), Choice::Embedded));
     }
-    if mode == ModeOverride::Force(Mode::Embedded) {
-        let elsewhere = candidates
+    if p.mode == ModeOverride::Force(Mode::Embedded) {
+        let elsewhere = p
             .loaded
-            .map(|f| f.spec.namespace.as_str())
-            .or_else(|| candidates.local.first().map(|r| r.namespace.as_str()))
-            .filter(|ns| *ns != caller_namespace);
+            .map(|f| f.namespace)
+            .or_else(|| p.local.first().map(|r| r.namespace.as_str()))
+            .filter(|ns| *ns != caller_ns);
         let why = match elsewhere {
             Some(ns) => format!(
-                "'{target}' is in namespace '{ns}' and the caller in '{caller_namespace}'; \
+                "'{target}' is in namespace '{ns}' and the caller in '{caller_ns}'; \
                  functions of different namespaces never share a VM"
             ),
             None => format!(
                 "the module of '{target}' is not loaded here ({})",
-                looked_in()
+                looked_in(p)
             ),
         };
         return Err(CallError::new(
@@ -133,68 +126,271 @@ pub(crate) fn select(
             format!("mode 'embedded' is impossible: {why}"),
         ));
     }
-    if let (Some(r), true) = (candidates.local.first(), wants(Mode::Local)) {
+    if let (Some(r), true) = (p.local.first(), wants(Mode::Local)) {
         let mut reason = format!(
             "'{target}' is served on this node (namespace '{}', pid {}, {})",
             r.namespace,
             r.pid,
             r.socket.display()
         );
-        if mode != ModeOverride::Auto {
-            reason = format!("forced; {reason}");
-        } else if let Some(f) = candidates.loaded {
-            reason.push_str(&format!(
-                "; not embedded: it is in namespace '{}', the caller in '{caller_namespace}'",
-                f.spec.namespace
-            ));
-        } else {
-            reason.push_str("; its module is not loaded in this process");
+        if p.mode == ModeOverride::Auto {
+            match p.loaded {
+                Some(f) => reason.push_str(&format!(
+                    "; not embedded: it is in namespace '{}', the caller in '{caller_ns}'",
+                    f.namespace
+                )),
+                None => reason.push_str("; its module is not loaded in this process"),
+            }
         }
-        return Ok((
-            Selection {
-                mode: Mode::Local,
-                reason,
-            },
-            Endpoint::Local(r.clone()),
-        ));
+        return Ok((chosen(Mode::Local, reason), Choice::Local(r)));
     }
-    if let (Some(r), true) = (candidates.remote.first(), wants(Mode::Remote)) {
+    if let (Some(r), true) = (p.remote.first(), wants(Mode::Remote)) {
         let mut reason = format!(
             "'{target}' is served on node '{}' (namespace '{}'), through the broker",
             r.node, r.namespace
         );
-        if mode != ModeOverride::Auto {
-            reason = format!("forced; {reason}");
-        } else {
+        if p.mode == ModeOverride::Auto {
             reason.push_str("; it is neither loaded in this process nor served on this node");
         }
-        return Ok((
-            Selection {
-                mode: Mode::Remote,
-                reason,
-            },
-            Endpoint::Remote(r.clone()),
-        ));
+        return Ok((chosen(Mode::Remote, reason), Choice::Remote(r)));
     }
-    if let ModeOverride::Force(m) = mode {
+    if let ModeOverride::Force(m) = p.mode {
         return Err(CallError::new(
             ErrorCode::Denied,
             format!(
                 "mode '{m}' is impossible: no {m} endpoint serves '{target}' ({})",
-                looked_in()
+                looked_in(p)
             ),
         ));
     }
-    let detail = match candidates.loaded {
+    let detail = match p.loaded {
         Some(f) => format!(
-            ": it is loaded here in namespace '{}', but the caller is in '{caller_namespace}', \
+            ": it is loaded here in namespace '{}', but the caller is in '{caller_ns}', \
              so it cannot be embedded, and no process on this node serves it",
-            f.spec.namespace
+            f.namespace
         ),
         None => String::new(),
     };
     Err(CallError::new(
         ErrorCode::UnknownFunction,
-        format!("function '{target}' not found{detail} ({})", looked_in()),
+        format!("function '{target}' not found{detail} ({})", looked_in(p)),
     ))
+}
+
+/// "looked in: ...": every place the selector searched.
+fn looked_in(p: &Placement<'_>) -> String {
+    let mut places = vec![format!("this process [{}]", p.loaded_names.join(", "))];
+    match p.node_dir {
+        Some(d) => places.push(format!("node directory {}", d.display())),
+        None => places.push("no node directory".to_string()),
+    }
+    match p.broker {
+        Some((url, node)) => places.push(format!("cluster registry at {url} (this node: {node})")),
+        None => places.push("no broker (CWASI_REDIS_URL unset)".to_string()),
+    }
+    format!("looked in: {}", places.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node_dir::RECORD_VERSION;
+
+    fn record(ns: &str) -> EndpointRecord {
+        EndpointRecord {
+            version: RECORD_VERSION,
+            name: "b".into(),
+            namespace: ns.into(),
+            node: "n1".into(),
+            module: "/b.wasm".into(),
+            digest: "sha256:ab".into(),
+            socket: format!("/run/cwasi/b@{ns}.sock").into(),
+            pid: 42,
+            embed: None,
+        }
+    }
+
+    fn remote(ns: &str) -> RemoteEndpoint {
+        RemoteEndpoint {
+            namespace: ns.into(),
+            node: "n2".into(),
+        }
+    }
+
+    /// A placement with nothing anywhere, for the caller in namespace "a".
+    fn nowhere() -> Placement<'static> {
+        Placement {
+            caller_namespace: "a",
+            target: "b",
+            loaded: None,
+            loaded_names: &["x"],
+            local: &[],
+            node_dir: Some(Path::new("/run/cwasi")),
+            remote: &[],
+            broker: Some(("redis://h:1", "n1")),
+            mode: ModeOverride::Auto,
+        }
+    }
+
+    fn loaded(ns: &str) -> Option<Loaded<'_>> {
+        Some(Loaded {
+            namespace: ns,
+            adopted_from: None,
+        })
+    }
+
+    const FORCE_EMBEDDED: ModeOverride = ModeOverride::Force(Mode::Embedded);
+    const FORCE_LOCAL: ModeOverride = ModeOverride::Force(Mode::Local);
+    const FORCE_REMOTE: ModeOverride = ModeOverride::Force(Mode::Remote);
+
+    /// The mode chosen, or the error code, and a word the reason must hold.
+    fn outcome(p: &Placement<'_>) -> (Result<Mode, ErrorCode>, String) {
+        match select(p) {
+            Ok((s, choice)) => {
+                let expected = match choice {
+                    Choice::Embedded => Mode::Embedded,
+                    Choice::Local(_) => Mode::Local,
+                    Choice::Remote(_) => Mode::Remote,
+                };
+                assert_eq!(s.mode, expected, "the choice matches the selection");
+                (Ok(s.mode), s.reason)
+            }
+            Err(e) => (Err(e.code), e.message),
+        }
+    }
+
+    #[test]
+    fn every_rule_and_refusal() {
+        let local_a = [record("a")];
+        let local_c = [record("c")];
+        let remote_a = [remote("a")];
+        let adopted = record("a");
+        type Case<'a> = (&'a str, Placement<'a>, Result<Mode, ErrorCode>, &'a str);
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "1: loaded in the caller's namespace -> embedded",
+                Placement { loaded: loaded("a"), local: &local_a, remote: &remote_a, ..nowhere() },
+                Ok(Mode::Embedded),
+                "shares namespace 'a'",
+            ),
+            (
+                "1: served here in the caller's namespace, module adopted -> embedded",
+                Placement {
+                    loaded: Some(Loaded { namespace: "a", adopted_from: Some(&adopted) }),
+                    local: &local_a,
+                    ..nowhere()
+                },
+                Ok(Mode::Embedded),
+                "loaded from the node directory",
+            ),
+            (
+                "2: loaded in another namespace, served here -> local",
+                Placement { loaded: loaded("c"), local: &local_c, ..nowhere() },
+                Ok(Mode::Local),
+                "not embedded: it is in namespace 'c'",
+            ),
+            (
+                "2: not loaded, served here -> local",
+                Placement { local: &local_a, remote: &remote_a, ..nowhere() },
+                Ok(Mode::Local),
+                "its module is not loaded in this process",
+            ),
+            (
+                "3: only on another node -> remote",
+                Placement { remote: &remote_a, ..nowhere() },
+                Ok(Mode::Remote),
+                "served on node 'n2'",
+            ),
+            (
+                "4: nowhere -> unknown function, with where it looked",
+                nowhere(),
+                Err(ErrorCode::UnknownFunction),
+                "looked in: this process [x], node directory /run/cwasi, cluster registry at redis://h:1",
+            ),
+            (
+                "4: loaded in another namespace and served nowhere -> unknown, says why",
+                Placement { loaded: loaded("c"), ..nowhere() },
+                Err(ErrorCode::UnknownFunction),
+                "cannot be embedded",
+            ),
+            (
+                "4: no node directory, no broker -> says so",
+                Placement { node_dir: None, broker: None, ..nowhere() },
+                Err(ErrorCode::UnknownFunction),
+                "no node directory, no broker",
+            ),
+            (
+                "forced embedded, loaded here -> embedded, marked forced",
+                Placement { loaded: loaded("a"), mode: FORCE_EMBEDDED, ..nowhere() },
+                Ok(Mode::Embedded),
+                "forced; ",
+            ),
+            (
+                "forced embedded across namespaces -> denied",
+                Placement { loaded: loaded("c"), local: &local_c, mode: FORCE_EMBEDDED, ..nowhere() },
+                Err(ErrorCode::Denied),
+                "never share a VM",
+            ),
+            (
+                "forced embedded, served here in another namespace only -> denied",
+                Placement { local: &local_c, mode: FORCE_EMBEDDED, ..nowhere() },
+                Err(ErrorCode::Denied),
+                "namespace 'c'",
+            ),
+            (
+                "forced embedded, not loaded -> denied",
+                Placement { remote: &remote_a, mode: FORCE_EMBEDDED, ..nowhere() },
+                Err(ErrorCode::Denied),
+                "is not loaded here",
+            ),
+            (
+                "forced local, though embeddable -> local",
+                Placement { loaded: loaded("a"), local: &local_a, mode: FORCE_LOCAL, ..nowhere() },
+                Ok(Mode::Local),
+                "forced; ",
+            ),
+            (
+                "forced local, not served here -> denied",
+                Placement { loaded: loaded("a"), remote: &remote_a, mode: FORCE_LOCAL, ..nowhere() },
+                Err(ErrorCode::Denied),
+                "no local endpoint",
+            ),
+            (
+                "forced remote, though served here -> remote",
+                Placement { local: &local_a, remote: &remote_a, mode: FORCE_REMOTE, ..nowhere() },
+                Ok(Mode::Remote),
+                "forced; ",
+            ),
+            (
+                "forced remote, on no other node -> denied",
+                Placement { loaded: loaded("a"), local: &local_a, mode: FORCE_REMOTE, ..nowhere() },
+                Err(ErrorCode::Denied),
+                "no remote endpoint",
+            ),
+        ];
+        for (name, placement, mode, needle) in cases {
+            let (got, reason) = outcome(&placement);
+            assert_eq!(got, mode, "{name}: {reason}");
+            assert!(
+                reason.contains(needle),
+                "{name}: '{needle}' not in: {reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_candidate_is_taken() {
+        let local = [record("a"), record("c")];
+        let remote = [remote("a"), remote("c")];
+        let p = Placement {
+            local: &local,
+            ..nowhere()
+        };
+        assert_eq!(select(&p).unwrap().1, Choice::Local(&local[0]));
+        let p = Placement {
+            remote: &remote,
+            ..nowhere()
+        };
+        assert_eq!(select(&p).unwrap().1, Choice::Remote(&remote[0]));
+    }
 }

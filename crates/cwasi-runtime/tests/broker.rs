@@ -5,10 +5,13 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cwasi_runtime::broker::{Broker, BrokerConfig, Handler, StreamServer, PAYLOAD_KEY_MIN};
+use cwasi_runtime::broker::{
+    Broker, BrokerConfig, Handler, RequestMeta, StreamServer, PAYLOAD_KEY_MIN,
+};
+use cwasi_runtime::Deadline;
 use cwasi_runtime::{CallError, ErrorCode};
 use test_support::tls::TestCertificates;
 use test_support::RedisServer;
@@ -22,9 +25,19 @@ fn echo_server(url: &str, runs: Arc<AtomicU64>) -> StreamServer {
 
 /// The same, reaching the broker as `config` says.
 fn echo_server_with(config: BrokerConfig, runs: Arc<AtomicU64>) -> StreamServer {
+    echo_server_seeing(config, runs, Arc::default())
+}
+
+/// The same, keeping what the handler is told of each request in `seen`.
+fn echo_server_seeing(
+    config: BrokerConfig,
+    runs: Arc<AtomicU64>,
+    seen: Arc<Mutex<Vec<RequestMeta>>>,
+) -> StreamServer {
     let broker = Broker::new(config).unwrap();
-    let handler: Handler = Arc::new(move |req: &[u8]| {
+    let handler: Handler = Arc::new(move |req: &[u8], meta: RequestMeta| {
         runs.fetch_add(1, Ordering::SeqCst);
+        seen.lock().unwrap().push(meta);
         Ok(req.to_vec())
     });
     StreamServer::start(
@@ -137,7 +150,14 @@ fn large_payloads_travel_in_keys_of_their_own() {
 fn round_trip(config: BrokerConfig) -> Result<Vec<u8>, CallError> {
     let broker =
         Broker::new(config).map_err(|e| CallError::new(ErrorCode::Transport, e.to_string()))?;
-    broker.call("ns", "echo", b"ping", Duration::from_secs(10), 1 << 20)
+    broker.call(
+        "ns",
+        "echo",
+        b"ping",
+        Deadline::after(Duration::from_secs(10)),
+        1,
+        1 << 20,
+    )
 }
 
 /// Calls until a round trip with the settings `config` makes succeeds
@@ -248,4 +268,38 @@ fn tls_brokers_need_the_ca_and_a_client_certificate() {
     let e = Broker::new(half).unwrap_err().to_string();
     assert!(e.contains("CWASI_REDIS_CLIENT_KEY is not set"), "{e}");
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn deadline_and_depth_travel_with_the_request() {
+    let redis = RedisServer::start();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let _server = echo_server_seeing(
+        BrokerConfig::new(redis.url(), "node2"),
+        Arc::new(AtomicU64::new(0)),
+        seen.clone(),
+    );
+    let caller = Broker::new(BrokerConfig::new(redis.url(), "node1")).unwrap();
+    let deadline = Deadline::after(Duration::from_secs(20));
+    let got = caller.call("ns", "echo", b"deep", deadline, 3, 1 << 20);
+    assert_eq!(got.unwrap(), b"deep");
+    let meta = seen.lock().unwrap().pop().expect("the handler ran");
+    assert_eq!(meta.depth, 3);
+    // The deadline crossed as wall-clock milliseconds.
+    let drift = meta.deadline.remaining().abs_diff(deadline.remaining());
+    assert!(drift < Duration::from_millis(100), "{drift:?}");
+
+    // An entry without `depth`, as an older caller writes it: depth 1.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert_eq!(
+        request(&mut conn, "t-old", "payload", b"old"),
+        (0, b"old".to_vec())
+    );
+    assert_eq!(
+        seen.lock().unwrap().pop().expect("the handler ran").depth,
+        1
+    );
 }

@@ -2,9 +2,10 @@
 //! its Unix socket, called by another runtime of a different namespace.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use cwasi_runtime::{
-    ErrorCode, FunctionSpec, Mode, ModeOverride, NodeDirectory, Runtime, ServeOptions,
+    ErrorCode, FunctionSpec, Limits, Mode, ModeOverride, NodeDirectory, Runtime, ServeOptions,
 };
 use test_programs_artifacts as progs;
 
@@ -250,4 +251,62 @@ fn a_served_function_with_preopened_directories_is_not_embedded_elsewhere() {
         .build()
         .unwrap();
     assert_eq!(caller.explain("b", "echo").unwrap().mode, Mode::Local);
+}
+
+/// A calls B with a 1 s timeout; B (served in another process, whose own
+/// call timeout is 30 s) calls C, which loops forever. The deadline travels
+/// with the request: A gets `TIMEOUT` after about 1 s, and C is stopped at
+/// A's deadline too, not after its server's own 30 s.
+#[test]
+fn a_nested_call_gets_what_is_left_of_its_callers_deadline() {
+    let tmp = TempDir::new("deadline");
+    let dir = NodeDirectory::open(tmp.path()).unwrap();
+    let mut b = FunctionSpec::new("b", "servers", PathBuf::from(progs::TRANSFORM));
+    b.env.push(("CWASI_NEXT".into(), "c".into()));
+    let served = Runtime::builder()
+        .node_directory(dir.clone())
+        .function(b)
+        .function(FunctionSpec::new(
+            "c",
+            "servers",
+            PathBuf::from(progs::INFINITE_LOOP),
+        ))
+        .build()
+        .unwrap();
+    assert_eq!(served.limits().call_timeout, Duration::from_secs(30));
+    let _handle = served.serve("b", &dir, ServeOptions::default()).unwrap();
+
+    let caller = Runtime::builder()
+        .node_directory(dir.clone())
+        .limits(Limits {
+            call_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        })
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let e = caller.call("a", "b", b"x").unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    assert_eq!(caller.hops()[0].mode, Mode::Local);
+    // Without the deadline on the wire, A would wait its call timeout plus
+    // the grace for the server's own answer (3 s).
+    assert!(took < Duration::from_millis(2500), "A waited {took:?}");
+
+    // In B's process, the call B -> C ended at A's deadline as well.
+    let until = Instant::now() + Duration::from_secs(10);
+    let hop = loop {
+        let hop = served.hops().into_iter().find(|h| h.target == "c");
+        match hop {
+            Some(h) if h.calls == 1 => break h,
+            _ if Instant::now() > until => panic!("B's call to C did not end within 10 s"),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert_eq!(hop.failures, 1);
+    assert!(
+        hop.max < Duration::from_millis(1500),
+        "C ran for {:?}",
+        hop.max
+    );
 }

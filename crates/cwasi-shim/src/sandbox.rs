@@ -143,9 +143,7 @@ impl Job {
         spec.preopens = container_preopens(&settings.node_dir);
         let mut builder = Runtime::builder()
             .mode(settings.mode)
-            .node(cwasi_runtime::registry::node_name_from(&|k| {
-                settings.var(k)
-            }))
+            .node(cwasi_runtime::node_name_from(&|k| settings.var(k)))
             .function(spec);
         if let Some(d) = &node_dir {
             builder = builder.node_directory(d.clone());

@@ -113,7 +113,7 @@ impl ContainerSettings {
             .unwrap_or_else(|| "main".to_string());
         let namespace = var(ENV_NAMESPACE)
             .or_else(|| containerd_namespace.map(str::to_string))
-            .unwrap_or_else(|| cwasi_runtime::config::DEFAULT_NAMESPACE.to_string());
+            .unwrap_or_else(|| cwasi_runtime::DEFAULT_NAMESPACE.to_string());
         let node_dir = var(ENV_RUNTIME_DIR);
         Ok(ContainerSettings {
             function,

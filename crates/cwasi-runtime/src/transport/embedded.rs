@@ -1,54 +1,69 @@
 //! Embedded mode: the callee runs in this process, on the same engine, in its
-//! own store. The payload moves from the caller's linear memory straight into
-//! the callee's, and the response straight back: one copy each way.
+//! own store, through the callee-side path of `guest::invoke`. The payload
+//! moves from the caller's memory straight into the callee's, and the
+//! response straight back: one copy each way. There is no server: the client
+//! is the whole path.
 
 use std::sync::mpsc;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
 
+use super::{PendingCall, Transport};
+use crate::call::{CallMeta, CallerIo};
+use crate::deadline::ANSWER_GRACE;
 use crate::error::{CallError, ErrorCode};
-use crate::instance::WarmInstance;
-use crate::runtime::FunctionEntry;
-use crate::transport::{CallContext, CallerIo, PendingCall, Transport};
+use crate::guest::function::Function;
+use crate::guest::instance::ResponseRange;
+use crate::guest::invoke::{invoke, CallerExchange, Invocation};
 
-/// Extra time a waiter gives a worker past the call timeout, for the epoch
-/// interrupt to land and the worker to hand back its instance.
-const WAIT_GRACE: Duration = Duration::from_secs(2);
-
-/// Calls a function loaded in this process.
-pub(crate) struct EmbeddedTransport {
-    pub function: Arc<FunctionEntry>,
+/// Calls a function loaded in this process. It holds the function weakly:
+/// routes live in instances of other functions, and a strong link would let
+/// two functions that call each other keep each other alive.
+pub(crate) struct EmbeddedClient {
+    function: Weak<Function>,
+    name: String,
 }
 
-impl Transport for EmbeddedTransport {
-    fn call(&self, ctx: &CallContext<'_>, io: &mut dyn CallerIo) -> Result<(), CallError> {
-        let f = &self.function;
-        let mut inst = f
-            .pool
-            .acquire(ctx.runtime, f, ctx.depth, &ctx.runtime.limits)?;
-        let result = place_request(&mut inst, io)
-            .and_then(|(ptr, len)| inst.handle(ptr, len))
-            .and_then(|resp| deliver(&mut inst, resp, io, ctx.runtime.limits.max_payload_bytes));
-        finish(f, inst, &result, ctx);
-        result
+impl EmbeddedClient {
+    /// A client of `function`.
+    pub fn new(function: &Arc<Function>) -> EmbeddedClient {
+        EmbeddedClient {
+            function: Arc::downgrade(function),
+            name: function.spec.name.clone(),
+        }
+    }
+
+    fn function(&self) -> Result<Arc<Function>, CallError> {
+        self.function.upgrade().ok_or_else(|| {
+            CallError::new(
+                ErrorCode::Transport,
+                format!(
+                    "'{}' is no longer loaded (its runtime shut down)",
+                    self.name
+                ),
+            )
+        })
+    }
+}
+
+impl Transport for EmbeddedClient {
+    fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError> {
+        invoke(&self.function()?, *call, &mut CallerExchange(io))
     }
 
     fn start(
         &self,
-        ctx: &CallContext<'_>,
         io: &mut dyn CallerIo,
+        call: &CallMeta,
     ) -> Result<Box<dyn PendingCall>, CallError> {
-        let f = &self.function;
-        let mut inst = f
-            .pool
-            .acquire(ctx.runtime, f, ctx.depth, &ctx.runtime.limits)?;
-        let (ptr, len) = place_request(&mut inst, io)?;
+        // The request is copied in on the caller's thread, so the caller may
+        // reuse its buffer at once; the handler runs on a worker.
+        let mut invocation = Invocation::begin(&self.function()?, *call, &mut CallerExchange(io))?;
         let (tx, rx) = mpsc::sync_channel(1);
         std::thread::Builder::new()
-            .name(format!("cwasi-call-{}", f.spec.name))
+            .name(format!("cwasi-call-{}", self.name))
             .spawn(move || {
-                let result = inst.handle(ptr, len);
-                let _ = tx.send((inst, result));
+                let result = invocation.run();
+                let _ = tx.send((invocation, result));
             })
             .map_err(|e| {
                 CallError::new(
@@ -57,94 +72,34 @@ impl Transport for EmbeddedTransport {
                 )
             })?;
         Ok(Box::new(EmbeddedPending {
-            function: f.clone(),
-            runtime: ctx.runtime.clone(),
+            name: self.name.clone(),
+            call: *call,
             rx,
         }))
     }
 }
 
-type WorkerResult = (
-    WarmInstance,
-    Result<crate::instance::ResponseRange, CallError>,
-);
+type WorkerResult = (Invocation, Result<ResponseRange, CallError>);
 
 struct EmbeddedPending {
-    function: Arc<FunctionEntry>,
-    runtime: Arc<crate::runtime::RuntimeInner>,
+    name: String,
+    call: CallMeta,
     rx: mpsc::Receiver<WorkerResult>,
 }
 
 impl PendingCall for EmbeddedPending {
     fn wait(self: Box<Self>, io: &mut dyn CallerIo) -> Result<(), CallError> {
-        let limits = &self.runtime.limits;
-        let (mut inst, result) = self
+        let (mut invocation, result) = self
             .rx
-            .recv_timeout(limits.call_timeout + WAIT_GRACE)
+            .recv_timeout(self.call.deadline.remaining() + ANSWER_GRACE)
             .map_err(|_| {
                 CallError::new(
                     ErrorCode::Timeout,
-                    format!(
-                        "callee '{}' did not answer within {:?}",
-                        self.function.spec.name, limits.call_timeout
-                    ),
+                    format!("callee '{}' did not answer within its deadline", self.name),
                 )
             })?;
-        let result = result.and_then(|resp| deliver(&mut inst, resp, io, limits.max_payload_bytes));
-        let ctx = CallContext {
-            runtime: &self.runtime,
-            depth: 0,
-        };
-        finish(&self.function, inst, &result, &ctx);
+        let result = result.and_then(|range| invocation.deliver(range, &mut CallerExchange(io)));
+        invocation.finish(result.as_ref().map(|_| ()));
         result
-    }
-}
-
-/// Copies the request from the caller into memory the callee allocated.
-fn place_request(
-    inst: &mut WarmInstance,
-    io: &mut dyn CallerIo,
-) -> Result<(usize, usize), CallError> {
-    let len = io.request().len();
-    let ptr = inst.alloc_request(len)?;
-    if len > 0 {
-        inst.memory_mut()[ptr..ptr + len].copy_from_slice(io.request());
-    }
-    Ok((ptr, len))
-}
-
-/// Copies the response from the callee's memory into the caller's.
-fn deliver(
-    inst: &mut WarmInstance,
-    resp: crate::instance::ResponseRange,
-    io: &mut dyn CallerIo,
-    max_payload: usize,
-) -> Result<(), CallError> {
-    if resp.len > max_payload {
-        return Err(CallError::too_large("response", resp.len, max_payload));
-    }
-    let dst = io.response_buffer(resp.len)?;
-    let n = dst.len().min(resp.len);
-    dst[..n].copy_from_slice(&inst.memory_mut()[resp.ptr..resp.ptr + n]);
-    Ok(())
-}
-
-/// Pools the instance again if the call left it in a known state.
-pub(crate) fn finish(
-    f: &FunctionEntry,
-    mut inst: WarmInstance,
-    result: &Result<(), CallError>,
-    ctx: &CallContext<'_>,
-) {
-    inst.store.data_mut().pending.clear();
-    let healthy = match result {
-        Ok(()) => true,
-        Err(e) => matches!(
-            e.code,
-            ErrorCode::CalleeError | ErrorCode::TooLarge | ErrorCode::AllocFailed
-        ),
-    };
-    if healthy {
-        f.pool.release(inst, ctx.runtime);
     }
 }

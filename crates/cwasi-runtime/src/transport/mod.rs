@@ -1,47 +1,27 @@
-//! The data paths between functions. One trait, one implementation per mode;
-//! the selector picks which one a call takes.
+//! The data paths between functions, each a client/server pair in a folder
+//! of its own: [`embedded`] (the callee runs in this process, so the client
+//! is the whole path), [`local`] (Unix socket and shared memory) and
+//! [`remote`] (the broker). A route holds one client; servers answer with
+//! the one callee-side path of `guest::invoke`.
 
 pub(crate) mod embedded;
 pub(crate) mod local;
-pub(crate) mod remote;
-pub(crate) mod shm;
-pub mod wire;
+pub mod remote;
 
-use std::sync::Arc;
-
+use crate::call::{CallMeta, CallerIo};
 use crate::error::CallError;
-use crate::runtime::RuntimeInner;
 
-/// The caller's side of a call: where the request is and where the response
-/// goes. For a guest caller both are its linear memory, so a transport can
-/// copy straight from one guest memory to another without a buffer between.
-pub(crate) trait CallerIo {
-    /// The request bytes.
-    fn request(&self) -> &[u8];
-    /// Makes room for a response of `len` bytes in the caller and returns it.
-    /// The buffer may be shorter than `len` (the prototype's `func_connect`
-    /// truncates); the transport fills it with the response's first bytes.
-    fn response_buffer(&mut self, len: usize) -> Result<&mut [u8], CallError>;
-}
-
-/// What a transport needs to know about the call being made.
-pub(crate) struct CallContext<'a> {
-    /// The runtime the caller lives in.
-    pub runtime: &'a Arc<RuntimeInner>,
-    /// The callee's nesting depth.
-    pub depth: u32,
-}
-
-/// A way to reach one callee.
+/// The client side of one data path to one callee.
 pub(crate) trait Transport: Send + Sync {
-    /// Makes a blocking call.
-    fn call(&self, ctx: &CallContext<'_>, io: &mut dyn CallerIo) -> Result<(), CallError>;
+    /// Makes a blocking call; `call` is what the callee gets (its depth and
+    /// deadline).
+    fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError>;
     /// Starts a call that runs concurrently with the caller. The request is
     /// taken before this returns.
     fn start(
         &self,
-        ctx: &CallContext<'_>,
         io: &mut dyn CallerIo,
+        call: &CallMeta,
     ) -> Result<Box<dyn PendingCall>, CallError>;
 }
 
@@ -49,22 +29,4 @@ pub(crate) trait Transport: Send + Sync {
 pub(crate) trait PendingCall: Send {
     /// Waits for the call and delivers its response into `io`.
     fn wait(self: Box<Self>, io: &mut dyn CallerIo) -> Result<(), CallError>;
-}
-
-/// A host-side caller: the request is a byte slice and the response a `Vec`.
-pub(crate) struct VecIo<'a> {
-    pub request: &'a [u8],
-    pub response: Vec<u8>,
-}
-
-impl CallerIo for VecIo<'_> {
-    fn request(&self) -> &[u8] {
-        self.request
-    }
-
-    fn response_buffer(&mut self, len: usize) -> Result<&mut [u8], CallError> {
-        self.response.clear();
-        self.response.resize(len, 0);
-        Ok(&mut self.response)
-    }
 }

@@ -1,19 +1,21 @@
 //! The frame format of the local transport (`docs/protocol.md`).
 //!
-//! Every frame starts with a fixed 32-byte little-endian header, followed by
+//! Every frame starts with a fixed 40-byte little-endian header, followed by
 //! the target name and, unless the payload is in shared memory, the payload:
 //!
 //! ```text
 //!  0  magic        4 bytes  "CWSI"
-//!  4  version      u8       1
+//!  4  version      u8       2
 //!  5  kind         u8       1 request, 2 response, 3 error, 4 attach-shm
 //!  6  flags        u16      bit 0: the payload is in the shared region
 //!                           bit 1: chunked (progress counts follow)
 //!  8  request id   u64
 //! 16  target len   u16      0..=255 (requests only)
-//! 18  reserved     u16      0
+//! 18  depth        u16      requests: the callee's call depth (0 is read as 1)
 //! 20  status       i32      0, or an ABI error code (error frames)
 //! 24  payload len  u64
+//! 32  budget       u64      requests: microseconds left of the caller's
+//!                           deadline (0: the caller set none)
 //! ```
 
 use std::io::{self, Read, Write};
@@ -21,11 +23,11 @@ use std::io::{self, Read, Write};
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"CWSI";
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Size of the fixed header.
-pub const HEADER_LEN: usize = 32;
-/// Longest target name.
-pub const MAX_TARGET_LEN: usize = 255;
+pub const HEADER_LEN: usize = 40;
+/// Longest target name: the ABI's name limit.
+pub const MAX_TARGET_LEN: usize = cwasi_abi::MAX_NAME_LEN;
 /// Flag: the payload lies at offset 0 of the connection's shared region.
 pub const FLAG_SHM: u16 = 1;
 /// Flag (with `FLAG_SHM`): the payload is written into the region while the
@@ -74,6 +76,11 @@ pub struct Header {
     pub status: i32,
     /// Bytes of payload (inline or in the shared region).
     pub payload_len: u64,
+    /// A request's call depth, as the callee will run it.
+    pub depth: u16,
+    /// Microseconds left of the caller's deadline when a request was sent
+    /// (0: none); relative, so that the two processes need no common clock.
+    pub budget_us: u64,
 }
 
 /// Why a frame was refused.
@@ -119,6 +126,8 @@ impl Header {
             target_len: 0,
             status: 0,
             payload_len: 0,
+            depth: 0,
+            budget_us: 0,
         }
     }
 
@@ -131,8 +140,10 @@ impl Header {
         b[6..8].copy_from_slice(&self.flags.to_le_bytes());
         b[8..16].copy_from_slice(&self.id.to_le_bytes());
         b[16..18].copy_from_slice(&self.target_len.to_le_bytes());
+        b[18..20].copy_from_slice(&self.depth.to_le_bytes());
         b[20..24].copy_from_slice(&self.status.to_le_bytes());
         b[24..32].copy_from_slice(&self.payload_len.to_le_bytes());
+        b[32..40].copy_from_slice(&self.budget_us.to_le_bytes());
         b
     }
 
@@ -156,8 +167,12 @@ impl Header {
                 "a chunked payload must be in the shared region",
             ));
         }
-        if u16_at(18) != 0 {
-            return Err(WireError::Malformed("reserved bytes are not zero"));
+        let depth = u16_at(18);
+        let budget_us = u64::from_le_bytes(b[32..40].try_into().expect("8 bytes"));
+        if kind != Kind::Request && (depth != 0 || budget_us != 0) {
+            return Err(WireError::Malformed(
+                "depth and budget are for requests only",
+            ));
         }
         let target_len = u16_at(16);
         if target_len as usize > MAX_TARGET_LEN {
@@ -182,6 +197,8 @@ impl Header {
             target_len,
             status: i32::from_le_bytes(b[20..24].try_into().expect("4 bytes")),
             payload_len,
+            depth,
+            budget_us,
         })
     }
 
@@ -269,6 +286,8 @@ mod tests {
         h.flags = FLAG_SHM;
         h.target_len = 5;
         h.payload_len = 1 << 30;
+        h.depth = 3;
+        h.budget_us = 1_500_000;
         let b = h.encode();
         assert_eq!(Header::decode(&b, 1 << 31).unwrap(), h);
     }
@@ -305,6 +324,12 @@ mod tests {
         assert!(matches!(
             Header::decode(&b, 10),
             Err(WireError::TooLong { .. })
+        ));
+        let mut b = Header::new(Kind::Response, 1).encode();
+        b[18] = 1;
+        assert!(matches!(
+            Header::decode(&b, 10),
+            Err(WireError::Malformed(_))
         ));
         let mut b = good;
         b[6] = 0x80;

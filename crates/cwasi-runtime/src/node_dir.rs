@@ -170,13 +170,11 @@ impl NodeDirectory {
         validate_name(&record.namespace).map_err(RuntimeError::Config)?;
         let path = self.record_path(&record.name, &record.namespace);
         if let Some(live) = self.read_live(&path) {
-            return Err(RuntimeError::Config(format!(
-                "function '{}' of namespace '{}' is already served on this node (pid {}, {})",
-                live.name,
-                live.namespace,
-                live.pid,
-                live.socket.display()
-            )));
+            return Err(RuntimeError::AlreadyServed {
+                name: live.name,
+                namespace: live.namespace,
+                pid: live.pid,
+            });
         }
         let tmp = self.root.join(format!(
             ".{}.{}.tmp",
@@ -192,8 +190,10 @@ impl NodeDirectory {
             .map_err(|e| io_err(&tmp, e))?;
         flock(&file, FlockOperation::NonBlockingLockExclusive)
             .map_err(|e| io_err(&tmp, e.into()))?;
-        let json = serde_json::to_vec_pretty(record)
-            .map_err(|e| RuntimeError::Config(format!("cannot encode the record: {e}")))?;
+        let json = serde_json::to_vec_pretty(record).map_err(|source| RuntimeError::Encode {
+            what: "the endpoint record",
+            source,
+        })?;
         file.write_all(&json).map_err(|e| io_err(&tmp, e))?;
         file.sync_data().map_err(|e| io_err(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;

@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use crate::transport::wire::{self, Header, FLAG_CHUNKED, FLAG_SHM};
+use super::wire::{self, Header, FLAG_CHUNKED, FLAG_SHM};
 use rustix::fs::{
     fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create, MemfdFlags, SealFlags,
 };

@@ -11,38 +11,56 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::shm::{recv_payload, send_frame, send_with_fd, SharedRegion};
+use super::wire::{self, Header, Kind, WireError};
+use crate::call::{CallMeta, CallerIo};
+use crate::deadline::{ANSWER_GRACE, LOCAL_IO_TIMEOUT};
 use crate::error::{CallError, ErrorCode};
-use crate::transport::shm::{recv_payload, send_frame, send_with_fd, SharedRegion};
-use crate::transport::wire::{self, Header, Kind, WireError};
-use crate::transport::{CallContext, CallerIo, PendingCall, Transport};
+use crate::transport::{PendingCall, Transport};
 
-/// Time allowed for connecting, past which the endpoint counts as down.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Extra time a caller waits past the call timeout, so that the server's own
-/// timeout error arrives before the caller gives up.
-const WAIT_GRACE: Duration = Duration::from_secs(2);
+/// How far a connection's read timeout may be off the wanted one before it
+/// is set again (one syscall); the timeout is only a bound past the
+/// server's own interrupt at the deadline.
+const READ_TIMEOUT_SLACK: Duration = Duration::from_millis(100);
 
 /// One open connection with its shared region.
-pub(crate) struct Connection {
+struct Connection {
     stream: UnixStream,
     shm: SharedRegion,
+    read_timeout: Option<Duration>,
 }
 
 impl Connection {
     /// Connects and passes the shared region (the first frame).
-    pub fn open(socket: &std::path::Path) -> io::Result<Connection> {
+    fn open(socket: &std::path::Path) -> io::Result<Connection> {
         let stream = UnixStream::connect(socket)?;
-        stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+        stream.set_write_timeout(Some(LOCAL_IO_TIMEOUT))?;
         let shm = SharedRegion::create()?;
         let head = Header::new(Kind::AttachShm, 0).encode();
         send_with_fd(&stream, &head, shm.fd())?;
-        Ok(Connection { stream, shm })
+        Ok(Connection {
+            stream,
+            shm,
+            read_timeout: None,
+        })
+    }
+
+    /// Bounds the wait for the answer to a call due by `call.deadline`.
+    fn wait_at_most(&mut self, call: &CallMeta) -> io::Result<()> {
+        let want = call.deadline.remaining() + ANSWER_GRACE;
+        if self
+            .read_timeout
+            .is_none_or(|t| t.abs_diff(want) > READ_TIMEOUT_SLACK)
+        {
+            self.stream.set_read_timeout(Some(want))?;
+            self.read_timeout = Some(want);
+        }
+        Ok(())
     }
 }
 
 /// Calls one function served on this node.
-pub(crate) struct LocalTransport(Arc<Endpoint>);
+pub(crate) struct LocalClient(Arc<Endpoint>);
 
 /// The callee's socket and the pool of connections to it.
 struct Endpoint {
@@ -50,15 +68,20 @@ struct Endpoint {
     target: String,
     /// Its socket.
     socket: PathBuf,
+    /// The longest response accepted.
+    max_payload: usize,
     idle: Mutex<Vec<Connection>>,
     next_id: AtomicU64,
 }
 
-impl LocalTransport {
-    pub fn new(target: String, socket: PathBuf) -> LocalTransport {
-        LocalTransport(Arc::new(Endpoint {
+impl LocalClient {
+    /// A client of `target`, served at `socket`, accepting responses of up
+    /// to `max_payload` bytes.
+    pub fn new(target: String, socket: PathBuf, max_payload: usize) -> LocalClient {
+        LocalClient(Arc::new(Endpoint {
             target,
             socket,
+            max_payload,
             idle: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
         }))
@@ -92,25 +115,28 @@ impl Endpoint {
 
     /// Sends the request on a pooled connection, or on a new one if the
     /// pooled one turns out dead before the request left (then nothing ran).
-    fn send(
-        &self,
-        ctx: &CallContext<'_>,
-        io: &mut dyn CallerIo,
-    ) -> Result<(Connection, u64), CallError> {
+    fn send(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(Connection, u64), CallError> {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Some(mut conn) = pooled {
-            if send_request(&mut conn, id, &self.target, io.request()).is_ok() {
-                return Ok((conn, id));
+        let reused = pooled.and_then(|mut conn| {
+            match send_request(&mut conn, id, &self.target, io.request(), call) {
+                Ok(()) => Some(conn),
+                Err(_) => {
+                    tracing::debug!(target = %self.target, "pooled connection was dead; reconnecting");
+                    None
+                }
             }
-            tracing::debug!(target = %self.target, "pooled connection was dead; reconnecting");
-        }
-        let mut conn = self.connect()?;
-        send_request(&mut conn, id, &self.target, io.request())
-            .map_err(|e| self.transport_error("cannot send the request", e))?;
-        let timeout = ctx.runtime.limits.call_timeout + WAIT_GRACE;
-        conn.stream
-            .set_read_timeout(Some(timeout))
+        });
+        let mut conn = match reused {
+            Some(conn) => conn,
+            None => {
+                let mut fresh = self.connect()?;
+                send_request(&mut fresh, id, &self.target, io.request(), call)
+                    .map_err(|e| self.transport_error("cannot send the request", e))?;
+                fresh
+            }
+        };
+        conn.wait_at_most(call)
             .map_err(|e| self.transport_error("cannot set a timeout", e))?;
         Ok((conn, id))
     }
@@ -120,10 +146,9 @@ impl Endpoint {
         &self,
         mut conn: Connection,
         id: u64,
-        max_payload: usize,
         io: &mut dyn CallerIo,
     ) -> Result<(), CallError> {
-        let h = match wire::read_header(&mut conn.stream, max_payload as u64) {
+        let h = match wire::read_header(&mut conn.stream, self.max_payload as u64) {
             Ok(h) => h,
             Err(WireError::Io(e))
                 if matches!(
@@ -209,9 +234,17 @@ fn read_error(stream: &mut UnixStream, h: &Header) -> io::Result<(ErrorCode, Str
     Ok((code, String::from_utf8_lossy(&msg).into_owned()))
 }
 
-fn send_request(conn: &mut Connection, id: u64, target: &str, request: &[u8]) -> io::Result<()> {
+fn send_request(
+    conn: &mut Connection,
+    id: u64,
+    target: &str,
+    request: &[u8],
+    call: &CallMeta,
+) -> io::Result<()> {
     let mut h = Header::new(Kind::Request, id);
     h.target_len = target.len() as u16;
+    h.depth = call.depth.min(u16::MAX as u32) as u16;
+    h.budget_us = (call.deadline.remaining().as_micros() as u64).max(1);
     send_frame(
         &mut conn.stream,
         &mut conn.shm,
@@ -221,25 +254,23 @@ fn send_request(conn: &mut Connection, id: u64, target: &str, request: &[u8]) ->
     )
 }
 
-impl Transport for LocalTransport {
-    fn call(&self, ctx: &CallContext<'_>, io: &mut dyn CallerIo) -> Result<(), CallError> {
-        let (conn, id) = self.0.send(ctx, io)?;
-        self.0
-            .receive(conn, id, ctx.runtime.limits.max_payload_bytes, io)
+impl Transport for LocalClient {
+    fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError> {
+        let (conn, id) = self.0.send(io, call)?;
+        self.0.receive(conn, id, io)
     }
 
     fn start(
         &self,
-        ctx: &CallContext<'_>,
         io: &mut dyn CallerIo,
+        call: &CallMeta,
     ) -> Result<Box<dyn PendingCall>, CallError> {
         // The request leaves now; the server works while the caller goes on.
-        let (conn, id) = self.0.send(ctx, io)?;
+        let (conn, id) = self.0.send(io, call)?;
         Ok(Box::new(LocalPending {
             endpoint: self.0.clone(),
-            conn: Some(conn),
+            conn,
             id,
-            max_payload: ctx.runtime.limits.max_payload_bytes,
         }))
     }
 }
@@ -247,14 +278,13 @@ impl Transport for LocalTransport {
 /// A request that left; its answer is read when the caller waits.
 struct LocalPending {
     endpoint: Arc<Endpoint>,
-    conn: Option<Connection>,
+    conn: Connection,
     id: u64,
-    max_payload: usize,
 }
 
 impl PendingCall for LocalPending {
-    fn wait(mut self: Box<Self>, io: &mut dyn CallerIo) -> Result<(), CallError> {
-        let conn = self.conn.take().expect("waited once");
-        self.endpoint.receive(conn, self.id, self.max_payload, io)
+    fn wait(self: Box<Self>, io: &mut dyn CallerIo) -> Result<(), CallError> {
+        let LocalPending { endpoint, conn, id } = *self;
+        endpoint.receive(conn, id, io)
     }
 }

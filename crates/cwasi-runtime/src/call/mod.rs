@@ -1,0 +1,111 @@
+//! The caller's side of a call, whatever the transport: where the request is
+//! and where the response goes ([`CallerIo`]), what travels with every call
+//! ([`CallMeta`]), and the route that makes it ([`route`]).
+
+pub(crate) mod route;
+
+use std::time::{Duration, Instant};
+
+use crate::config::Limits;
+use crate::deadline::Deadline;
+use crate::error::{CallError, ErrorCode};
+
+/// The caller's side of a call: where the request is and where the response
+/// goes. For a guest caller both are its linear memory, so a transport can
+/// copy straight from one guest memory to another without a buffer between.
+pub(crate) trait CallerIo {
+    /// The request bytes.
+    fn request(&self) -> &[u8];
+    /// Makes room for a response of `len` bytes in the caller and returns it.
+    /// The buffer may be shorter than `len` (the prototype's `func_connect`
+    /// truncates); the transport fills it with the response's first bytes.
+    fn response_buffer(&mut self, len: usize) -> Result<&mut [u8], CallError>;
+}
+
+/// Copies `response` into the caller, as much as its buffer takes.
+pub(crate) fn deliver(io: &mut dyn CallerIo, response: &[u8]) -> Result<(), CallError> {
+    let dst = io.response_buffer(response.len())?;
+    let n = dst.len().min(response.len());
+    dst[..n].copy_from_slice(&response[..n]);
+    Ok(())
+}
+
+/// What travels with every call to the callee, across every transport: how
+/// deep it is nested, and by when it must be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CallMeta {
+    /// The callee's nesting depth (an entry is 0, what it calls 1, ...).
+    pub depth: u32,
+    /// When the callee must have answered.
+    pub deadline: Deadline,
+    /// When this was made, so that arming the callee's timer needs no
+    /// second clock read (it is off by the microseconds since).
+    pub issued: Instant,
+}
+
+impl CallMeta {
+    /// A call at `depth` due `timeout` from now.
+    pub fn after(depth: u32, timeout: Duration) -> CallMeta {
+        let issued = Instant::now();
+        CallMeta {
+            depth,
+            deadline: Deadline::at(issued, timeout),
+            issued,
+        }
+    }
+
+    /// Time left of the deadline when this was made.
+    pub fn budget(&self) -> Duration {
+        self.deadline
+            .instant()
+            .saturating_duration_since(self.issued)
+    }
+
+    /// What the callee of a request from another process gets: the depth
+    /// the caller sent (0, from a caller that sets none, is read as 1),
+    /// refused past `limits.max_call_depth`; and the earlier of this side's
+    /// call timeout and the caller's deadline, if it sent one.
+    pub fn incoming(
+        depth: u32,
+        caller_deadline: Option<Deadline>,
+        limits: &Limits,
+    ) -> Result<CallMeta, CallError> {
+        let depth = depth.max(1);
+        if depth > limits.max_call_depth {
+            return Err(CallError::new(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "call depth {depth} is over the limit of {}",
+                    limits.max_call_depth
+                ),
+            ));
+        }
+        let issued = Instant::now();
+        let own = Deadline::at(issued, limits.call_timeout);
+        Ok(CallMeta {
+            depth,
+            deadline: caller_deadline.map_or(own, |d| d.min(own)),
+            issued,
+        })
+    }
+}
+
+/// A host-side caller: the request is a byte slice and the response a `Vec`.
+pub(crate) struct VecIo<'a> {
+    /// The request.
+    pub request: &'a [u8],
+    /// The response, resized to fit.
+    pub response: Vec<u8>,
+}
+
+impl CallerIo for VecIo<'_> {
+    fn request(&self) -> &[u8] {
+        self.request
+    }
+
+    fn response_buffer(&mut self, len: usize) -> Result<&mut [u8], CallError> {
+        self.response.clear();
+        self.response.resize(len, 0);
+        Ok(&mut self.response)
+    }
+}

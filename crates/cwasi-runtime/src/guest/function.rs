@@ -1,0 +1,249 @@
+//! A function loaded in this process: its spec, its compiled and pre-linked
+//! module, and its pool of warm instances.
+
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use wasmtime::{InstancePre, Linker};
+
+use super::instance::{InstanceRecipe, WarmInstance};
+use super::state::{CallerId, HostState, Router};
+use crate::call::CallMeta;
+use crate::config::{FunctionSpec, Limits};
+use crate::engine::LoadedModule;
+use crate::error::{CallError, ErrorCode, RuntimeError};
+
+/// A module linked against the host functions, not yet tied to a runtime.
+pub(crate) struct LinkedModule {
+    spec: FunctionSpec,
+    module: LoadedModule,
+    pre: InstancePre<HostState>,
+}
+
+impl LinkedModule {
+    /// Links `module` for `spec`, checking the seed settings against it.
+    pub fn link(
+        linker: &Linker<HostState>,
+        spec: FunctionSpec,
+        module: LoadedModule,
+    ) -> Result<LinkedModule, RuntimeError> {
+        if let Some(h) = &spec.seed.handler {
+            if !module.info.is_seed_callee(h) {
+                return Err(RuntimeError::Config(format!(
+                    "function '{}': handler '{h}' must be an export of type (i32, i32) -> () next to \
+                     allocate(i32) -> i32 in {}",
+                    spec.name,
+                    spec.module.display()
+                )));
+            }
+        }
+        if module.info.is_seed_caller() && spec.seed.connect_to.is_none() {
+            tracing::warn!(function = %spec.name, "imports cwasi_export.func_connect but has no connect_to target");
+        }
+        let pre =
+            linker
+                .instantiate_pre(&module.module)
+                .map_err(|e| RuntimeError::Instantiate {
+                    function: spec.name.clone(),
+                    message: format!(
+                    "{e:#} (CWASI provides WASI preview 1, `cwasi` and `cwasi_export` imports only)"
+                ),
+                })?;
+        Ok(LinkedModule { spec, module, pre })
+    }
+
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+/// One function loaded in this process.
+pub(crate) struct Function {
+    /// What it is and how it runs.
+    pub spec: FunctionSpec,
+    /// Its compiled module.
+    pub module: LoadedModule,
+    pre: InstancePre<HostState>,
+    /// Who it is when it calls.
+    caller: Arc<CallerId>,
+    limits: Arc<Limits>,
+    router: Weak<dyn Router>,
+    /// The instance returned last, taken and given back with one atomic
+    /// swap each: back-to-back calls take no lock. It counts as one of the
+    /// idle instances.
+    hot: AtomicPtr<WarmInstance>,
+    /// The other idle instances. Boxed on purpose (clippy's `vec_box`):
+    /// an instance moves between the pool, a call and `hot` as a pointer.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<WarmInstance>>>,
+}
+
+// A `WarmInstance` is handed between threads (a started call runs on a
+// worker); `hot` relies on that.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<WarmInstance>();
+};
+
+impl Function {
+    /// A function of a runtime whose calls route through `router`.
+    pub fn new(linked: LinkedModule, limits: Arc<Limits>, router: Weak<dyn Router>) -> Function {
+        let LinkedModule { spec, module, pre } = linked;
+        Function {
+            caller: Arc::new(CallerId {
+                name: spec.name.clone(),
+                namespace: spec.namespace.clone(),
+                connect_to: spec.seed.connect_to.clone(),
+            }),
+            spec,
+            module,
+            pre,
+            limits,
+            router,
+            hot: AtomicPtr::new(std::ptr::null_mut()),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The seed handler export, if one is configured and present.
+    pub fn seed_handler(&self) -> Option<&str> {
+        self.spec
+            .seed
+            .handler
+            .as_deref()
+            .filter(|h| self.module.info.is_seed_callee(h))
+    }
+
+    /// Whether other functions can call it.
+    pub fn is_callable(&self) -> bool {
+        self.module.info.is_callable() || self.seed_handler().is_some()
+    }
+
+    /// Why it cannot be called.
+    pub fn not_callable_reason(&self) -> String {
+        format!(
+            "function '{}' ({}) cannot be called: it exports neither cwasi_alloc + cwasi_handle \
+             nor a configured seed handler",
+            self.spec.name,
+            self.module.path.display()
+        )
+    }
+
+    /// The limits it runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// A fresh instance, armed for `call`.
+    pub fn instantiate(&self, call: CallMeta) -> Result<Box<WarmInstance>, RuntimeError> {
+        let wasi = build_wasi(&self.spec).map_err(|message| self.instantiate_error(message))?;
+        let state = HostState::new(
+            wasi,
+            &self.limits,
+            self.caller.clone(),
+            self.router.clone(),
+            call,
+        );
+        let not_callable = || self.not_callable_reason();
+        let recipe = InstanceRecipe {
+            pre: &self.pre,
+            info: &self.module.info,
+            seed_handler: self.seed_handler(),
+            not_callable: &not_callable,
+        };
+        WarmInstance::new(&recipe, state)
+            .map(Box::new)
+            .map_err(|message| self.instantiate_error(message))
+    }
+
+    fn instantiate_error(&self, message: String) -> RuntimeError {
+        RuntimeError::Instantiate {
+            function: self.spec.name.clone(),
+            message,
+        }
+    }
+
+    /// Takes a warm instance, or creates one, armed for `call`.
+    pub fn acquire(&self, call: CallMeta) -> Result<Box<WarmInstance>, CallError> {
+        let hot = self.hot.swap(std::ptr::null_mut(), Ordering::Acquire);
+        let idle = if hot.is_null() {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        } else {
+            // SAFETY: a non-null `hot` came from `Box::into_raw` in
+            // `release`, and the swap made this thread its only owner.
+            Some(unsafe { Box::from_raw(hot) })
+        };
+        match idle {
+            Some(mut inst) => {
+                inst.arm(call);
+                Ok(inst)
+            }
+            None => {
+                tracing::debug!(function = %self.spec.name, "instantiating");
+                self.instantiate(call)
+                    .map_err(|e| CallError::new(ErrorCode::CalleeTrapped, e.to_string()))
+            }
+        }
+    }
+
+    /// Returns an instance after a call that left it in a known state; one
+    /// whose state is unknown (it trapped, timed out or broke the ABI) is
+    /// dropped instead.
+    pub fn release(&self, mut inst: Box<WarmInstance>, outcome: Result<(), &CallError>) {
+        inst.store.data_mut().pending.clear();
+        let max = self.limits.max_idle_instances;
+        if max == 0 || outcome.is_err_and(|e| !e.leaves_callee_reusable()) {
+            return;
+        }
+        let raw = Box::into_raw(inst);
+        let parked = self.hot.compare_exchange(
+            std::ptr::null_mut(),
+            raw,
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+        if parked.is_ok() {
+            return;
+        }
+        // SAFETY: `raw` came from `Box::into_raw` just above and was not
+        // stored, so this thread still owns it.
+        let inst = unsafe { Box::from_raw(raw) };
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() + 1 < max {
+            idle.push(inst);
+        }
+    }
+}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        let hot = std::mem::replace(self.hot.get_mut(), std::ptr::null_mut());
+        if !hot.is_null() {
+            // SAFETY: as in `acquire`; `&mut self` makes this the only owner.
+            drop(unsafe { Box::from_raw(hot) });
+        }
+    }
+}
+
+fn build_wasi(spec: &FunctionSpec) -> Result<wasmtime_wasi::p1::WasiP1Ctx, String> {
+    use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+    let mut b = WasiCtxBuilder::new();
+    let mut args = Vec::with_capacity(spec.args.len() + 1);
+    args.push(spec.name.clone());
+    args.extend(spec.args.iter().cloned());
+    b.args(&args)
+        .envs(&spec.env)
+        .inherit_stdout()
+        .inherit_stderr();
+    for p in &spec.preopens {
+        let perms = if p.writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        b.preopened_dir(&p.host, &p.guest, perms)
+            .map_err(|e| format!("cannot preopen {}: {e}", p.host.display()))?;
+    }
+    Ok(b.build_p1())
+}

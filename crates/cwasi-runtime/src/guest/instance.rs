@@ -1,0 +1,283 @@
+//! One instantiated function with its store: the typed entry points the host
+//! calls as a callee, the checks on every range a callee hands back, and the
+//! mapping from traps to ABI error codes.
+
+use wasmtime::{Instance, InstancePre, Memory, Store, Trap, TypedFunc};
+use wasmtime_wasi::I32Exit;
+
+use cwasi_abi::{
+    is_handle_error, unpack, EXPORT_ALLOC, EXPORT_ERROR, EXPORT_HANDLE, EXPORT_INITIALIZE,
+    EXPORT_MEMORY, EXPORT_START, SEED_EXPORT_ALLOCATE,
+};
+
+use super::state::{CallerExports, HostState};
+use crate::call::CallMeta;
+use crate::engine::ticks_for;
+use crate::error::{CallError, ErrorCode};
+use crate::inspect::ModuleInfo;
+
+/// Longest message read from a callee's `cwasi_error`.
+const MAX_ERROR_MESSAGE: usize = 4096;
+
+/// How the host hands a request to a callee.
+enum Entrypoints {
+    /// ABI v1: `cwasi_alloc` + `cwasi_handle` (+ optional `cwasi_error`).
+    Abi {
+        alloc: TypedFunc<i32, i32>,
+        handle: TypedFunc<(i32, i32), i64>,
+        error: Option<TypedFunc<(), i64>>,
+    },
+    /// The prototype: `allocate` + a configured `(ptr, len)` handler.
+    Seed {
+        alloc: TypedFunc<i32, i32>,
+        handler: TypedFunc<(i32, i32), ()>,
+    },
+    /// Not callable, for this reason.
+    None(String),
+}
+
+/// Where a response lies in a callee's memory after its handler ran.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResponseRange {
+    /// Offset in the callee's memory.
+    pub ptr: usize,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// How to build an instance: the linked module and its ABI surface.
+pub(crate) struct InstanceRecipe<'a> {
+    /// The pre-linked module.
+    pub pre: &'a InstancePre<HostState>,
+    /// Its ABI surface.
+    pub info: &'a ModuleInfo,
+    /// The seed handler export, when one is configured and present.
+    pub seed_handler: Option<&'a str>,
+    /// Why it cannot be called, in case it has no handler.
+    pub not_callable: &'a dyn Fn() -> String,
+}
+
+/// One instantiated function with its store, ready to serve a call.
+pub(crate) struct WarmInstance {
+    /// The store, with the host state.
+    pub store: Store<HostState>,
+    instance: Instance,
+    memory: Memory,
+    entry: Entrypoints,
+}
+
+impl WarmInstance {
+    /// Instantiates `recipe` with `state`; the error says what failed.
+    pub fn new(recipe: &InstanceRecipe<'_>, state: HostState) -> Result<WarmInstance, String> {
+        let deadline = state.call.deadline;
+        let mut store = Store::new(recipe.pre.module().engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(ticks_for(deadline.remaining()));
+        store.epoch_deadline_trap();
+        let instance = recipe
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| format!("{e:#}"))?;
+        if recipe.info.initialize {
+            let init = instance
+                .get_typed_func::<(), ()>(&mut store, EXPORT_INITIALIZE)
+                .map_err(|e| format!("{e:#}"))?;
+            init.call(&mut store, ())
+                .map_err(|e| format!("_initialize failed: {e:#}"))?;
+        }
+        let memory = instance
+            .get_memory(&mut store, EXPORT_MEMORY)
+            .ok_or("the module does not export its memory as \"memory\"")?;
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&mut store, EXPORT_ALLOC)
+            .ok();
+        let entry = if recipe.info.is_callable() {
+            let handle = instance
+                .get_typed_func::<(i32, i32), i64>(&mut store, EXPORT_HANDLE)
+                .map_err(|e| format!("{e:#}"))?;
+            let error = instance
+                .get_typed_func::<(), i64>(&mut store, EXPORT_ERROR)
+                .ok();
+            Entrypoints::Abi {
+                alloc: alloc.clone().ok_or("cwasi_alloc has the wrong type")?,
+                handle,
+                error,
+            }
+        } else if let Some(h) = recipe.seed_handler {
+            let alloc = instance
+                .get_typed_func::<i32, i32>(&mut store, SEED_EXPORT_ALLOCATE)
+                .map_err(|e| format!("seed callee: {e:#}"))?;
+            let handler = instance
+                .get_typed_func::<(i32, i32), ()>(&mut store, h)
+                .map_err(|e| format!("seed handler '{h}': {e:#}"))?;
+            Entrypoints::Seed { alloc, handler }
+        } else {
+            Entrypoints::None((recipe.not_callable)())
+        };
+        store.data_mut().exports = Some(CallerExports { memory, alloc });
+        Ok(WarmInstance {
+            store,
+            instance,
+            memory,
+            entry,
+        })
+    }
+
+    /// Runs `_start` (for an entry).
+    pub fn run_start(&mut self) -> wasmtime::Result<()> {
+        let start = self
+            .instance
+            .get_typed_func::<(), ()>(&mut self.store, EXPORT_START)?;
+        start.call(&mut self.store, ())
+    }
+
+    /// Prepares the instance for a call: its depth and deadline.
+    pub fn arm(&mut self, call: CallMeta) {
+        let state = self.store.data_mut();
+        state.call = call;
+        state.limiter.exceeded = None;
+        self.store.set_epoch_deadline(ticks_for(call.budget()));
+    }
+
+    /// Allocates `len` bytes for a request in the callee, through its
+    /// allocation export, and returns the checked offset. A zero length
+    /// allocates nothing.
+    pub fn alloc_request(&mut self, len: usize) -> Result<usize, CallError> {
+        if len == 0 {
+            return Ok(0);
+        }
+        let alloc = match &self.entry {
+            Entrypoints::Abi { alloc, .. } | Entrypoints::Seed { alloc, .. } => alloc,
+            Entrypoints::None(reason) => {
+                return Err(CallError::new(ErrorCode::NotCallable, reason.clone()))
+            }
+        };
+        let ptr = match alloc.call(&mut self.store, len as i32) {
+            Ok(p) => p as u32 as usize,
+            Err(e) => return Err(self.trap_error(e, "cwasi_alloc")),
+        };
+        if ptr == 0 {
+            return Err(CallError::new(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "callee '{}' could not allocate {len} bytes for the request",
+                    self.name()
+                ),
+            ));
+        }
+        self.check_range(ptr, len, "cwasi_alloc returned a buffer")?;
+        Ok(ptr)
+    }
+
+    /// The callee's memory, for copying in and out.
+    pub fn memory_mut(&mut self) -> &mut [u8] {
+        self.memory.data_mut(&mut self.store)
+    }
+
+    /// Runs the handler on a request already placed at `ptr`.
+    pub fn handle(&mut self, ptr: usize, len: usize) -> Result<ResponseRange, CallError> {
+        let args = (ptr as i32, len as i32);
+        match &self.entry {
+            Entrypoints::Abi { handle, error, .. } => {
+                let packed = match handle.call(&mut self.store, args) {
+                    Ok(p) => p,
+                    Err(e) => return Err(self.trap_error(e, "cwasi_handle")),
+                };
+                if is_handle_error(packed) {
+                    let detail = error
+                        .as_ref()
+                        .and_then(|f| f.call(&mut self.store, ()).ok())
+                        .and_then(|p| self.read_packed_str(p))
+                        .unwrap_or_else(|| format!("error {packed}"));
+                    return Err(CallError::new(
+                        ErrorCode::CalleeError,
+                        format!("callee '{}' failed: {detail}", self.name()),
+                    ));
+                }
+                let (ptr, len) = unpack(packed);
+                let (ptr, len) = (ptr as usize, len as usize);
+                self.check_range(ptr, len, "cwasi_handle returned a response")?;
+                Ok(ResponseRange { ptr, len })
+            }
+            Entrypoints::Seed { handler, .. } => match handler.call(&mut self.store, args) {
+                Ok(()) => Ok(ResponseRange { ptr: 0, len: 0 }),
+                Err(e) => Err(self.trap_error(e, "the seed handler")),
+            },
+            Entrypoints::None(reason) => {
+                Err(CallError::new(ErrorCode::NotCallable, reason.clone()))
+            }
+        }
+    }
+
+    fn read_packed_str(&self, packed: i64) -> Option<String> {
+        let (ptr, len) = unpack(packed);
+        let (ptr, len) = (ptr as usize, (len as usize).min(MAX_ERROR_MESSAGE));
+        let data = self.memory.data(&self.store);
+        let bytes = data.get(ptr..ptr.checked_add(len)?)?;
+        Some(String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    fn check_range(&self, ptr: usize, len: usize, what: &str) -> Result<(), CallError> {
+        let size = self.memory.data_size(&self.store);
+        match ptr.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(CallError::new(
+                ErrorCode::BadResponse,
+                format!(
+                    "callee '{}': {what} out of bounds (ptr {ptr:#x}, len {len}, memory {size} bytes)",
+                    self.name()
+                ),
+            )),
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.store.data().caller.name
+    }
+
+    /// Maps an error out of the guest to the ABI code the caller gets.
+    pub fn trap_error(&mut self, err: wasmtime::Error, during: &str) -> CallError {
+        let limiter = &mut self.store.data_mut().limiter;
+        if let Some(wanted) = limiter.exceeded.take() {
+            let max = limiter.max_bytes();
+            return CallError::new(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "callee '{}' exceeded its memory limit in {during}: it asked for {wanted} bytes, the limit is {max} bytes",
+                    self.name()
+                ),
+            );
+        }
+        trap_to_call_error(self.name(), during, &err)
+    }
+}
+
+/// Maps a wasmtime error from running `name` to a call error.
+fn trap_to_call_error(name: &str, during: &str, err: &wasmtime::Error) -> CallError {
+    if let Some(trap) = err.downcast_ref::<Trap>() {
+        if *trap == Trap::Interrupt {
+            return CallError::new(
+                ErrorCode::Timeout,
+                format!("callee '{name}' did not finish {during} within its deadline"),
+            );
+        }
+        return CallError::new(
+            ErrorCode::CalleeTrapped,
+            format!("callee '{name}' trapped in {during}: {trap}"),
+        );
+    }
+    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+        return CallError::new(
+            ErrorCode::CalleeTrapped,
+            format!("callee '{name}' exited with code {} in {during}", exit.0),
+        );
+    }
+    let text = format!("{err:#}");
+    CallError::new(
+        ErrorCode::CalleeTrapped,
+        format!(
+            "callee '{name}' failed in {during}: {}",
+            text.lines().next().unwrap_or_default()
+        ),
+    )
+}

@@ -1,0 +1,383 @@
+//! The routing state of one runtime: the functions it runs, where other
+//! functions are found (node directory, cluster registry), and the route
+//! chosen for every edge. It is the [`Router`] every guest's host functions
+//! reach through their store, and the one table the host API and `--explain`
+//! read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use wasmtime::{Engine, Linker};
+
+use crate::call::route::Route;
+use crate::config::{FunctionSpec, Limits, Mode, ModeOverride};
+use crate::engine::{load_module_bytes, EpochTicker};
+use crate::error::{CallError, ErrorCode, RuntimeError};
+use crate::guest::function::{Function, LinkedModule};
+use crate::guest::state::{CallerId, HostState, Router};
+use crate::node_dir::{EndpointRecord, NodeDirectory};
+use crate::selector::{select, Choice, Loaded, Placement, Selection};
+use crate::transport::embedded::EmbeddedClient;
+use crate::transport::local::client::LocalClient;
+use crate::transport::remote::RemoteClient;
+use crate::transport::remote::{Broker, RemoteEndpoint};
+use crate::transport::Transport;
+
+/// Name under which calls made by the host itself (CLI, tests) are recorded.
+pub const HOST_CALLER: &str = "<host>";
+
+/// The selector's decision for one edge, for `--explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The calling function.
+    pub caller: String,
+    /// The called function.
+    pub target: String,
+    /// The chosen mode and reason, or the error.
+    pub outcome: Result<Selection, CallError>,
+}
+
+impl std::fmt::Display for Decision {
+    /// `caller -> target: mode (reason)`, or `refused: error`: one line of
+    /// `--explain` and of the shim's explain output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.outcome {
+            Ok(s) => write!(
+                f,
+                "{} -> {}: {} ({})",
+                self.caller, self.target, s.mode, s.reason
+            ),
+            Err(e) => write!(f, "{} -> {}: refused: {e}", self.caller, self.target),
+        }
+    }
+}
+
+/// Routes by caller name, then caller namespace, then target.
+type RouteTable = HashMap<String, HashMap<String, HashMap<String, Arc<Route>>>>;
+
+/// What a runtime is made of, before it routes anything.
+pub(crate) struct RouterParts {
+    pub engine: Engine,
+    pub ticker: EpochTicker,
+    pub linker: Linker<HostState>,
+    pub limits: Arc<Limits>,
+    pub mode: ModeOverride,
+    pub functions: Vec<LinkedModule>,
+    pub unloadable: HashMap<String, String>,
+    pub node_dir: Option<NodeDirectory>,
+    pub embed_served: bool,
+    pub node: String,
+    pub broker: Option<Arc<Broker>>,
+}
+
+/// The routing state of one runtime. It owns the epoch ticker, so that
+/// functions keep their deadlines for as long as anything can run them.
+pub(crate) struct RuntimeRouter {
+    pub engine: Engine,
+    _ticker: EpochTicker,
+    linker: Linker<HostState>,
+    pub limits: Arc<Limits>,
+    mode: ModeOverride,
+    functions: HashMap<String, Arc<Function>>,
+    /// Functions whose module failed to load, with the reason.
+    unloadable: HashMap<String, String>,
+    node_dir: Option<NodeDirectory>,
+    embed_served: bool,
+    /// This node's name, as records and announcements give it.
+    pub node: String,
+    pub broker: Option<Arc<Broker>>,
+    /// Functions served elsewhere on this node and embedded here, by name,
+    /// namespace and digest.
+    adopted: Mutex<HashMap<(String, String, String), Arc<Function>>>,
+    /// Routes by caller name, caller namespace and target: looked up with
+    /// borrowed names, so a host call allocates nothing.
+    routes: Mutex<RouteTable>,
+    /// The host's last route, for back-to-back host calls on one edge (a
+    /// comparison of two names instead of three hash lookups).
+    last_host_route: Mutex<Option<(String, String, Arc<Route>)>>,
+    decisions: Mutex<Vec<Decision>>,
+    /// Itself, weakly, for the functions it creates later (adopted ones).
+    me: Weak<RuntimeRouter>,
+}
+
+impl RuntimeRouter {
+    /// Builds the router and ties every function to it.
+    pub fn new(parts: RouterParts) -> Arc<RuntimeRouter> {
+        Arc::new_cyclic(|me: &Weak<RuntimeRouter>| {
+            let router: Weak<dyn Router> = me.clone();
+            let functions = parts
+                .functions
+                .into_iter()
+                .map(|linked| {
+                    let name = linked.name().to_string();
+                    let f = Function::new(linked, parts.limits.clone(), router.clone());
+                    (name, Arc::new(f))
+                })
+                .collect();
+            RuntimeRouter {
+                engine: parts.engine,
+                _ticker: parts.ticker,
+                linker: parts.linker,
+                limits: parts.limits,
+                mode: parts.mode,
+                functions,
+                unloadable: parts.unloadable,
+                node_dir: parts.node_dir,
+                embed_served: parts.embed_served,
+                node: parts.node,
+                broker: parts.broker,
+                adopted: Mutex::new(HashMap::new()),
+                routes: Mutex::new(HashMap::new()),
+                last_host_route: Mutex::new(None),
+                decisions: Mutex::new(Vec::new()),
+                me: me.clone(),
+            }
+        })
+    }
+
+    /// A function loaded in this process.
+    pub fn function(&self, name: &str) -> Option<&Arc<Function>> {
+        self.functions.get(name)
+    }
+
+    /// The route from `caller` to `target`, chosen once per edge and logged
+    /// for `--explain`.
+    pub fn route_from(&self, caller: &CallerId, target: &str) -> Result<Arc<Route>, CallError> {
+        self.route_by_name(&caller.name, &caller.namespace, target)
+    }
+
+    /// [`RuntimeRouter::route_from`] for a caller given by name and
+    /// namespace (the host's calls).
+    pub fn route_by_name(
+        &self,
+        caller: &str,
+        caller_namespace: &str,
+        target: &str,
+    ) -> Result<Arc<Route>, CallError> {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = routes
+            .get(caller)
+            .and_then(|t| t.get(caller_namespace))
+            .and_then(|t| t.get(target))
+        {
+            return Ok(r.clone());
+        }
+        let outcome = self.choose(caller_namespace, target);
+        self.decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Decision {
+                caller: caller.to_string(),
+                target: target.to_string(),
+                outcome: outcome
+                    .as_ref()
+                    .map(|(s, _)| s.clone())
+                    .map_err(Clone::clone),
+            });
+        let (selection, transport) = outcome?;
+        tracing::info!(caller, target, mode = %selection.mode, reason = %selection.reason, "route chosen");
+        let route = Arc::new(Route::new(
+            caller,
+            target,
+            selection.mode,
+            transport,
+            self.limits.clone(),
+        ));
+        routes
+            .entry(caller.to_string())
+            .or_default()
+            .entry(caller_namespace.to_string())
+            .or_default()
+            .insert(target.to_string(), route.clone());
+        Ok(route)
+    }
+
+    /// The route of a call the host makes as a function of `namespace`.
+    pub fn host_route(&self, namespace: &str, target: &str) -> Result<Arc<Route>, CallError> {
+        let mut last = self
+            .last_host_route
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((ns, t, route)) = &*last {
+            if ns == namespace && t == target {
+                return Ok(route.clone());
+            }
+        }
+        let route = self.route_by_name(HOST_CALLER, namespace, target)?;
+        *last = Some((namespace.to_string(), target.to_string(), route.clone()));
+        Ok(route)
+    }
+
+    /// Which mode a call from `caller_namespace` to `target` takes, and why.
+    pub fn explain(&self, caller_namespace: &str, target: &str) -> Result<Selection, CallError> {
+        self.choose(caller_namespace, target).map(|(s, _)| s)
+    }
+
+    /// Every routing decision made so far, in order.
+    pub fn decisions(&self) -> Vec<Decision> {
+        self.decisions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Every route chosen so far.
+    pub fn routes(&self) -> Vec<Arc<Route>> {
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes
+            .values()
+            .flat_map(|by_ns| by_ns.values())
+            .flat_map(|by_target| by_target.values().cloned())
+            .collect()
+    }
+
+    /// Gathers where `target` is, asks the selector, and builds the client
+    /// of the chosen transport.
+    fn choose(
+        &self,
+        caller_namespace: &str,
+        target: &str,
+    ) -> Result<(Selection, Box<dyn Transport>), CallError> {
+        if let Some(reason) = self.unloadable.get(target) {
+            return Err(CallError::new(
+                ErrorCode::NotCallable,
+                format!("function '{target}' cannot be called: {reason}"),
+            ));
+        }
+        let mut loaded_names: Vec<&str> = self.functions.keys().map(String::as_str).collect();
+        loaded_names.sort_unstable();
+        let mut local = match &self.node_dir {
+            Some(d) => d.lookup_any(target),
+            None => Vec::new(),
+        };
+        // The caller's own namespace first.
+        local.sort_by_key(|r| r.namespace != caller_namespace);
+        let here = self.functions.get(target);
+        let embeddable_here = here.is_some_and(|f| f.spec.namespace == caller_namespace);
+        let remote = if local.is_empty() && !embeddable_here {
+            self.announced_elsewhere(caller_namespace, target)
+        } else {
+            Vec::new()
+        };
+        let adopted = self.adopt_served(caller_namespace, target, here, &local);
+        let function = adopted.as_ref().map(|(f, _)| f).or(here);
+        let placement = Placement {
+            caller_namespace,
+            target,
+            loaded: function.map(|f| Loaded {
+                namespace: &f.spec.namespace,
+                adopted_from: adopted.as_ref().map(|(_, r)| r),
+            }),
+            loaded_names: &loaded_names,
+            local: &local,
+            node_dir: self.node_dir.as_ref().map(|d| d.root()),
+            remote: &remote,
+            broker: self.broker.as_ref().map(|b| (b.display(), b.node())),
+            mode: self.mode,
+        };
+        let (selection, choice) = select(&placement)?;
+        let max = self.limits.max_payload_bytes;
+        let transport: Box<dyn Transport> = match (choice, function, &self.broker) {
+            (Choice::Embedded, Some(f), _) => Box::new(EmbeddedClient::new(f)),
+            (Choice::Local(r), ..) => {
+                Box::new(LocalClient::new(target.to_string(), r.socket.clone(), max))
+            }
+            (Choice::Remote(r), _, Some(broker)) => Box::new(RemoteClient::new(
+                broker.clone(),
+                r.namespace.clone(),
+                target.to_string(),
+                max,
+            )),
+            _ => unreachable!("the selector chooses only among the candidates it was given"),
+        };
+        Ok((selection, transport))
+    }
+
+    /// Announcements of `target` on other nodes, the caller's namespace
+    /// first (none without a broker, or when it cannot be asked).
+    fn announced_elsewhere(&self, caller_namespace: &str, target: &str) -> Vec<RemoteEndpoint> {
+        let Some(b) = &self.broker else {
+            return Vec::new();
+        };
+        let mut remote = match b.find(target) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("cannot ask the cluster registry: {e}");
+                Vec::new()
+            }
+        };
+        remote.retain(|r| r.node != b.node());
+        remote.sort_by_key(|r| r.namespace != caller_namespace);
+        remote
+    }
+
+    /// A same-namespace function another process of this node serves and
+    /// published, loaded here to be embedded (when allowed and possible).
+    fn adopt_served(
+        &self,
+        caller_namespace: &str,
+        target: &str,
+        here: Option<&Arc<Function>>,
+        local: &[EndpointRecord],
+    ) -> Option<(Arc<Function>, EndpointRecord)> {
+        let wants_embedded = matches!(
+            self.mode,
+            ModeOverride::Auto | ModeOverride::Force(Mode::Embedded)
+        );
+        if !self.embed_served
+            || !wants_embedded
+            || here.is_some_and(|f| f.spec.namespace == caller_namespace)
+        {
+            return None;
+        }
+        let record = local
+            .iter()
+            .find(|r| r.namespace == caller_namespace && r.embed.is_some())?;
+        match self.adopt(record) {
+            Ok(f) => Some((f, record.clone())),
+            Err(e) => {
+                tracing::warn!(
+                    target,
+                    "cannot embed the served function, calling it locally: {e}"
+                );
+                None
+            }
+        }
+    }
+
+    /// Loads the module a same-namespace server of this node published, and
+    /// links it here, once per name, namespace and digest.
+    fn adopt(&self, record: &EndpointRecord) -> Result<Arc<Function>, RuntimeError> {
+        let key = (
+            record.name.clone(),
+            record.namespace.clone(),
+            record.digest.clone(),
+        );
+        let mut adopted = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = adopted.get(&key) {
+            return Ok(f.clone());
+        }
+        let (Some(dir), Some(embed)) = (&self.node_dir, &record.embed) else {
+            return Err(RuntimeError::Config("nothing to embed".into()));
+        };
+        let bytes = dir.read_module(embed, &record.digest)?;
+        let label = dir.root().join(&embed.module_file);
+        let module = load_module_bytes(&self.engine, bytes.into(), &label)?;
+        let mut spec = FunctionSpec::new(&record.name, &record.namespace, label);
+        spec.args = embed.args.clone();
+        spec.env = embed.env.clone();
+        spec.seed.handler = embed.seed_handler.clone();
+        let linked = LinkedModule::link(&self.linker, spec, module)?;
+        let router: Weak<dyn Router> = self.me.clone();
+        let f = Arc::new(Function::new(linked, self.limits.clone(), router));
+        tracing::info!(name = %record.name, namespace = %record.namespace, digest = %record.digest, "embedding a function served on this node");
+        adopted.insert(key, f.clone());
+        Ok(f)
+    }
+}
+
+impl Router for RuntimeRouter {
+    fn route(&self, caller: &CallerId, target: &str) -> Result<Arc<Route>, CallError> {
+        self.route_from(caller, target)
+    }
+}

@@ -1,0 +1,213 @@
+//! The caller's side of remote mode: [`Broker::call`] puts a request on the
+//! function's stream and waits for its reply key; [`RemoteClient`] makes
+//! such calls for a route.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use redis::Value;
+
+use super::codec::{
+    decode_reply, payload_key, reply_key, stream_key, Reply, PAYLOAD_KEY_MIN, STREAM_MAXLEN,
+};
+use super::conn::Broker;
+use crate::call::{deliver, CallMeta, CallerIo};
+use crate::deadline::{Deadline, ANSWER_GRACE, LEASE_GRACE};
+use crate::error::{CallError, ErrorCode};
+use crate::transport::{PendingCall, Transport};
+
+impl Broker {
+    /// Calls `name` of namespace `ns` through its stream and waits for the
+    /// reply until `deadline`, which travels with the request (as wall-clock
+    /// time) together with the callee's nesting `depth`. A response larger
+    /// than `max_payload` is refused.
+    pub fn call(
+        &self,
+        ns: &str,
+        name: &str,
+        request: &[u8],
+        deadline: Deadline,
+        depth: u32,
+        max_payload: usize,
+    ) -> Result<Vec<u8>, CallError> {
+        let id = self.new_request_id();
+        let reply = reply_key(&id);
+        let timeout = deadline.remaining();
+        let mut add = redis::cmd("XADD");
+        add.arg(stream_key(ns, name))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_MAXLEN)
+            .arg("*")
+            .arg("id")
+            .arg(&id)
+            .arg("reply")
+            .arg(&reply)
+            .arg("deadline")
+            .arg(deadline.to_unix_ms())
+            .arg("depth")
+            .arg(depth);
+        let mut p = redis::pipe();
+        if request.len() >= PAYLOAD_KEY_MIN {
+            // It lives until the request's deadline, and a little longer for
+            // clocks that differ between nodes; a server deletes it when it
+            // answers.
+            let key = payload_key(&id);
+            p.cmd("SET")
+                .arg(&key)
+                .arg(request)
+                .arg("PX")
+                .arg((timeout + LEASE_GRACE).as_millis() as u64);
+            add.arg("payload_key").arg(key);
+        } else {
+            add.arg("payload").arg(request);
+        }
+        // The request and the wait go out together, on a connection of their
+        // own: one round trip to the broker. A popped list is gone; an
+        // unanswered key expires with its reply.
+        p.add_command(add)
+            .cmd("BLPOP")
+            .arg(&reply)
+            .arg(timeout.as_secs_f64().max(0.01));
+        let timed_out = || {
+            CallError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "'{name}' (namespace '{ns}') did not answer within {timeout:?} through the \
+                     broker"
+                ),
+            )
+        };
+        let mut conn = self.sync_conn(timeout + ANSWER_GRACE)?;
+        let value = match p.query::<Vec<Value>>(&mut conn) {
+            Ok(mut replies) if replies.len() == p.len() => replies.pop().unwrap_or(Value::Nil),
+            Ok(other) => return Err(self.down(format!("unexpected reply {other:?}"))),
+            // The socket's own bound, past BLPOP's: the connection, which may
+            // still have the wait pending, is dropped.
+            Err(e) if e.is_timeout() => return Err(timed_out()),
+            Err(e) => return Err(self.down(e)),
+        };
+        let envelope = match value {
+            Value::Array(mut items) if items.len() == 2 => match items.pop() {
+                Some(Value::BulkString(b)) => b,
+                _ => return Err(self.down("malformed reply")),
+            },
+            Value::Nil => {
+                self.give_back(conn);
+                return Err(timed_out());
+            }
+            other => return Err(self.down(format!("unexpected reply {other:?}"))),
+        };
+        let response = match decode_reply(envelope) {
+            Ok(Reply::Body(body)) => body,
+            Err(e) => {
+                self.give_back(conn);
+                return Err(e);
+            }
+            // A large response waits in a key of its own; taking it deletes it.
+            Ok(Reply::InKey(key)) => match redis::cmd("GETDEL")
+                .arg(&key)
+                .query::<Option<Vec<u8>>>(&mut conn)
+            {
+                Ok(Some(body)) => body,
+                Ok(None) => {
+                    return Err(CallError::new(
+                        ErrorCode::Transport,
+                        format!("the response in {key} is no longer in the broker (expired)"),
+                    ))
+                }
+                Err(e) => return Err(self.down(e)),
+            },
+        };
+        self.give_back(conn);
+        if response.len() > max_payload {
+            return Err(CallError::too_large(
+                "response",
+                response.len(),
+                max_payload,
+            ));
+        }
+        Ok(response)
+    }
+}
+
+/// Calls one function served on another node.
+pub(crate) struct RemoteClient {
+    broker: Arc<Broker>,
+    namespace: String,
+    name: String,
+    max_payload: usize,
+}
+
+impl RemoteClient {
+    /// A client of `name` in `namespace`, through `broker`, accepting
+    /// responses of up to `max_payload` bytes.
+    pub fn new(broker: Arc<Broker>, namespace: String, name: String, max_payload: usize) -> Self {
+        RemoteClient {
+            broker,
+            namespace,
+            name,
+            max_payload,
+        }
+    }
+}
+
+impl Transport for RemoteClient {
+    fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError> {
+        let response = self.broker.call(
+            &self.namespace,
+            &self.name,
+            io.request(),
+            call.deadline,
+            call.depth,
+            self.max_payload,
+        )?;
+        deliver(io, &response)
+    }
+
+    fn start(
+        &self,
+        io: &mut dyn CallerIo,
+        call: &CallMeta,
+    ) -> Result<Box<dyn PendingCall>, CallError> {
+        let request = io.request().to_vec();
+        let (broker, ns, name, max) = (
+            self.broker.clone(),
+            self.namespace.clone(),
+            self.name.clone(),
+            self.max_payload,
+        );
+        let meta = *call;
+        let (tx, rx) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name(format!("cwasi-remote-{name}"))
+            .spawn(move || {
+                let _ = tx.send(broker.call(&ns, &name, &request, meta.deadline, meta.depth, max));
+            })
+            .map_err(|e| {
+                CallError::new(
+                    ErrorCode::ResourceLimit,
+                    format!("cannot start a worker thread: {e}"),
+                )
+            })?;
+        Ok(Box::new(RemotePending { rx, call: meta }))
+    }
+}
+
+/// A call running on a worker thread; its answer is taken when the caller
+/// waits. The worker's own socket bound ends at the same time, so this
+/// wait only guards against a worker that never reports.
+struct RemotePending {
+    rx: mpsc::Receiver<Result<Vec<u8>, CallError>>,
+    call: CallMeta,
+}
+
+impl PendingCall for RemotePending {
+    fn wait(self: Box<Self>, io: &mut dyn CallerIo) -> Result<(), CallError> {
+        let response = self
+            .rx
+            .recv_timeout(self.call.deadline.remaining() + ANSWER_GRACE + ANSWER_GRACE)
+            .map_err(|_| CallError::new(ErrorCode::Timeout, "the remote call did not finish"))??;
+        deliver(io, &response)
+    }
+}

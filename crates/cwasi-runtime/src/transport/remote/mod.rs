@@ -1,0 +1,39 @@
+//! Remote mode: Redis streams for requests, per-request reply keys, and the
+//! cluster registry of which node serves what (`docs/protocol.md`).
+//!
+//! Keys:
+//! - `cwasi:fn:{ns}:{name}`: the request stream of a function, read by the
+//!   consumer group `cwasi`;
+//! - `cwasi:payload:{id}`: the payload of one large request, kept out of the
+//!   stream (see [`PAYLOAD_KEY_MIN`]);
+//! - `cwasi:reply:{id}`: the reply list of one request (`LPUSH` + expiry);
+//! - `cwasi:response:{id}`: the response to one request, when it is large;
+//! - `cwasi:claim:{id}`: which consumer runs a reclaimed request;
+//! - `cwasi:node:{node}`: a hash of the functions a node serves (TTL);
+//! - `cwasi:fn-nodes:{ns}:{name}`: nodes serving a function, scored by the
+//!   time their announcement expires; `cwasi:fn-ns:{name}`: its namespaces.
+//!
+//! The files, each importing its siblings directly (never this module):
+//! - `config`: how to reach the broker ([`BrokerConfig`]), TLS files;
+//! - `conn`: the [`Broker`] and its connections;
+//! - `codec`: key names, the stream entry and the reply envelope;
+//! - `client`: the caller's side ([`Broker::call`], the remote transport);
+//! - `registry`: the cluster registry ([`Broker::find`], announcements);
+//! - `server`: [`StreamServer`], which serves a function from its stream;
+//! - `consumer`: one consumer of a stream, and the [`Handler`] it runs.
+
+mod client;
+mod codec;
+mod config;
+mod conn;
+mod consumer;
+mod registry;
+mod server;
+
+pub(crate) use client::RemoteClient;
+pub use codec::{GROUP, PAYLOAD_KEY_MIN, STREAM_MAXLEN};
+pub use config::BrokerConfig;
+pub use conn::Broker;
+pub use consumer::{Handler, RequestMeta};
+pub use registry::{RemoteEndpoint, ANNOUNCE_TTL, HEARTBEAT};
+pub use server::StreamServer;

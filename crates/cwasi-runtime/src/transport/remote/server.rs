@@ -1,0 +1,97 @@
+//! [`StreamServer`]: serves one function from its stream with a few
+//! consumer threads and the announcement heartbeat.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::codec::stream_key;
+use super::conn::Broker;
+use super::consumer::{Consumer, Handler};
+use super::registry::heartbeat;
+use crate::deadline::BROKER_OP_TIMEOUT;
+use crate::error::RuntimeError;
+
+/// Serves one function from its stream: consumer threads, a reclaimer of
+/// entries left by dead consumers, and the announcement heartbeat. Dropping
+/// it stops them and unannounces the function.
+pub struct StreamServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    broker: Arc<Broker>,
+    namespace: String,
+    name: String,
+}
+
+impl StreamServer {
+    /// Starts `workers` consumers of `cwasi:fn:{ns}:{name}` running `handler`,
+    /// announcing the function with `record` (JSON) every heartbeat. An entry
+    /// pending longer than `lease` is taken over by another consumer.
+    pub fn start(
+        broker: Arc<Broker>,
+        ns: &str,
+        name: &str,
+        record: String,
+        workers: usize,
+        lease: Duration,
+        handler: Handler,
+    ) -> Result<StreamServer, RuntimeError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let stream = stream_key(ns, name);
+        let spawn = |label: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(label)
+                .spawn(f)
+                .map_err(|source| RuntimeError::Spawn {
+                    what: "a broker thread",
+                    source,
+                })
+        };
+        for w in 0..workers.max(1) {
+            let consumer = Consumer::new(
+                broker.clone(),
+                stream.clone(),
+                format!("{}:{}:{w}", broker.node(), std::process::id()),
+                lease,
+                handler.clone(),
+                stop.clone(),
+            );
+            threads.push(spawn(
+                format!("cwasi-consume-{w}"),
+                Box::new(move || consumer.run()),
+            )?);
+        }
+        let (b, ns2, name2, st) = (
+            broker.clone(),
+            ns.to_string(),
+            name.to_string(),
+            stop.clone(),
+        );
+        threads.push(spawn(
+            "cwasi-heartbeat".into(),
+            Box::new(move || heartbeat(&b, &ns2, &name2, &record, &st)),
+        )?);
+        Ok(StreamServer {
+            stop,
+            threads,
+            broker,
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Drop for StreamServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let b = &self.broker;
+        let _ = b.block_on(async {
+            tokio::time::timeout(BROKER_OP_TIMEOUT, b.unannounce(&self.namespace, &self.name)).await
+        });
+        tracing::info!(name = %self.name, namespace = %self.namespace, "unannounced");
+    }
+}
