@@ -54,6 +54,15 @@ impl CallMeta {
         }
     }
 
+    /// The same call, as of now (after a wait, so that the callee's timer
+    /// is armed with what is really left).
+    pub fn reissued(self) -> CallMeta {
+        CallMeta {
+            issued: Instant::now(),
+            ..self
+        }
+    }
+
     /// Time left of the deadline when this was made.
     pub fn budget(&self) -> Duration {
         self.deadline

@@ -319,7 +319,7 @@ fn handle_request(
             ),
         ));
     }
-    let result = invoke(f, call, exchange);
+    let result = invoke(f, call.reissued(), exchange);
     shared.slots.release();
     result
 }
