@@ -15,7 +15,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{flock, FlockOperation};
@@ -111,9 +111,7 @@ impl NodeDirectory {
     /// belongs to another user, or that others can enter, is refused.
     pub fn open(root: &Path) -> Result<NodeDirectory, RuntimeError> {
         if !root.exists() {
-            std::fs::create_dir_all(root).map_err(|e| io_err(root, e))?;
-            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| io_err(root, e))?;
+            create_private_dir(root)?;
         }
         let meta = std::fs::metadata(root).map_err(|e| io_err(root, e))?;
         if !meta.is_dir() {
@@ -245,9 +243,7 @@ impl NodeDirectory {
         let rel = module_file_name(digest)?;
         let dir = self.root.join(MODULES);
         if !dir.exists() {
-            std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| io_err(&dir, e))?;
+            create_private_dir(&dir)?;
         }
         self.sweep_modules();
         let path = self.root.join(&rel);
@@ -370,6 +366,19 @@ impl NodeDirectory {
     }
 }
 
+/// Creates `dir` (and missing parents) as 0700 in one step: a directory
+/// created first and restricted after would be seen open, for a moment, by
+/// another process opening it at the same time. One that exists already is
+/// left as it is (the caller checks it).
+fn create_private_dir(dir: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io_err(dir, e))
+}
+
 /// `modules/<hex>.wasm` for `sha256:<hex>`; anything else is refused, so a
 /// record can never point outside the store.
 fn module_file_name(digest: &str) -> Result<PathBuf, RuntimeError> {
@@ -432,6 +441,7 @@ pub fn node_name_from(var: &dyn Fn(&str) -> Option<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("cwasi-reg-{tag}-{}", std::process::id()));
