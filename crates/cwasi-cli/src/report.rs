@@ -29,11 +29,7 @@ pub fn hops(entry: &str, elapsed: Duration, hops: &[HopReport]) -> String {
         "hop", "mode", "calls", "failed", "sent", "received", "avg", "max"
     );
     for h in hops {
-        let avg = if h.calls == 0 {
-            Duration::ZERO
-        } else {
-            h.total / h.calls as u32
-        };
+        let avg = h.mean().map_or_else(|| "-".to_string(), fmt_duration);
         let _ = writeln!(
             out,
             "  {:<28} {:<9} {:>6} {:>6} {:>11} {:>11} {:>10} {:>10}",
@@ -43,7 +39,7 @@ pub fn hops(entry: &str, elapsed: Duration, hops: &[HopReport]) -> String {
             h.failures,
             fmt_bytes(h.bytes_in),
             fmt_bytes(h.bytes_out),
-            fmt_duration(avg),
+            avg,
             fmt_duration(h.max)
         );
     }

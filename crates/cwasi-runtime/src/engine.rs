@@ -10,6 +10,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, Module};
 
+use crate::deadline::TickClock;
 use crate::error::RuntimeError;
 use crate::inspect::ModuleInfo;
 
@@ -36,9 +37,11 @@ pub fn new_engine() -> Result<(Engine, EpochTicker), RuntimeError> {
     Ok((engine, ticker))
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped, and
+/// ticks the [`TickClock`] untimed calls read their deadlines from.
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
+    clock: TickClock,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -46,13 +49,18 @@ impl EpochTicker {
     fn start(engine: Engine) -> Result<Self, RuntimeError> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let clock = TickClock::new();
+        let ticks = clock.clone();
         let thread = std::thread::Builder::new()
             .name("cwasi-epoch".into())
             .spawn(move || {
+                ticks.tick();
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
+                    ticks.tick();
                     engine.increment_epoch();
                 }
+                ticks.stop();
             })
             .map_err(|source| RuntimeError::Spawn {
                 what: "the epoch thread",
@@ -60,8 +68,14 @@ impl EpochTicker {
             })?;
         Ok(EpochTicker {
             stop,
+            clock,
             thread: Some(thread),
         })
+    }
+
+    /// The clock this ticker ticks.
+    pub(crate) fn clock(&self) -> &TickClock {
+        &self.clock
     }
 }
 

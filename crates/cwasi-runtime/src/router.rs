@@ -4,13 +4,16 @@
 //! reach through their store, and the one table the host API and `--explain`
 //! read.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use wasmtime::{Engine, Linker};
 
 use crate::call::route::Route;
 use crate::config::{FunctionSpec, Limits, Mode, ModeOverride};
+use crate::deadline::TickClock;
 use crate::engine::{load_module_bytes, EpochTicker};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::{Function, LinkedModule};
@@ -52,6 +55,25 @@ impl std::fmt::Display for Decision {
     }
 }
 
+/// Where each router's id comes from, for [`LAST_HOST_ROUTE`].
+static NEXT_ROUTER_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's last host route, for back-to-back host calls on one
+    /// edge: a comparison of two names, with no lock and no hash lookup. It
+    /// holds the route weakly, so it never keeps a route (and its
+    /// connections) alive past its runtime.
+    static LAST_HOST_ROUTE: RefCell<Option<LastHostRoute>> = const { RefCell::new(None) };
+}
+
+/// One thread's memo of its last host route.
+struct LastHostRoute {
+    router: u64,
+    namespace: Box<str>,
+    target: Box<str>,
+    route: Weak<Route>,
+}
+
 /// Routes by caller name, then caller namespace, then target.
 type RouteTable = HashMap<String, HashMap<String, HashMap<String, Arc<Route>>>>;
 
@@ -74,7 +96,7 @@ pub(crate) struct RouterParts {
 /// functions keep their deadlines for as long as anything can run them.
 pub(crate) struct RuntimeRouter {
     pub engine: Engine,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
     linker: Linker<HostState>,
     pub limits: Arc<Limits>,
     mode: ModeOverride,
@@ -92,9 +114,8 @@ pub(crate) struct RuntimeRouter {
     /// Routes by caller name, caller namespace and target: looked up with
     /// borrowed names, so a host call allocates nothing.
     routes: Mutex<RouteTable>,
-    /// The host's last route, for back-to-back host calls on one edge (a
-    /// comparison of two names instead of three hash lookups).
-    last_host_route: Mutex<Option<(String, String, Arc<Route>)>>,
+    /// This router's id in the threads' [`LAST_HOST_ROUTE`] memos.
+    id: u64,
     decisions: Mutex<Vec<Decision>>,
     /// Itself, weakly, for the functions it creates later (adopted ones).
     me: Weak<RuntimeRouter>,
@@ -116,7 +137,7 @@ impl RuntimeRouter {
                 .collect();
             RuntimeRouter {
                 engine: parts.engine,
-                _ticker: parts.ticker,
+                ticker: parts.ticker,
                 linker: parts.linker,
                 limits: parts.limits,
                 mode: parts.mode,
@@ -128,11 +149,16 @@ impl RuntimeRouter {
                 broker: parts.broker,
                 adopted: Mutex::new(HashMap::new()),
                 routes: Mutex::new(HashMap::new()),
-                last_host_route: Mutex::new(None),
+                id: NEXT_ROUTER_ID.fetch_add(1, Ordering::Relaxed),
                 decisions: Mutex::new(Vec::new()),
                 me: me.clone(),
             }
         })
+    }
+
+    /// The clock untimed calls read their deadlines from.
+    pub fn clock(&self) -> &TickClock {
+        self.ticker.clock()
     }
 
     /// A function loaded in this process.
@@ -162,7 +188,7 @@ impl RuntimeRouter {
         {
             return Ok(r.clone());
         }
-        let outcome = self.choose(caller_namespace, target);
+        let outcome = self.choose(caller == HOST_CALLER, caller_namespace, target);
         self.decisions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -182,6 +208,7 @@ impl RuntimeRouter {
             selection.mode,
             transport,
             self.limits.clone(),
+            self.clock().clone(),
         ));
         routes
             .entry(caller.to_string())
@@ -194,23 +221,34 @@ impl RuntimeRouter {
 
     /// The route of a call the host makes as a function of `namespace`.
     pub fn host_route(&self, namespace: &str, target: &str) -> Result<Arc<Route>, CallError> {
-        let mut last = self
-            .last_host_route
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some((ns, t, route)) = &*last {
-            if ns == namespace && t == target {
-                return Ok(route.clone());
+        let memo = LAST_HOST_ROUTE.try_with(|last| {
+            let last = last.borrow();
+            let l = last.as_ref()?;
+            let same = l.router == self.id && &*l.namespace == namespace && &*l.target == target;
+            if same {
+                l.route.upgrade()
+            } else {
+                None
             }
+        });
+        if let Ok(Some(route)) = memo {
+            return Ok(route);
         }
         let route = self.route_by_name(HOST_CALLER, namespace, target)?;
-        *last = Some((namespace.to_string(), target.to_string(), route.clone()));
+        let _ = LAST_HOST_ROUTE.try_with(|last| {
+            *last.borrow_mut() = Some(LastHostRoute {
+                router: self.id,
+                namespace: namespace.into(),
+                target: target.into(),
+                route: Arc::downgrade(&route),
+            });
+        });
         Ok(route)
     }
 
     /// Which mode a call from `caller_namespace` to `target` takes, and why.
     pub fn explain(&self, caller_namespace: &str, target: &str) -> Result<Selection, CallError> {
-        self.choose(caller_namespace, target).map(|(s, _)| s)
+        self.choose(false, caller_namespace, target).map(|(s, _)| s)
     }
 
     /// Every routing decision made so far, in order.
@@ -235,6 +273,7 @@ impl RuntimeRouter {
     /// of the chosen transport.
     fn choose(
         &self,
+        from_host: bool,
         caller_namespace: &str,
         target: &str,
     ) -> Result<(Selection, Box<dyn Transport>), CallError> {
@@ -278,6 +317,7 @@ impl RuntimeRouter {
         let (selection, choice) = select(&placement)?;
         let max = self.limits.max_payload_bytes;
         let transport: Box<dyn Transport> = match (choice, function, &self.broker) {
+            (Choice::Embedded, Some(f), _) if from_host => Box::new(EmbeddedClient::held(f)),
             (Choice::Embedded, Some(f), _) => Box::new(EmbeddedClient::new(f)),
             (Choice::Local(r), ..) => {
                 Box::new(LocalClient::new(target.to_string(), r.socket.clone(), max))

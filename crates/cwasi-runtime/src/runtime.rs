@@ -311,7 +311,14 @@ impl Runtime {
             socket.to_path_buf(),
             limits.max_payload_bytes,
         );
-        let route = Route::new(HOST_CALLER, target, Mode::Local, Box::new(client), limits);
+        let route = Route::new(
+            HOST_CALLER,
+            target,
+            Mode::Local,
+            Box::new(client),
+            limits,
+            self.router.clock().clone(),
+        );
         let mut io = VecIo {
             request,
             response: Vec::new(),

@@ -79,16 +79,7 @@ impl CallMeta {
         caller_deadline: Option<Deadline>,
         limits: &Limits,
     ) -> Result<CallMeta, CallError> {
-        let depth = depth.max(1);
-        if depth > limits.max_call_depth {
-            return Err(CallError::new(
-                ErrorCode::ResourceLimit,
-                format!(
-                    "call depth {depth} is over the limit of {}",
-                    limits.max_call_depth
-                ),
-            ));
-        }
+        let depth = check_depth(depth.max(1), limits)?;
         let issued = Instant::now();
         let own = Deadline::at(issued, limits.call_timeout);
         Ok(CallMeta {
@@ -97,6 +88,21 @@ impl CallMeta {
             issued,
         })
     }
+}
+
+/// `depth`, if it is within `limits.max_call_depth`: one check, for a call
+/// made here and for one that arrives from another process.
+pub(crate) fn check_depth(depth: u32, limits: &Limits) -> Result<u32, CallError> {
+    if depth > limits.max_call_depth {
+        return Err(CallError::new(
+            ErrorCode::ResourceLimit,
+            format!(
+                "call depth {depth} is over the limit of {}",
+                limits.max_call_depth
+            ),
+        ));
+    }
+    Ok(depth)
 }
 
 /// A host-side caller: the request is a byte slice and the response a `Vec`.

@@ -16,6 +16,21 @@ use crate::engine::ticks_for;
 use crate::error::{CallError, ErrorCode};
 use crate::inspect::ModuleInfo;
 
+/// Whether `len` bytes at `ptr` lie within a memory of `size` bytes.
+fn fits(ptr: usize, len: usize, size: usize) -> bool {
+    ptr.checked_add(len).is_some_and(|end| end <= size)
+}
+
+/// `BAD_RESPONSE`: callee `name` handed back a range outside its memory.
+fn out_of_bounds(name: &str, ptr: usize, len: usize, size: usize, what: &str) -> CallError {
+    CallError::new(
+        ErrorCode::BadResponse,
+        format!(
+            "callee '{name}': {what} out of bounds (ptr {ptr:#x}, len {len}, memory {size} bytes)"
+        ),
+    )
+}
+
 /// Longest message read from a callee's `cwasi_error`.
 const MAX_ERROR_MESSAGE: usize = 4096;
 
@@ -140,11 +155,12 @@ impl WarmInstance {
     }
 
     /// Allocates `len` bytes for a request in the callee, through its
-    /// allocation export, and returns the checked offset. A zero length
-    /// allocates nothing.
-    pub fn alloc_request(&mut self, len: usize) -> Result<usize, CallError> {
+    /// allocation export, and returns the checked offset with the buffer
+    /// there (one look at the memory, not one to check and one to copy).
+    /// A zero length allocates nothing.
+    pub fn request_buffer(&mut self, len: usize) -> Result<(usize, &mut [u8]), CallError> {
         if len == 0 {
-            return Ok(0);
+            return Ok((0, &mut []));
         }
         let alloc = match &self.entry {
             Entrypoints::Abi { alloc, .. } | Entrypoints::Seed { alloc, .. } => alloc,
@@ -165,13 +181,33 @@ impl WarmInstance {
                 ),
             ));
         }
-        self.check_range(ptr, len, "cwasi_alloc returned a buffer")?;
-        Ok(ptr)
+        let (memory, state) = self.memory.data_and_store_mut(&mut self.store);
+        if !fits(ptr, len, memory.len()) {
+            let what = "cwasi_alloc returned a buffer";
+            return Err(out_of_bounds(
+                &state.caller.name,
+                ptr,
+                len,
+                memory.len(),
+                what,
+            ));
+        }
+        Ok((ptr, &mut memory[ptr..ptr + len]))
     }
 
-    /// The callee's memory, for copying in and out.
-    pub fn memory_mut(&mut self) -> &mut [u8] {
-        self.memory.data_mut(&mut self.store)
+    /// The response a handler left at `range`, checked against the memory.
+    pub fn response(&self, range: ResponseRange) -> Result<&[u8], CallError> {
+        let memory = self.memory.data(&self.store);
+        if !fits(range.ptr, range.len, memory.len()) {
+            return Err(out_of_bounds(
+                self.name(),
+                range.ptr,
+                range.len,
+                memory.len(),
+                "cwasi_handle returned a response",
+            ));
+        }
+        Ok(&memory[range.ptr..range.ptr + range.len])
     }
 
     /// Runs the handler on a request already placed at `ptr`.
@@ -194,10 +230,12 @@ impl WarmInstance {
                         format!("callee '{}' failed: {detail}", self.name()),
                     ));
                 }
+                // Checked against the memory when read, by `response`.
                 let (ptr, len) = unpack(packed);
-                let (ptr, len) = (ptr as usize, len as usize);
-                self.check_range(ptr, len, "cwasi_handle returned a response")?;
-                Ok(ResponseRange { ptr, len })
+                Ok(ResponseRange {
+                    ptr: ptr as usize,
+                    len: len as usize,
+                })
             }
             Entrypoints::Seed { handler, .. } => match handler.call(&mut self.store, args) {
                 Ok(()) => Ok(ResponseRange { ptr: 0, len: 0 }),
@@ -215,20 +253,6 @@ impl WarmInstance {
         let data = self.memory.data(&self.store);
         let bytes = data.get(ptr..ptr.checked_add(len)?)?;
         Some(String::from_utf8_lossy(bytes).into_owned())
-    }
-
-    fn check_range(&self, ptr: usize, len: usize, what: &str) -> Result<(), CallError> {
-        let size = self.memory.data_size(&self.store);
-        match ptr.checked_add(len) {
-            Some(end) if end <= size => Ok(()),
-            _ => Err(CallError::new(
-                ErrorCode::BadResponse,
-                format!(
-                    "callee '{}': {what} out of bounds (ptr {ptr:#x}, len {len}, memory {size} bytes)",
-                    self.name()
-                ),
-            )),
-        }
     }
 
     fn name(&self) -> &str {

@@ -40,22 +40,61 @@ impl Exchange for CallerExchange<'_> {
     }
 }
 
-/// Runs one call of `function`: the whole callee-side path.
+/// Runs one call of `function`: the whole callee-side path, on this thread.
+/// It borrows the function, so a call costs no reference count.
 pub(crate) fn invoke(
-    function: &Arc<Function>,
+    function: &Function,
     call: CallMeta,
     exchange: &mut dyn Exchange,
 ) -> Result<(), CallError> {
-    let mut invocation = Invocation::begin(function, call, exchange)?;
-    let result = invocation
-        .run()
-        .and_then(|range| invocation.deliver(range, exchange));
-    invocation.finish(result.as_ref().map(|_| ()));
+    let mut instance = function.acquire(call)?;
+    let result = place(&mut instance, exchange)
+        .and_then(|request| run(function, &mut instance, request))
+        .and_then(|range| deliver_response(&instance, range, exchange));
+    function.release(instance, result.as_ref().map(|_| ()));
     result
 }
 
-/// One call in progress in one instance, step by step (a started call runs
-/// its handler on another thread than the one that placed its request).
+/// Copies the request into the instance; returns where it lies.
+fn place(
+    instance: &mut WarmInstance,
+    exchange: &mut dyn Exchange,
+) -> Result<(usize, usize), CallError> {
+    let len = exchange.request_len();
+    let (ptr, dst) = instance.request_buffer(len)?;
+    exchange.read_request(dst)?;
+    Ok((ptr, len))
+}
+
+/// Runs the handler on the request placed at `request`; the response stays
+/// in the callee's memory until delivered.
+fn run(
+    function: &Function,
+    instance: &mut WarmInstance,
+    (ptr, len): (usize, usize),
+) -> Result<ResponseRange, CallError> {
+    let range = instance.handle(ptr, len)?;
+    let max = function.limits().max_payload_bytes;
+    if range.len > max {
+        // A range outside the memory is the worse fault: report that one.
+        instance.response(range)?;
+        return Err(CallError::too_large("response", range.len, max));
+    }
+    Ok(range)
+}
+
+/// Copies the response at `range` out of the callee's memory.
+fn deliver_response(
+    instance: &WarmInstance,
+    range: ResponseRange,
+    exchange: &mut dyn Exchange,
+) -> Result<(), CallError> {
+    exchange.write_response(instance.response(range)?)
+}
+
+/// One call in progress in one instance, step by step, for a started call
+/// whose handler runs on another thread than the one that placed its
+/// request (so it owns its function).
 pub(crate) struct Invocation {
     function: Arc<Function>,
     instance: Box<WarmInstance>,
@@ -70,16 +109,11 @@ impl Invocation {
         exchange: &mut dyn Exchange,
     ) -> Result<Invocation, CallError> {
         let mut instance = function.acquire(call)?;
-        let len = exchange.request_len();
-        let placed = instance.alloc_request(len).and_then(|ptr| {
-            exchange.read_request(&mut instance.memory_mut()[ptr..ptr + len])?;
-            Ok(ptr)
-        });
-        match placed {
-            Ok(ptr) => Ok(Invocation {
+        match place(&mut instance, exchange) {
+            Ok(request) => Ok(Invocation {
                 function: function.clone(),
                 instance,
-                request: (ptr, len),
+                request,
             }),
             Err(e) => {
                 function.release(instance, Err(&e));
@@ -88,16 +122,9 @@ impl Invocation {
         }
     }
 
-    /// Runs the handler on the request; the response stays in the callee's
-    /// memory until delivered.
+    /// Runs the handler on the request.
     pub fn run(&mut self) -> Result<ResponseRange, CallError> {
-        let (ptr, len) = self.request;
-        let range = self.instance.handle(ptr, len)?;
-        let max = self.function.limits().max_payload_bytes;
-        if range.len > max {
-            return Err(CallError::too_large("response", range.len, max));
-        }
-        Ok(range)
+        run(&self.function, &mut self.instance, self.request)
     }
 
     /// Copies the response out of the callee's memory.
@@ -106,8 +133,7 @@ impl Invocation {
         range: ResponseRange,
         exchange: &mut dyn Exchange,
     ) -> Result<(), CallError> {
-        let memory = self.instance.memory_mut();
-        exchange.write_response(&memory[range.ptr..range.ptr + range.len])
+        deliver_response(&self.instance, range, exchange)
     }
 
     /// Ends the call: pools the instance again if `outcome` leaves it in a

@@ -15,39 +15,65 @@ use crate::guest::function::Function;
 use crate::guest::instance::ResponseRange;
 use crate::guest::invoke::{invoke, CallerExchange, Invocation};
 
-/// Calls a function loaded in this process. It holds the function weakly:
-/// routes live in instances of other functions, and a strong link would let
-/// two functions that call each other keep each other alive.
+/// Calls a function loaded in this process.
 pub(crate) struct EmbeddedClient {
-    function: Weak<Function>,
+    callee: Callee,
     name: String,
 }
 
+/// How a client holds its callee.
+enum Callee {
+    /// Weakly, for a route that lives in an instance of another function:
+    /// a strong link would let two functions that call each other keep each
+    /// other alive.
+    Weak(Weak<Function>),
+    /// Strongly, for a route of the host's own calls. Nothing a function
+    /// owns holds such a route, so there is no cycle, and a call costs no
+    /// upgrade.
+    Held(Arc<Function>),
+}
+
 impl EmbeddedClient {
-    /// A client of `function`.
+    /// A client of `function` for a route of another function's.
     pub fn new(function: &Arc<Function>) -> EmbeddedClient {
         EmbeddedClient {
-            function: Arc::downgrade(function),
+            callee: Callee::Weak(Arc::downgrade(function)),
             name: function.spec.name.clone(),
         }
     }
 
-    fn function(&self) -> Result<Arc<Function>, CallError> {
-        self.function.upgrade().ok_or_else(|| {
-            CallError::new(
-                ErrorCode::Transport,
-                format!(
-                    "'{}' is no longer loaded (its runtime shut down)",
-                    self.name
-                ),
-            )
-        })
+    /// A client of `function` for a route of the host's.
+    pub fn held(function: &Arc<Function>) -> EmbeddedClient {
+        EmbeddedClient {
+            callee: Callee::Held(function.clone()),
+            name: function.spec.name.clone(),
+        }
+    }
+
+    /// Runs `f` with the callee, if it is still loaded.
+    fn with_function<R>(
+        &self,
+        f: impl FnOnce(&Arc<Function>) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
+        match &self.callee {
+            Callee::Held(function) => f(function),
+            Callee::Weak(weak) => match weak.upgrade() {
+                Some(function) => f(&function),
+                None => Err(CallError::new(
+                    ErrorCode::Transport,
+                    format!(
+                        "'{}' is no longer loaded (its runtime shut down)",
+                        self.name
+                    ),
+                )),
+            },
+        }
     }
 }
 
 impl Transport for EmbeddedClient {
     fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError> {
-        invoke(&self.function()?, *call, &mut CallerExchange(io))
+        self.with_function(|function| invoke(function, *call, &mut CallerExchange(io)))
     }
 
     fn start(
@@ -57,7 +83,9 @@ impl Transport for EmbeddedClient {
     ) -> Result<Box<dyn PendingCall>, CallError> {
         // The request is copied in on the caller's thread, so the caller may
         // reuse its buffer at once; the handler runs on a worker.
-        let mut invocation = Invocation::begin(&self.function()?, *call, &mut CallerExchange(io))?;
+        let mut invocation = self.with_function(|function| {
+            Invocation::begin(function, *call, &mut CallerExchange(io))
+        })?;
         let (tx, rx) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name(format!("cwasi-call-{}", self.name))
