@@ -105,6 +105,12 @@ struct ServeArgs {
     /// Calls that may run at once.
     #[arg(long, default_value_t = 16)]
     max_concurrent: usize,
+    /// Connections open at once; more are refused with RESOURCE_LIMIT.
+    #[arg(long, default_value_t = 128)]
+    max_connections: usize,
+    /// Seconds an idle connection is kept open.
+    #[arg(long, default_value_t = 30)]
+    idle_timeout_secs: u64,
     /// Another uid allowed to call (the server's own and root always are).
     #[arg(long = "allow-uid")]
     allow_uid: Vec<u32>,
@@ -308,8 +314,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot load {}", args.module.display()))?;
     let opts = ServeOptions {
         max_concurrent_calls: args.max_concurrent,
+        max_connections: args.max_connections,
         allowed_uids: args.allow_uid,
-        ..ServeOptions::default()
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
     };
     let mut signals = StopSignals::install().context("cannot install signal handlers")?;
     let handle = runtime.serve(&args.name, &dir, opts)?;

@@ -1,6 +1,6 @@
 //! Local mode between real processes: `cwasi run` serving other namespaces,
-//! a server killed mid-call and restarted, a peer of another uid, and
-//! malformed frames.
+//! a server killed mid-call and restarted, a peer of another uid, malformed
+//! frames, half-sent requests, and the cap on connections.
 
 mod common;
 
@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{assert_producer_ok, cwasi, function, run_with_timeout, Scratch, Server, LIMIT};
-use cwasi_runtime::wire::{Header, Kind, HEADER_LEN};
+use cwasi_runtime::wire::{Header, Kind, FLAG_CHUNKED, FLAG_SHM, HEADER_LEN};
 use cwasi_runtime::{ErrorCode, Limits, Mode, NodeDirectory, Runtime};
 use test_programs_artifacts as progs;
 
@@ -175,30 +175,70 @@ fn a_peer_of_another_uid_is_refused() {
     );
 }
 
-/// Reads what the server answers on a raw connection: the frame kinds it
-/// sent before closing.
-fn answers(mut s: UnixStream) -> Vec<Kind> {
+/// One frame the server sent on a raw connection.
+struct Frame {
+    kind: Kind,
+    status: i32,
+    message: String,
+}
+
+/// Reads what the server sends on a raw connection until it closes it.
+fn frames(mut s: UnixStream) -> Vec<Frame> {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut kinds = Vec::new();
+    let mut out = Vec::new();
     loop {
         let mut head = [0u8; HEADER_LEN];
         match s.read_exact(&mut head) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return kinds,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return out,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
             Err(e) => panic!("the server neither answered nor closed: {e}"),
         }
         let h = Header::decode(&head, 1 << 30).expect("the server sent a bad frame");
         let mut body = vec![0u8; h.payload_len as usize];
         s.read_exact(&mut body).unwrap();
-        kinds.push(h.kind);
+        out.push(Frame {
+            kind: h.kind,
+            status: h.status,
+            message: String::from_utf8_lossy(&body).into_owned(),
+        });
     }
 }
 
+/// The kinds of the frames the server sends before closing.
+fn answers(s: UnixStream) -> Vec<Kind> {
+    frames(s).into_iter().map(|f| f.kind).collect()
+}
+
+/// The one error frame the server sends before closing, as (code, message).
+fn refusal(s: UnixStream) -> (i32, String) {
+    let got = frames(s);
+    assert_eq!(
+        got.len(),
+        1,
+        "expected one error frame, got {} frames",
+        got.len()
+    );
+    assert_eq!(got[0].kind, Kind::Error);
+    (got[0].status, got[0].message.clone())
+}
+
 fn attach_frame(s: &UnixStream) {
-    use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
+    attach_region(s, 0);
+}
+
+/// Opens a connection the proper way, with a shared region of `size` bytes.
+fn attach_region(s: &UnixStream, size: u64) {
+    try_attach_region(s, size).unwrap();
+}
+
+/// [`attach_region`], for a connection the server may have closed already.
+fn try_attach_region(s: &UnixStream, size: u64) -> std::io::Result<()> {
+    use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
     use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     use std::os::fd::AsFd;
     let fd = memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    ftruncate(&fd, size).unwrap();
     fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::SEAL).unwrap();
     let head = Header::new(Kind::AttachShm, 0).encode();
     let fds = [fd.as_fd()];
@@ -210,9 +250,17 @@ fn attach_frame(s: &UnixStream) {
         &[std::io::IoSlice::new(&head)],
         &mut control,
         SendFlags::empty(),
-    )
-    .unwrap();
+    )?;
     assert_eq!(n, HEADER_LEN);
+    Ok(())
+}
+
+/// A request for `echo` whose header is `h` but for the target.
+fn request_head(mut h: Header) -> Vec<u8> {
+    h.target_len = 4;
+    let mut out = h.encode().to_vec();
+    out.extend_from_slice(b"echo");
+    out
 }
 
 #[test]
@@ -303,4 +351,183 @@ fn malformed_frames_close_the_connection_and_the_server_keeps_serving() {
         fresh.call("a", "echo", &[5u8; 300_000]).unwrap(),
         vec![5u8; 300_000]
     );
+}
+
+#[test]
+fn half_sent_requests_hold_no_call_slot_and_are_cut_off_with_an_error_frame() {
+    let scratch = Scratch::new("half-sent");
+    let dir = scratch.0.join("node");
+    let _server = Server::start(
+        &dir,
+        progs::ECHO,
+        "echo",
+        "b",
+        &["--max-concurrent", "4"],
+        &[],
+    );
+    let socket = dir.join("echo@b.sock");
+    // Twenty callers send a request's header and target, and stop before
+    // the inline payload; six announce a pipelined payload and never send a
+    // progress count. Before the fix, four of them took every call slot
+    // until the idle timeout.
+    let mut stalled = Vec::new();
+    for i in 0..26u64 {
+        let s = UnixStream::connect(&socket).unwrap();
+        let mut h = Header::new(Kind::Request, i + 1);
+        if i < 20 {
+            attach_frame(&s);
+            h.payload_len = 1000;
+        } else {
+            attach_region(&s, 4 << 20);
+            h.flags = FLAG_SHM | FLAG_CHUNKED;
+            h.payload_len = 4 << 20;
+        }
+        (&s).write_all(&request_head(h)).unwrap();
+        stalled.push(s);
+    }
+    // A fresh caller is served while they hang.
+    let timeout = Duration::from_secs(20);
+    let fresh = caller(&dir, timeout);
+    let started = Instant::now();
+    assert_eq!(fresh.call("a", "echo", b"served").unwrap(), b"served");
+    let took = started.elapsed();
+    assert!(
+        took < timeout / 2,
+        "the fresh call took {took:?} of its {timeout:?} timeout"
+    );
+    // Each stalled request is cut off with an error frame that says why.
+    for s in stalled {
+        let (code, message) = refusal(s);
+        assert_eq!(code, ErrorCode::Transport.as_raw(), "{message}");
+        assert!(message.contains("did not arrive"), "{message}");
+    }
+    assert_eq!(fresh.call("a", "echo", b"again").unwrap(), b"again");
+}
+
+#[test]
+fn connections_over_the_cap_are_refused_and_idle_ones_are_closed() {
+    let scratch = Scratch::new("conn-cap");
+    let dir = scratch.0.join("node");
+    let _server = Server::start(
+        &dir,
+        progs::ECHO,
+        "echo",
+        "b",
+        &["--max-connections", "4", "--idle-timeout-secs", "2"],
+        &[],
+    );
+    let socket = dir.join("echo@b.sock");
+    let idle: Vec<UnixStream> = (0..4)
+        .map(|_| {
+            let s = UnixStream::connect(&socket).unwrap();
+            attach_frame(&s);
+            s
+        })
+        .collect();
+    // The connection threads count from when they start: give them a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let over = UnixStream::connect(&socket).unwrap();
+    // The server may refuse it before the first frame is even sent.
+    let _ = try_attach_region(&over, 0);
+    let (code, message) = refusal(over);
+    assert_eq!(code, ErrorCode::ResourceLimit.as_raw(), "{message}");
+    assert!(message.contains("limit"), "{message}");
+    let refused = caller(&dir, Duration::from_secs(10))
+        .call("a", "echo", b"x")
+        .unwrap_err();
+    assert_eq!(refused.code, ErrorCode::ResourceLimit, "{refused}");
+    // The idle ones are closed after the idle timeout, without a word, and
+    // the server has room again.
+    for s in idle {
+        assert!(answers(s).is_empty());
+    }
+    let fresh = caller(&dir, Duration::from_secs(10));
+    assert_eq!(fresh.call("a", "echo", b"room").unwrap(), b"room");
+}
+
+#[test]
+fn protocol_refusals_end_with_an_error_frame() {
+    let scratch = Scratch::new("refusals");
+    let dir = scratch.0.join("node");
+    let _server = Server::start(&dir, progs::ECHO, "echo", "b", &[], &[]);
+    let socket = dir.join("echo@b.sock");
+    let refused = |region: u64, h: Header, after: &[u8]| {
+        let s = UnixStream::connect(&socket).unwrap();
+        attach_region(&s, region);
+        (&s).write_all(&request_head(h)).unwrap();
+        (&s).write_all(after).unwrap();
+        refusal(s)
+    };
+
+    // A payload announced in the region, longer than the region.
+    let mut h = Header::new(Kind::Request, 1);
+    h.flags = FLAG_SHM;
+    h.payload_len = 100_000;
+    let (code, message) = refused(0, h, &[]);
+    assert_eq!(code, ErrorCode::Transport.as_raw());
+    assert!(message.contains("shared region"), "{message}");
+
+    // A progress count that goes backwards.
+    let mut h = Header::new(Kind::Request, 2);
+    h.flags = FLAG_SHM | FLAG_CHUNKED;
+    h.payload_len = 2 << 20;
+    let counts: Vec<u8> = [1u64 << 20, 1000]
+        .iter()
+        .flat_map(|c| c.to_le_bytes())
+        .collect();
+    let (code, message) = refused(2 << 20, h, &counts);
+    assert_eq!(code, ErrorCode::Transport.as_raw());
+    assert!(message.contains("progress"), "{message}");
+
+    // A request without a target.
+    let s = UnixStream::connect(&socket).unwrap();
+    attach_frame(&s);
+    let mut h = Header::new(Kind::Request, 3);
+    h.payload_len = 2;
+    (&s).write_all(&h.encode()).unwrap();
+    (&s).write_all(b"hi").unwrap();
+    let (_, message) = refusal(s);
+    assert!(message.contains("must name its target"), "{message}");
+
+    let good = caller(&dir, Duration::from_secs(20));
+    assert_eq!(good.call("a", "echo", b"fine").unwrap(), b"fine");
+}
+
+#[test]
+fn a_call_cycle_across_processes_stops_at_the_call_depth_limit() {
+    let scratch = Scratch::new("cycle");
+    let dir = scratch.0.join("node");
+    // `a` of n1 forwards to `b` of n2, which forwards to `a` again: every
+    // hop crosses processes, so only the depth that travels with the local
+    // frame can stop it.
+    let _a = Server::start(
+        &dir,
+        progs::TRANSFORM,
+        "a",
+        "n1",
+        &["--env", "CWASI_NEXT=b"],
+        &[],
+    );
+    let _b = Server::start(
+        &dir,
+        progs::TRANSFORM,
+        "b",
+        "n2",
+        &["--env", "CWASI_NEXT=a"],
+        &[],
+    );
+    let timeout = Duration::from_secs(60);
+    let entry = caller(&dir, timeout);
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let e = entry.call("c", "a", b"round and round").unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            e.message.contains("call depth 33 is over the limit of 32"),
+            "attempt {attempt}: {e}"
+        );
+        // It ended by the depth check, not by a timeout: every call slot
+        // the cycle took was given back, or the second attempt would wait.
+        assert!(took < timeout / 2, "attempt {attempt} took {took:?}");
+    }
 }

@@ -133,6 +133,13 @@ pub const ANSWER_GRACE: Duration = Duration::from_secs(2);
 /// written, before the peer counts as unreachable.
 pub const LOCAL_IO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long each phase of a request to a local server may take once the
+/// request has begun: the rest of its header, its target name, an inline
+/// payload, each progress count of a pipelined payload (and the first frame
+/// of a connection). Peers on one node send a phase in microseconds; one
+/// that stalls this long is cut off with an error frame.
+pub const LOCAL_PHASE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long past the call timeout a broker consumer holds a request before
 /// another consumer may take it over (its lease), and how long a request's
 /// payload key outlives the request's deadline: nodes' clocks may differ by

@@ -29,6 +29,7 @@ pub fn ticks_for(timeout: Duration) -> u64 {
 pub fn new_engine() -> Result<(Engine, EpochTicker), RuntimeError> {
     let mut config = Config::new();
     config.epoch_interruption(true);
+    config.max_wasm_stack(crate::native_stack::WASM_STACK_PER_CALL);
     let engine = Engine::new(&config).map_err(|source| RuntimeError::Engine {
         what: "cannot create the wasmtime engine",
         source,

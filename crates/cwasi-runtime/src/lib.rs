@@ -32,6 +32,7 @@ mod engine;
 mod error;
 mod guest;
 mod inspect;
+mod native_stack;
 mod node_dir;
 mod router;
 mod runtime;

@@ -109,6 +109,17 @@ impl RuntimeBuilder {
     /// Compiles every module once and links it. Fails on the first module
     /// that cannot be loaded, naming it.
     pub fn build(self) -> Result<Runtime, RuntimeError> {
+        let bound = crate::native_stack::MAX_CALL_DEPTH_BOUND;
+        if self.limits.max_call_depth > bound {
+            let per_level =
+                crate::native_stack::WASM_STACK_PER_CALL + crate::native_stack::HOST_STACK_PER_CALL;
+            return Err(RuntimeError::Config(format!(
+                "max_call_depth {} is over the bound of {bound}: every level of a chain of \
+                 nested calls may need up to {} KiB of native stack",
+                self.limits.max_call_depth,
+                per_level >> 10
+            )));
+        }
         let (engine, ticker) = new_engine()?;
         let linker = crate::guest::host_abi::linker(&engine)?;
         let mut functions: Vec<LinkedModule> = Vec::new();

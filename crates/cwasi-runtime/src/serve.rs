@@ -25,9 +25,13 @@ use crate::transport::remote::{Broker, Handler, RequestMeta, StreamServer};
 pub struct ServeOptions {
     /// Calls that may run at once; more wait for a slot.
     pub max_concurrent_calls: usize,
+    /// Connections open at once; more are refused with `RESOURCE_LIMIT`.
+    /// Callers pool connections, so a few per caller process suffice.
+    pub max_connections: usize,
     /// Uids allowed besides the server's own and root.
     pub allowed_uids: Vec<u32>,
-    /// How long an idle connection is kept open.
+    /// How long an idle connection is kept open (callers reopen one when
+    /// they need it).
     pub idle_timeout: Duration,
 }
 
@@ -35,8 +39,9 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             max_concurrent_calls: 16,
+            max_connections: 128,
             allowed_uids: Vec::new(),
-            idle_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -177,6 +182,7 @@ pub(crate) fn serve(
     allowed_uids.push(0);
     let settings = ServerSettings {
         max_concurrent_calls: opts.max_concurrent_calls,
+        max_connections: opts.max_connections,
         allowed_uids,
         idle_timeout: opts.idle_timeout,
     };

@@ -297,3 +297,47 @@ fn entry_exit_codes_pass_through() {
     let err = rt.run_entry("echo");
     assert!(matches!(err, Ok(0) | Err(RuntimeError::NotAnEntry(_))));
 }
+
+#[test]
+fn a_deep_chain_of_nested_embedded_calls_never_overflows_the_host_stack() {
+    let mut t = spec("t", progs::TRANSFORM);
+    t.env.push(("CWASI_NEXT".into(), "t".into()));
+    let limits = |max_call_depth| Limits {
+        max_call_depth,
+        ..Limits::default()
+    };
+    // A depth the host's stack cannot be sized for is refused up front.
+    let e = builder()
+        .limits(limits(3200))
+        .function(t.clone())
+        .build()
+        .err()
+        .expect("a call depth of 3200 was accepted");
+    assert!(e.to_string().contains("over the bound of 256"), "{e}");
+
+    // `t` calls itself 256 levels deep, from a thread whose stack holds
+    // less than one level: every level that does not fit where it is moves
+    // to a fresh stack, and the chain ends at the depth limit, cleanly.
+    let rt = builder().limits(limits(256)).function(t).build().unwrap();
+    let err = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(512 << 10)
+            .spawn_scoped(s, || rt.call("default", "t", b"deep"))
+            .unwrap()
+            .join()
+            .unwrap()
+    })
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::CalleeError, "{err}");
+    let hop = rt
+        .hops()
+        .into_iter()
+        .find(|h| h.caller == "t" && h.target == "t")
+        .expect("no t -> t hop");
+    // Depths 2 to 256 were called; the call to depth 257 was refused
+    // before it left `t`.
+    assert_eq!((hop.calls, hop.failures), (255, 255));
+    // The process is whole, and the chain can run again from this thread.
+    let again = rt.call("default", "t", b"again").unwrap_err();
+    assert_eq!(again.code, ErrorCode::CalleeError, "{again}");
+}

@@ -8,12 +8,13 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 
 use super::{PendingCall, Transport};
-use crate::call::{CallMeta, CallerIo};
+use crate::call::{deliver, CallMeta, CallerIo, VecIo};
 use crate::deadline::ANSWER_GRACE;
 use crate::error::{CallError, ErrorCode};
 use crate::guest::function::Function;
 use crate::guest::instance::ResponseRange;
 use crate::guest::invoke::{invoke, CallerExchange, Invocation};
+use crate::native_stack::{has_room_for_a_call, NESTED_STACK_SIZE};
 
 /// Calls a function loaded in this process.
 pub(crate) struct EmbeddedClient {
@@ -71,9 +72,57 @@ impl EmbeddedClient {
     }
 }
 
+impl EmbeddedClient {
+    /// Runs a call on a thread of its own with a fresh stack, for a chain
+    /// of nested calls that has used up this thread's (`native_stack.rs`).
+    /// The caller's memory belongs to this thread, so the request is copied
+    /// out first and the response in after: two more copies, at the depths
+    /// where this happens.
+    fn invoke_on_fresh_stack(
+        &self,
+        function: &Function,
+        call: CallMeta,
+        io: &mut dyn CallerIo,
+    ) -> Result<(), CallError> {
+        tracing::debug!(callee = %self.name, depth = call.depth, "nested call moves to a fresh stack");
+        let request = io.request().to_vec();
+        let response = std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name(format!("cwasi-nested-{}", self.name))
+                .stack_size(NESTED_STACK_SIZE)
+                .spawn_scoped(scope, || {
+                    let mut own = VecIo {
+                        request: &request,
+                        response: Vec::new(),
+                    };
+                    invoke(function, call, &mut CallerExchange(&mut own)).map(|()| own.response)
+                })
+                .map_err(|e| {
+                    CallError::new(
+                        ErrorCode::ResourceLimit,
+                        format!("cannot start a thread for a nested call: {e}"),
+                    )
+                })?;
+            worker.join().unwrap_or_else(|_| {
+                Err(CallError::new(
+                    ErrorCode::CalleeTrapped,
+                    format!("the nested call of '{}' panicked", self.name),
+                ))
+            })
+        })?;
+        deliver(io, &response)
+    }
+}
+
 impl Transport for EmbeddedClient {
     fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError> {
-        self.with_function(|function| invoke(function, *call, &mut CallerExchange(io)))
+        self.with_function(|function| {
+            if has_room_for_a_call() {
+                invoke(function, *call, &mut CallerExchange(io))
+            } else {
+                self.invoke_on_fresh_stack(function, *call, io)
+            }
+        })
     }
 
     fn start(

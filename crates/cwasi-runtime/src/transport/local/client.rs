@@ -31,18 +31,26 @@ struct Connection {
 }
 
 impl Connection {
-    /// Connects and passes the shared region (the first frame).
-    fn open(socket: &std::path::Path) -> io::Result<Connection> {
-        let stream = UnixStream::connect(socket)?;
-        stream.set_write_timeout(Some(LOCAL_IO_TIMEOUT))?;
-        let shm = SharedRegion::create()?;
-        let head = Header::new(Kind::AttachShm, 0).encode();
-        send_with_fd(&stream, &head, shm.fd())?;
-        Ok(Connection {
-            stream,
-            shm,
-            read_timeout: None,
-        })
+    /// Connects and passes the shared region (the first frame). A failure
+    /// after the connection was made comes with the stream, which may hold
+    /// the server's reason for refusing it.
+    fn open(socket: &std::path::Path) -> Result<Connection, (io::Error, Option<UnixStream>)> {
+        let stream = UnixStream::connect(socket).map_err(|e| (e, None))?;
+        let attach = || {
+            stream.set_write_timeout(Some(LOCAL_IO_TIMEOUT))?;
+            let shm = SharedRegion::create()?;
+            let head = Header::new(Kind::AttachShm, 0).encode();
+            send_with_fd(&stream, &head, shm.fd())?;
+            Ok(shm)
+        };
+        match attach() {
+            Ok(shm) => Ok(Connection {
+                stream,
+                shm,
+                read_timeout: None,
+            }),
+            Err(e) => Err((e, Some(stream))),
+        }
     }
 
     /// Bounds the wait for the answer to a call due by `call.deadline`.
@@ -90,15 +98,19 @@ impl LocalClient {
 
 impl Endpoint {
     fn connect(&self) -> Result<Connection, CallError> {
-        Connection::open(&self.socket).map_err(|e| {
-            CallError::new(
-                ErrorCode::Transport,
-                format!(
-                    "cannot reach '{}' at {}: {e}",
-                    self.target,
-                    self.socket.display()
-                ),
-            )
+        Connection::open(&self.socket).map_err(|(e, stream)| {
+            stream
+                .and_then(|mut s| self.refusal(&mut s))
+                .unwrap_or_else(|| {
+                    CallError::new(
+                        ErrorCode::Transport,
+                        format!(
+                            "cannot reach '{}' at {}: {e}",
+                            self.target,
+                            self.socket.display()
+                        ),
+                    )
+                })
         })
     }
 
@@ -131,8 +143,13 @@ impl Endpoint {
             Some(conn) => conn,
             None => {
                 let mut fresh = self.connect()?;
-                send_request(&mut fresh, id, &self.target, io.request(), call)
-                    .map_err(|e| self.transport_error("cannot send the request", e))?;
+                if let Err(e) = send_request(&mut fresh, id, &self.target, io.request(), call) {
+                    // A server that refuses a connection (over its cap, a
+                    // peer it does not admit) says why before it closes.
+                    return Err(self
+                        .refusal(&mut fresh.stream)
+                        .unwrap_or_else(|| self.transport_error("cannot send the request", e)));
+                }
                 fresh
             }
         };
@@ -170,19 +187,9 @@ impl Endpoint {
             Err(e) => return Err(self.transport_error("bad answer", e)),
         };
         if h.kind == Kind::Error && h.id == 0 {
-            // The server refused the connection itself (credentials, protocol).
-            let (code, msg) = read_error(&mut conn.stream, &h).unwrap_or((
-                ErrorCode::from_raw(h.status).unwrap_or(ErrorCode::Transport),
-                String::new(),
-            ));
-            return Err(CallError::new(
-                code,
-                format!(
-                    "'{}' at {} refused the connection: {msg}",
-                    self.target,
-                    self.socket.display()
-                ),
-            ));
+            // The server refused the connection itself (credentials, its
+            // cap on connections, the protocol).
+            return Err(self.refused(&mut conn.stream, &h));
         }
         if h.id != id {
             return Err(self.transport_error(
@@ -213,6 +220,30 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The error frame a server sent before closing a connection it
+    /// refused, if one is there to read.
+    fn refusal(&self, stream: &mut UnixStream) -> Option<CallError> {
+        stream.set_read_timeout(Some(REFUSAL_WAIT)).ok()?;
+        let h = wire::read_header(stream, self.max_payload as u64).ok()?;
+        (h.kind == Kind::Error && h.id == 0).then(|| self.refused(stream, &h))
+    }
+
+    /// The error of a connection refused with error frame `h`.
+    fn refused(&self, stream: &mut UnixStream, h: &Header) -> CallError {
+        let (code, msg) = read_error(stream, h).unwrap_or((
+            ErrorCode::from_raw(h.status).unwrap_or(ErrorCode::Transport),
+            String::new(),
+        ));
+        CallError::new(
+            code,
+            format!(
+                "'{}' at {} refused the connection: {msg}",
+                self.target,
+                self.socket.display()
+            ),
+        )
+    }
+
     /// Pools a connection that is in step again for the next call.
     fn give_back(&self, conn: Connection) {
         self.idle
@@ -221,6 +252,10 @@ impl Endpoint {
             .push(conn);
     }
 }
+
+/// How long a client whose request could not be sent looks for the error
+/// frame of a server that refused the connection.
+const REFUSAL_WAIT: Duration = Duration::from_millis(200);
 
 /// Longest error message read from an error frame.
 const MAX_ERROR_MESSAGE: usize = 64 << 10;

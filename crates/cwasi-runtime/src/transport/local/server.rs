@@ -1,30 +1,43 @@
 //! Local mode, server side: accepts connections on a served function's Unix
-//! socket, checks each peer's credentials, and runs calls concurrently (up
+//! socket, up to a cap, checks each peer's credentials, reads each request
+//! under per-phase deadlines (`request.rs`), and runs calls concurrently (up
 //! to a limit) through the callee-side path of `guest::invoke`, moving
-//! payloads straight between the socket or the shared region and the
-//! callee's linear memory.
+//! payloads straight between the shared region and the callee's linear
+//! memory.
+//!
+//! Each connection has its own thread, because that thread is where its
+//! calls run: wasmtime runs a guest synchronously, and the request is
+//! copied from the region straight into the guest's memory on the way.
+//! What keeps threads and descriptors bounded is the cap on connections,
+//! the idle timeout, and the phase deadlines that end a stalled request.
 
 use std::io::{self, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::request::{is_peer_gone, Request, RequestError, RequestReader};
 use super::shm::{recv_payload, recv_with_fd, send_frame, SharedRegion};
 use super::wire::{self, Header, Kind, WireError, HEADER_LEN};
 use crate::call::CallMeta;
-use crate::deadline::Deadline;
+use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
 use crate::guest::invoke::{invoke, Exchange};
+
+/// How long a refused connection is drained before it is closed.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// How a local server admits callers and calls.
 #[derive(Debug, Clone)]
 pub(crate) struct ServerSettings {
     /// Calls that may run at once; more wait for a slot.
     pub max_concurrent_calls: usize,
+    /// Connections open at once; more are refused with `RESOURCE_LIMIT`.
+    pub max_connections: usize,
     /// Uids allowed: the server's own, root, and any configured.
     pub allowed_uids: Vec<u32>,
     /// How long an idle connection is kept open.
@@ -52,6 +65,8 @@ impl LocalServer {
                 free: Mutex::new(settings.max_concurrent_calls.max(1)),
                 cv: Condvar::new(),
             },
+            connections: AtomicUsize::new(0),
+            warnings: WarnBudget::default(),
             function,
             settings,
         });
@@ -112,7 +127,57 @@ impl Slots {
 struct Shared {
     function: Arc<Function>,
     slots: Slots,
+    /// Connections open now.
+    connections: AtomicUsize,
+    warnings: WarnBudget,
     settings: ServerSettings,
+}
+
+/// Warnings about refused peers, at most [`WarnBudget::PER_WINDOW`] per
+/// window: a flood of bad connections must not flood the log too.
+#[derive(Default)]
+struct WarnBudget(Mutex<Option<WarnWindow>>);
+
+struct WarnWindow {
+    started: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl WarnBudget {
+    const PER_WINDOW: u32 = 10;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// `Some(n)` if a warning may be logged now, with `n` the warnings
+    /// suppressed before it; `None` if this one is suppressed.
+    fn allow(&self) -> Option<u64> {
+        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let window = w.get_or_insert(WarnWindow {
+            started: now,
+            logged: 0,
+            suppressed: 0,
+        });
+        if now.duration_since(window.started) >= Self::WINDOW {
+            window.started = now;
+            window.logged = 0;
+        }
+        if window.logged >= Self::PER_WINDOW {
+            window.suppressed += 1;
+            return None;
+        }
+        window.logged += 1;
+        Some(std::mem::take(&mut window.suppressed))
+    }
+}
+
+/// Counts a connection as open until dropped.
+struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
@@ -123,21 +188,53 @@ fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: Arc<AtomicBool
         let stream = match conn {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
+                if shared.warnings.allow().is_some() {
+                    tracing::warn!("accept failed: {e}");
+                }
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
-        let shared = shared.clone();
+        let max = shared.settings.max_connections.max(1);
+        if shared.connections.fetch_add(1, Ordering::AcqRel) >= max {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            refuse_over_capacity(&stream, &shared, max);
+            continue;
+        }
+        let slot = ConnectionSlot(shared.clone());
         let spawned = std::thread::Builder::new()
             .name("cwasi-conn".into())
             .spawn(move || {
-                if let Err(e) = serve_connection(stream, &shared) {
+                if let Err(e) = serve_connection(stream, &slot.0) {
                     tracing::debug!("connection closed: {e}");
                 }
             });
         if let Err(e) = spawned {
             tracing::warn!("cannot start a connection thread: {e}");
+        }
+    }
+}
+
+/// Refuses a connection over the cap, on the accept thread: the error frame
+/// is written without blocking (a fresh socket's buffer takes it), what
+/// the peer already sent is drained without waiting, and it is closed.
+fn refuse_over_capacity(stream: &UnixStream, shared: &Shared, max: usize) {
+    let msg = format!(
+        "'{}' has {max} connections open, its limit; try again later",
+        shared.function.spec.name
+    );
+    if let Some(suppressed) = shared.warnings.allow() {
+        tracing::warn!(suppressed, "refusing a connection: {msg}");
+    }
+    let _ = stream.set_nonblocking(true);
+    let mut s = stream;
+    let _ = wire::write_error(&mut s, 0, ErrorCode::ResourceLimit.as_raw(), &msg);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match s.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
         }
     }
 }
@@ -151,6 +248,8 @@ enum ConnError {
     Denied(String),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    #[error(transparent)]
+    Request(#[from] RequestError),
 }
 
 impl From<io::Error> for ConnError {
@@ -190,112 +289,132 @@ fn peer_credentials(stream: &UnixStream) -> io::Result<(u32, i32)> {
     Ok((cred.uid, cred.pid))
 }
 
-fn serve_connection(mut stream: UnixStream, shared: &Shared) -> Result<(), ConnError> {
+fn serve_connection(stream: UnixStream, shared: &Shared) -> Result<(), ConnError> {
     let (uid, pid) = peer_credentials(&stream)?;
     let allowed = &shared.settings.allowed_uids;
     if !allowed.contains(&uid) {
         let msg = format!(
-            "uid {uid} may not call '{}' (allowed: {allowed:?})",
+            "uid {uid} (pid {pid}) may not call '{}' (allowed: {allowed:?})",
             shared.function.spec.name
         );
-        tracing::warn!(pid, "{msg}");
-        return Err(refuse_with(
-            &mut stream,
+        let e = ConnError::Denied(msg);
+        return Err(refuse_on(
+            &stream,
             0,
             ErrorCode::Denied,
-            ConnError::Denied(msg),
+            e,
+            &shared.warnings,
         ));
     }
     let limits = shared.function.limits();
-    stream.set_read_timeout(Some(shared.settings.idle_timeout))?;
-    stream.set_write_timeout(Some(limits.call_timeout))?;
+    stream.set_write_timeout(Some(LOCAL_IO_TIMEOUT))?;
     let max_payload = limits.max_payload_bytes as u64;
 
-    // The first frame carries the shared region.
+    // The first frame carries the shared region, and must come at once.
+    stream.set_read_timeout(Some(LOCAL_PHASE_TIMEOUT))?;
     let mut head = [0u8; HEADER_LEN];
     let fd = recv_with_fd(&stream, &mut head)?;
     let h = match Header::decode(&head, max_payload) {
         Ok(h) => h,
-        Err(e) => return Err(refuse(&mut stream, 0, e.into())),
+        Err(e) => return Err(refuse(&stream, 0, e.into(), &shared.warnings)),
     };
     if h.kind != Kind::AttachShm {
-        return Err(refuse(
-            &mut stream,
-            h.id,
-            ConnError::Protocol(format!("expected attach-shm first, got {:?}", h.kind)),
-        ));
+        let e = ConnError::Protocol(format!("expected attach-shm first, got {:?}", h.kind));
+        return Err(refuse(&stream, h.id, e, &shared.warnings));
     }
     let Some(fd) = fd else {
-        return Err(refuse(
-            &mut stream,
-            h.id,
-            ConnError::Protocol("attach-shm without a file descriptor".into()),
-        ));
+        let e = ConnError::Protocol("attach-shm without a file descriptor".into());
+        return Err(refuse(&stream, h.id, e, &shared.warnings));
     };
     let mut shm = match SharedRegion::adopt(fd) {
         Ok(s) => s,
-        Err(e) => return Err(refuse(&mut stream, h.id, e.into())),
+        Err(e) => return Err(refuse(&stream, h.id, e.into(), &shared.warnings)),
     };
 
+    let mut reader = RequestReader::new(stream, shared.settings.idle_timeout);
     loop {
-        let h = match wire::read_header(&mut stream, max_payload) {
-            Ok(h) => h,
-            Err(WireError::Closed) => return Ok(()),
-            Err(e @ WireError::Io(_)) => return Err(e.into()),
-            Err(e) => return Err(refuse(&mut stream, 0, e.into())),
+        let request = match reader.next_request(max_payload) {
+            Ok(r) => r,
+            Err(RequestError::Ended) => return Ok(()),
+            Err(RequestError::Wire(WireError::Io(e))) if is_peer_gone(&e) => {
+                return Err(WireError::Io(e).into())
+            }
+            Err(e) => return Err(end_with_error(&mut reader, 0, e.into(), shared)),
         };
-        if h.kind != Kind::Request || h.target_len == 0 {
-            return Err(refuse(
-                &mut stream,
-                h.id,
-                ConnError::Protocol(format!("expected a request, got {:?}", h.kind)),
-            ));
-        }
-        let mut target = vec![0u8; h.target_len as usize];
-        stream.read_exact(&mut target)?;
+        let id = request.header.id;
         let mut exchange = SocketExchange {
-            stream: &mut stream,
+            reader: &mut reader,
             shm: &mut shm,
-            h: &h,
+            request: &request,
             request_read: false,
             broken: None,
         };
-        if let Err(e) = handle_request(&mut exchange, shared, &target) {
-            if let Some(broken) = exchange.broken.take() {
+        let Err(e) = handle_request(&mut exchange, shared) else {
+            continue;
+        };
+        if let Some(broken) = exchange.broken.take() {
+            if is_peer_gone(&broken) {
                 return Err(broken.into());
             }
-            if !exchange.request_read {
-                exchange.skip_request()?;
-            }
-            wire::write_error(&mut stream, h.id, e.code.as_raw(), &e.message)?;
+            // A stalled or malformed payload: the caller is told why.
+            return Err(end_with_error(&mut reader, id, broken.into(), shared));
         }
+        if !exchange.request_read {
+            if let Err(broken) = exchange.skip_request() {
+                if is_peer_gone(&broken) {
+                    return Err(broken.into());
+                }
+                return Err(end_with_error(&mut reader, id, broken.into(), shared));
+            }
+        }
+        wire::write_error(&mut reader.stream(), id, e.code.as_raw(), &e.message)?;
     }
 }
 
-/// Tells the peer why the connection ends, then ends it. Unread input is
-/// drained briefly first: closing with unread bytes would reset the
-/// connection and could destroy the error frame before the peer reads it.
-fn refuse(stream: &mut UnixStream, id: u64, e: ConnError) -> ConnError {
-    refuse_with(stream, id, ErrorCode::Transport, e)
+/// Ends a connection whose request broke the protocol or stalled, with an
+/// error frame that says why.
+fn end_with_error(reader: &mut RequestReader, id: u64, e: ConnError, shared: &Shared) -> ConnError {
+    reader.discard_buffered();
+    refuse(reader.stream(), id, e, &shared.warnings)
 }
 
-fn refuse_with(stream: &mut UnixStream, id: u64, code: ErrorCode, e: ConnError) -> ConnError {
-    tracing::warn!("closing a connection: {e}");
-    let _ = wire::write_error(stream, id, code.as_raw(), &e.to_string());
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let _ = io::copy(&mut (&mut *stream).take(1 << 20), &mut io::sink());
+/// Tells the peer why the connection ends (`TRANSPORT`), then ends it.
+fn refuse(stream: &UnixStream, id: u64, e: ConnError, warnings: &WarnBudget) -> ConnError {
+    refuse_on(stream, id, ErrorCode::Transport, e, warnings)
+}
+
+/// Logs (within the budget) and tells the peer why the connection ends,
+/// with `code`, then ends it. Unread input is drained briefly first:
+/// closing with unread bytes would reset the connection and could destroy
+/// the error frame before the peer reads it.
+fn refuse_on(
+    mut stream: &UnixStream,
+    id: u64,
+    code: ErrorCode,
+    e: ConnError,
+    warnings: &WarnBudget,
+) -> ConnError {
+    if let Some(suppressed) = warnings.allow() {
+        tracing::warn!(suppressed, "closing a connection: {e}");
+    }
+    let _ = wire::write_error(&mut stream, id, code.as_raw(), &e.to_string());
+    drain_and_close(stream);
     e
+}
+
+/// Shuts the write side and drains what the peer sent, for a bounded time,
+/// so that the error frame written last is not lost to a reset.
+fn drain_and_close(stream: &UnixStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(DRAIN_TIMEOUT));
+    let _ = io::copy(&mut stream.take(1 << 20), &mut io::sink());
 }
 
 /// Runs one request: checks its target, depth and a call slot, then
 /// invokes the function.
-fn handle_request(
-    exchange: &mut SocketExchange<'_>,
-    shared: &Shared,
-    target: &[u8],
-) -> Result<(), CallError> {
+fn handle_request(exchange: &mut SocketExchange<'_>, shared: &Shared) -> Result<(), CallError> {
     let f = &shared.function;
+    let target = exchange.reader.target(exchange.request);
     if target != f.spec.name.as_bytes() {
         return Err(CallError::new(
             ErrorCode::UnknownFunction,
@@ -306,7 +425,7 @@ fn handle_request(
             ),
         ));
     }
-    let h = exchange.h;
+    let h = &exchange.request.header;
     let caller_deadline =
         (h.budget_us > 0).then(|| Deadline::after(Duration::from_micros(h.budget_us)));
     let call = CallMeta::incoming(u32::from(h.depth), caller_deadline, f.limits())?;
@@ -324,13 +443,13 @@ fn handle_request(
     result
 }
 
-/// One request's socket and shared region as an [`Exchange`]. A failure of
-/// the connection itself is kept in `broken`: the connection then ends,
-/// where a failed call only gets an error frame.
+/// One request's connection and shared region as an [`Exchange`]. A
+/// failure of the connection itself is kept in `broken`: the connection
+/// then ends, where a failed call only gets an error frame.
 struct SocketExchange<'a> {
-    stream: &'a mut UnixStream,
+    reader: &'a mut RequestReader,
     shm: &'a mut SharedRegion,
-    h: &'a Header,
+    request: &'a Request,
     request_read: bool,
     broken: Option<io::Error>,
 }
@@ -342,28 +461,36 @@ impl SocketExchange<'_> {
         err
     }
 
-    /// Consumes a payload the server will not use (inline bytes, or
-    /// progress counts), keeping the stream in step.
+    /// Consumes a payload the server will not use (progress counts of a
+    /// pipelined one), keeping the stream in step. An inline payload is
+    /// already read, and one in the region needs nothing.
     fn skip_request(&mut self) -> io::Result<()> {
-        if self.h.in_shm() && !self.h.chunked() {
+        let h = &self.request.header;
+        if !h.chunked() {
             return Ok(());
         }
-        recv_payload(self.stream, self.shm, self.h, &mut [])
+        recv_payload(self.reader, self.shm, h, &mut [])
     }
 }
 
 impl Exchange for SocketExchange<'_> {
     fn request_len(&self) -> usize {
-        self.h.payload_len as usize
+        self.request.header.payload_len as usize
     }
 
     fn read_request(&mut self, dst: &mut [u8]) -> Result<(), CallError> {
         self.request_read = true;
-        recv_payload(self.stream, self.shm, self.h, dst).map_err(|e| self.lost(e))
+        let h = &self.request.header;
+        if !h.in_shm() {
+            dst.copy_from_slice(self.reader.inline_payload(self.request));
+            return Ok(());
+        }
+        recv_payload(self.reader, self.shm, h, dst).map_err(|e| self.lost(e))
     }
 
     fn write_response(&mut self, response: &[u8]) -> Result<(), CallError> {
-        let mut out = Header::new(Kind::Response, self.h.id);
-        send_frame(self.stream, self.shm, &mut out, &[], response).map_err(|e| self.lost(e))
+        let mut out = Header::new(Kind::Response, self.request.header.id);
+        let mut stream = self.reader.stream();
+        send_frame(&mut stream, self.shm, &mut out, &[], response).map_err(|e| self.lost(e))
     }
 }

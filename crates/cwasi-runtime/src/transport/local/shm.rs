@@ -165,10 +165,20 @@ fn protocol(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
+/// Where a payload is read from: a socket, or the server's request reader,
+/// which bounds each progress count of a pipelined payload by a deadline of
+/// its own.
+pub(crate) trait PayloadSource: Read {
+    /// Called before each progress count is read.
+    fn next_step(&mut self) {}
+}
+
+impl PayloadSource for UnixStream {}
+
 /// Sends frame `h` (with `target`) and its payload: inline when small,
 /// through the region when large, pipelined when larger than a chunk.
 pub(crate) fn send_frame(
-    stream: &mut UnixStream,
+    stream: &mut impl Write,
     shm: &mut SharedRegion,
     h: &mut Header,
     target: &[u8],
@@ -200,7 +210,7 @@ pub(crate) fn send_frame(
 /// payload (the rest is consumed and dropped). Protocol violations come back
 /// as `InvalidData`.
 pub(crate) fn recv_payload(
-    stream: &mut UnixStream,
+    stream: &mut impl PayloadSource,
     shm: &mut SharedRegion,
     h: &Header,
     dst: &mut [u8],
@@ -225,6 +235,7 @@ pub(crate) fn recv_payload(
     let mut done = 0;
     while done < len {
         let mut count = [0u8; 8];
+        stream.next_step();
         stream.read_exact(&mut count)?;
         let ready = u64::from_le_bytes(count) as usize;
         if ready <= done || ready > len {
