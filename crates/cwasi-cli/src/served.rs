@@ -1,11 +1,15 @@
 //! The `cwasi serve` processes that `cwasi run` starts for functions outside
-//! the entry's namespace, and stops when the run ends.
+//! the entry's namespace. The run owns them: it stops them when it ends or
+//! gets SIGTERM, SIGINT or SIGHUP, and the kernel kills them if the run dies
+//! any other way (SIGKILL, a crash).
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cwasi_runtime::{FunctionSpec, Limits, NodeDirectory};
+use cwasi_runtime::{FunctionSpec, Limits, NodeDirectory, StopSignals};
 use rustix::process::{kill_process, Pid, Signal};
 
 /// How long a server may take to register.
@@ -13,57 +17,54 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a server may take to stop after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The servers of a run, by function name; `None` once they were stopped,
+/// after which no more may start. Shared by the run and its signal thread.
+type Children = Arc<Mutex<Option<Vec<(String, Child)>>>>;
+
 /// Servers started for one run; dropping this stops them.
-pub struct Servers(Vec<(String, Child)>);
+pub struct Servers(Children);
 
 /// Starts one server per function and waits until each has registered.
+///
+/// Call it from the main thread: each server dies when the thread that
+/// started it exits (`PR_SET_PDEATHSIG`), so it must be a thread that lives
+/// as long as the run. From here on SIGTERM, SIGINT and SIGHUP stop the
+/// servers, then end the run as the signal would have.
 pub fn spawn_all(
     functions: &[FunctionSpec],
     dir: &NodeDirectory,
     limits: &Limits,
 ) -> Result<Servers> {
     let exe = std::env::current_exe().context("cannot find the cwasi binary")?;
-    let mut servers = Servers(Vec::new());
+    let servers = Servers(Arc::new(Mutex::new(Some(Vec::new()))));
+    stop_on_signals(&servers.0)?;
     for f in functions {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("serve")
-            .arg(&f.module)
-            .args(["--name", &f.name, "--namespace", &f.namespace])
-            .arg("--runtime-dir")
-            .arg(dir.root())
-            .args([
-                "--max-memory-mib",
-                &(limits.max_memory_bytes >> 20).to_string(),
-            ])
-            .args([
-                "--max-payload-mib",
-                &(limits.max_payload_bytes >> 20).to_string(),
-            ])
-            .args([
-                "--call-timeout-ms",
-                &limits.call_timeout.as_millis().to_string(),
-            ])
-            .stdin(Stdio::null());
-        if let Some(h) = &f.seed.handler {
-            cmd.args(["--handler", h]);
-        }
-        for (k, v) in &f.env {
-            cmd.arg("--env").arg(format!("{k}={v}"));
-        }
-        if !f.args.is_empty() {
-            cmd.arg("--").args(&f.args);
-        }
+        let mut cmd = server_command(&exe, f, dir, limits);
+        redis_launcher::kill_with_parent(&mut cmd);
+        let mut children = lock(&servers.0);
+        let Some(list) = children.as_mut() else {
+            bail!(
+                "the run was stopped before the server for '{}' started",
+                f.name
+            );
+        };
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start a server for '{}'", f.name))?;
         tracing::info!(function = %f.name, namespace = %f.namespace, pid = child.id(), "server started");
-        servers.0.push((f.name.clone(), child));
+        list.push((f.name.clone(), child));
     }
     let deadline = Instant::now() + START_TIMEOUT;
-    for (f, (_, child)) in functions.iter().zip(servers.0.iter_mut()) {
+    for (i, f) in functions.iter().enumerate() {
         while dir.lookup(&f.name, &f.namespace).is_none() {
-            if let Some(status) = child.try_wait()? {
-                bail!("the server for '{}' exited early ({status})", f.name);
+            {
+                let mut children = lock(&servers.0);
+                let Some((_, child)) = children.as_mut().and_then(|l| l.get_mut(i)) else {
+                    bail!("the run was stopped before '{}' registered", f.name);
+                };
+                if let Some(status) = child.try_wait()? {
+                    bail!("the server for '{}' exited early ({status})", f.name);
+                }
             }
             if Instant::now() > deadline {
                 bail!(
@@ -77,27 +78,100 @@ pub fn spawn_all(
     Ok(servers)
 }
 
+/// The `cwasi serve` command line for `f`.
+fn server_command(exe: &Path, f: &FunctionSpec, dir: &NodeDirectory, limits: &Limits) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .arg(&f.module)
+        .args(["--name", &f.name, "--namespace", &f.namespace])
+        .arg("--runtime-dir")
+        .arg(dir.root())
+        .args([
+            "--max-memory-mib",
+            &(limits.max_memory_bytes >> 20).to_string(),
+        ])
+        .args([
+            "--max-payload-mib",
+            &(limits.max_payload_bytes >> 20).to_string(),
+        ])
+        .args([
+            "--call-timeout-ms",
+            &limits.call_timeout.as_millis().to_string(),
+        ])
+        .stdin(Stdio::null());
+    if let Some(h) = &f.seed.handler {
+        cmd.args(["--handler", h]);
+    }
+    for (k, v) in &f.env {
+        cmd.arg("--env").arg(format!("{k}={v}"));
+    }
+    if !f.args.is_empty() {
+        cmd.arg("--").args(&f.args);
+    }
+    cmd
+}
+
+/// Installs the stop signals and a thread that waits for them: it stops
+/// the servers, then ends the run as the signal would have without a
+/// handler. The entry may be running wasm on the main thread meanwhile,
+/// which nothing can interrupt sooner.
+fn stop_on_signals(children: &Children) -> Result<()> {
+    let mut signals = StopSignals::install().context("cannot install signal handlers")?;
+    let children = Arc::clone(children);
+    std::thread::Builder::new()
+        .name("cwasi-run-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.wait() {
+                stop(&children);
+                let _ = signal_hook::low_level::emulate_default_handler(signal);
+                // Still here (pid 1 of a PID namespace ignores it): exit as
+                // a shell reports a death by signal.
+                std::process::exit(128 + signal);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// The list, even if a thread panicked while holding it.
+fn lock(children: &Children) -> MutexGuard<'_, Option<Vec<(String, Child)>>> {
+    children.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stops every server: SIGTERM, so that each removes its record and socket,
+/// then SIGKILL for any still running after [`STOP_TIMEOUT`]. Holds the list
+/// until they are gone, so a second caller returns only after the first has
+/// finished; it finds nothing left to stop.
+fn stop(children: &Children) {
+    let mut guard = lock(children);
+    let Some(mut list) = guard.take() else {
+        return;
+    };
+    for (_, child) in &mut list {
+        // One already reaped is not signalled: its pid may be another's now.
+        if let (Ok(None), Some(pid)) = (child.try_wait(), Pid::from_raw(child.id() as i32)) {
+            let _ = kill_process(pid, Signal::TERM);
+        }
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for (name, child) in &mut list {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    tracing::warn!(function = %name, "server did not stop; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
 impl Drop for Servers {
     fn drop(&mut self) {
-        for (_, child) in &self.0 {
-            if let Some(pid) = Pid::from_raw(child.id() as i32) {
-                let _ = kill_process(pid, Signal::TERM);
-            }
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        for (name, child) in &mut self.0 {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > deadline => {
-                        tracing::warn!(function = %name, "server did not stop; killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        }
+        stop(&self.0);
     }
 }

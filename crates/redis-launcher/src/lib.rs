@@ -169,14 +169,21 @@ impl Drop for RedisServer {
 /// Makes the kernel kill the child started by `cmd` (SIGKILL) when the
 /// thread that starts it exits, so that a process killed before it could
 /// drop its children (Ctrl-C, SIGKILL) leaves no server behind. Start
-/// children from a thread that lives as long as they should.
+/// children from a thread that lives as long as they should (the main
+/// thread). A child whose parent died before the death signal was armed
+/// does not run: it fails between fork and exec instead of running orphaned.
 pub fn kill_with_parent(cmd: &mut Command) {
+    let parent = rustix::process::getpid();
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes one async-signal-safe system call (prctl).
+    // makes async-signal-safe system calls (prctl, getppid); its error is
+    // built from an errno, without allocating.
     unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            if rustix::process::getppid() != Some(parent) {
+                return Err(rustix::io::Errno::SRCH.into());
+            }
+            Ok(())
         });
     }
 }
