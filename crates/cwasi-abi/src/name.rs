@@ -7,8 +7,9 @@ use core::fmt;
 pub const MAX_NAME_LEN: usize = 255;
 
 /// Checks a function name: 1 to [`MAX_NAME_LEN`] bytes of ASCII letters,
-/// digits, `-`, `_` and `.`. Names that pass are safe in file paths, Redis
-/// keys and log lines, so every place that accepts a name uses this rule.
+/// digits, `-`, `_` and `.`, not starting with `.`. Names that pass are safe
+/// in file paths (never hidden, never `.` or `..`), Redis keys and log lines,
+/// so every place that accepts a name uses this rule.
 ///
 /// ```
 /// use cwasi_abi::{validate_name, NameProblem};
@@ -18,7 +19,8 @@ pub const MAX_NAME_LEN: usize = 255;
 /// assert_eq!(e.problem(), NameProblem::BadByte { index: 1, byte: b'/' });
 /// assert_eq!(
 ///     e.to_string(),
-///     "invalid function name 'a/b': use 1-255 letters, digits, '-', '_' or '.'"
+///     "invalid function name 'a/b': use 1-255 letters, digits, '-', '_' or '.', \
+///      not starting with '.'"
 /// );
 /// ```
 pub fn validate_name(name: &str) -> Result<(), NameError<'_>> {
@@ -26,6 +28,8 @@ pub fn validate_name(name: &str) -> Result<(), NameError<'_>> {
         NameProblem::Empty
     } else if name.len() > MAX_NAME_LEN {
         NameProblem::TooLong { len: name.len() }
+    } else if name.starts_with('.') {
+        NameProblem::LeadingDot
     } else if let Some((index, &byte)) = name
         .as_bytes()
         .iter()
@@ -55,6 +59,8 @@ pub enum NameProblem {
         /// Its length in bytes.
         len: usize,
     },
+    /// The name starts with `.` (a hidden file, `.` or `..` in a path).
+    LeadingDot,
     /// The name contains a byte other than an ASCII letter, digit, `-`, `_`
     /// or `.` (the first such byte is reported).
     BadByte {
@@ -65,9 +71,13 @@ pub enum NameProblem {
     },
 }
 
+/// The rule a name must follow, in the words of every rejection message.
+const RULE: &str = "use 1-255 letters, digits, '-', '_' or '.', not starting with '.'";
+
 /// A rejected function name. It borrows the name, so the crate needs no
-/// allocator; its `Display` is the message the host has always printed:
-/// `invalid function name '{name}': use 1-255 letters, digits, '-', '_' or '.'`.
+/// allocator; its `Display` is the message the host prints:
+/// `invalid function name '{name}': use 1-255 letters, digits, '-', '_' or
+/// '.', not starting with '.'`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NameError<'a> {
     name: &'a str,
@@ -84,15 +94,17 @@ impl<'a> NameError<'a> {
     pub fn problem(&self) -> NameProblem {
         self.problem
     }
+
+    /// The rule the name broke, for messages about other kinds of names
+    /// (namespaces) that follow the same rule.
+    pub fn rule(&self) -> &'static str {
+        RULE
+    }
 }
 
 impl fmt::Display for NameError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid function name '{}': use 1-{MAX_NAME_LEN} letters, digits, '-', '_' or '.'",
-            self.name
-        )
+        write!(f, "invalid function name '{}': {RULE}", self.name)
     }
 }
 
@@ -107,7 +119,17 @@ mod tests {
 
     #[test]
     fn accepts_the_allowed_alphabet() {
-        for name in ["a", "Z", "0", "-", "_", ".", "hello", "ns.fn-1_x", "v1.2.3"] {
+        for name in [
+            "a",
+            "Z",
+            "0",
+            "-",
+            "_",
+            "a.",
+            "hello",
+            "ns.fn-1_x",
+            "v1.2.3",
+        ] {
             assert_eq!(validate_name(name), Ok(()), "{name}");
         }
         let longest = "a".repeat(MAX_NAME_LEN);
@@ -142,6 +164,23 @@ mod tests {
     }
 
     #[test]
+    fn a_leading_dot_is_refused() {
+        for name in [".", "..", ".hidden", "..x", "./x"] {
+            assert_eq!(
+                validate_name(name).unwrap_err().problem(),
+                NameProblem::LeadingDot,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_rule_states_the_length_limit() {
+        let e = validate_name("").unwrap_err();
+        assert!(e.rule().contains(&std::format!("1-{MAX_NAME_LEN} ")));
+    }
+
+    #[test]
     fn too_long_is_checked_before_bad_bytes() {
         let long: String = core::iter::repeat_n('/', MAX_NAME_LEN + 1).collect();
         assert_eq!(
@@ -151,14 +190,16 @@ mod tests {
     }
 
     #[test]
-    fn message_is_unchanged() {
+    fn message_states_the_rule() {
         assert_eq!(
             validate_name("bad name").unwrap_err().to_string(),
-            "invalid function name 'bad name': use 1-255 letters, digits, '-', '_' or '.'"
+            "invalid function name 'bad name': use 1-255 letters, digits, '-', '_' or '.', \
+             not starting with '.'"
         );
         assert_eq!(
             validate_name("").unwrap_err().to_string(),
-            "invalid function name '': use 1-255 letters, digits, '-', '_' or '.'"
+            "invalid function name '': use 1-255 letters, digits, '-', '_' or '.', \
+             not starting with '.'"
         );
     }
 }

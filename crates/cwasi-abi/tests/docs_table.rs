@@ -160,7 +160,12 @@ fn abi_version_matches_the_title() {
 fn name_limit_matches() {
     let doc = flat(&abi_md());
     let max = numbers_after(&doc, "A target name is UTF-8, 1 to ");
-    assert_eq!(max, [MAX_NAME_LEN as i64]);
+    assert_eq!(max, [MAX_NAME_LEN as i64]); // The name rule, as `validate_name` enforces it.
+    assert!(
+        doc.contains("names of ASCII letters, digits, `-`, `_` and `.`, not starting with `.`"),
+        "docs/abi.md no longer states the name rule"
+    );
+    assert!(validate_name("a-b_c.d").is_ok() && validate_name(".a").is_err());
 }
 
 #[test]

@@ -43,6 +43,7 @@ struct FileLimits {
     entry_timeout_ms: Option<u64>,
     max_call_depth: Option<u32>,
     max_idle_instances: Option<usize>,
+    max_module_mib: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,9 +89,7 @@ impl Composition {
         for (name, f) in file.functions {
             validate_name(&name)?;
             let namespace = f.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-            if namespace.is_empty() {
-                return Err(format!("function '{name}': namespace must not be empty"));
-            }
+            validate_namespace(&namespace).map_err(|e| format!("function '{name}': {e}"))?;
             let preopens = f
                 .preopens
                 .into_iter()
@@ -189,6 +188,12 @@ impl FileLimits {
             }
             l.max_payload_bytes = (m as usize) << 20;
         }
+        if let Some(m) = self.max_module_mib {
+            if m == 0 || m > 4095 {
+                return Err("limits.max_module_mib must be between 1 and 4095".into());
+            }
+            l.max_module_bytes = m << 20;
+        }
         if let Some(ms) = self.call_timeout_ms {
             l.call_timeout = positive_ms("limits.call_timeout_ms", ms)?;
         }
@@ -212,10 +217,17 @@ fn positive_ms(what: &str, ms: u64) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms))
 }
 
-/// Checks a function or namespace name (`cwasi_abi::validate_name`: 1 to
-/// 255 bytes of letters, digits, `-`, `_` and `.`).
+/// Checks a function name (`cwasi_abi::validate_name`: 1 to 255 bytes of
+/// letters, digits, `-`, `_` and `.`, not starting with `.`).
 pub fn validate_name(name: &str) -> Result<(), String> {
     cwasi_abi::validate_name(name).map_err(|e| e.to_string())
+}
+
+/// Checks a namespace by the same rule as a function name: it names files
+/// of the node directory, Redis keys and log lines.
+pub fn validate_namespace(namespace: &str) -> Result<(), String> {
+    cwasi_abi::validate_name(namespace)
+        .map_err(|e| format!("invalid namespace '{namespace}': {}", e.rule()))
 }
 
 #[cfg(test)]
@@ -259,5 +271,26 @@ mod tests {
         assert!(Composition::parse(bad_name, Path::new("."))
             .unwrap_err()
             .contains("invalid function name"));
+    }
+
+    #[test]
+    fn rejects_a_namespace_that_is_not_a_name() {
+        for ns in ["../../x", "a/b", ".hidden", ""] {
+            let text =
+                format!("entry = \"a\"\n[functions.a]\nmodule = \"a.wasm\"\nnamespace = {ns:?}\n");
+            let err = Composition::parse(&text, Path::new(".")).unwrap_err();
+            assert!(
+                err.contains(&format!("function 'a': invalid namespace '{ns}'")),
+                "{ns}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_a_name_starting_with_a_dot() {
+        let text = "entry = \".hidden\"\n[functions.\".hidden\"]\nmodule = \"a.wasm\"\n";
+        let err = Composition::parse(text, Path::new(".")).unwrap_err();
+        assert!(err.contains("invalid function name '.hidden'"), "{err}");
+        assert!(err.contains("not starting with '.'"), "{err}");
     }
 }

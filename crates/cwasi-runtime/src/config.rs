@@ -24,6 +24,9 @@ pub struct Limits {
     pub max_call_depth: u32,
     /// How many warm instances are kept per function.
     pub max_idle_instances: usize,
+    /// Largest module file read, in bytes: a function's own module and a
+    /// module published in the node directory.
+    pub max_module_bytes: u64,
 }
 
 impl Default for Limits {
@@ -35,6 +38,7 @@ impl Default for Limits {
             entry_timeout: Duration::from_secs(300),
             max_call_depth: 32,
             max_idle_instances: 16,
+            max_module_bytes: 256 << 20,
         }
     }
 }

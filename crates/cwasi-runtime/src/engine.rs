@@ -13,6 +13,7 @@ use wasmtime::{Config, Engine, Module};
 use crate::deadline::TickClock;
 use crate::error::RuntimeError;
 use crate::inspect::ModuleInfo;
+use crate::regular_file::{read_regular, Links};
 
 /// How often the epoch advances. Timeouts are rounded up to this.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -106,12 +107,15 @@ pub struct LoadedModule {
     pub info: ModuleInfo,
 }
 
-/// Reads, validates and compiles a module. Every failure names the file.
-pub fn load_module(engine: &Engine, path: &Path) -> Result<LoadedModule, RuntimeError> {
-    let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+/// Reads, validates and compiles a module. The path may be a symbolic link
+/// (the user named it), but it must end at a regular file of at most
+/// `max_bytes`. Every failure names the file.
+pub fn load_module(
+    engine: &Engine,
+    path: &Path,
+    max_bytes: u64,
+) -> Result<LoadedModule, RuntimeError> {
+    let bytes = read_regular(path, max_bytes, Links::Follow)?;
     load_module_bytes(engine, bytes.into(), path)
 }
 
@@ -160,7 +164,11 @@ pub struct Inspection {
 /// digest and ABI surface; every failure names the file.
 pub fn inspect_module(path: &Path) -> Result<Inspection, RuntimeError> {
     let (engine, _ticker) = new_engine()?;
-    let module = load_module(&engine, path)?;
+    let module = load_module(
+        &engine,
+        path,
+        crate::config::Limits::default().max_module_bytes,
+    )?;
     Ok(Inspection {
         digest: module.digest,
         info: module.info,

@@ -69,6 +69,25 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// A file that must be a regular file is something else (a FIFO, a
+    /// device, a directory, or a symbolic link where none is allowed).
+    #[error("{path} is not a regular file (it is a {kind}); refused")]
+    NotRegularFile {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// A file is over the size limit for what it holds.
+    #[error("{path} is {len} bytes or more, over the limit of {max} bytes; refused")]
+    FileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size, or as much of it as was read.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The file does not start with the Wasm magic bytes.
     #[error("{path} is not a WebAssembly module (no \\0asm header)")]
     NotWasm {

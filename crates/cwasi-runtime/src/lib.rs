@@ -34,6 +34,7 @@ mod guest;
 mod inspect;
 mod native_stack;
 mod node_dir;
+mod regular_file;
 mod router;
 mod runtime;
 mod selector;
@@ -55,7 +56,7 @@ pub mod wire {
 }
 
 pub use call::route::HopReport;
-pub use composition::{validate_name, Composition};
+pub use composition::{validate_name, validate_namespace, Composition};
 pub use config::{
     FunctionSpec, Limits, Mode, ModeOverride, Preopen, SeedConfig, DEFAULT_NAMESPACE,
 };
@@ -63,7 +64,9 @@ pub use deadline::Deadline;
 pub use engine::{inspect_module, Inspection};
 pub use error::{CallError, ErrorCode, RuntimeError};
 pub use inspect::ModuleInfo;
-pub use node_dir::{node_name, node_name_from, EmbedInfo, EndpointRecord, NodeDirectory};
+pub use node_dir::{
+    node_name, node_name_from, EmbedInfo, EndpointRecord, NodeDirectory, RECORD_MAX_BYTES,
+};
 pub use router::{Decision, HOST_CALLER};
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use selector::Selection;

@@ -7,6 +7,13 @@
 //! (a containerised server sees itself as pid 1). A record whose lock is free
 //! is stale; the next reader or writer removes it and its socket.
 //!
+//! Everything that shares the directory can write it, so a reader trusts
+//! only the record file's own name: the socket it removes with a stale
+//! record, and the name and namespace a live record must state, are derived
+//! from that name, never read from the contents. Only regular files of at
+//! most [`RECORD_MAX_BYTES`] are read as records, and published modules must
+//! be regular files too (no symbolic links), within the module size limit.
+//!
 //! A served function without preopened directories also publishes its module
 //! under `modules/<sha256>.wasm`, so that a caller of the same namespace on
 //! this node, in another process or container, can load it and embed the
@@ -14,18 +21,23 @@
 //! so a directory bind-mounted elsewhere (into a container) still resolves.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{flock, FlockOperation};
 use serde::{Deserialize, Serialize};
 
-use crate::composition::validate_name;
+use crate::composition::{validate_name, validate_namespace};
 use crate::error::RuntimeError;
+use crate::regular_file::{open_regular, read_capped, read_regular, Links};
 
 /// Version of the record format.
 pub const RECORD_VERSION: u32 = 1;
+
+/// Largest record file read, in bytes; a larger one is skipped unread (a
+/// real record is well under a kilobyte, its WASI args and env included).
+pub const RECORD_MAX_BYTES: u64 = 64 << 10;
 
 /// What a served function publishes about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,7 +177,7 @@ impl NodeDirectory {
     /// stale record in the way is removed.
     pub fn register(&self, record: &EndpointRecord) -> Result<Registration, RuntimeError> {
         validate_name(&record.name).map_err(RuntimeError::Config)?;
-        validate_name(&record.namespace).map_err(RuntimeError::Config)?;
+        validate_namespace(&record.namespace).map_err(RuntimeError::Config)?;
         let path = self.record_path(&record.name, &record.namespace);
         if let Some(live) = self.read_live(&path) {
             return Err(RuntimeError::AlreadyServed {
@@ -179,13 +191,7 @@ impl NodeDirectory {
             Self::stem(&record.name, &record.namespace),
             std::process::id()
         ));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io_err(&tmp, e))?;
+        let mut file = create_new_file(&tmp, 0o600)?;
         flock(&file, FlockOperation::NonBlockingLockExclusive)
             .map_err(|e| io_err(&tmp, e.into()))?;
         let json = serde_json::to_vec_pretty(record).map_err(|source| RuntimeError::Encode {
@@ -205,8 +211,12 @@ impl NodeDirectory {
         })
     }
 
-    /// The live record of `name` in `namespace`, if a server holds one.
+    /// The live record of `name` in `namespace`, if a server holds one (a
+    /// name or namespace that is not valid has none).
     pub fn lookup(&self, name: &str, namespace: &str) -> Option<EndpointRecord> {
+        if validate_name(name).is_err() || validate_namespace(namespace).is_err() {
+            return None;
+        }
         self.read_live(&self.record_path(name, namespace))
     }
 
@@ -223,13 +233,7 @@ impl NodeDirectory {
         let mut out: Vec<EndpointRecord> = entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "json")
-                    && !p
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with('.'))
-            })
+            .filter(|p| record_identity(p).is_some())
             .filter_map(|p| self.read_live(&p))
             .collect();
         out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -247,28 +251,32 @@ impl NodeDirectory {
         }
         self.sweep_modules();
         let path = self.root.join(&rel);
-        let present = std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64);
-        if !present {
-            let tmp = dir.join(format!(".{}.tmp", std::process::id()));
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o400)
-                .open(&tmp)
-                .map_err(|e| io_err(&tmp, e))?;
-            file.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
-        } else {
-            // Refresh its age so that a concurrent sweep keeps it.
-            let _ = File::open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        // A regular file of the right size (never a link, a FIFO, ...) is
+        // taken as present; callers check its digest before they run it.
+        match open_regular(&path, bytes.len() as u64, Links::Refuse) {
+            Ok(file) if file.metadata().is_ok_and(|m| m.len() == bytes.len() as u64) => {
+                // Refresh its age so that a concurrent sweep keeps it.
+                let _ = file.set_modified(std::time::SystemTime::now());
+            }
+            _ => {
+                let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+                let mut file = create_new_file(&tmp, 0o400)?;
+                file.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
+                std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+            }
         }
         Ok(rel)
     }
 
-    /// Reads a published module and checks it against the record's digest,
-    /// so that a damaged or swapped file is never run.
-    pub fn read_module(&self, info: &EmbedInfo, digest: &str) -> Result<Vec<u8>, RuntimeError> {
+    /// Reads a published module (a regular file, not a link, of at most
+    /// `max_bytes`) and checks it against the record's digest, so that a
+    /// damaged or swapped file is never run.
+    pub fn read_module(
+        &self,
+        info: &EmbedInfo,
+        digest: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, RuntimeError> {
         let rel = module_file_name(digest)?;
         if info.module_file != rel {
             return Err(RuntimeError::Config(format!(
@@ -277,7 +285,7 @@ impl NodeDirectory {
             )));
         }
         let path = self.root.join(&rel);
-        let bytes = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+        let bytes = read_regular(&path, max_bytes, Links::Refuse)?;
         let actual = crate::engine::digest_of(&bytes);
         if actual != digest {
             return Err(RuntimeError::Config(format!(
@@ -316,54 +324,112 @@ impl NodeDirectory {
     }
 
     /// Reads a record if its server is alive; removes it if it is stale.
+    /// Only the file's own name says which record it is (see the module
+    /// doc); a file that is not a record is skipped, unread.
     fn read_live(&self, path: &Path) -> Option<EndpointRecord> {
-        let mut file = File::open(path).ok()?;
-        match flock(&file, FlockOperation::NonBlockingLockShared) {
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                let mut text = String::new();
-                file.read_to_string(&mut text).ok()?;
-                match serde_json::from_str::<EndpointRecord>(&text) {
-                    Ok(mut r) if r.version == RECORD_VERSION => {
-                        // The socket is where this directory puts it, whatever
-                        // path the server saw (it may run in a container).
-                        r.socket = self.socket_path(&r.name, &r.namespace);
-                        Some(r)
-                    }
-                    Ok(r) => {
-                        tracing::warn!(path = %path.display(), version = r.version, "record of an unknown version ignored");
-                        None
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), "unreadable record ignored: {e}");
-                        None
-                    }
-                }
+        let (name, namespace) = record_identity(path)?;
+        let file = match open_regular(path, RECORD_MAX_BYTES, Links::Refuse) {
+            Ok(file) => file,
+            Err(e) => {
+                skipped(path, &e);
+                return None;
             }
+        };
+        match flock(&file, FlockOperation::NonBlockingLockShared) {
+            Err(rustix::io::Errno::WOULDBLOCK) => self.parse_live(file, path, name, namespace),
             Ok(()) => {
-                // Nobody holds it: the server is gone. Remove the record (if it
-                // is still the same file) and its socket.
-                let same = std::fs::metadata(path)
-                    .ok()
-                    .zip(file.metadata().ok())
-                    .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev());
-                if same {
-                    let mut text = String::new();
-                    let socket = file
-                        .read_to_string(&mut text)
-                        .ok()
-                        .and_then(|_| serde_json::from_str::<EndpointRecord>(&text).ok())
-                        .map(|r| self.socket_path(&r.name, &r.namespace));
-                    tracing::info!(path = %path.display(), "removing a stale record");
-                    let _ = std::fs::remove_file(path);
-                    if let Some(s) = socket {
-                        let _ = std::fs::remove_file(s);
-                    }
-                }
+                self.remove_stale(path, &file, name, namespace);
                 None
             }
-            Err(_) => None,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), "cannot test the record's lock: {e}");
+                None
+            }
         }
     }
+
+    /// Parses a live record; one that does not say what its file name says
+    /// (a copy or a link under another name) is not trusted.
+    fn parse_live(
+        &self,
+        file: File,
+        path: &Path,
+        name: &str,
+        namespace: &str,
+    ) -> Option<EndpointRecord> {
+        let bytes = match read_capped(file, path, RECORD_MAX_BYTES) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                skipped(path, &e);
+                return None;
+            }
+        };
+        let mut r = match serde_json::from_slice::<EndpointRecord>(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "unreadable record ignored: {e}");
+                return None;
+            }
+        };
+        if r.version != RECORD_VERSION {
+            tracing::warn!(path = %path.display(), version = r.version, "record of an unknown version ignored");
+            return None;
+        }
+        if r.name != name || r.namespace != namespace {
+            tracing::warn!(path = %path.display(), name = %r.name, namespace = %r.namespace, "record for another function ignored: its contents do not match its file name");
+            return None;
+        }
+        // The socket is where this directory puts it, whatever path the
+        // server saw (it may run in a container).
+        r.socket = self.socket_path(name, namespace);
+        Some(r)
+    }
+
+    /// Removes a record nobody holds (its server is gone), if the file at
+    /// `path` is still the one tested, and the socket its name implies.
+    fn remove_stale(&self, path: &Path, tested: &File, name: &str, namespace: &str) {
+        let same = std::fs::symlink_metadata(path)
+            .ok()
+            .zip(tested.metadata().ok())
+            .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev());
+        if same {
+            tracing::info!(path = %path.display(), "removing a stale record");
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(self.socket_path(name, namespace));
+        }
+    }
+}
+
+/// The name and namespace a record file's name `<name>@<namespace>.json`
+/// gives, if both are valid names; `None` for any other file.
+fn record_identity(path: &Path) -> Option<(&str, &str)> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".json")?;
+    let (name, namespace) = stem.split_once('@')?;
+    (validate_name(name).is_ok() && validate_namespace(namespace).is_ok())
+        .then_some((name, namespace))
+}
+
+/// Logs a file skipped as a record: quietly if it went away meanwhile.
+fn skipped(path: &Path, e: &RuntimeError) {
+    match e {
+        RuntimeError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!(path = %path.display(), "record gone: {e}");
+        }
+        _ => tracing::warn!(path = %path.display(), "record skipped: {e}"),
+    }
+}
+
+/// Creates `path` as a new file with `mode`, replacing whatever was there
+/// (a leftover of a crashed writer): never through a link someone put at
+/// that name, and never blocking on a FIFO.
+fn create_new_file(path: &Path, mode: u32) -> Result<File, RuntimeError> {
+    let _ = std::fs::remove_file(path);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| io_err(path, e))
 }
 
 /// Creates `dir` (and missing parents) as 0700 in one step: a directory

@@ -400,7 +400,7 @@ impl RuntimeRouter {
         let (Some(dir), Some(embed)) = (&self.node_dir, &record.embed) else {
             return Err(RuntimeError::Config("nothing to embed".into()));
         };
-        let bytes = dir.read_module(embed, &record.digest)?;
+        let bytes = dir.read_module(embed, &record.digest, self.limits.max_module_bytes)?;
         let label = dir.root().join(&embed.module_file);
         let module = load_module_bytes(&self.engine, bytes.into(), &label)?;
         let mut spec = FunctionSpec::new(&record.name, &record.namespace, label);

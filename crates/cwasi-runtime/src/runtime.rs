@@ -126,13 +126,15 @@ impl RuntimeBuilder {
         let mut unloadable = HashMap::new();
         for spec in self.functions {
             crate::composition::validate_name(&spec.name).map_err(RuntimeError::Config)?;
+            crate::composition::validate_namespace(&spec.namespace)
+                .map_err(RuntimeError::Config)?;
             let name = spec.name.clone();
             if functions.iter().any(|f| f.name() == name) || unloadable.contains_key(&name) {
                 return Err(RuntimeError::DuplicateFunction(name));
             }
             let module = match &spec.module_bytes {
                 Some(bytes) => load_module_bytes(&engine, bytes.clone(), &spec.module),
-                None => load_module(&engine, &spec.module),
+                None => load_module(&engine, &spec.module, self.limits.max_module_bytes),
             };
             match module.and_then(|m| LinkedModule::link(&linker, spec, m)) {
                 Ok(linked) => {

@@ -186,7 +186,7 @@ pub(crate) fn serve(
         allowed_uids,
         idle_timeout: opts.idle_timeout,
     };
-    let local = LocalServer::start(listener, socket, function.clone(), settings)?;
+    let local = LocalServer::start(listener, function.clone(), settings)?;
     Ok(ServeHandle {
         stream,
         local: Some(local),

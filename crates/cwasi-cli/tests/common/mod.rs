@@ -125,6 +125,23 @@ impl Server {
         self.0.kill().unwrap();
         self.0.wait().unwrap();
     }
+
+    /// Sends it SIGTERM and waits up to `limit` for it to exit; `None` if
+    /// it is still running then (it is killed when dropped).
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let pid = rustix::process::Pid::from_child(&self.0);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Server {

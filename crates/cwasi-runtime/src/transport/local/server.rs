@@ -13,7 +13,6 @@
 
 use std::io::{self, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -48,15 +47,16 @@ pub(crate) struct ServerSettings {
 /// thread (connections in progress finish on their own threads).
 pub(crate) struct LocalServer {
     stop: Arc<AtomicBool>,
-    socket: PathBuf,
+    /// The listening socket itself (a second descriptor of it), so that the
+    /// accept loop can be woken whether or not its path still exists.
+    listener: UnixListener,
     accept: Option<JoinHandle<()>>,
 }
 
 impl LocalServer {
-    /// Serves `function` on `listener` (bound at `socket`).
+    /// Serves `function` on `listener`.
     pub fn start(
         listener: UnixListener,
-        socket: PathBuf,
         function: Arc<Function>,
         settings: ServerSettings,
     ) -> Result<LocalServer, RuntimeError> {
@@ -72,6 +72,10 @@ impl LocalServer {
         });
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
+        let wake = listener.try_clone().map_err(|source| RuntimeError::Io {
+            path: "the local server's listening socket".into(),
+            source,
+        })?;
         let accept = std::thread::Builder::new()
             .name(format!("cwasi-serve-{}", shared.function.spec.name))
             .spawn(move || accept_loop(listener, shared, stop_flag))
@@ -81,7 +85,7 @@ impl LocalServer {
             })?;
         Ok(LocalServer {
             stop,
-            socket,
+            listener: wake,
             accept: Some(accept),
         })
     }
@@ -90,8 +94,13 @@ impl LocalServer {
 impl Drop for LocalServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = UnixStream::connect(&self.socket);
+        // Wake the accept loop: on Linux, shutting down a listening socket
+        // for reading makes a blocked (and every later) `accept` fail at
+        // once. Unlike connecting to the socket's path, this works when the
+        // path was removed or replaced.
+        if let Err(e) = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Read) {
+            tracing::warn!("cannot shut the listening socket down: {e}");
+        }
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
