@@ -187,18 +187,26 @@ impl RuntimeRouter {
         target: &str,
         deadline: Deadline,
     ) -> Result<Arc<Route>, CallError> {
-        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = routes
-            .get(caller)
-            .and_then(|t| t.get(caller_namespace))
-            .and_then(|t| t.get(target))
-        {
-            return Ok(r.clone());
+        let cached = |routes: &RouteTable| {
+            routes
+                .get(caller)
+                .and_then(|t| t.get(caller_namespace))
+                .and_then(|t| t.get(target))
+                .cloned()
+        };
+        if let Some(r) = cached(&self.routes.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(r);
         }
-        // The lookup is part of the call to `target`: it ends by the
-        // callee's deadline.
+        // Chosen without the table's lock: a registry lookup that waits for
+        // the broker holds up no other edge. The lookup is part of the call
+        // to `target`: it ends by the callee's deadline.
         let lookup_by = deadline.nested(self.limits.call_timeout);
         let outcome = self.choose(caller == HOST_CALLER, caller_namespace, target, lookup_by);
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = cached(&routes) {
+            // Another call on this edge chose first; its route is the one.
+            return Ok(r);
+        }
         self.decisions
             .lock()
             .unwrap_or_else(|p| p.into_inner())

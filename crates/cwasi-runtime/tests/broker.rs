@@ -567,21 +567,34 @@ fn a_broker_stall_fails_calls_at_their_deadline() {
     // The call timeout, the grace for an answer (`ANSWER_GRACE`, 2 s) and
     // some slack for a loaded machine.
     let bound = Duration::from_secs(3) + Duration::from_millis(500);
-    let (cold_result, warm_result) = std::thread::scope(|s| {
+    // Four cold calls at once: each waits for its own deadline only, not
+    // behind the others' lookups.
+    let results = std::thread::scope(|s| {
         let (cold, warm) = (&cold, &warm);
         let call = |rt: &Runtime| {
             let started = Instant::now();
             (rt.call("ns", "echo", b"during"), started.elapsed())
         };
-        let c = s.spawn(move || call(cold));
-        let w = s.spawn(move || call(warm));
-        (c.join().unwrap(), w.join().unwrap())
+        let calls: Vec<_> = [
+            ("cold", cold),
+            ("cold", cold),
+            ("cold", cold),
+            ("cold", cold),
+        ]
+        .into_iter()
+        .chain([("warm", warm)])
+        .map(|(which, rt)| (which, s.spawn(move || call(rt))))
+        .collect();
+        calls
+            .into_iter()
+            .map(|(which, t)| (which, t.join().unwrap()))
+            .collect::<Vec<_>>()
     });
     assert!(
         stalled_at.elapsed() < Duration::from_secs(7),
         "the calls outlived the stall, which proves nothing"
     );
-    for (which, (result, took)) in [("cold", cold_result), ("warm", warm_result)] {
+    for (which, (result, took)) in results {
         let e = result.expect_err("a call during the stall succeeded");
         assert!(
             matches!(e.code, ErrorCode::Timeout | ErrorCode::Transport),
