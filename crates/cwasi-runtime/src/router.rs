@@ -13,7 +13,7 @@ use wasmtime::{Engine, Linker};
 
 use crate::call::route::Route;
 use crate::config::{FunctionSpec, Limits, Mode, ModeOverride};
-use crate::deadline::TickClock;
+use crate::deadline::{Deadline, TickClock};
 use crate::engine::{load_module_bytes, EpochTicker};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::{Function, LinkedModule};
@@ -167,9 +167,15 @@ impl RuntimeRouter {
     }
 
     /// The route from `caller` to `target`, chosen once per edge and logged
-    /// for `--explain`.
-    pub fn route_from(&self, caller: &CallerId, target: &str) -> Result<Arc<Route>, CallError> {
-        self.route_by_name(&caller.name, &caller.namespace, target)
+    /// for `--explain`; a caller due by `deadline` waits for the cluster
+    /// registry no longer.
+    pub fn route_from(
+        &self,
+        caller: &CallerId,
+        target: &str,
+        deadline: Deadline,
+    ) -> Result<Arc<Route>, CallError> {
+        self.route_by_name(&caller.name, &caller.namespace, target, deadline)
     }
 
     /// [`RuntimeRouter::route_from`] for a caller given by name and
@@ -179,16 +185,28 @@ impl RuntimeRouter {
         caller: &str,
         caller_namespace: &str,
         target: &str,
+        deadline: Deadline,
     ) -> Result<Arc<Route>, CallError> {
-        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = routes
-            .get(caller)
-            .and_then(|t| t.get(caller_namespace))
-            .and_then(|t| t.get(target))
-        {
-            return Ok(r.clone());
+        let cached = |routes: &RouteTable| {
+            routes
+                .get(caller)
+                .and_then(|t| t.get(caller_namespace))
+                .and_then(|t| t.get(target))
+                .cloned()
+        };
+        if let Some(r) = cached(&self.routes.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(r);
         }
-        let outcome = self.choose(caller == HOST_CALLER, caller_namespace, target);
+        // Chosen without the table's lock: a registry lookup that waits for
+        // the broker holds up no other edge. The lookup is part of the call
+        // to `target`: it ends by the callee's deadline.
+        let lookup_by = deadline.nested(self.limits.call_timeout);
+        let outcome = self.choose(caller == HOST_CALLER, caller_namespace, target, lookup_by);
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = cached(&routes) {
+            // Another call on this edge chose first; its route is the one.
+            return Ok(r);
+        }
         self.decisions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -219,8 +237,14 @@ impl RuntimeRouter {
         Ok(route)
     }
 
-    /// The route of a call the host makes as a function of `namespace`.
-    pub fn host_route(&self, namespace: &str, target: &str) -> Result<Arc<Route>, CallError> {
+    /// The route of a call the host makes as a function of `namespace`,
+    /// due by `deadline`.
+    pub fn host_route(
+        &self,
+        namespace: &str,
+        target: &str,
+        deadline: Deadline,
+    ) -> Result<Arc<Route>, CallError> {
         let memo = LAST_HOST_ROUTE.try_with(|last| {
             let last = last.borrow();
             let l = last.as_ref()?;
@@ -234,7 +258,7 @@ impl RuntimeRouter {
         if let Ok(Some(route)) = memo {
             return Ok(route);
         }
-        let route = self.route_by_name(HOST_CALLER, namespace, target)?;
+        let route = self.route_by_name(HOST_CALLER, namespace, target, deadline)?;
         let _ = LAST_HOST_ROUTE.try_with(|last| {
             *last.borrow_mut() = Some(LastHostRoute {
                 router: self.id,
@@ -248,7 +272,9 @@ impl RuntimeRouter {
 
     /// Which mode a call from `caller_namespace` to `target` takes, and why.
     pub fn explain(&self, caller_namespace: &str, target: &str) -> Result<Selection, CallError> {
-        self.choose(false, caller_namespace, target).map(|(s, _)| s)
+        let lookup_by = Deadline::after(self.limits.call_timeout);
+        self.choose(false, caller_namespace, target, lookup_by)
+            .map(|(s, _)| s)
     }
 
     /// Every routing decision made so far, in order.
@@ -276,6 +302,7 @@ impl RuntimeRouter {
         from_host: bool,
         caller_namespace: &str,
         target: &str,
+        lookup_by: Deadline,
     ) -> Result<(Selection, Box<dyn Transport>), CallError> {
         if let Some(reason) = self.unloadable.get(target) {
             return Err(CallError::new(
@@ -293,10 +320,13 @@ impl RuntimeRouter {
         local.sort_by_key(|r| r.namespace != caller_namespace);
         let here = self.functions.get(target);
         let embeddable_here = here.is_some_and(|f| f.spec.namespace == caller_namespace);
-        let remote = if local.is_empty() && !embeddable_here {
-            self.announced_elsewhere(caller_namespace, target)
+        let (remote, registry_error) = if local.is_empty() && !embeddable_here {
+            match self.announced_elsewhere(caller_namespace, target, lookup_by) {
+                Ok(remote) => (remote, None),
+                Err(e) => (Vec::new(), Some(e)),
+            }
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
         let adopted = self.adopt_served(caller_namespace, target, here, &local);
         let function = adopted.as_ref().map(|(f, _)| f).or(here);
@@ -311,6 +341,7 @@ impl RuntimeRouter {
             local: &local,
             node_dir: self.node_dir.as_ref().map(|d| d.root()),
             remote: &remote,
+            registry_error: registry_error.as_ref(),
             broker: self.broker.as_ref().map(|b| (b.display(), b.node())),
             mode: self.mode,
         };
@@ -334,21 +365,22 @@ impl RuntimeRouter {
     }
 
     /// Announcements of `target` on other nodes, the caller's namespace
-    /// first (none without a broker, or when it cannot be asked).
-    fn announced_elsewhere(&self, caller_namespace: &str, target: &str) -> Vec<RemoteEndpoint> {
+    /// first (none without a broker), as the registry says by `deadline`.
+    fn announced_elsewhere(
+        &self,
+        caller_namespace: &str,
+        target: &str,
+        deadline: Deadline,
+    ) -> Result<Vec<RemoteEndpoint>, CallError> {
         let Some(b) = &self.broker else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        let mut remote = match b.find(target) {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!("cannot ask the cluster registry: {e}");
-                Vec::new()
-            }
-        };
+        let mut remote = b.find(target, deadline).inspect_err(|e| {
+            tracing::warn!("cannot ask the cluster registry: {e}");
+        })?;
         remote.retain(|r| r.node != b.node());
         remote.sort_by_key(|r| r.namespace != caller_namespace);
-        remote
+        Ok(remote)
     }
 
     /// A same-namespace function another process of this node serves and
@@ -417,7 +449,12 @@ impl RuntimeRouter {
 }
 
 impl Router for RuntimeRouter {
-    fn route(&self, caller: &CallerId, target: &str) -> Result<Arc<Route>, CallError> {
-        self.route_from(caller, target)
+    fn route(
+        &self,
+        caller: &CallerId,
+        target: &str,
+        deadline: Deadline,
+    ) -> Result<Arc<Route>, CallError> {
+        self.route_from(caller, target, deadline)
     }
 }

@@ -279,7 +279,9 @@ impl Runtime {
         request: &[u8],
         response: &mut Vec<u8>,
     ) -> Result<(), CallError> {
-        let route = self.router.host_route(namespace, target)?;
+        let route = self
+            .router
+            .host_route(namespace, target, self.host_call.deadline)?;
         let mut io = VecIo {
             request,
             response: std::mem::take(response),

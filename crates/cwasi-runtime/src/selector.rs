@@ -54,6 +54,10 @@ pub(crate) struct Placement<'a> {
     pub node_dir: Option<&'a Path>,
     /// Live announcements on other nodes, the caller's namespace first.
     pub remote: &'a [RemoteEndpoint],
+    /// Why the cluster registry could not be asked, if it could not: then
+    /// a callee found nowhere else may still be on another node, and the
+    /// call fails with this error (`TRANSPORT`, `TIMEOUT`), not as unknown.
+    pub registry_error: Option<&'a CallError>,
     /// The broker asked (its URL without password) and this node's name.
     pub broker: Option<(&'a str, &'a str)>,
     /// The forced mode, if any.
@@ -76,7 +80,8 @@ pub(crate) enum Choice<'a> {
 ///    namespace;
 /// 2. local, if a live endpoint is on this node;
 /// 3. remote, if the callee is registered on another node;
-/// 4. otherwise "function X not found (looked in: ...)".
+/// 4. otherwise "function X not found (looked in: ...)", or, when the
+///    registry could not be asked, its error.
 ///
 /// A forced mode is honoured only where it is possible.
 pub(crate) fn select<'a>(p: &Placement<'a>) -> Result<(Selection, Choice<'a>), CallError> {
@@ -154,6 +159,17 @@ pub(crate) fn select<'a>(p: &Placement<'a>) -> Result<(Selection, Choice<'a>), C
         }
         return Ok((chosen(Mode::Remote, reason), Choice::Remote(r)));
     }
+    if let (Some(e), true) = (p.registry_error, wants(Mode::Remote)) {
+        return Err(CallError::new(
+            e.code,
+            format!(
+                "function '{target}' not found on this node, and the cluster registry could \
+                 not be asked: {} ({})",
+                e.message,
+                looked_in(p)
+            ),
+        ));
+    }
     if let ModeOverride::Force(m) = p.mode {
         return Err(CallError::new(
             ErrorCode::Denied,
@@ -227,6 +243,7 @@ mod tests {
             local: &[],
             node_dir: Some(Path::new("/run/cwasi")),
             remote: &[],
+            registry_error: None,
             broker: Some(("redis://h:1", "n1")),
             mode: ModeOverride::Auto,
         }
@@ -264,6 +281,8 @@ mod tests {
         let local_a = [record("a")];
         let local_c = [record("c")];
         let remote_a = [remote("a")];
+        let down = CallError::new(ErrorCode::Transport, "down");
+        let slow = CallError::new(ErrorCode::Timeout, "slow");
         let adopted = record("a");
         type Case<'a> = (&'a str, Placement<'a>, Result<Mode, ErrorCode>, &'a str);
         let cases: Vec<Case<'_>> = vec![
@@ -306,6 +325,24 @@ mod tests {
                 nowhere(),
                 Err(ErrorCode::UnknownFunction),
                 "looked in: this process [x], node directory /run/cwasi, cluster registry at redis://h:1",
+            ),
+            (
+                "4: the registry unreachable -> its error, not unknown",
+                Placement { registry_error: Some(&down), ..nowhere() },
+                Err(ErrorCode::Transport),
+                "not found on this node, and the cluster registry could not be asked: down",
+            ),
+            (
+                "4: the registry too slow for the deadline -> timeout",
+                Placement { registry_error: Some(&slow), mode: FORCE_REMOTE, ..nowhere() },
+                Err(ErrorCode::Timeout),
+                "could not be asked: slow (looked in: ",
+            ),
+            (
+                "forced local, the registry unreachable -> denied, as it does not matter",
+                Placement { registry_error: Some(&down), mode: FORCE_LOCAL, ..nowhere() },
+                Err(ErrorCode::Denied),
+                "no local endpoint",
             ),
             (
                 "4: loaded in another namespace and served nowhere -> unknown, says why",

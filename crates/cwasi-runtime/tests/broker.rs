@@ -3,16 +3,20 @@
 //! with the `redis` crate to a real redis-server that the test starts, served
 //! by a `StreamServer`.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cwasi_runtime::broker::{
     Broker, BrokerConfig, Handler, RequestMeta, StreamServer, PAYLOAD_KEY_MIN,
 };
-use cwasi_runtime::Deadline;
-use cwasi_runtime::{CallError, ErrorCode};
+use cwasi_runtime::{
+    CallError, Deadline, ErrorCode, FunctionSpec, Limits, NodeDirectory, Runtime, ServeOptions,
+};
+use test_programs_artifacts as progs;
 use test_support::tls::TestCertificates;
 use test_support::RedisServer;
 
@@ -56,24 +60,32 @@ fn deadline_in(d: Duration) -> u64 {
     (SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + d).as_millis() as u64
 }
 
-/// Adds a request by hand (`payload` or `payload_key` field) and waits for
-/// its reply envelope, `status (i32 LE) ‖ bytes`; a response in a key of its
-/// own (status 1, the key) is taken from that key.
+/// Adds an entry with `fields` to `stream` by hand.
+fn add(conn: &mut redis::Connection, stream: &str, fields: &[(&str, &[u8])]) {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    let _: String = cmd.query(conn).unwrap();
+}
+
+/// Adds a request for echo by hand (`payload`, or `payload_in_key` with the
+/// payload in the call's key) and waits for its reply envelope, `status (i32
+/// LE) ‖ bytes`; a response in a key of its own (status 1, the key) is taken
+/// from that key. The keys are derived as docs/protocol.md says.
 fn request(conn: &mut redis::Connection, id: &str, field: &str, value: &[u8]) -> (i32, Vec<u8>) {
-    let reply = format!("cwasi:reply:{id}");
-    let _: String = redis::cmd("XADD")
-        .arg(STREAM)
-        .arg("*")
-        .arg("id")
-        .arg(id)
-        .arg("reply")
-        .arg(&reply)
-        .arg("deadline")
-        .arg(deadline_in(Duration::from_secs(20)))
-        .arg(field)
-        .arg(value)
-        .query(conn)
-        .unwrap();
+    let reply = format!("cwasi:reply:ns:echo:{id}");
+    let deadline = deadline_in(Duration::from_secs(20)).to_string();
+    add(
+        conn,
+        STREAM,
+        &[
+            ("id", id.as_bytes()),
+            ("deadline", deadline.as_bytes()),
+            (field, value),
+        ],
+    );
     let (_, envelope): (String, Vec<u8>) = redis::cmd("BLPOP")
         .arg(&reply)
         .arg(20)
@@ -84,7 +96,7 @@ fn request(conn: &mut redis::Connection, id: &str, field: &str, value: &[u8]) ->
         return (status, envelope[4..].to_vec());
     }
     let key = String::from_utf8(envelope[4..].to_vec()).unwrap();
-    assert_eq!(key, format!("cwasi:response:{id}"));
+    assert_eq!(key, format!("cwasi:response:ns:echo:{id}"));
     let body: Vec<u8> = redis::cmd("GETDEL").arg(&key).query(conn).unwrap();
     (0, body)
 }
@@ -110,18 +122,15 @@ fn large_payloads_travel_in_keys_of_their_own() {
     // echoed response is as large, so it comes back in a key too.
     let big: Vec<u8> = (0..PAYLOAD_KEY_MIN + 3).map(|i| (i % 251) as u8).collect();
     let _: () = redis::cmd("SET")
-        .arg("cwasi:payload:t-2")
+        .arg("cwasi:payload:ns:echo:t-2")
         .arg(&big)
         .arg("PX")
         .arg(30_000)
         .query(&mut conn)
         .unwrap();
-    assert_eq!(
-        request(&mut conn, "t-2", "payload_key", b"cwasi:payload:t-2"),
-        (0, big)
-    );
+    assert_eq!(request(&mut conn, "t-2", "payload_in_key", b"1"), (0, big));
     let left: i64 = redis::cmd("EXISTS")
-        .arg("cwasi:payload:t-2")
+        .arg("cwasi:payload:ns:echo:t-2")
         .query(&mut conn)
         .unwrap();
     assert_eq!(left, 0, "the payload key outlived its answer");
@@ -132,7 +141,7 @@ fn large_payloads_travel_in_keys_of_their_own() {
     // A payload key that is gone (expired, evicted): a clear error, and the
     // handler does not run.
     let before = runs.load(Ordering::SeqCst);
-    let (status, message) = request(&mut conn, "t-3", "payload_key", b"cwasi:payload:gone");
+    let (status, message) = request(&mut conn, "t-3", "payload_in_key", b"1");
     assert_eq!(ErrorCode::from_raw(status), Some(ErrorCode::Transport));
     let message = String::from_utf8(message).unwrap();
     assert!(
@@ -301,5 +310,396 @@ fn deadline_and_depth_travel_with_the_request() {
     assert_eq!(
         seen.lock().unwrap().pop().expect("the handler ran").depth,
         1
+    );
+}
+
+/// `GET` and `PTTL` of `key`.
+fn value_and_ttl(conn: &mut redis::Connection, key: &str) -> (Option<Vec<u8>>, i64) {
+    let value = redis::cmd("GET").arg(key).query(conn).unwrap();
+    let ttl = redis::cmd("PTTL").arg(key).query(conn).unwrap();
+    (value, ttl)
+}
+
+/// The number of entries pending in `stream`'s group `cwasi`, and its
+/// `PTTL`.
+fn pending_and_ttl(conn: &mut redis::Connection, stream: &str) -> (i64, i64) {
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("cwasi")
+        .query(conn)
+        .unwrap();
+    let redis::Value::Array(parts) = summary else {
+        panic!("XPENDING answered {summary:?}")
+    };
+    let pending = match parts.first() {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("XPENDING count {other:?}"),
+    };
+    let ttl = redis::cmd("PTTL").arg(stream).query(conn).unwrap();
+    (pending, ttl)
+}
+
+/// Defect 8: a server used to answer on whatever key an entry's `reply`
+/// named (`LPUSH` + a 120 s `PEXPIRE`) and read and delete whatever key its
+/// `payload_key` named. Entries written by hand that name foreign keys (a
+/// plain key, another function's request stream, another function's reply
+/// key, bad request ids) now leave every key as it was; the server keeps
+/// serving.
+#[test]
+fn entries_naming_foreign_keys_touch_nothing() {
+    let redis = RedisServer::start();
+    let runs = Arc::new(AtomicU64::new(0));
+    let _server = echo_server(&redis.url(), runs.clone());
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // Serving: one ordinary call goes through.
+    assert_eq!(
+        request(&mut conn, "first", "payload", b"one"),
+        (0, b"one".to_vec())
+    );
+
+    // The victims: a key without expiry, one with a long expiry, another
+    // function's stream with an entry pending in its group, and the reply
+    // key of a call to that other function.
+    let set = |conn: &mut redis::Connection, args: &[&str]| {
+        let _: redis::Value = redis::cmd(args[0]).arg(&args[1..]).query(conn).unwrap();
+    };
+    set(&mut conn, &["SET", "victim", "secret"]);
+    set(&mut conn, &["SET", "victim-ttl", "kept", "PX", "600000"]);
+    let other = "cwasi:fn:ns:other";
+    set(
+        &mut conn,
+        &["XGROUP", "CREATE", other, "cwasi", "0", "MKSTREAM"],
+    );
+    set(
+        &mut conn,
+        &["XADD", other, "*", "id", "o-1", "payload", "x"],
+    );
+    set(
+        &mut conn,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "cwasi",
+            "c1",
+            "COUNT",
+            "1",
+            "STREAMS",
+            other,
+            ">",
+        ],
+    );
+    let other_reply = "cwasi:reply:ns:other:o-1";
+    set(&mut conn, &["RPUSH", other_reply, "its answer"]);
+    set(&mut conn, &["PEXPIRE", other_reply, "600000"]);
+    let before = (
+        value_and_ttl(&mut conn, "victim"),
+        value_and_ttl(&mut conn, "victim-ttl"),
+        pending_and_ttl(&mut conn, other),
+    );
+    assert_eq!(before.0, (Some(b"secret".to_vec()), -1));
+    assert_eq!(before.2, (1, -1));
+
+    let deadline = deadline_in(Duration::from_secs(20)).to_string();
+    let d = deadline.as_bytes();
+    let forged: [&[(&str, &[u8])]; 9] = [
+        &[
+            ("id", b"f-1"),
+            ("deadline", d),
+            ("reply", b"victim"),
+            ("payload", b"x"),
+        ],
+        &[
+            ("id", b"f-2"),
+            ("deadline", d),
+            ("reply", other.as_bytes()),
+            ("payload", b"x"),
+        ],
+        &[
+            ("id", b"f-3"),
+            ("deadline", d),
+            ("reply", other_reply.as_bytes()),
+            ("payload", b"x"),
+        ],
+        &[("id", b"f-4"), ("deadline", d), ("payload_key", b"victim")],
+        &[
+            ("id", b"f-5"),
+            ("deadline", d),
+            ("payload_key", b"victim-ttl"),
+            ("reply", b"victim-ttl"),
+        ],
+        &[
+            ("id", b"f-6"),
+            ("deadline", d),
+            ("payload_key", other.as_bytes()),
+        ],
+        // Ids that would leave the function's prefix, or are not ids.
+        &[("id", b"x:victim"), ("deadline", d), ("payload", b"x")],
+        &[("id", b"*"), ("deadline", d), ("payload_in_key", b"1")],
+        &[("id", &[b'x'; 200]), ("deadline", d), ("payload", b"x")],
+    ];
+    for fields in forged {
+        add(&mut conn, STREAM, fields);
+    }
+    // The id of the other function's call, on this function's stream: it is
+    // answered, in this function's own reply key.
+    assert_eq!(
+        request(&mut conn, "o-1", "payload", b"mine"),
+        (0, b"mine".to_vec())
+    );
+    // One consumer takes the entries in order: by the time this call is
+    // answered, every forged entry has been handled.
+    assert_eq!(
+        request(&mut conn, "after", "payload", b"two"),
+        (0, b"two".to_vec())
+    );
+
+    let after = (
+        value_and_ttl(&mut conn, "victim"),
+        value_and_ttl(&mut conn, "victim-ttl"),
+        pending_and_ttl(&mut conn, other),
+    );
+    assert_eq!(after.0, before.0, "victim changed");
+    assert_eq!(after.1 .0, before.1 .0, "victim-ttl's value changed");
+    let (was, now) = (before.1 .1, after.1 .1);
+    assert!(
+        now <= was && now > was - 30_000,
+        "victim-ttl's expiry changed: {was} -> {now} ms"
+    );
+    assert_eq!(after.2, before.2, "the other function's stream changed");
+    let other_len: i64 = redis::cmd("XLEN").arg(other).query(&mut conn).unwrap();
+    assert_eq!(other_len, 1);
+    let items: Vec<String> = redis::cmd("LRANGE")
+        .arg(other_reply)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(items, ["its answer"]);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(other_reply)
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        ttl > 570_000,
+        "the other call's reply key expires in {ttl} ms"
+    );
+    // The forged entries ran nothing and were answered nowhere: only the
+    // three ordinary calls ran, and no reply key of this function is left.
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    let replies: Vec<String> = redis::cmd("KEYS")
+        .arg("cwasi:reply:ns:echo:*")
+        .query(&mut conn)
+        .unwrap();
+    assert!(replies.is_empty(), "{replies:?}");
+    // They were acknowledged and deleted, not left pending.
+    assert_eq!(pending_and_ttl(&mut conn, STREAM).0, 0);
+    let len: i64 = redis::cmd("XLEN").arg(STREAM).query(&mut conn).unwrap();
+    assert_eq!(len, 0);
+
+    // The server goes on serving the caller of this crate as well.
+    let caller = Broker::new(BrokerConfig::new(redis.url(), "node1")).unwrap();
+    let deadline = Deadline::after(Duration::from_secs(10));
+    assert_eq!(
+        caller
+            .call("ns", "echo", b"still", deadline, 1, 1 << 20)
+            .unwrap(),
+        b"still"
+    );
+}
+
+/// A runtime on node `node` calling through the broker at `url`, with
+/// `limits` and the functions `specs`.
+fn runtime(url: &str, node: &str, limits: Limits, specs: Vec<FunctionSpec>) -> Runtime {
+    let mut b = Runtime::builder()
+        .limits(limits)
+        .node(node)
+        .broker(Broker::new(BrokerConfig::new(url, node)).unwrap());
+    for s in specs {
+        b = b.function(s);
+    }
+    b.build().unwrap()
+}
+
+/// Calls `target` in `ns` on `rt` until it answers, for 30 s.
+fn until_answered(rt: &Runtime, ns: &str, target: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match rt.call(ns, target, b"ping") {
+            Ok(r) => break assert_eq!(r, b"ping"),
+            Err(e) => assert!(Instant::now() < deadline, "never answered: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A broker that stalls for 8 s (`DEBUG SLEEP`), under callers whose call
+/// timeout is 1 s: a call whose route is not chosen yet (its registry
+/// lookup stalls) and one whose route is (its request stalls) both fail
+/// by their deadline plus the grace for an answer (`ANSWER_GRACE`, 2 s),
+/// with `TIMEOUT` or `TRANSPORT`. The first used to fail after 5 s with
+/// `UNKNOWN_FUNCTION`. Both go through again once the broker is back.
+#[test]
+fn a_broker_stall_fails_calls_at_their_deadline() {
+    let redis = RedisServer::start_with(&["--enable-debug-command".into(), "yes".into()]);
+    let _server = echo_server(&redis.url(), Arc::new(AtomicU64::new(0)));
+    let limits = Limits {
+        call_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let warm = runtime(&redis.url(), "node1", limits.clone(), vec![]);
+    until_answered(&warm, "ns", "echo");
+    let cold = runtime(&redis.url(), "node3", limits, vec![]);
+
+    // The stall: DEBUG SLEEP on a connection of its own, whose +OK comes
+    // when it ends.
+    let mut stall = TcpStream::connect(("127.0.0.1", redis.port())).unwrap();
+    stall
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stall
+        .write_all(b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$1\r\n8\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let stalled_at = Instant::now();
+    // The call timeout, the grace for an answer (`ANSWER_GRACE`, 2 s) and
+    // some slack for a loaded machine.
+    let bound = Duration::from_secs(3) + Duration::from_millis(500);
+    // Four cold calls at once: each waits for its own deadline only, not
+    // behind the others' lookups.
+    let results = std::thread::scope(|s| {
+        let (cold, warm) = (&cold, &warm);
+        let call = |rt: &Runtime| {
+            let started = Instant::now();
+            (rt.call("ns", "echo", b"during"), started.elapsed())
+        };
+        let calls: Vec<_> = [
+            ("cold", cold),
+            ("cold", cold),
+            ("cold", cold),
+            ("cold", cold),
+        ]
+        .into_iter()
+        .chain([("warm", warm)])
+        .map(|(which, rt)| (which, s.spawn(move || call(rt))))
+        .collect();
+        calls
+            .into_iter()
+            .map(|(which, t)| (which, t.join().unwrap()))
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        stalled_at.elapsed() < Duration::from_secs(7),
+        "the calls outlived the stall, which proves nothing"
+    );
+    for (which, (result, took)) in results {
+        let e = result.expect_err("a call during the stall succeeded");
+        assert!(
+            matches!(e.code, ErrorCode::Timeout | ErrorCode::Transport),
+            "{which}: {e}"
+        );
+        assert!(took <= bound, "{which}: failed after {took:?}: {e}");
+    }
+    let mut ok = String::new();
+    BufReader::new(&mut stall)
+        .read_line(&mut ok)
+        .expect("DEBUG SLEEP never ended");
+    assert_eq!(ok.trim_end(), "+OK");
+    until_answered(&cold, "ns", "echo");
+    until_answered(&warm, "ns", "echo");
+}
+
+/// A scratch directory for a node directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("cwasi-broker-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A cycle across two nodes: `a` (served on node1, whose `max_call_depth`
+/// is 4) calls `b` (served on node2, with the default 32), which calls `a`
+/// again, and so on, each hop through the broker. The depth travels with
+/// every entry, and node1's server refuses the request at depth 5 with
+/// `RESOURCE_LIMIT`, so the cycle stops at once rather than tying up every
+/// consumer until the deadline. A request over a server's own limit, sent
+/// straight to it, gets `RESOURCE_LIMIT` as its code.
+#[test]
+fn a_call_cycle_across_nodes_stops_at_the_depth_limit() {
+    let redis = RedisServer::start();
+    let scratch = Scratch::new("cycle");
+    let node = |name: &str, target: &str, next: &str, max_call_depth: u32| {
+        let dir = NodeDirectory::open(&scratch.0.join(name)).unwrap();
+        let mut spec = FunctionSpec::new(target, "cyc", PathBuf::from(progs::TRANSFORM));
+        spec.env.push(("CWASI_NEXT".into(), next.into()));
+        let limits = Limits {
+            call_timeout: Duration::from_secs(10),
+            max_call_depth,
+            ..Limits::default()
+        };
+        let rt = runtime(&redis.url(), name, limits, vec![spec]);
+        let handle = rt.serve(target, &dir, ServeOptions::default()).unwrap();
+        (rt, handle)
+    };
+    let a = node("node1", "a", "b", 4);
+    let b = node("node2", "b", "a", 32);
+    // Until each node sees the other's function announced.
+    let wait = Instant::now() + Duration::from_secs(30);
+    while a.0.explain("cyc", "b").is_err() || b.0.explain("cyc", "a").is_err() {
+        assert!(Instant::now() < wait, "never announced");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let caller = Broker::new(BrokerConfig::new(redis.url(), "node0")).unwrap();
+    let call = |target: &str, depth: u32| {
+        let deadline = Deadline::after(Duration::from_secs(10));
+        caller.call("cyc", target, b"x", deadline, depth, 1 << 20)
+    };
+
+    // Straight to each server, one over its limit.
+    let wait = Instant::now() + Duration::from_secs(30);
+    let e = loop {
+        // Until both consumer groups exist.
+        match (call("a", 5), call("b", 33)) {
+            (Err(a), Err(b)) if a.code != ErrorCode::Timeout && b.code != ErrorCode::Timeout => {
+                assert_eq!(a.code, ErrorCode::ResourceLimit, "{a}");
+                assert!(
+                    a.message.contains("call depth 5 is over the limit of 4"),
+                    "{a}"
+                );
+                break b;
+            }
+            other => assert!(Instant::now() < wait, "never refused: {other:?}"),
+        }
+    };
+    assert_eq!(e.code, ErrorCode::ResourceLimit, "{e}");
+    assert!(
+        e.message.contains("call depth 33 is over the limit of 32"),
+        "{e}"
+    );
+
+    // The cycle: a (1) -> b (2) -> a (3) -> b (4) -> a (5): refused by
+    // node1's server, long before the 10 s deadline.
+    let started = Instant::now();
+    let e = call("a", 1).expect_err("a cycle cannot answer");
+    let took = started.elapsed();
+    assert!(
+        e.message.contains("call depth 5 is over the limit of 4"),
+        "{e}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the cycle ran for {took:?}: {e}"
     );
 }

@@ -14,13 +14,20 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use crate::call::route::{Route, RouteCache, StartedCall};
 use crate::call::CallMeta;
 use crate::config::Limits;
+use crate::deadline::Deadline;
 use crate::error::{CallError, ErrorCode};
 
 /// Turns a caller's target name into a route: the selector, the route table
 /// and the transports, seen from a guest.
 pub(crate) trait Router: Send + Sync {
-    /// The route from `caller` to `target`, chosen once per edge.
-    fn route(&self, caller: &CallerId, target: &str) -> Result<Arc<Route>, CallError>;
+    /// The route from `caller` to `target`, chosen once per edge; a caller
+    /// due by `deadline` waits for the cluster registry no longer.
+    fn route(
+        &self,
+        caller: &CallerId,
+        target: &str,
+        deadline: Deadline,
+    ) -> Result<Arc<Route>, CallError>;
 }
 
 /// Who a caller is, as routing sees it.
@@ -139,7 +146,7 @@ impl HostState {
 
     /// The route to `target`, from this instance's cache or the router.
     pub fn route(&mut self, target: &str) -> Result<Arc<Route>, CallError> {
-        let (router, caller) = (&self.router, &self.caller);
+        let (router, caller, deadline) = (&self.router, &self.caller, self.call.deadline);
         self.routes.get_or_resolve(target, || {
             let router = router.upgrade().ok_or_else(|| {
                 CallError::new(
@@ -147,7 +154,7 @@ impl HostState {
                     "the runtime that ran this function has shut down",
                 )
             })?;
-            router.route(caller, target)
+            router.route(caller, target, deadline)
         })
     }
 

@@ -4,15 +4,15 @@
 
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use redis::Value;
 
-use super::codec::{
-    decode_reply, payload_key, reply_key, stream_key, Reply, PAYLOAD_KEY_MIN, STREAM_MAXLEN,
-};
-use super::conn::Broker;
+use super::codec::{decode_reply, Reply, PAYLOAD_KEY_MIN, STREAM_MAXLEN};
+use super::conn::{exchange, Broker};
+use super::keys::{FnKeys, KeyError};
 use crate::call::{deliver, CallMeta, CallerIo};
-use crate::deadline::{Deadline, ANSWER_GRACE, LEASE_GRACE};
+use crate::deadline::{Deadline, ANSWER_GRACE, BROKER_OP_TIMEOUT, LEASE_GRACE};
 use crate::error::{CallError, ErrorCode};
 use crate::transport::{PendingCall, Transport};
 
@@ -31,18 +31,20 @@ impl Broker {
         max_payload: usize,
     ) -> Result<Vec<u8>, CallError> {
         let id = self.new_request_id();
-        let reply = reply_key(&id);
+        // The server derives the same keys from the function and the id.
+        let bad = |e: KeyError| CallError::new(ErrorCode::InvalidArgument, e.to_string());
+        let function = FnKeys::new(ns, name).map_err(bad)?;
+        let keys = function.call(&id).map_err(bad)?;
+        let reply = keys.reply();
         let timeout = deadline.remaining();
         let mut add = redis::cmd("XADD");
-        add.arg(stream_key(ns, name))
+        add.arg(function.stream())
             .arg("MAXLEN")
             .arg("~")
             .arg(STREAM_MAXLEN)
             .arg("*")
             .arg("id")
             .arg(&id)
-            .arg("reply")
-            .arg(&reply)
             .arg("deadline")
             .arg(deadline.to_unix_ms())
             .arg("depth")
@@ -52,13 +54,12 @@ impl Broker {
             // It lives until the request's deadline, and a little longer for
             // clocks that differ between nodes; a server deletes it when it
             // answers.
-            let key = payload_key(&id);
             p.cmd("SET")
-                .arg(&key)
+                .arg(keys.payload())
                 .arg(request)
                 .arg("PX")
                 .arg((timeout + LEASE_GRACE).as_millis() as u64);
-            add.arg("payload_key").arg(key);
+            add.arg("payload_in_key").arg(1);
         } else {
             add.arg("payload").arg(request);
         }
@@ -78,13 +79,18 @@ impl Broker {
                 ),
             )
         };
+        // Every reply by the deadline, and the grace for the server's own
+        // timeout error, however the broker stalls.
+        let until = Instant::now() + timeout + ANSWER_GRACE;
         let mut conn = self.sync_conn(timeout + ANSWER_GRACE)?;
-        let value = match p.query::<Vec<Value>>(&mut conn) {
-            Ok(mut replies) if replies.len() == p.len() => replies.pop().unwrap_or(Value::Nil),
-            Ok(other) => return Err(self.down(format!("unexpected reply {other:?}"))),
-            // The socket's own bound, past BLPOP's: the connection, which may
-            // still have the wait pending, is dropped.
-            Err(e) if e.is_timeout() => return Err(timed_out()),
+        let value = match exchange(&mut conn, &p, until) {
+            Ok(Some(mut replies)) if replies.len() == p.len() => {
+                replies.pop().unwrap_or(Value::Nil)
+            }
+            Ok(Some(other)) => return Err(self.down(format!("unexpected reply {other:?}"))),
+            // Out of time: the connection, which may still have the wait
+            // pending, is dropped.
+            Ok(None) => return Err(timed_out()),
             Err(e) => return Err(self.down(e)),
         };
         let envelope = match value {
@@ -100,24 +106,22 @@ impl Broker {
         };
         let response = match decode_reply(envelope) {
             Ok(Reply::Body(body)) => body,
+            // A large response waits in the call's response key; a reply
+            // naming any other key is not obeyed.
+            Ok(Reply::InKey(key)) if key == keys.response() => {
+                self.take_response(&mut conn, &key)?
+            }
+            Ok(Reply::InKey(_)) => {
+                self.give_back(conn);
+                return Err(CallError::new(
+                    ErrorCode::Transport,
+                    "the reply names a key other than the call's response key",
+                ));
+            }
             Err(e) => {
                 self.give_back(conn);
                 return Err(e);
             }
-            // A large response waits in a key of its own; taking it deletes it.
-            Ok(Reply::InKey(key)) => match redis::cmd("GETDEL")
-                .arg(&key)
-                .query::<Option<Vec<u8>>>(&mut conn)
-            {
-                Ok(Some(body)) => body,
-                Ok(None) => {
-                    return Err(CallError::new(
-                        ErrorCode::Transport,
-                        format!("the response in {key} is no longer in the broker (expired)"),
-                    ))
-                }
-                Err(e) => return Err(self.down(e)),
-            },
         };
         self.give_back(conn);
         if response.len() > max_payload {
@@ -128,6 +132,21 @@ impl Broker {
             ));
         }
         Ok(response)
+    }
+
+    /// Takes a large response from its `key` (`GETDEL`: taking it deletes
+    /// it), on the call's connection.
+    fn take_response(&self, conn: &mut redis::Connection, key: &str) -> Result<Vec<u8>, CallError> {
+        conn.set_read_timeout(Some(BROKER_OP_TIMEOUT))
+            .map_err(|e| self.down(e))?;
+        match redis::cmd("GETDEL").arg(key).query::<Option<Vec<u8>>>(conn) {
+            Ok(Some(body)) => Ok(body),
+            Ok(None) => Err(CallError::new(
+                ErrorCode::Transport,
+                format!("the response in {key} is no longer in the broker (expired)"),
+            )),
+            Err(e) => Err(self.down(e)),
+        }
     }
 }
 

@@ -1,11 +1,13 @@
-//! What travels through the broker: the key names, the stream entry of a
-//! request, the reply envelope of its answer and the commands that store
-//! the answer (`docs/protocol.md`).
+//! What travels through the broker: the stream entry of a request (checked
+//! against the keys its function and id derive, `keys`), the reply envelope
+//! of its answer and the commands that store the answer
+//! (`docs/protocol.md`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::Value;
 
+use super::keys::{CallKeys, FnKeys};
 use crate::deadline::REPLY_TTL;
 use crate::error::{CallError, ErrorCode};
 
@@ -13,53 +15,14 @@ use crate::error::{CallError, ErrorCode};
 pub const GROUP: &str = "cwasi";
 /// Safety bound on a stream's length (entries are deleted once answered).
 pub const STREAM_MAXLEN: u64 = 100_000;
-/// Requests at least this large travel in a key of their own
-/// (`cwasi:payload:{id}`), named by the stream entry, instead of inside it:
+/// Requests at least this large travel in a key of their own (the call's
+/// payload key, `cwasi:payload:{ns}:{name}:{id}`; the entry says
+/// `payload_in_key`), instead of inside the stream entry:
 /// Redis copies a stream entry's fields into the stream and again into every
 /// read, where a string value keeps the buffer it was received in. Below
 /// this size the extra round trip to fetch the key costs more than the copy
 /// (docs/benchmarks.md).
 pub const PAYLOAD_KEY_MIN: usize = 256 * 1024;
-
-/// The request stream of a function.
-pub(super) fn stream_key(ns: &str, name: &str) -> String {
-    format!("cwasi:fn:{ns}:{name}")
-}
-
-/// The payload of a large request.
-pub(super) fn payload_key(id: &str) -> String {
-    format!("cwasi:payload:{id}")
-}
-
-/// The reply list of a request.
-pub(super) fn reply_key(id: &str) -> String {
-    format!("cwasi:reply:{id}")
-}
-
-/// The response to a request, when it is large.
-pub(super) fn response_key(id: &str) -> String {
-    format!("cwasi:response:{id}")
-}
-
-/// Which consumer runs a reclaimed request.
-pub(super) fn claim_key(id: &str) -> String {
-    format!("cwasi:claim:{id}")
-}
-
-/// The functions a node serves.
-pub(super) fn node_key(node: &str) -> String {
-    format!("cwasi:node:{node}")
-}
-
-/// The nodes serving a function.
-pub(super) fn fn_nodes_key(ns: &str, name: &str) -> String {
-    format!("cwasi:fn-nodes:{ns}:{name}")
-}
-
-/// The namespaces a function name is served in.
-pub(super) fn fn_ns_key(name: &str) -> String {
-    format!("cwasi:fn-ns:{name}")
-}
 
 /// The status of a reply whose response is in a key of its own, named by
 /// the rest of the envelope (responses from [`PAYLOAD_KEY_MIN`] on).
@@ -113,8 +76,8 @@ pub(super) struct Entry {
     pub entry_id: String,
     /// The caller's id of the request.
     pub id: String,
-    /// The key to answer in.
-    pub reply: String,
+    /// The call's keys, derived from the function and `id`.
+    pub keys: CallKeys,
     /// The caller's deadline, in wall-clock ms since the Unix epoch.
     pub deadline_ms: u64,
     /// The callee's nesting depth; 1 when the caller did not say (an older
@@ -128,8 +91,18 @@ pub(super) struct Entry {
 pub(super) enum Payload {
     /// In the stream entry.
     Inline(Vec<u8>),
-    /// In a key of its own, for large requests.
-    Key(String),
+    /// In the call's payload key ([`CallKeys::payload`]), for large
+    /// requests.
+    InKey,
+}
+
+/// An entry that is not run: its stream id, and why.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Refused {
+    /// The stream's id of the entry.
+    pub entry_id: String,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -155,46 +128,80 @@ pub(super) fn strings(v: Value) -> Vec<String> {
     }
 }
 
-/// An entry's fields, `[field, value, ...]`; `None` if one it needs is
-/// missing or malformed. The entry id is left empty.
-fn field_map(fields: Vec<Value>) -> Option<Entry> {
-    fn number<T: std::str::FromStr>(v: &[u8]) -> Option<T> {
-        std::str::from_utf8(v).ok()?.parse().ok()
+/// An entry's fields, `[field, value, ...]`, checked against the keys of
+/// the function `f` whose stream it is on. The entry id is left empty.
+///
+/// The keys of the call are derived from `f` and the entry's `id`; an
+/// entry that names a key (`reply`, `payload_key`: fields of version 2)
+/// other than the derived one is refused, so that no key it names is ever
+/// touched.
+fn field_map(f: &FnKeys, fields: Vec<Value>) -> Result<Entry, String> {
+    fn text(field: &str, v: Vec<u8>) -> Result<String, String> {
+        String::from_utf8(v).map_err(|_| format!("`{field}` is not UTF-8"))
     }
-    let mut id = None;
-    let mut reply = None;
-    let mut deadline = None;
-    // Absent: an older caller, whose callee runs at depth 1; present but
-    // malformed: a malformed entry.
-    let mut depth = Some(1);
-    let mut payload = None;
+    fn number<T: std::str::FromStr>(field: &str, v: &[u8]) -> Result<T, String> {
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("`{field}` is not a number"))
+    }
+    fn set(payload: &mut Option<Payload>, p: Payload) -> Result<(), String> {
+        match payload.replace(p) {
+            Some(_) => Err("two payloads".into()),
+            None => Ok(()),
+        }
+    }
+    let (mut id, mut deadline, mut payload) = (None, None, None);
+    // Absent: an older caller, whose callee runs at depth 1.
+    let mut depth = 1;
+    // Keys the entry names (version 2), checked once the id is known.
+    type Derive = fn(&CallKeys) -> String;
+    let mut named: Vec<(&str, String, Derive)> = Vec::new();
     let mut it = fields.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        let Value::BulkString(k) = k else { continue };
-        let Value::BulkString(v) = v else { continue };
+        let (Value::BulkString(k), Value::BulkString(v)) = (k, v) else {
+            continue;
+        };
         match k.as_slice() {
-            b"id" => id = String::from_utf8(v).ok(),
-            b"reply" => reply = String::from_utf8(v).ok(),
-            b"deadline" => deadline = number(&v),
-            b"depth" => depth = number(&v),
-            b"payload" => payload = Some(Payload::Inline(v)),
-            b"payload_key" => payload = String::from_utf8(v).ok().map(Payload::Key),
+            b"id" => id = Some(text("id", v)?),
+            b"deadline" => deadline = Some(number("deadline", &v)?),
+            b"depth" => depth = number("depth", &v)?,
+            b"payload" => set(&mut payload, Payload::Inline(v))?,
+            b"payload_in_key" if v == b"1" => set(&mut payload, Payload::InKey)?,
+            b"payload_in_key" => return Err("`payload_in_key` is not 1".into()),
+            b"payload_key" => {
+                named.push(("payload_key", text("payload_key", v)?, CallKeys::payload));
+                set(&mut payload, Payload::InKey)?;
+            }
+            b"reply" => named.push(("reply", text("reply", v)?, CallKeys::reply)),
             _ => {}
         }
     }
-    Some(Entry {
+    let id = id.ok_or("no `id`")?;
+    let keys = f.call(&id).map_err(|e| e.to_string())?;
+    for (field, key, derive) in named {
+        let derived = derive(&keys);
+        if key != derived {
+            return Err(format!(
+                "`{field}` names {:?}, not the call's key {derived}",
+                key.chars().take(80).collect::<String>()
+            ));
+        }
+    }
+    Ok(Entry {
         entry_id: String::new(),
-        id: id?,
-        reply: reply?,
-        deadline_ms: deadline?,
-        depth: depth?,
-        payload: payload?,
+        id,
+        keys,
+        deadline_ms: deadline.ok_or("no `deadline`")?,
+        depth,
+        payload: payload.ok_or("no `payload`")?,
     })
 }
 
-/// Parses `[ [entry-id, [field, value, ...]], ... ]`, keeping malformed
-/// entries as ids only (so they can be acknowledged and dropped).
-pub(super) fn entries(list: Value) -> Vec<Result<Entry, String>> {
+/// Parses `[ [entry-id, [field, value, ...]], ... ]` read from the stream
+/// of the function `f`, keeping refused entries as ids and reasons (so
+/// they can be acknowledged and dropped).
+pub(super) fn entries(f: &FnKeys, list: Value) -> Vec<Result<Entry, Refused>> {
     let Value::Array(items) = list else {
         return Vec::new();
     };
@@ -208,20 +215,18 @@ pub(super) fn entries(list: Value) -> Vec<Result<Entry, String>> {
                 return None;
             }
             let fields = pair.pop()?;
-            let eid = match pair.pop()? {
+            let entry_id = match pair.pop()? {
                 Value::BulkString(b) => String::from_utf8(b).ok()?,
                 Value::SimpleString(s) => s,
                 _ => return None,
             };
-            Some(match fields {
-                Value::Array(f) => match field_map(f) {
-                    Some(mut entry) => {
-                        entry.entry_id = eid;
-                        Ok(entry)
-                    }
-                    None => Err(eid),
-                },
-                _ => Err(eid),
+            let parsed = match fields {
+                Value::Array(fields) => field_map(f, fields),
+                _ => Err("no fields".into()),
+            };
+            Some(match parsed {
+                Ok(entry) => Ok(Entry { entry_id, ..entry }),
+                Err(reason) => Err(Refused { entry_id, reason }),
             })
         })
         .collect()
@@ -233,7 +238,7 @@ pub(super) fn entries(list: Value) -> Vec<Result<Entry, String>> {
 /// claim (if reclaimed) and payload key (if any). Only the `EXEC` has a
 /// value in the pipeline's result.
 pub(super) fn answer(
-    stream: &str,
+    f: &FnKeys,
     e: &Entry,
     result: Result<Vec<u8>, CallError>,
     reclaimed: bool,
@@ -243,35 +248,36 @@ pub(super) fn answer(
     p.cmd("MULTI").ignore();
     let reply = match result {
         Ok(body) if body.len() >= PAYLOAD_KEY_MIN => {
-            let key = response_key(&e.id);
+            let key = e.keys.response();
             p.cmd("SET").arg(&key).arg(body).arg("PX").arg(ttl).ignore();
             envelope(STATUS_IN_KEY, key.as_bytes())
         }
         Ok(body) => envelope(0, &body),
         Err(err) => envelope(err.code.as_raw(), err.message.as_bytes()),
     };
+    let reply_key = e.keys.reply();
     p.cmd("LPUSH")
-        .arg(&e.reply)
+        .arg(&reply_key)
         .arg(reply)
         .ignore()
         .cmd("PEXPIRE")
-        .arg(&e.reply)
+        .arg(&reply_key)
         .arg(ttl)
         .ignore()
         .cmd("XACK")
-        .arg(stream)
+        .arg(f.stream())
         .arg(GROUP)
         .arg(&e.entry_id)
         .ignore()
         .cmd("XDEL")
-        .arg(stream)
+        .arg(f.stream())
         .arg(&e.entry_id)
         .ignore();
     if reclaimed {
-        p.cmd("DEL").arg(claim_key(&e.id)).ignore();
+        p.cmd("DEL").arg(e.keys.claim()).ignore();
     }
-    if let Payload::Key(key) = &e.payload {
-        p.cmd("DEL").arg(key).ignore();
+    if let Payload::InKey = e.payload {
+        p.cmd("DEL").arg(e.keys.payload()).ignore();
     }
     p.cmd("EXEC");
     p
@@ -339,30 +345,84 @@ mod tests {
         ])])
     }
 
+    /// The one entry of `fields` on the stream of `echo` in `ns`.
+    fn parse(fields: &[(&str, &[u8])]) -> Result<Entry, Refused> {
+        let f = FnKeys::new("ns", "echo").unwrap();
+        entries(&f, one_entry(fields)).pop().unwrap()
+    }
+
     #[test]
     fn entries_carry_their_depth() {
-        let base: [(&str, &[u8]); 4] = [
-            ("id", b"r1"),
-            ("reply", b"cwasi:reply:r1"),
-            ("deadline", b"1234"),
-            ("payload", b"hi"),
-        ];
+        let base: [(&str, &[u8]); 3] = [("id", b"r1"), ("deadline", b"1234"), ("payload", b"hi")];
         let with = |extra: Option<&'static [u8]>| {
             let mut f = base.to_vec();
             f.extend(extra.map(|d| ("depth", d)));
-            entries(one_entry(&f)).pop().unwrap()
+            parse(&f)
         };
         let e = with(Some(b"3".as_slice())).ok().unwrap();
         assert_eq!((e.entry_id.as_str(), e.id.as_str()), ("1-0", "r1"));
         assert_eq!((e.deadline_ms, e.depth), (1234, 3));
+        assert_eq!(e.keys.reply(), "cwasi:reply:ns:echo:r1");
         assert!(matches!(e.payload, Payload::Inline(ref p) if p == b"hi"));
         // An older caller says nothing: depth 1.
         assert_eq!(with(None).ok().unwrap().depth, 1);
         // A depth that is not a number makes the entry malformed.
-        assert_eq!(with(Some(b"deep".as_slice())).err().unwrap(), "1-0");
         assert_eq!(
-            entries(one_entry(&base[..3])).pop().unwrap().err().unwrap(),
+            with(Some(b"deep".as_slice())).err().unwrap().entry_id,
             "1-0"
         );
+        assert!(parse(&base[..2]).is_err());
+    }
+
+    #[test]
+    fn entries_naming_keys_other_than_their_calls_are_refused() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut f: Vec<(&str, &[u8])> = vec![("id", b"r1"), ("deadline", b"1234")];
+            f.extend(extra.iter().map(|(k, v)| (*k, v.as_bytes())));
+            parse(&f)
+        };
+        // The derived keys, named or not, are accepted.
+        for extra in [
+            [("payload_in_key", "1")],
+            [("payload_key", "cwasi:payload:ns:echo:r1")],
+        ] {
+            assert!(matches!(with(&extra).ok().unwrap().payload, Payload::InKey));
+        }
+        assert!(with(&[("reply", "cwasi:reply:ns:echo:r1"), ("payload", "x")]).is_ok());
+        // Anything else is refused, with the reason.
+        let cases: [(&[(&str, &str)], &str); 8] = [
+            (
+                &[("reply", "victim"), ("payload", "x")],
+                "`reply` names \"victim\"",
+            ),
+            (
+                &[("reply", "cwasi:reply:r1"), ("payload", "x")],
+                "`reply` names",
+            ),
+            (
+                &[("reply", "cwasi:fn:ns:other"), ("payload", "x")],
+                "`reply` names",
+            ),
+            (&[("payload_key", "victim")], "`payload_key` names"),
+            (
+                &[("payload_key", "cwasi:payload:ns:other:r1")],
+                "`payload_key` names",
+            ),
+            (&[("payload", "x"), ("payload_in_key", "1")], "two payloads"),
+            (&[("payload_in_key", "yes")], "is not 1"),
+            (&[], "no `payload`"),
+        ];
+        for (extra, why) in cases {
+            let refused = with(extra).err().unwrap();
+            assert!(
+                refused.reason.contains(why),
+                "{extra:?}: {}",
+                refused.reason
+            );
+        }
+        for id in [&b""[..], b"a:b", b"x*", b"../k", &[0xff]] {
+            let refused = parse(&[("id", id), ("deadline", b"1"), ("payload", b"x")]);
+            assert!(refused.is_err(), "{id:?}");
+        }
     }
 }

@@ -4,12 +4,13 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Value};
 
 use super::config::{redact, tls_files, BrokerConfig};
+use super::keys::id_part;
 use crate::deadline::{BROKER_CONNECT_TIMEOUT, BROKER_OP_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 
@@ -34,6 +35,8 @@ pub struct Broker {
     blocking: Mutex<Vec<redis::Connection>>,
     config: BrokerConfig,
     display: String,
+    /// `{node}-{pid}`, the start of this process's request ids.
+    id_prefix: String,
     next_id: AtomicU64,
 }
 
@@ -86,6 +89,7 @@ impl Broker {
                 source,
             })?;
         let display = redact(&config.url);
+        let id_prefix = format!("{}-{}", id_part(&config.node, 64), std::process::id());
         Ok(Arc::new(Broker {
             rt,
             client,
@@ -93,6 +97,7 @@ impl Broker {
             blocking: Mutex::new(Vec::new()),
             config,
             display,
+            id_prefix,
             next_id: AtomicU64::new(0),
         }))
     }
@@ -194,19 +199,45 @@ impl Broker {
         }
     }
 
-    /// A request id unique in the cluster: `{node}-{pid}-{time}-{counter}`.
+    /// A request id unique in the cluster: `{node}-{pid}-{time}-{counter}`
+    /// (numbers in hex), which a server accepts: the node name's bytes
+    /// that a name may not have become `_`, and it is cut to 64 bytes.
     pub(super) fn new_request_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        format!(
-            "{}-{}-{nanos:x}-{n:x}",
-            self.config.node,
-            std::process::id()
-        )
+        format!("{}-{nanos:x}-{n:x}", self.id_prefix)
     }
+}
+
+/// Sends the pipeline `p` on `conn` and reads every reply by `until`; `None`
+/// if time ran out first (then the connection, out of step, must be
+/// dropped). A pipeline's own `query` waits up to the read timeout once per
+/// reply, so a stalled broker would hold it for several times as long.
+pub(super) fn exchange(
+    conn: &mut redis::Connection,
+    p: &redis::Pipeline,
+    until: Instant,
+) -> redis::RedisResult<Option<Vec<Value>>> {
+    conn.send_packed_command(&p.get_packed_pipeline())?;
+    let mut replies = Vec::with_capacity(p.len());
+    while replies.len() < p.len() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        conn.set_read_timeout(Some(left))?;
+        match conn.recv_response() {
+            // RESP3 pushes are not replies.
+            Ok(Value::Push { .. }) => {}
+            Ok(v) => replies.push(v),
+            Err(e) if e.is_timeout() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(replies))
 }
 
 #[cfg(test)]
@@ -229,5 +260,10 @@ mod tests {
         let (a, c) = (b.new_request_id(), b.new_request_id());
         assert_ne!(a, c);
         assert!(a.starts_with(&format!("n1-{}-", std::process::id())), "{a}");
+        // A node name with bytes an id may not have still gives valid ids.
+        let odd = Broker::new(BrokerConfig::new("redis://127.0.0.1:1", "n 1:x")).unwrap();
+        let id = odd.new_request_id();
+        assert!(id.starts_with("n_1_x-"), "{id}");
+        assert!(super::super::keys::check_request_id(&id).is_ok(), "{id}");
     }
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::codec::{ack, answer, answer_pipe, claim_key, entries, now_ms, Entry, Payload, GROUP};
+use super::codec::{ack, answer, answer_pipe, entries, now_ms, Entry, Payload, Refused, GROUP};
 use super::conn::Broker;
+use super::keys::FnKeys;
 use super::registry::sleep_unless_stopped;
 use crate::deadline::{Deadline, BROKER_OP_TIMEOUT};
 use crate::error::{CallError, ErrorCode};
@@ -43,7 +44,8 @@ pub type Handler = Arc<dyn Fn(&[u8], RequestMeta) -> Result<Vec<u8>, CallError> 
 /// One consumer of one stream, and where it is in its loop.
 pub(super) struct Consumer {
     broker: Arc<Broker>,
-    stream: String,
+    /// The function served: its stream, and the keys of its calls.
+    function: FnKeys,
     /// This consumer's name in the group.
     name: String,
     /// How long an entry may stay pending before another consumer takes it.
@@ -65,10 +67,11 @@ pub(super) struct Consumer {
 }
 
 impl Consumer {
-    /// A consumer named `name` of `stream`, running `handler`, until `stop`.
+    /// A consumer named `name` of the stream of `function`, running
+    /// `handler`, until `stop`.
     pub(super) fn new(
         broker: Arc<Broker>,
-        stream: String,
+        function: FnKeys,
         name: String,
         lease: Duration,
         handler: Handler,
@@ -76,7 +79,7 @@ impl Consumer {
     ) -> Consumer {
         Consumer {
             broker,
-            stream,
+            function,
             name,
             lease,
             handler,
@@ -125,7 +128,7 @@ impl Consumer {
     /// (doubling the wait each time).
     fn back_off(&mut self, e: CallError) {
         tracing::warn!(
-            stream = self.stream.as_str(),
+            stream = self.function.stream(),
             "broker error, retrying in {:?}: {e}",
             self.backoff
         );
@@ -148,7 +151,7 @@ impl Consumer {
             Err(err) => {
                 self.conn = None;
                 tracing::warn!(
-                    stream = self.stream.as_str(),
+                    stream = self.function.stream(),
                     "could not send an answer (its request stays pending and will be \
                      reclaimed): {err}"
                 );
@@ -165,7 +168,7 @@ impl Consumer {
         }
         let mut c = redis::cmd("XGROUP");
         c.arg("CREATE")
-            .arg(&self.stream)
+            .arg(self.function.stream())
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM");
@@ -181,10 +184,10 @@ impl Consumer {
     /// Takes over the entries left pending past their lease by dead
     /// consumers (`XAUTOCLAIM`); `None` if the reply has no list of them
     /// (then the consumer reads as usual).
-    fn reclaim(&mut self) -> Result<Option<Vec<Result<Entry, String>>>, CallError> {
+    fn reclaim(&mut self) -> Result<Option<Vec<Result<Entry, Refused>>>, CallError> {
         self.last_reclaim = Instant::now();
         let mut c = redis::cmd("XAUTOCLAIM");
-        c.arg(&self.stream)
+        c.arg(self.function.stream())
             .arg(GROUP)
             .arg(&self.name)
             .arg(self.lease.as_millis() as u64)
@@ -197,7 +200,7 @@ impl Consumer {
         if parts.len() < 2 {
             return Ok(None);
         }
-        let list = entries(parts.swap_remove(1));
+        let list = entries(&self.function, parts.swap_remove(1));
         if !list.is_empty() {
             tracing::info!(count = list.len(), "reclaimed pending requests");
         }
@@ -206,7 +209,7 @@ impl Consumer {
 
     /// Reads the next request (`XREADGROUP … BLOCK`), sending the answer
     /// owed in the same write.
-    fn read_next(&mut self) -> Result<Vec<Result<Entry, String>>, CallError> {
+    fn read_next(&mut self) -> Result<Vec<Result<Entry, Refused>>, CallError> {
         let c = open(&self.broker, &mut self.conn)?;
         let mut read = redis::cmd("XREADGROUP");
         read.arg("GROUP")
@@ -217,7 +220,7 @@ impl Consumer {
             .arg("BLOCK")
             .arg(READ_BLOCK_MS)
             .arg("STREAMS")
-            .arg(&self.stream)
+            .arg(self.function.stream())
             .arg(">");
         let answering = self.owed.is_some();
         let mut p = self.owed.take().unwrap_or_else(answer_pipe);
@@ -228,7 +231,7 @@ impl Consumer {
                 self.conn = None;
                 if answering {
                     tracing::warn!(
-                        stream = self.stream.as_str(),
+                        stream = self.function.stream(),
                         "could not send an answer (its request stays pending and will be \
                          reclaimed): {e}"
                     );
@@ -249,10 +252,12 @@ impl Consumer {
                 return Err(self.broker.down(e));
             }
             Value::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
-                Value::Array(mut pair) if pair.len() == 2 => entries(pair.swap_remove(1)),
+                Value::Array(mut pair) if pair.len() == 2 => {
+                    entries(&self.function, pair.swap_remove(1))
+                }
                 _ => Vec::new(),
             },
-            Value::Map(mut m) if !m.is_empty() => entries(m.swap_remove(0).1),
+            Value::Map(mut m) if !m.is_empty() => entries(&self.function, m.swap_remove(0).1),
             _ => Vec::new(),
         })
     }
@@ -270,7 +275,7 @@ impl Consumer {
     /// call timeout and the lease is longer.
     fn process(
         &mut self,
-        entry: Result<Entry, String>,
+        entry: Result<Entry, Refused>,
         reclaimed: bool,
     ) -> Option<redis::Pipeline> {
         let e = match entry {
@@ -281,7 +286,7 @@ impl Consumer {
                 Ok(None) => return None,
                 Err(err) => {
                     tracing::warn!(
-                        stream = self.stream.as_str(),
+                        stream = self.function.stream(),
                         "could not admit a request (it stays pending): {err}"
                     );
                     return None;
@@ -294,7 +299,7 @@ impl Consumer {
         };
         let result = match &e.payload {
             Payload::Inline(bytes) => (self.handler)(bytes, meta),
-            Payload::Key(key) => match self.fetch_payload(key) {
+            Payload::InKey => match self.fetch_payload(&e.keys.payload()) {
                 Ok(Some(bytes)) => (self.handler)(&bytes, meta),
                 Ok(None) => Err(CallError::new(
                     ErrorCode::Transport,
@@ -303,29 +308,31 @@ impl Consumer {
                 Err(err) => {
                     self.conn = None;
                     tracing::warn!(
-                        stream = self.stream.as_str(),
+                        stream = self.function.stream(),
                         "could not read a request's payload (it stays pending): {err}"
                     );
                     return None;
                 }
             },
         };
-        Some(answer(&self.stream, &e, result, reclaimed))
+        Some(answer(&self.function, &e, result, reclaimed))
     }
 
     /// Decides whether a reclaimed, expired or malformed entry runs here;
     /// the ones that do not are acknowledged or left to their claim holder.
     async fn admit(
         &self,
-        entry: Result<Entry, String>,
+        entry: Result<Entry, Refused>,
         reclaimed: bool,
     ) -> Result<Option<Entry>, CallError> {
-        let (b, stream) = (&self.broker, self.stream.as_str());
+        let (b, stream) = (&self.broker, self.function.stream());
         let e = match entry {
             Ok(e) => e,
-            Err(eid) => {
-                tracing::warn!(stream, entry = %eid, "dropping a malformed request");
-                b.query_pipe(&ack(stream, &eid)).await?;
+            Err(Refused { entry_id, reason }) => {
+                // Acknowledged and deleted, unanswered: no key it names is
+                // touched.
+                tracing::warn!(stream, entry = %entry_id, "dropping a malformed request: {reason}");
+                b.query_pipe(&ack(stream, &entry_id)).await?;
                 return Ok(None);
             }
         };
@@ -354,7 +361,7 @@ impl Consumer {
         }
         let mut claim = redis::cmd("SET");
         claim
-            .arg(claim_key(&e.id))
+            .arg(e.keys.claim())
             .arg(&self.name)
             .arg("NX")
             .arg("PX")
@@ -389,7 +396,7 @@ impl Consumer {
         };
         if let Some(failure) = failure {
             tracing::warn!(
-                stream = self.stream.as_str(),
+                stream = self.function.stream(),
                 "an answer was not stored in full (its request may be reclaimed): {failure}"
             );
         }

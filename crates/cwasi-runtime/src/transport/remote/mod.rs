@@ -1,14 +1,18 @@
 //! Remote mode: Redis streams for requests, per-request reply keys, and the
 //! cluster registry of which node serves what (`docs/protocol.md`).
 //!
-//! Keys:
+//! Keys (`keys`, the one place that derives them; a call's keys come from
+//! its function and request id, never from a stream entry):
 //! - `cwasi:fn:{ns}:{name}`: the request stream of a function, read by the
 //!   consumer group `cwasi`;
-//! - `cwasi:payload:{id}`: the payload of one large request, kept out of the
-//!   stream (see [`PAYLOAD_KEY_MIN`]);
-//! - `cwasi:reply:{id}`: the reply list of one request (`LPUSH` + expiry);
-//! - `cwasi:response:{id}`: the response to one request, when it is large;
-//! - `cwasi:claim:{id}`: which consumer runs a reclaimed request;
+//! - `cwasi:payload:{ns}:{name}:{id}`: the payload of one large request,
+//!   kept out of the stream (see [`PAYLOAD_KEY_MIN`]);
+//! - `cwasi:reply:{ns}:{name}:{id}`: the reply list of one request (`LPUSH`
+//!   + expiry);
+//! - `cwasi:response:{ns}:{name}:{id}`: the response to one request, when it
+//!   is large;
+//! - `cwasi:claim:{ns}:{name}:{id}`: which consumer runs a reclaimed
+//!   request;
 //! - `cwasi:node:{node}`: a hash of the functions a node serves (TTL);
 //! - `cwasi:fn-nodes:{ns}:{name}`: nodes serving a function, scored by the
 //!   time their announcement expires; `cwasi:fn-ns:{name}`: its namespaces.
@@ -16,7 +20,8 @@
 //! The files, each importing its siblings directly (never this module):
 //! - `config`: how to reach the broker ([`BrokerConfig`]), TLS files;
 //! - `conn`: the [`Broker`] and its connections;
-//! - `codec`: key names, the stream entry and the reply envelope;
+//! - `keys`: every key name, and the check of request ids;
+//! - `codec`: the stream entry and the reply envelope;
 //! - `client`: the caller's side ([`Broker::call`], the remote transport);
 //! - `registry`: the cluster registry ([`Broker::find`], announcements);
 //! - `server`: [`StreamServer`], which serves a function from its stream;
@@ -27,6 +32,7 @@ mod codec;
 mod config;
 mod conn;
 mod consumer;
+mod keys;
 mod registry;
 mod server;
 

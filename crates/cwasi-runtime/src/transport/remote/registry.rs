@@ -5,9 +5,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::codec::{fn_nodes_key, fn_ns_key, node_key, now_ms, strings};
+use super::codec::{now_ms, strings};
 use super::conn::Broker;
-use crate::error::CallError;
+use super::keys::{fn_nodes_key, fn_ns_key, node_key};
+use crate::deadline::Deadline;
+use crate::error::{CallError, ErrorCode};
+use cwasi_abi::validate_name;
 
 /// How long an announcement lives without a heartbeat.
 pub const ANNOUNCE_TTL: Duration = Duration::from_secs(15);
@@ -28,32 +31,48 @@ pub struct RemoteEndpoint {
 }
 
 impl Broker {
-    /// Nodes that serve `name` right now, in any namespace.
-    pub fn find(&self, name: &str) -> Result<Vec<RemoteEndpoint>, CallError> {
-        self.block_on(async {
-            let ns = self
-                .query(redis::cmd("SMEMBERS").arg(fn_ns_key(name)))
-                .await?;
-            let mut out = Vec::new();
-            for ns in strings(ns) {
-                let nodes = self
-                    .query(
-                        redis::cmd("ZRANGEBYSCORE")
-                            .arg(fn_nodes_key(&ns, name))
-                            .arg(now_ms())
-                            .arg("+inf"),
-                    )
-                    .await?;
-                for node in strings(nodes) {
-                    out.push(RemoteEndpoint {
-                        namespace: ns.clone(),
-                        node,
-                    });
-                }
-            }
-            out.sort_by(|a, b| (&a.namespace, &a.node).cmp(&(&b.namespace, &b.node)));
-            Ok(out)
+    /// Nodes that serve `name` right now, in any namespace, as the registry
+    /// says by `deadline`: a broker that cannot be reached is a `TRANSPORT`
+    /// error, one that has not answered by then a `TIMEOUT`.
+    pub fn find(&self, name: &str, deadline: Deadline) -> Result<Vec<RemoteEndpoint>, CallError> {
+        let within = deadline.remaining();
+        let lookup = async { tokio::time::timeout(within, self.lookup(name)).await };
+        self.block_on(lookup).unwrap_or_else(|_| {
+            Err(CallError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the cluster registry at {} did not answer within {within:?}",
+                    self.display()
+                ),
+            ))
         })
+    }
+
+    /// [`Broker::find`], unbounded but for each command's own bound.
+    async fn lookup(&self, name: &str) -> Result<Vec<RemoteEndpoint>, CallError> {
+        let ns = self
+            .query(redis::cmd("SMEMBERS").arg(fn_ns_key(name)))
+            .await?;
+        let mut out = Vec::new();
+        // A namespace that is not a valid name was not written by a server.
+        for ns in strings(ns).into_iter().filter(|n| validate_name(n).is_ok()) {
+            let nodes = self
+                .query(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(fn_nodes_key(&ns, name))
+                        .arg(now_ms())
+                        .arg("+inf"),
+                )
+                .await?;
+            for node in strings(nodes) {
+                out.push(RemoteEndpoint {
+                    namespace: ns.clone(),
+                    node,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.namespace, &a.node).cmp(&(&b.namespace, &b.node)));
+        Ok(out)
     }
 
     /// Announces that this node serves `name` in `ns`, with its endpoint

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::codec::stream_key;
 use super::conn::Broker;
 use super::consumer::{Consumer, Handler};
+use super::keys::FnKeys;
 use super::registry::heartbeat;
 use crate::deadline::BROKER_OP_TIMEOUT;
 use crate::error::RuntimeError;
@@ -38,7 +38,7 @@ impl StreamServer {
     ) -> Result<StreamServer, RuntimeError> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let stream = stream_key(ns, name);
+        let function = FnKeys::new(ns, name).map_err(|e| RuntimeError::Config(e.to_string()))?;
         let spawn = |label: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(label)
@@ -51,7 +51,7 @@ impl StreamServer {
         for w in 0..workers.max(1) {
             let consumer = Consumer::new(
                 broker.clone(),
-                stream.clone(),
+                function.clone(),
                 format!("{}:{}:{w}", broker.node(), std::process::id()),
                 lease,
                 handler.clone(),
