@@ -50,6 +50,10 @@ pub mod broker {
     };
 }
 
+/// Entry points of the fuzz targets (`fuzz/`): not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// The local transport's frame format, public for protocol tests and tools.
 pub mod wire {
     pub use crate::transport::local::wire::*;

@@ -364,21 +364,13 @@ impl NodeDirectory {
                 return None;
             }
         };
-        let mut r = match serde_json::from_slice::<EndpointRecord>(&bytes) {
+        let mut r = match decode_record(&bytes, name, namespace) {
             Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), "unreadable record ignored: {e}");
+            Err(why) => {
+                tracing::warn!(path = %path.display(), "record ignored: {why}");
                 return None;
             }
         };
-        if r.version != RECORD_VERSION {
-            tracing::warn!(path = %path.display(), version = r.version, "record of an unknown version ignored");
-            return None;
-        }
-        if r.name != name || r.namespace != namespace {
-            tracing::warn!(path = %path.display(), name = %r.name, namespace = %r.namespace, "record for another function ignored: its contents do not match its file name");
-            return None;
-        }
         // The socket is where this directory puts it, whatever path the
         // server saw (it may run in a container).
         r.socket = self.socket_path(name, namespace);
@@ -402,11 +394,33 @@ impl NodeDirectory {
 
 /// The name and namespace a record file's name `<name>@<namespace>.json`
 /// gives, if both are valid names; `None` for any other file.
-fn record_identity(path: &Path) -> Option<(&str, &str)> {
+pub(crate) fn record_identity(path: &Path) -> Option<(&str, &str)> {
     let stem = path.file_name()?.to_str()?.strip_suffix(".json")?;
     let (name, namespace) = stem.split_once('@')?;
     (validate_name(name).is_ok() && validate_namespace(namespace).is_ok())
         .then_some((name, namespace))
+}
+
+/// Parses the contents of the record of `name` in `namespace`: refused if
+/// unreadable, of another version, or for another function than its file
+/// name says.
+pub(crate) fn decode_record(
+    bytes: &[u8],
+    name: &str,
+    namespace: &str,
+) -> Result<EndpointRecord, String> {
+    let r =
+        serde_json::from_slice::<EndpointRecord>(bytes).map_err(|e| format!("unreadable: {e}"))?;
+    if r.version != RECORD_VERSION {
+        return Err(format!("unknown version {}", r.version));
+    }
+    if r.name != name || r.namespace != namespace {
+        return Err(format!(
+            "its contents name '{}@{}', not what its file name says",
+            r.name, r.namespace
+        ));
+    }
+    Ok(r)
 }
 
 /// Logs a file skipped as a record: quietly if it went away meanwhile.

@@ -304,6 +304,29 @@ pub(super) fn answer_pipe() -> redis::Pipeline {
     p
 }
 
+/// Runs the parsers of what arrives from the broker on arbitrary bytes,
+/// for the fuzz target (`crate::fuzzing::remote_entries`): `data` whole as
+/// a reply envelope, and as stream entries of `echo@fz` (entries split at
+/// 0xFE; in each, tokens split at 0xFF, the first the entry id, the rest
+/// field-value pairs).
+pub(crate) fn parse_untrusted(data: &[u8]) {
+    let _ = decode_reply(data.to_vec());
+    let Ok(function) = FnKeys::new("fz", "echo") else {
+        return;
+    };
+    let list = data
+        .split(|&b| b == 0xFE)
+        .map(|entry| {
+            let mut tokens = entry
+                .split(|&b| b == 0xFF)
+                .map(|t| Value::BulkString(t.to_vec()));
+            let id = tokens.next().unwrap_or(Value::Nil);
+            Value::Array(vec![id, Value::Array(tokens.collect())])
+        })
+        .collect();
+    let _ = entries(&function, Value::Array(list));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,8 @@ mod keys;
 mod registry;
 mod server;
 
+pub(crate) use codec::parse_untrusted;
+
 pub(crate) use client::RemoteClient;
 pub use codec::{GROUP, PAYLOAD_KEY_MIN, STREAM_MAXLEN};
 pub use config::BrokerConfig;

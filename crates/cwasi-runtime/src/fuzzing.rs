@@ -1,0 +1,96 @@
+//! Entry points of the fuzz targets in `fuzz/` and of their smoke test in
+//! CI (`tests/fuzz_smoke.rs`): each takes arbitrary bytes and feeds them to
+//! one parser the way input from outside reaches it. None may panic, hang
+//! or allocate without bound on any input; the fuzzers look for inputs
+//! that do.
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::transport::local::request::RequestReader;
+use crate::transport::local::shm::{recv_payload, SharedRegion};
+use crate::transport::local::wire::{Header, HEADER_LEN};
+
+/// The payload limit of the local fuzz target: large enough for every
+/// payload kind (inline, in the region, pipelined), small enough to keep
+/// each run fast.
+const FUZZ_MAX_PAYLOAD: u64 = 4 << 20;
+
+/// The shared region of the local fuzz target.
+const FUZZ_REGION: usize = 2 << 20;
+
+/// The local frame parser and the local server's request state machine:
+/// `data` is what a peer sends on a connection after its first frame. The
+/// requests are read as the server reads them, payloads included (inline,
+/// from the shared region, or pipelined with progress counts).
+pub fn local_requests(data: &[u8]) {
+    if let Some(head) = data.get(..HEADER_LEN) {
+        let head: &[u8; HEADER_LEN] = head.try_into().expect("a header's length");
+        let _ = Header::decode(head, FUZZ_MAX_PAYLOAD);
+    }
+    let Ok((peer, server)) = UnixStream::pair() else {
+        return;
+    };
+    let Ok(mut shm) = SharedRegion::create() else {
+        return;
+    };
+    if shm.grow_to(FUZZ_REGION).is_err() {
+        return;
+    }
+    let bytes = data.to_vec();
+    // The peer writes while the server reads, as on a real connection; it
+    // stops when the server closes its end (no SIGPIPE: the fuzzer's own
+    // `main` does not ignore it as a Rust program's does).
+    let writer = std::thread::spawn(move || {
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match rustix::net::send(&peer, &bytes[sent..], rustix::net::SendFlags::NOSIGNAL) {
+                Ok(n) if n > 0 => sent += n,
+                _ => return,
+            }
+        }
+    });
+    let mut reader = RequestReader::new(server, Duration::from_millis(50));
+    while let Ok(request) = reader.next_request(FUZZ_MAX_PAYLOAD) {
+        let h = request.header;
+        let _ = (reader.target(&request), reader.inline_payload(&request));
+        if h.in_shm() {
+            let mut dst = vec![0u8; h.payload_len as usize];
+            if recv_payload(&mut reader, &mut shm, &h, &mut dst).is_err() {
+                break;
+            }
+        }
+    }
+    drop(reader);
+    let _ = writer.join();
+}
+
+/// The composition parser: `data` as the text of a composition file.
+pub fn composition(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::composition::Composition::parse(text, Path::new("/nonexistent"));
+    }
+}
+
+/// The remote entry parser and the reply envelope decoder, fed what a
+/// broker client could put in a function's stream or a reply list.
+pub fn remote_entries(data: &[u8]) {
+    crate::transport::remote::parse_untrusted(data);
+}
+
+/// The node directory's record parser: `data` as the contents of the
+/// record `echo@fz.json`; or, if it has a line break, its first line as a
+/// record's file name and the rest as that record's contents.
+pub fn node_record(data: &[u8]) {
+    let _ = crate::node_dir::decode_record(data, "echo", "fz");
+    let Some(split) = data.iter().position(|&b| b == b'\n') else {
+        return;
+    };
+    let (first, rest) = (&data[..split], &data[split + 1..]);
+    if let Ok(file) = std::str::from_utf8(first) {
+        if let Some((name, namespace)) = crate::node_dir::record_identity(Path::new(file)) {
+            let _ = crate::node_dir::decode_record(rest, name, namespace);
+        }
+    }
+}
