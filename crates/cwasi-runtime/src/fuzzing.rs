@@ -1,5 +1,5 @@
 //! Entry points of the fuzz targets in `fuzz/` and of their smoke test in
-//! CI (`tests/fuzz_smoke.rs`): each takes arbitrary bytes and feeds them to
+//! CI (`fuzz/tests/smoke.rs`): each takes arbitrary bytes and feeds them to
 //! one parser the way input from outside reaches it. None may panic, hang
 //! or allocate without bound on any input; the fuzzers look for inputs
 //! that do.

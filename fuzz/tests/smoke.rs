@@ -1,11 +1,14 @@
-//! The fuzz targets of `fuzz/`, run in CI for a fixed number of inputs: every
-//! file of each target's seed corpus (`fuzz/corpus/<target>/`), then
-//! deterministic mutations of them (bytes flipped, cut, repeated, spliced,
-//! lengths set to extremes). A panic fails the test; so does a target that
-//! runs long on one input. Real fuzzing, with coverage guidance, is
-//! `cargo +nightly fuzz run <target>` (see `docs/fuzzing.md`).
+//! The fuzz targets, run in CI for a fixed number of inputs: each target's
+//! binary (libFuzzer's driver, without coverage) over every file of its
+//! seed corpus (`fuzz/corpus/<target>/`); then the same entry points,
+//! called directly, over deterministic mutations of the seeds (bytes
+//! flipped, cut, repeated, spliced, lengths set to extremes). A crash or a
+//! panic fails the test; so does a target that runs long on one input.
+//! Real fuzzing, with coverage guidance, is `cargo +nightly fuzz run
+//! <target>` (see `docs/fuzzing.md`).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cwasi_runtime::fuzzing;
@@ -19,7 +22,7 @@ const PER_INPUT: Duration = Duration::from_secs(10);
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
+        .join("corpus")
         .join(target);
     let mut seeds: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("the seed corpus {} cannot be read: {e}", dir.display()))
@@ -96,7 +99,23 @@ fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8]) -> Vec<u8> {
     out
 }
 
-fn run(target: &str, f: fn(&[u8])) {
+/// Runs the target's own binary over its seed corpus, each file once.
+fn replay(target: &str, binary: &str) {
+    let files: Vec<PathBuf> = corpus(target).into_iter().map(|(p, _)| p).collect();
+    let out = Command::new(binary)
+        .args(&files)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
+    assert!(
+        out.status.success(),
+        "{target} failed on its seed corpus: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn run(target: &str, binary: &str, f: fn(&[u8])) {
+    replay(target, binary);
     let seeds = corpus(target);
     let mut rng = Rng(0x5eed_0fc0_ffee ^ target.len() as u64);
     let mut inputs = 0;
@@ -129,27 +148,43 @@ fn run(target: &str, f: fn(&[u8])) {
 
 #[test]
 fn local_requests() {
-    run("local_requests", fuzzing::local_requests);
+    run(
+        "local_requests",
+        env!("CARGO_BIN_EXE_local_requests"),
+        fuzzing::local_requests,
+    );
 }
 
 #[test]
 fn composition() {
-    run("composition", fuzzing::composition);
+    run(
+        "composition",
+        env!("CARGO_BIN_EXE_composition"),
+        fuzzing::composition,
+    );
 }
 
 #[test]
 fn remote_entries() {
-    run("remote_entries", fuzzing::remote_entries);
+    run(
+        "remote_entries",
+        env!("CARGO_BIN_EXE_remote_entries"),
+        fuzzing::remote_entries,
+    );
 }
 
 #[test]
 fn node_record() {
-    run("node_record", fuzzing::node_record);
+    run(
+        "node_record",
+        env!("CARGO_BIN_EXE_node_record"),
+        fuzzing::node_record,
+    );
 }
 
 #[test]
 fn every_fuzz_target_has_a_smoke_test_and_a_seed_corpus() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut targets: Vec<String> = std::fs::read_dir(root.join("fuzz_targets"))
         .unwrap()
         .map(|e| {
@@ -158,7 +193,7 @@ fn every_fuzz_target_has_a_smoke_test_and_a_seed_corpus() {
         })
         .collect();
     targets.sort();
-    let this = include_str!("fuzz_smoke.rs");
+    let this = include_str!("smoke.rs");
     for t in &targets {
         assert!(
             this.contains(&format!("fn {t}()")),
