@@ -20,6 +20,14 @@ use crate::node_dir::{EmbedInfo, EndpointRecord, NodeDirectory, Registration, RE
 use crate::transport::local::server::{LocalServer, ServerSettings};
 use crate::transport::remote::{Broker, Handler, RequestMeta, StreamServer};
 
+/// Most consumers of a function's request stream on one server. A server
+/// runs one per call it may run at once (`ServeOptions::max_concurrent_calls`),
+/// as the local server has that many call slots: each level of a chain of
+/// nested calls holds one while it waits, so a call cycle among servers
+/// reaches the depth limit (and is refused there) when the servers have
+/// that many consumers between them.
+const MAX_STREAM_CONSUMERS: usize = 64;
+
 /// How a server runs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -223,7 +231,7 @@ fn serve_stream(
         &record.namespace,
         &record.name,
         json,
-        opts.max_concurrent_calls.clamp(1, 8),
+        opts.max_concurrent_calls.clamp(1, MAX_STREAM_CONSUMERS),
         lease,
         handler,
     )
