@@ -166,20 +166,9 @@ impl RuntimeRouter {
         self.functions.get(name)
     }
 
-    /// The route from `caller` to `target`, chosen once per edge and logged
-    /// for `--explain`; a caller due by `deadline` waits for the cluster
-    /// registry no longer.
-    pub fn route_from(
-        &self,
-        caller: &CallerId,
-        target: &str,
-        deadline: Deadline,
-    ) -> Result<Arc<Route>, CallError> {
-        self.route_by_name(&caller.name, &caller.namespace, target, deadline)
-    }
-
-    /// [`RuntimeRouter::route_from`] for a caller given by name and
-    /// namespace (the host's calls).
+    /// The route from the caller `caller` of `caller_namespace` to `target`,
+    /// chosen once per edge and logged for `--explain`; a caller due by
+    /// `deadline` waits for the cluster registry no longer.
     pub fn route_by_name(
         &self,
         caller: &str,
@@ -455,6 +444,6 @@ impl Router for RuntimeRouter {
         target: &str,
         deadline: Deadline,
     ) -> Result<Arc<Route>, CallError> {
-        self.route_from(caller, target, deadline)
+        self.route_by_name(&caller.name, &caller.namespace, target, deadline)
     }
 }

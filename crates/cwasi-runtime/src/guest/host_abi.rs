@@ -318,17 +318,19 @@ fn host_last_error(mut caller: Caller<'_, HostState>, bp: i32, bl: i32) -> i32 {
 /// truncated to `len`. Returns the bytes written or an error code.
 fn host_func_connect(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> i32 {
     let result = with_io(&mut caller, (ptr, len), ResponseTo::RequestBuffer, |io| {
-        let state = io.caller.data();
-        let target = state.caller.connect_to.clone().ok_or_else(|| {
+        // The caller's id is shared: holding it costs a count, not a copy
+        // of the target's name.
+        let me = io.caller.data().caller.clone();
+        let target = me.connect_to.as_deref().ok_or_else(|| {
             CallError::new(
                 ErrorCode::UnknownFunction,
                 format!(
                     "function '{}' calls func_connect but has no connect_to target configured",
-                    state.caller.name
+                    me.name
                 ),
             )
         })?;
-        let route = io.caller.data_mut().route(&target)?;
+        let route = io.caller.data_mut().route(target)?;
         let from = io.caller.data().call;
         route.call(io, &from)
     });
