@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::shm::{recv_payload, send_frame, send_with_fd, SharedRegion};
+use super::shm::{is_timeout, recv_payload, send_frame, send_with_fd, SharedRegion};
 use super::wire::{self, Header, Kind, WireError};
 use crate::call::{CallMeta, CallerIo};
 use crate::deadline::{ANSWER_GRACE, LOCAL_IO_TIMEOUT};
@@ -167,12 +167,7 @@ impl Endpoint {
     ) -> Result<(), CallError> {
         let h = match wire::read_header(&mut conn.stream, self.max_payload as u64) {
             Ok(h) => h,
-            Err(WireError::Io(e))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(WireError::Io(e)) if is_timeout(&e) => {
                 return Err(CallError::new(
                     ErrorCode::Timeout,
                     format!("'{}' did not answer in time", self.target),

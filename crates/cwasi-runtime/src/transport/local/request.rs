@@ -15,7 +15,7 @@ use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::shm::{PayloadSource, SHM_THRESHOLD};
+use super::shm::{is_peer_gone, is_timeout, PayloadSource, SHM_THRESHOLD};
 use super::wire::{Header, Kind, WireError, HEADER_LEN, MAX_TARGET_LEN};
 use crate::deadline::{Deadline, LOCAL_PHASE_TIMEOUT};
 
@@ -252,25 +252,6 @@ impl PayloadSource for RequestReader {
     fn next_step(&mut self) {
         self.start_phase("progress count");
     }
-}
-
-/// Whether `e` means the peer is gone (nothing can be told to it).
-pub(crate) fn is_peer_gone(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::NotConnected
-    )
-}
-
-/// Whether `e` is a receive timeout (`SO_RCVTIMEO` reports `EAGAIN`).
-pub(crate) fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::request::{is_peer_gone, Request, RequestError, RequestReader};
-use super::shm::{recv_payload, recv_with_fd, send_frame, SharedRegion};
+use super::request::{Request, RequestError, RequestReader};
+use super::shm::{is_peer_gone, recv_payload, recv_with_fd, send_frame, SharedRegion};
 use super::wire::{self, Header, Kind, WireError, HEADER_LEN};
 use crate::call::CallMeta;
 use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
@@ -261,6 +261,17 @@ enum ConnError {
     Request(#[from] RequestError),
 }
 
+impl ConnError {
+    /// Whether the connection failed because the peer is gone (EOF, reset).
+    fn peer_gone(&self) -> bool {
+        match self {
+            ConnError::Wire(WireError::Io(e))
+            | ConnError::Request(RequestError::Wire(WireError::Io(e))) => is_peer_gone(e),
+            _ => false,
+        }
+    }
+}
+
 impl From<io::Error> for ConnError {
     fn from(e: io::Error) -> Self {
         ConnError::Wire(WireError::Io(e))
@@ -345,10 +356,7 @@ fn serve_connection(stream: UnixStream, shared: &Shared) -> Result<(), ConnError
         let request = match reader.next_request(max_payload) {
             Ok(r) => r,
             Err(RequestError::Ended) => return Ok(()),
-            Err(RequestError::Wire(WireError::Io(e))) if is_peer_gone(&e) => {
-                return Err(WireError::Io(e).into())
-            }
-            Err(e) => return Err(end_with_error(&mut reader, 0, e.into(), shared)),
+            Err(e) => return Err(end_connection(&mut reader, 0, e.into(), shared)),
         };
         let id = request.header.id;
         let mut exchange = SocketExchange {
@@ -362,27 +370,24 @@ fn serve_connection(stream: UnixStream, shared: &Shared) -> Result<(), ConnError
             continue;
         };
         if let Some(broken) = exchange.broken.take() {
-            if is_peer_gone(&broken) {
-                return Err(broken.into());
-            }
-            // A stalled or malformed payload: the caller is told why.
-            return Err(end_with_error(&mut reader, id, broken.into(), shared));
+            return Err(end_connection(&mut reader, id, broken.into(), shared));
         }
         if !exchange.request_read {
             if let Err(broken) = exchange.skip_request() {
-                if is_peer_gone(&broken) {
-                    return Err(broken.into());
-                }
-                return Err(end_with_error(&mut reader, id, broken.into(), shared));
+                return Err(end_connection(&mut reader, id, broken.into(), shared));
             }
         }
         wire::write_error(&mut reader.stream(), id, e.code.as_raw(), &e.message)?;
     }
 }
 
-/// Ends a connection whose request broke the protocol or stalled, with an
-/// error frame that says why.
-fn end_with_error(reader: &mut RequestReader, id: u64, e: ConnError, shared: &Shared) -> ConnError {
+/// Ends a connection whose request broke the protocol, stalled or lost its
+/// peer: with an error frame that says why, unless the peer is gone and
+/// nothing can be told to it.
+fn end_connection(reader: &mut RequestReader, id: u64, e: ConnError, shared: &Shared) -> ConnError {
+    if e.peer_gone() {
+        return e;
+    }
     reader.discard_buffered();
     refuse(reader.stream(), id, e, &shared.warnings)
 }

@@ -250,6 +250,25 @@ pub(crate) fn recv_payload(
     Ok(())
 }
 
+/// Whether `e` means the peer is gone (nothing can be told to it).
+pub(crate) fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::NotConnected
+    )
+}
+
+/// Whether `e` is a receive timeout (`SO_RCVTIMEO` reports `EAGAIN`).
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 /// Sends `bytes` with one file descriptor attached.
 pub(crate) fn send_with_fd(sock: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
     let fds = [fd];
