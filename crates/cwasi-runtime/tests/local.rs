@@ -1,32 +1,16 @@
 //! Local mode through the runtime API: a function served by one runtime over
 //! its Unix socket, called by another runtime of a different namespace.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::TempDir;
 use cwasi_runtime::{
     ErrorCode, FunctionSpec, Limits, Mode, ModeOverride, NodeDirectory, Runtime, ServeOptions,
 };
 use test_programs_artifacts as progs;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("cwasi-local-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn server(dir: &NodeDirectory, name: &str, ns: &str, module: &str) -> Runtime {
     Runtime::builder()
@@ -38,7 +22,7 @@ fn server(dir: &NodeDirectory, name: &str, ns: &str, module: &str) -> Runtime {
 
 #[test]
 fn explain_chooses_embedded_or_local_by_namespace() {
-    let tmp = TempDir::new("explain");
+    let tmp = TempDir::new("local-explain");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     let served = server(&dir, "echo", "team-b", progs::ECHO);
     let _handle = served.serve("echo", &dir, ServeOptions::default()).unwrap();
@@ -100,7 +84,7 @@ fn explain_chooses_embedded_or_local_by_namespace() {
 
 #[test]
 fn payloads_cross_the_socket_intact_inline_and_through_shared_memory() {
-    let tmp = TempDir::new("payloads");
+    let tmp = TempDir::new("local-payloads");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     let served = server(&dir, "echo", "b", progs::ECHO);
     let _handle = served.serve("echo", &dir, ServeOptions::default()).unwrap();
@@ -120,7 +104,7 @@ fn payloads_cross_the_socket_intact_inline_and_through_shared_memory() {
 
 #[test]
 fn callee_errors_cross_the_socket_with_their_codes() {
-    let tmp = TempDir::new("errors");
+    let tmp = TempDir::new("local-errors");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     let trap = server(&dir, "trap", "b", progs::TRAP);
     let _t = trap.serve("trap", &dir, ServeOptions::default()).unwrap();
@@ -149,7 +133,7 @@ fn callee_errors_cross_the_socket_with_their_codes() {
 
 #[test]
 fn fan_out_to_local_callees_overlaps() {
-    let tmp = TempDir::new("fanout");
+    let tmp = TempDir::new("local-fanout");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     let busy = server(&dir, "busy", "b", progs::BUSY);
     let _h = busy.serve("busy", &dir, ServeOptions::default()).unwrap();
@@ -179,7 +163,7 @@ fn fan_out_to_local_callees_overlaps() {
 
 #[test]
 fn a_same_namespace_function_served_on_the_node_is_embedded_from_its_published_module() {
-    let tmp = TempDir::new("adopt");
+    let tmp = TempDir::new("local-adopt");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     let served = server(&dir, "echo", "b", progs::ECHO);
     let handle = served.serve("echo", &dir, ServeOptions::default()).unwrap();
@@ -231,7 +215,7 @@ fn a_same_namespace_function_served_on_the_node_is_embedded_from_its_published_m
 
 #[test]
 fn a_served_function_with_preopened_directories_is_not_embedded_elsewhere() {
-    let tmp = TempDir::new("preopen");
+    let tmp = TempDir::new("local-preopen");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     let mut spec = FunctionSpec::new("echo", "b", PathBuf::from(progs::ECHO));
     spec.preopens = vec![cwasi_runtime::Preopen {
@@ -259,7 +243,7 @@ fn a_served_function_with_preopened_directories_is_not_embedded_elsewhere() {
 /// A's deadline too, not after its server's own 30 s.
 #[test]
 fn a_nested_call_gets_what_is_left_of_its_callers_deadline() {
-    let tmp = TempDir::new("deadline");
+    let tmp = TempDir::new("local-deadline");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     let mut b = FunctionSpec::new("b", "servers", PathBuf::from(progs::TRANSFORM));
     b.env.push(("CWASI_NEXT".into(), "c".into()));

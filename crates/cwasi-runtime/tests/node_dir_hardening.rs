@@ -4,12 +4,15 @@
 //! hidden or leave the directory. Every wait is bounded: a regression fails
 //! the test instead of hanging it.
 
+mod common;
+
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::TempDir;
 use cwasi_runtime::{
     Composition, ErrorCode, FunctionSpec, Limits, Mode, NodeDirectory, Runtime, RuntimeError,
     ServeOptions, RECORD_MAX_BYTES,
@@ -18,25 +21,6 @@ use test_programs_artifacts as progs;
 
 /// How long anything here may take; far above what it needs.
 const BOUND: Duration = Duration::from_secs(20);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("cwasi-ndh-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs `f` on a thread and returns its result, or fails the test if it
 /// takes longer than `limit` (the thread is left behind; the test fails).
@@ -81,7 +65,7 @@ fn mkfifo(path: &Path) {
 
 #[test]
 fn a_record_copied_or_linked_under_another_name_is_not_trusted_and_harms_nothing() {
-    let tmp = TempDir::new("copy");
+    let tmp = TempDir::new("ndh-copy");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     let served = runtime(&dir, "echo", "fz", progs::ECHO);
     let _handle = served.serve("echo", &dir, ServeOptions::default()).unwrap();
@@ -115,7 +99,7 @@ fn a_record_copied_or_linked_under_another_name_is_not_trusted_and_harms_nothing
 
 #[test]
 fn a_server_stops_when_its_socket_file_is_gone() {
-    let tmp = TempDir::new("nosock");
+    let tmp = TempDir::new("ndh-nosock");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     let served = runtime(&dir, "echo", "fz", progs::ECHO);
     let handle = served.serve("echo", &dir, ServeOptions::default()).unwrap();
@@ -126,7 +110,7 @@ fn a_server_stops_when_its_socket_file_is_gone() {
 
 #[test]
 fn special_files_in_the_directory_are_skipped_without_blocking() {
-    let tmp = TempDir::new("special");
+    let tmp = TempDir::new("ndh-special");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     mkfifo(&tmp.path().join("f@fz.json"));
     let d = dir.clone();
@@ -170,7 +154,7 @@ fn peak_rss() -> u64 {
 
 #[test]
 fn an_oversized_record_is_skipped_unread() {
-    let tmp = TempDir::new("sparse");
+    let tmp = TempDir::new("ndh-sparse");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     // A 1 GiB sparse record, locked as a live server would hold it.
     let path = tmp.path().join("big@fz.json");
@@ -195,7 +179,7 @@ fn an_oversized_record_is_skipped_unread() {
 
 #[test]
 fn a_published_module_replaced_by_a_link_is_refused_and_the_caller_falls_back() {
-    let tmp = TempDir::new("modlink");
+    let tmp = TempDir::new("ndh-modlink");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     let served = runtime(&dir, "echo", "b", progs::ECHO);
     let handle = served.serve("echo", &dir, ServeOptions::default()).unwrap();
@@ -261,7 +245,7 @@ fn a_published_module_replaced_by_a_link_is_refused_and_the_caller_falls_back() 
 #[test]
 fn a_module_that_is_not_a_regular_file_or_too_large_is_refused() {
     // A FIFO first: a reader that blocks on it fails here, before /dev/zero.
-    let tmp = TempDir::new("usermod");
+    let tmp = TempDir::new("ndh-usermod");
     std::fs::create_dir_all(tmp.path()).unwrap();
     let fifo = tmp.path().join("fifo.wasm");
     mkfifo(&fifo);
