@@ -3,11 +3,17 @@
 //! remote mode and the `redis-storage` baseline), and so do the end-to-end
 //! tests (through `test-support`); neither may depend on a server started by
 //! hand.
+//!
+//! Multi-node tests also start one inside a network namespace
+//! ([`RedisServer::start_in`]); the test process itself stays in the root
+//! namespace and reaches it through a thread that joins the namespace
+//! ([`in_netns`]).
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,6 +26,17 @@ pub enum LaunchError {
     /// No loopback port could be reserved.
     #[error("no free loopback port: {0}")]
     NoPort(std::io::Error),
+    /// No port could be reserved inside the network namespace (usually: the
+    /// namespace does not exist, or this process may not enter it).
+    #[error("no free port on {bind} in network namespace {netns}: {source}")]
+    NoPortIn {
+        /// The namespace.
+        netns: String,
+        /// The address the server was to bind.
+        bind: Ipv4Addr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The private directory could not be created.
     #[error("cannot create the redis directory {path}: {source}")]
     Dir {
@@ -51,6 +68,10 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     extra_args: Vec<String>,
+    /// The network namespace it runs in (`None`: this process's own).
+    netns: Option<String>,
+    /// The address it binds, and clients connect to.
+    bind: Ipv4Addr,
 }
 
 impl RedisServer {
@@ -74,6 +95,53 @@ impl RedisServer {
             port,
             dir,
             extra_args: extra_args.to_vec(),
+            netns: None,
+            bind: Ipv4Addr::LOCALHOST,
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// Starts a server inside the network namespace `netns` (a name under
+    /// `/var/run/netns`, as `ip netns` makes), bound to `bind` (an address of
+    /// that namespace) on a port free there, with more `redis-server`
+    /// arguments, and waits until it answers. Multi-node tests need a Redis
+    /// that other namespaces reach over their links.
+    ///
+    /// It runs as `ip netns exec NETNS redis-server --bind BIND ...` (which
+    /// needs root), with protected mode off since it binds no loopback
+    /// address. [`RedisServer::url`] is `redis://BIND:PORT`; [`RedisServer::ping`]
+    /// and [`RedisServer::command`] connect from a thread that joins the
+    /// namespace (the calling process may have no route to `bind`).
+    pub fn start_in(
+        netns: &str,
+        bind: Ipv4Addr,
+        extra_args: &[String],
+    ) -> Result<RedisServer, LaunchError> {
+        let port = in_netns(netns, || {
+            TcpListener::bind((bind, 0)).and_then(|l| l.local_addr())
+        })
+        .and_then(|r| r)
+        .map_err(|source| LaunchError::NoPortIn {
+            netns: netns.to_string(),
+            bind,
+            source,
+        })?
+        .port();
+        let dir =
+            std::env::temp_dir().join(format!("cwasi-redis-{}-{netns}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|source| LaunchError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            extra_args: extra_args.to_vec(),
+            netns: Some(netns.to_string()),
+            bind,
         };
         server.restart()?;
         Ok(server)
@@ -84,9 +152,22 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://<address>:<port>` (`127.0.0.1` unless started with
+    /// [`RedisServer::start_in`]).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}:{}", self.bind, self.port)
+    }
+
+    /// The address it binds (`127.0.0.1` unless started with
+    /// [`RedisServer::start_in`]).
+    pub fn addr(&self) -> Ipv4Addr {
+        self.bind
+    }
+
+    /// The network namespace it runs in, if started with
+    /// [`RedisServer::start_in`].
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
     }
 
     /// The server's process id while it runs, to read its CPU time and
@@ -107,9 +188,24 @@ impl RedisServer {
     /// waits until it answers.
     pub fn restart(&mut self) -> Result<(), LaunchError> {
         self.kill();
-        let mut cmd = Command::new("redis-server");
+        // `ip netns exec` enters the namespace and execs redis-server in the
+        // same process, so the child (and its death signal) is the server.
+        let mut cmd = match &self.netns {
+            None => Command::new("redis-server"),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "redis-server"]);
+                c
+            }
+        };
+        let protected = if self.netns.is_some() { "no" } else { "yes" };
         cmd.args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--protected-mode", "yes"])
+            .args([
+                "--bind",
+                &self.bind.to_string(),
+                "--protected-mode",
+                protected,
+            ])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -144,9 +240,18 @@ impl RedisServer {
     }
 
     /// Sends one command and returns the first line of the reply (`None` if
-    /// the server cannot be reached or does not answer within 5 s).
+    /// the server cannot be reached or does not answer within 5 s). For a
+    /// server in a network namespace, the connection is made from inside it.
     pub fn command(&self, args: &[&str]) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        let to = SocketAddr::new(IpAddr::V4(self.bind), self.port);
+        let mut s = match &self.netns {
+            None => TcpStream::connect(to).ok()?,
+            Some(ns) => in_netns(ns, || {
+                TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            })
+            .ok()?
+            .ok()?,
+        };
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         let mut req = format!("*{}\r\n", args.len());
         for a in args {
@@ -186,6 +291,36 @@ pub fn kill_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Runs `f` on a new thread that has joined the network namespace `netns`
+/// (a name under `/var/run/netns`, as `ip netns add` makes), and returns its
+/// result; needs root. Sockets `f` creates belong to that namespace for
+/// their whole life and may be used from any thread afterwards, so this is
+/// how a process in the root namespace reaches addresses that only exist
+/// inside another one. A panic in `f` is propagated.
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    let path = Path::new("/var/run/netns").join(netns);
+    let context = |e: std::io::Error, what: &str| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot {what} network namespace {}: {e}", path.display()),
+        )
+    };
+    let file = std::fs::File::open(&path).map_err(|e| context(e, "open"))?;
+    std::thread::scope(|scope| {
+        let joined = scope
+            .spawn(|| {
+                rustix::thread::move_into_link_name_space(
+                    file.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .map_err(|e| context(e.into(), "enter"))?;
+                Ok(f())
+            })
+            .join();
+        joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// A loopback TCP port nobody listens on right now.
