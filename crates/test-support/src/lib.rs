@@ -5,9 +5,11 @@
 //! so these wrappers panic with the launcher's message instead of returning
 //! it. [`containerd`] runs a private containerd for the shim's tests;
 //! [`tls`] makes a private CA and certificates for a TLS Redis;
-//! [`process`] runs a binary under a deadline.
+//! [`process`] runs a binary under a deadline; [`netns`] makes network
+//! namespaces joined by a bridge, for tests of several nodes on one host.
 
 pub mod containerd;
+pub mod netns;
 pub mod process;
 pub mod tls;
 
@@ -27,6 +29,17 @@ impl RedisServer {
     pub fn start_with(extra_args: &[String]) -> RedisServer {
         RedisServer(
             redis_launcher::RedisServer::start_with(extra_args).unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    /// Starts a server inside network namespace `netns` bound to `bind`
+    /// (see [`redis_launcher::RedisServer::start_in`]: `url()` is
+    /// `redis://BIND:PORT`, `ping()` and `command()` connect from inside the
+    /// namespace); panics with a clear message if it cannot.
+    pub fn start_in(netns: &str, bind: std::net::Ipv4Addr, extra_args: &[String]) -> RedisServer {
+        RedisServer(
+            redis_launcher::RedisServer::start_in(netns, bind, extra_args)
+                .unwrap_or_else(|e| panic!("{e}")),
         )
     }
 
