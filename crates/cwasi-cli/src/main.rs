@@ -16,8 +16,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::{
-    Composition, FunctionSpec, Limits, ModeOverride, NodeDirectory, Runtime, SeedConfig,
-    ServeOptions, StopSignals,
+    Composition, DirectConfig, FunctionSpec, Limits, ModeOverride, NodeDirectory, Runtime,
+    SeedConfig, ServeOptions, StopSignals,
 };
 
 #[derive(Parser)]
@@ -64,7 +64,8 @@ struct RunArgs {
     /// Prints, for each caller → callee edge, the mode chosen and why.
     #[arg(long)]
     explain: bool,
-    /// Forces a mode: auto, embedded, local or remote.
+    /// Forces a mode: auto, embedded, local, remote (either remote path),
+    /// remote-direct or remote-broker.
     #[arg(long, env = "CWASI_MODE", default_value = "auto")]
     mode: ModeOverride,
     /// Starts even if some modules cannot be loaded; calls to them fail with
@@ -114,6 +115,13 @@ struct ServeArgs {
     /// Another uid allowed to call (the server's own and root always are).
     #[arg(long = "allow-uid")]
     allow_uid: Vec<u32>,
+    /// Also takes direct calls from other nodes on this address (IP:PORT,
+    /// the address they reach this node at; port 0 picks one), announced
+    /// in the cluster registry. Needs CWASI_REDIS_URL, and mutual TLS
+    /// (CWASI_TLS_CA, CWASI_TLS_CERT, CWASI_TLS_KEY) or plain TCP asked
+    /// for with CWASI_DIRECT_PLAIN=1.
+    #[arg(long, env = "CWASI_LISTEN", value_name = "IP:PORT")]
+    listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     limits: LimitArgs,
     /// WASI arguments for the function, after `--`.
@@ -165,6 +173,13 @@ struct CallArgs {
     /// Calls this socket directly instead of looking the function up.
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Prints the mode chosen and why (and any later change of path) to
+    /// stderr.
+    #[arg(long)]
+    explain: bool,
+    /// Forces a mode (see `run --help`).
+    #[arg(long, env = "CWASI_MODE", default_value = "auto")]
+    mode: ModeOverride,
     /// The node directory (see `run --help`).
     #[arg(long)]
     runtime_dir: Option<PathBuf>,
@@ -211,8 +226,10 @@ fn main() -> ExitCode {
 }
 
 /// The broker of `CWASI_REDIS_URL`, if set: remote mode and the cluster
-/// registry.
+/// registry; and the direct data plane's settings (`CWASI_TLS_*`,
+/// `CWASI_DIRECT_PLAIN`).
 fn with_broker(builder: cwasi_runtime::RuntimeBuilder) -> Result<cwasi_runtime::RuntimeBuilder> {
+    let builder = builder.direct(DirectConfig::from_env()?);
     Ok(match BrokerConfig::from_env() {
         Some(cfg) => {
             tracing::info!(?cfg, "using a broker");
@@ -317,15 +334,25 @@ fn serve(args: ServeArgs) -> Result<()> {
         max_connections: args.max_connections,
         allowed_uids: args.allow_uid,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+        listen: args.listen,
     };
     let mut signals = StopSignals::install().context("cannot install signal handlers")?;
     let handle = runtime.serve(&args.name, &dir, opts)?;
-    eprintln!(
-        "cwasi: serving '{}' (namespace '{}') at {}",
-        args.name,
-        args.namespace,
-        handle.record().socket.display()
-    );
+    let record = handle.record();
+    match &record.data_addr {
+        Some(addr) => eprintln!(
+            "cwasi: serving '{}' (namespace '{}') at {} and {addr}",
+            args.name,
+            args.namespace,
+            record.socket.display()
+        ),
+        None => eprintln!(
+            "cwasi: serving '{}' (namespace '{}') at {}",
+            args.name,
+            args.namespace,
+            record.socket.display()
+        ),
+    }
     signals.wait();
     drop(handle);
     Ok(())
@@ -349,6 +376,7 @@ fn call(args: CallArgs) -> Result<()> {
     // embedded in this short-lived process.
     let mut builder = with_broker(Runtime::builder())?
         .limits(args.limits.apply(Limits::default()))
+        .mode(args.mode)
         .embed_served(false);
     if args.socket.is_none() {
         builder = builder.node_directory(node_directory(&args.runtime_dir)?);
@@ -357,7 +385,11 @@ fn call(args: CallArgs) -> Result<()> {
     let response = match &args.socket {
         Some(s) => runtime.call_socket(s, &args.name, &request),
         None => runtime.call(&args.namespace, &args.name, &request),
-    }?;
+    };
+    if args.explain {
+        eprint!("{}", report::explain(&runtime.decisions()));
+    }
+    let response = response?;
     match &args.out {
         Some(p) => {
             std::fs::write(p, &response).with_context(|| format!("cannot write {}", p.display()))?

@@ -50,7 +50,7 @@ fn wait_announced(rt: &Runtime, ns: &str, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(s) = rt.explain(ns, name) {
-            assert_eq!(s.mode, Mode::Remote, "{s}");
+            assert_eq!(s.mode, Mode::RemoteBroker, "{s}");
             return;
         }
         assert!(Instant::now() < deadline, "{name} was never announced");

@@ -190,7 +190,7 @@ impl Nodes {
         };
         assert_eq!(
             selection.mode,
-            Mode::Remote,
+            Mode::RemoteBroker,
             "node1 is not in remote mode: {selection}"
         );
         println!("selector, node1, caller namespace '{CALLER_NS}': {selection}");
@@ -213,7 +213,7 @@ impl Nodes {
             .expect("no host -> discard hop was recorded");
         assert_eq!(
             hop.mode,
-            Mode::Remote,
+            Mode::RemoteBroker,
             "host -> discard took the wrong path"
         );
         assert!(

@@ -50,8 +50,12 @@ pub enum Mode {
     Embedded,
     /// Another process on this node, through the host kernel.
     Local,
-    /// Another node, through the broker.
-    Remote,
+    /// Another node, over a direct connection to it (TCP, with mutual TLS
+    /// unless plain TCP was asked for).
+    RemoteDirect,
+    /// Another node, through the broker: the path of last resort, when the
+    /// callee's node offers no data address this node can reach.
+    RemoteBroker,
 }
 
 impl Mode {
@@ -60,8 +64,14 @@ impl Mode {
         match self {
             Mode::Embedded => "embedded",
             Mode::Local => "local",
-            Mode::Remote => "remote",
+            Mode::RemoteDirect => "remote-direct",
+            Mode::RemoteBroker => "remote-broker",
         }
+    }
+
+    /// Whether the callee is on another node (either remote path).
+    pub fn is_remote(self) -> bool {
+        matches!(self, Mode::RemoteDirect | Mode::RemoteBroker)
     }
 }
 
@@ -79,6 +89,19 @@ pub enum ModeOverride {
     Auto,
     /// Always this mode, or a clear error if it is impossible.
     Force(Mode),
+    /// Always another node, by whichever remote path the selector picks.
+    AnyRemote,
+}
+
+impl ModeOverride {
+    /// Whether the selector may choose `m` under this override.
+    pub fn allows(self, m: Mode) -> bool {
+        match self {
+            ModeOverride::Auto => true,
+            ModeOverride::Force(f) => f == m,
+            ModeOverride::AnyRemote => m.is_remote(),
+        }
+    }
 }
 
 impl FromStr for ModeOverride {
@@ -89,9 +112,12 @@ impl FromStr for ModeOverride {
             "" | "auto" => Ok(ModeOverride::Auto),
             "embedded" => Ok(ModeOverride::Force(Mode::Embedded)),
             "local" => Ok(ModeOverride::Force(Mode::Local)),
-            "remote" => Ok(ModeOverride::Force(Mode::Remote)),
+            "remote" => Ok(ModeOverride::AnyRemote),
+            "remote-direct" => Ok(ModeOverride::Force(Mode::RemoteDirect)),
+            "remote-broker" => Ok(ModeOverride::Force(Mode::RemoteBroker)),
             other => Err(format!(
-                "unknown mode '{other}' (expected auto, embedded, local or remote)"
+                "unknown mode '{other}' (expected auto, embedded, local, remote, \
+                 remote-direct or remote-broker)"
             )),
         }
     }
@@ -102,6 +128,7 @@ impl fmt::Display for ModeOverride {
         match self {
             ModeOverride::Auto => f.write_str("auto"),
             ModeOverride::Force(m) => m.fmt(f),
+            ModeOverride::AnyRemote => f.write_str("remote"),
         }
     }
 }
@@ -178,5 +205,12 @@ mod tests {
         assert_eq!("auto".parse(), Ok(ModeOverride::Auto));
         assert_eq!("Embedded".parse(), Ok(ModeOverride::Force(Mode::Embedded)));
         assert!("fast".parse::<ModeOverride>().is_err());
+        assert_eq!("remote".parse(), Ok(ModeOverride::AnyRemote));
+        assert_eq!(
+            "remote-direct".parse(),
+            Ok(ModeOverride::Force(Mode::RemoteDirect))
+        );
+        assert!(ModeOverride::AnyRemote.allows(Mode::RemoteBroker));
+        assert!(!ModeOverride::AnyRemote.allows(Mode::Local));
     }
 }

@@ -1,7 +1,7 @@
 //! CWASI runtime core: runs WebAssembly functions on wasmtime and connects
 //! them through the cheapest data path their placement allows: the callee's
-//! VM (embedded), another process of this node (local), or another node
-//! through the broker (remote). A function calls another by name; the
+//! VM (embedded), another process of this node (local), or another node,
+//! directly over TCP with mutual TLS or through the broker (remote). A function calls another by name; the
 //! [`Runtime`] picks the path and says why ([`Runtime::explain`]).
 //!
 //! ```no_run
@@ -75,3 +75,5 @@ pub use router::{Decision, HOST_CALLER};
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use selector::Selection;
 pub use serve::{ServeHandle, ServeOptions, StopSignals};
+pub use transport::direct::{DataAddr, DirectConfig, TlsFiles};
+pub use transport::PathCounts;

@@ -62,6 +62,12 @@ pub struct EndpointRecord {
     /// when it cannot be embedded elsewhere (it has preopened directories).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embed: Option<EmbedInfo>,
+    /// Where other nodes reach this function directly (`tls://IP:PORT`,
+    /// or `tcp://IP:PORT` when plain TCP was asked for); absent when it
+    /// listens on no network address, and then other nodes call it through
+    /// the broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_addr: Option<String>,
 }
 
 /// What a caller needs to run a served function in its own VM: the module
@@ -539,6 +545,7 @@ mod tests {
             digest: "sha256:00".into(),
             socket: dir.socket_path(name, ns),
             embed: None,
+            data_addr: None,
             pid: std::process::id(),
         }
     }

@@ -19,7 +19,10 @@ use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::{Function, LinkedModule};
 use crate::guest::state::{CallerId, HostState, Router};
 use crate::node_dir::{EndpointRecord, NodeDirectory};
-use crate::selector::{select, Choice, Loaded, Placement, Selection};
+use crate::selector::{select, Choice, DirectProbe, Loaded, Placement, Selection};
+use crate::transport::direct::client::{DirectClient, PathReport};
+use crate::transport::direct::peer::{ClientSetup, Failure, Peer, CONNECT_TIMEOUT};
+use crate::transport::direct::DirectTls;
 use crate::transport::embedded::EmbeddedClient;
 use crate::transport::local::client::LocalClient;
 use crate::transport::remote::RemoteClient;
@@ -90,6 +93,15 @@ pub(crate) struct RouterParts {
     pub embed_served: bool,
     pub node: String,
     pub broker: Option<Arc<Broker>>,
+    pub direct: DirectParts,
+}
+
+/// This node's side of the direct data plane.
+pub(crate) struct DirectParts {
+    /// Mutual TLS, if configured.
+    pub tls: Option<DirectTls>,
+    /// Whether plain TCP may be used.
+    pub allow_plain: bool,
 }
 
 /// The routing state of one runtime. It owns the epoch ticker, so that
@@ -108,6 +120,8 @@ pub(crate) struct RuntimeRouter {
     /// This node's name, as records and announcements give it.
     pub node: String,
     pub broker: Option<Arc<Broker>>,
+    /// The direct data plane's settings.
+    pub direct: DirectParts,
     /// Functions served elsewhere on this node and embedded here, by name,
     /// namespace and digest.
     adopted: Mutex<HashMap<(String, String, String), Arc<Function>>>,
@@ -116,7 +130,7 @@ pub(crate) struct RuntimeRouter {
     routes: Mutex<RouteTable>,
     /// This router's id in the threads' [`LAST_HOST_ROUTE`] memos.
     id: u64,
-    decisions: Mutex<Vec<Decision>>,
+    decisions: Arc<Mutex<Vec<Decision>>>,
     /// Itself, weakly, for the functions it creates later (adopted ones).
     me: Weak<RuntimeRouter>,
 }
@@ -147,10 +161,11 @@ impl RuntimeRouter {
                 embed_served: parts.embed_served,
                 node: parts.node,
                 broker: parts.broker,
+                direct: parts.direct,
                 adopted: Mutex::new(HashMap::new()),
                 routes: Mutex::new(HashMap::new()),
                 id: NEXT_ROUTER_ID.fetch_add(1, Ordering::Relaxed),
-                decisions: Mutex::new(Vec::new()),
+                decisions: Arc::new(Mutex::new(Vec::new())),
                 me: me.clone(),
             }
         })
@@ -190,7 +205,7 @@ impl RuntimeRouter {
         // the broker holds up no other edge. The lookup is part of the call
         // to `target`: it ends by the callee's deadline.
         let lookup_by = deadline.nested(self.limits.call_timeout);
-        let outcome = self.choose(caller == HOST_CALLER, caller_namespace, target, lookup_by);
+        let outcome = self.choose(Some(caller), caller_namespace, target, lookup_by);
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = cached(&routes) {
             // Another call on this edge chose first; its route is the one.
@@ -262,7 +277,7 @@ impl RuntimeRouter {
     /// Which mode a call from `caller_namespace` to `target` takes, and why.
     pub fn explain(&self, caller_namespace: &str, target: &str) -> Result<Selection, CallError> {
         let lookup_by = Deadline::after(self.limits.call_timeout);
-        self.choose(false, caller_namespace, target, lookup_by)
+        self.choose(None, caller_namespace, target, lookup_by)
             .map(|(s, _)| s)
     }
 
@@ -288,7 +303,7 @@ impl RuntimeRouter {
     /// of the chosen transport.
     fn choose(
         &self,
-        from_host: bool,
+        caller: Option<&str>,
         caller_namespace: &str,
         target: &str,
         lookup_by: Deadline,
@@ -317,6 +332,13 @@ impl RuntimeRouter {
         } else {
             (Vec::new(), None)
         };
+        let (probe, peers) = match remote.first() {
+            Some(r) if self.mode.allows(Mode::RemoteDirect) => {
+                let (probe, peers) = self.probe_direct(&remote, &r.namespace, lookup_by);
+                (Some(probe), peers)
+            }
+            _ => (None, Vec::new()),
+        };
         let adopted = self.adopt_served(caller_namespace, target, here, &local);
         let function = adopted.as_ref().map(|(f, _)| f).or(here);
         let placement = Placement {
@@ -332,17 +354,28 @@ impl RuntimeRouter {
             remote: &remote,
             registry_error: registry_error.as_ref(),
             broker: self.broker.as_ref().map(|b| (b.display(), b.node())),
+            direct: probe.as_ref(),
             mode: self.mode,
         };
         let (selection, choice) = select(&placement)?;
         let max = self.limits.max_payload_bytes;
+        let from_host = caller == Some(HOST_CALLER);
         let transport: Box<dyn Transport> = match (choice, function, &self.broker) {
             (Choice::Embedded, Some(f), _) if from_host => Box::new(EmbeddedClient::held(f)),
             (Choice::Embedded, Some(f), _) => Box::new(EmbeddedClient::new(f)),
             (Choice::Local(r), ..) => {
                 Box::new(LocalClient::new(target.to_string(), r.socket.clone(), max))
             }
-            (Choice::Remote(r), _, Some(broker)) => Box::new(RemoteClient::new(
+            (Choice::RemoteDirect(r), _, Some(broker)) => Box::new(DirectClient::new(
+                target.to_string(),
+                r.namespace.clone(),
+                max,
+                self.client_setup(),
+                broker.clone(),
+                peers,
+                self.path_report(caller.unwrap_or(HOST_CALLER), target),
+            )),
+            (Choice::RemoteBroker(r), _, Some(broker)) => Box::new(RemoteClient::new(
                 broker.clone(),
                 r.namespace.clone(),
                 target.to_string(),
@@ -351,6 +384,76 @@ impl RuntimeRouter {
             _ => unreachable!("the selector chooses only among the candidates it was given"),
         };
         Ok((selection, transport))
+    }
+
+    /// How this node connects to others directly.
+    fn client_setup(&self) -> ClientSetup {
+        ClientSetup {
+            tls: self.direct.tls.as_ref().map(|t| t.client.clone()),
+            allow_plain: self.direct.allow_plain,
+        }
+    }
+
+    /// Where a route's transport says that it changed paths: the log, and
+    /// the decisions `--explain` prints.
+    fn path_report(&self, caller: &str, target: &str) -> PathReport {
+        let decisions = Arc::downgrade(&self.decisions);
+        let (caller, target) = (caller.to_string(), target.to_string());
+        Arc::new(move |what: String| {
+            tracing::warn!(caller = %caller, target = %target, "{what}");
+            let Some(decisions) = decisions.upgrade() else {
+                return;
+            };
+            let mode = if what.starts_with("remote-direct") {
+                Mode::RemoteDirect
+            } else {
+                Mode::RemoteBroker
+            };
+            decisions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Decision {
+                    caller: caller.clone(),
+                    target: target.clone(),
+                    outcome: Ok(Selection { mode, reason: what }),
+                });
+        })
+    }
+
+    /// Tries the direct data plane to every node of `namespace` in
+    /// `remote`, by `deadline`: the reachable ones, with a pooled
+    /// connection each, and why the others are not.
+    fn probe_direct(
+        &self,
+        remote: &[RemoteEndpoint],
+        namespace: &str,
+        deadline: Deadline,
+    ) -> (DirectProbe, Vec<Arc<Peer>>) {
+        let setup = self.client_setup();
+        let mut probe = DirectProbe::default();
+        let mut peers = Vec::new();
+        for r in remote.iter().filter(|r| r.namespace == namespace) {
+            let peer = match Peer::new(&r.node, r.data_addr.as_deref(), &setup) {
+                Ok(p) => p,
+                Err(why) => {
+                    probe.unreachable.push(why);
+                    continue;
+                }
+            };
+            match peer.warm_up(deadline.nested(CONNECT_TIMEOUT * 3)) {
+                Ok(()) => {
+                    probe
+                        .reachable
+                        .push(format!("node '{}' at {}", peer.node, peer.addr));
+                    peers.push(Arc::new(peer));
+                }
+                Err(Failure::Final(e)) if e.code == ErrorCode::Denied => {
+                    probe.denied.get_or_insert(e);
+                }
+                Err(f) => probe.unreachable.push(f.into_error().message),
+            }
+        }
+        (probe, peers)
     }
 
     /// Announcements of `target` on other nodes, the caller's namespace

@@ -15,9 +15,11 @@ use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::LinkedModule;
 use crate::inspect::ModuleInfo;
 use crate::node_dir::NodeDirectory;
+use crate::router::DirectParts;
 use crate::router::{Decision, RouterParts, RuntimeRouter, HOST_CALLER};
 use crate::selector::Selection;
 use crate::serve::{Host, ServeHandle, ServeOptions};
+use crate::transport::direct::{DirectConfig, DirectTls};
 use crate::transport::local::client::LocalClient;
 use crate::transport::remote::Broker;
 
@@ -32,6 +34,7 @@ pub struct RuntimeBuilder {
     embed_served: bool,
     node: Option<String>,
     broker: Option<Arc<Broker>>,
+    direct: DirectConfig,
 }
 
 impl Default for RuntimeBuilder {
@@ -45,6 +48,7 @@ impl Default for RuntimeBuilder {
             embed_served: true,
             node: None,
             broker: None,
+            direct: DirectConfig::default(),
         }
     }
 }
@@ -100,6 +104,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How this node uses the direct data plane to other nodes, and how
+    /// its servers take direct calls: mutual TLS files, or plain TCP.
+    /// Without TLS and without plain TCP allowed, remote calls go through
+    /// the broker.
+    pub fn direct(mut self, config: DirectConfig) -> Self {
+        self.direct = config;
+        self
+    }
+
     /// Adds a function.
     pub fn function(mut self, spec: FunctionSpec) -> Self {
         self.functions.push(spec);
@@ -120,6 +133,10 @@ impl RuntimeBuilder {
                 per_level >> 10
             )));
         }
+        let direct_tls = match &self.direct.tls {
+            Some(files) => Some(DirectTls::load(files)?),
+            None => None,
+        };
         let (engine, ticker) = new_engine()?;
         let linker = crate::guest::host_abi::linker(&engine)?;
         let mut functions: Vec<LinkedModule> = Vec::new();
@@ -166,6 +183,10 @@ impl RuntimeBuilder {
                 embed_served: self.embed_served,
                 node,
                 broker: self.broker,
+                direct: DirectParts {
+                    tls: direct_tls,
+                    allow_plain: self.direct.allow_plain,
+                },
             }),
         })
     }
@@ -307,6 +328,8 @@ impl Runtime {
         let host = Host {
             node: &self.router.node,
             broker: self.router.broker.as_ref(),
+            direct_tls: self.router.direct.tls.as_ref().map(|t| t.server.clone()),
+            allow_plain: self.router.direct.allow_plain,
             runtime: self.router.clone(),
         };
         crate::serve::serve(f, dir, opts, host)

@@ -60,8 +60,25 @@ pub(crate) struct Placement<'a> {
     pub registry_error: Option<&'a CallError>,
     /// The broker asked (its URL without password) and this node's name.
     pub broker: Option<(&'a str, &'a str)>,
+    /// What probing the direct data plane found for the nodes of
+    /// `remote`'s first namespace (`None`: not probed, for example
+    /// without a broker or when the broker path is forced).
+    pub direct: Option<&'a DirectProbe>,
     /// The forced mode, if any.
     pub mode: ModeOverride,
+}
+
+/// What the router found when it tried the direct data plane to the nodes
+/// serving a remote callee: plain values, so that the policy stays pure.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct DirectProbe {
+    /// The nodes reachable directly ("node 'n2' at tls://10.0.0.2:7000").
+    pub reachable: Vec<String>,
+    /// Why each other node is not.
+    pub unreachable: Vec<String>,
+    /// A node that refused this node's identity, or whose identity this
+    /// node refused: the call fails with that, and never falls back.
+    pub denied: Option<CallError>,
 }
 
 /// Where the chosen callee is.
@@ -71,15 +88,19 @@ pub(crate) enum Choice<'a> {
     Embedded,
     /// This endpoint on this node.
     Local(&'a EndpointRecord),
-    /// This announcement on another node.
-    Remote(&'a RemoteEndpoint),
+    /// This announcement on another node, over the direct data plane.
+    RemoteDirect(&'a RemoteEndpoint),
+    /// This announcement on another node, through the broker.
+    RemoteBroker(&'a RemoteEndpoint),
 }
 
 /// Applies the policy:
 /// 1. embedded, if the callee's module is loaded here and shares the caller's
 ///    namespace;
 /// 2. local, if a live endpoint is on this node;
-/// 3. remote, if the callee is registered on another node;
+/// 3. remote, if the callee is registered on another node: directly when
+///    one of its nodes can be reached at its data address, else through
+///    the broker (a refused identity is an error, never a fallback);
 /// 4. otherwise "function X not found (looked in: ...)", or, when the
 ///    registry could not be asked, its error.
 ///
@@ -87,10 +108,10 @@ pub(crate) enum Choice<'a> {
 pub(crate) fn select<'a>(p: &Placement<'a>) -> Result<(Selection, Choice<'a>), CallError> {
     let target = p.target;
     let caller_ns = p.caller_namespace;
-    let wants = |m: Mode| p.mode == ModeOverride::Auto || p.mode == ModeOverride::Force(m);
+    let wants = |m: Mode| p.mode.allows(m);
     let forced = |reason: String| match p.mode {
         ModeOverride::Auto => reason,
-        ModeOverride::Force(_) => format!("forced; {reason}"),
+        ModeOverride::Force(_) | ModeOverride::AnyRemote => format!("forced; {reason}"),
     };
     let chosen = |mode: Mode, reason: String| Selection {
         mode,
@@ -149,17 +170,64 @@ pub(crate) fn select<'a>(p: &Placement<'a>) -> Result<(Selection, Choice<'a>), C
         }
         return Ok((chosen(Mode::Local, reason), Choice::Local(r)));
     }
-    if let (Some(r), true) = (p.remote.first(), wants(Mode::Remote)) {
-        let mut reason = format!(
-            "'{target}' is served on node '{}' (namespace '{}'), through the broker",
-            r.node, r.namespace
-        );
-        if p.mode == ModeOverride::Auto {
-            reason.push_str("; it is neither loaded in this process nor served on this node");
+    if let Some(r) = p.remote.first() {
+        let nodes = || {
+            let ns = &r.namespace;
+            let mut n: Vec<&str> = p
+                .remote
+                .iter()
+                .filter(|e| &e.namespace == ns)
+                .map(|e| e.node.as_str())
+                .collect();
+            n.dedup();
+            format!(
+                "'{target}' is served on node(s) {} (namespace '{ns}')",
+                n.join(", ")
+            )
+        };
+        let not_here = if p.mode == ModeOverride::Auto {
+            "; it is neither loaded in this process nor served on this node"
+        } else {
+            ""
+        };
+        let probe = p.direct.cloned().unwrap_or_default();
+        if !probe.reachable.is_empty() && wants(Mode::RemoteDirect) {
+            let reason = format!(
+                "{}, reachable directly: {}{not_here}",
+                nodes(),
+                probe.reachable.join(", ")
+            );
+            return Ok((chosen(Mode::RemoteDirect, reason), Choice::RemoteDirect(r)));
         }
-        return Ok((chosen(Mode::Remote, reason), Choice::Remote(r)));
+        if let (Some(e), true) = (&probe.denied, wants(Mode::RemoteDirect)) {
+            if p.mode != ModeOverride::Force(Mode::RemoteBroker) {
+                return Err(e.clone());
+            }
+        }
+        let why_not = match (p.direct, probe.unreachable.is_empty()) {
+            (None, _) => "the direct path was not tried".to_string(),
+            (Some(_), true) => "no node serving it announces a data address".to_string(),
+            (Some(_), false) => probe.unreachable.join("; "),
+        };
+        if wants(Mode::RemoteBroker) {
+            let reason = format!(
+                "{}, through the broker: not directly, {why_not}{not_here}",
+                nodes()
+            );
+            return Ok((chosen(Mode::RemoteBroker, reason), Choice::RemoteBroker(r)));
+        }
+        if p.mode == ModeOverride::Force(Mode::RemoteDirect) {
+            return Err(CallError::new(
+                ErrorCode::Denied,
+                format!(
+                    "mode 'remote-direct' is impossible: {}, but {why_not}",
+                    nodes()
+                ),
+            ));
+        }
     }
-    if let (Some(e), true) = (p.registry_error, wants(Mode::Remote)) {
+    let any_remote = wants(Mode::RemoteDirect) || wants(Mode::RemoteBroker);
+    if let (Some(e), true) = (p.registry_error, any_remote) {
         return Err(CallError::new(
             e.code,
             format!(
@@ -170,7 +238,12 @@ pub(crate) fn select<'a>(p: &Placement<'a>) -> Result<(Selection, Choice<'a>), C
             ),
         ));
     }
-    if let ModeOverride::Force(m) = p.mode {
+    let forced_mode = match p.mode {
+        ModeOverride::Auto => None,
+        ModeOverride::Force(m) => Some(m.name()),
+        ModeOverride::AnyRemote => Some("remote"),
+    };
+    if let Some(m) = forced_mode {
         return Err(CallError::new(
             ErrorCode::Denied,
             format!(
@@ -223,6 +296,7 @@ mod tests {
             socket: format!("/run/cwasi/b@{ns}.sock").into(),
             pid: 42,
             embed: None,
+            data_addr: None,
         }
     }
 
@@ -230,6 +304,7 @@ mod tests {
         RemoteEndpoint {
             namespace: ns.into(),
             node: "n2".into(),
+            data_addr: Some("tls://10.0.0.2:7000".into()),
         }
     }
 
@@ -245,6 +320,7 @@ mod tests {
             remote: &[],
             registry_error: None,
             broker: Some(("redis://h:1", "n1")),
+            direct: None,
             mode: ModeOverride::Auto,
         }
     }
@@ -258,7 +334,9 @@ mod tests {
 
     const FORCE_EMBEDDED: ModeOverride = ModeOverride::Force(Mode::Embedded);
     const FORCE_LOCAL: ModeOverride = ModeOverride::Force(Mode::Local);
-    const FORCE_REMOTE: ModeOverride = ModeOverride::Force(Mode::Remote);
+    const FORCE_REMOTE: ModeOverride = ModeOverride::AnyRemote;
+    const FORCE_DIRECT: ModeOverride = ModeOverride::Force(Mode::RemoteDirect);
+    const FORCE_BROKER: ModeOverride = ModeOverride::Force(Mode::RemoteBroker);
 
     /// The mode chosen, or the error code, and a word the reason must hold.
     fn outcome(p: &Placement<'_>) -> (Result<Mode, ErrorCode>, String) {
@@ -267,7 +345,8 @@ mod tests {
                 let expected = match choice {
                     Choice::Embedded => Mode::Embedded,
                     Choice::Local(_) => Mode::Local,
-                    Choice::Remote(_) => Mode::Remote,
+                    Choice::RemoteDirect(_) => Mode::RemoteDirect,
+                    Choice::RemoteBroker(_) => Mode::RemoteBroker,
                 };
                 assert_eq!(s.mode, expected, "the choice matches the selection");
                 (Ok(s.mode), s.reason)
@@ -284,6 +363,21 @@ mod tests {
         let down = CallError::new(ErrorCode::Transport, "down");
         let slow = CallError::new(ErrorCode::Timeout, "slow");
         let adopted = record("a");
+        let reachable = DirectProbe {
+            reachable: vec!["node 'n2' at tls://10.0.0.2:7000".into()],
+            ..DirectProbe::default()
+        };
+        let unreachable = DirectProbe {
+            unreachable: vec!["node 'n2' at tls://10.0.0.2:7000: cannot connect: no route".into()],
+            ..DirectProbe::default()
+        };
+        let refused = DirectProbe {
+            denied: Some(CallError::new(
+                ErrorCode::Denied,
+                "mutual TLS refused: UnknownCA",
+            )),
+            ..DirectProbe::default()
+        };
         type Case<'a> = (&'a str, Placement<'a>, Result<Mode, ErrorCode>, &'a str);
         let cases: Vec<Case<'_>> = vec![
             (
@@ -315,10 +409,46 @@ mod tests {
                 "its module is not loaded in this process",
             ),
             (
-                "3: only on another node -> remote",
+                "3: only on another node, not probed -> remote-broker",
                 Placement { remote: &remote_a, ..nowhere() },
-                Ok(Mode::Remote),
-                "served on node 'n2'",
+                Ok(Mode::RemoteBroker),
+                "served on node(s) n2",
+            ),
+            (
+                "3: on another node, reachable at its data address -> remote-direct",
+                Placement { remote: &remote_a, direct: Some(&reachable), ..nowhere() },
+                Ok(Mode::RemoteDirect),
+                "reachable directly: node 'n2' at tls://10.0.0.2:7000",
+            ),
+            (
+                "3: on another node, its data address unreachable -> remote-broker, says why",
+                Placement { remote: &remote_a, direct: Some(&unreachable), ..nowhere() },
+                Ok(Mode::RemoteBroker),
+                "through the broker: not directly, node 'n2' at tls://10.0.0.2:7000: cannot connect",
+            ),
+            (
+                "3: a node refused this node's certificate -> denied, no fallback",
+                Placement { remote: &remote_a, direct: Some(&refused), ..nowhere() },
+                Err(ErrorCode::Denied),
+                "UnknownCA",
+            ),
+            (
+                "forced remote-broker, though reachable directly -> remote-broker",
+                Placement { remote: &remote_a, direct: Some(&reachable), mode: FORCE_BROKER, ..nowhere() },
+                Ok(Mode::RemoteBroker),
+                "forced; ",
+            ),
+            (
+                "forced remote-broker, though refused directly -> remote-broker",
+                Placement { remote: &remote_a, direct: Some(&refused), mode: FORCE_BROKER, ..nowhere() },
+                Ok(Mode::RemoteBroker),
+                "forced; ",
+            ),
+            (
+                "forced remote-direct, unreachable -> denied, says why",
+                Placement { remote: &remote_a, direct: Some(&unreachable), mode: FORCE_DIRECT, ..nowhere() },
+                Err(ErrorCode::Denied),
+                "mode 'remote-direct' is impossible",
             ),
             (
                 "4: nowhere -> unknown function, with where it looked",
@@ -395,7 +525,7 @@ mod tests {
             (
                 "forced remote, though served here -> remote",
                 Placement { local: &local_a, remote: &remote_a, mode: FORCE_REMOTE, ..nowhere() },
-                Ok(Mode::Remote),
+                Ok(Mode::RemoteBroker),
                 "forced; ",
             ),
             (
@@ -428,6 +558,6 @@ mod tests {
             remote: &remote,
             ..nowhere()
         };
-        assert_eq!(select(&p).unwrap().1, Choice::Remote(&remote[0]));
+        assert_eq!(select(&p).unwrap().1, Choice::RemoteBroker(&remote[0]));
     }
 }

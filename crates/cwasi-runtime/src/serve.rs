@@ -6,6 +6,7 @@
 
 use std::any::Any;
 use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::error::RuntimeError;
 use crate::guest::function::Function;
 use crate::guest::invoke::{invoke, CallerExchange};
 use crate::node_dir::{EmbedInfo, EndpointRecord, NodeDirectory, Registration, RECORD_VERSION};
+use crate::transport::direct::{DirectServer, DirectSettings};
 use crate::transport::local::server::{LocalServer, ServerSettings};
 use crate::transport::remote::{Broker, Handler, RequestMeta, StreamServer};
 
@@ -41,6 +43,11 @@ pub struct ServeOptions {
     /// How long an idle connection is kept open (callers reopen one when
     /// they need it).
     pub idle_timeout: Duration,
+    /// A network address to take direct calls from other nodes on
+    /// (`--listen`, `CWASI_LISTEN`), announced in the cluster registry;
+    /// port 0 picks a free one. Needs a broker, and TLS files or plain TCP
+    /// allowed ([`crate::RuntimeBuilder::direct`]).
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for ServeOptions {
@@ -50,6 +57,7 @@ impl Default for ServeOptions {
             max_connections: 128,
             allowed_uids: Vec::new(),
             idle_timeout: Duration::from_secs(30),
+            listen: None,
         }
     }
 }
@@ -59,6 +67,7 @@ impl Default for ServeOptions {
 pub struct ServeHandle {
     /// The broker consumers, when remote mode is configured.
     stream: Option<StreamServer>,
+    direct: Option<DirectServer>,
     local: Option<LocalServer>,
     registration: Option<Registration>,
     record: EndpointRecord,
@@ -77,6 +86,7 @@ impl ServeHandle {
 impl Drop for ServeHandle {
     fn drop(&mut self) {
         self.stream.take();
+        self.direct.take();
         self.local.take();
         self.registration.take();
     }
@@ -114,6 +124,11 @@ pub(crate) struct Host<'a> {
     pub node: &'a str,
     /// The broker, for remote mode.
     pub broker: Option<&'a Arc<Broker>>,
+    /// TLS for the direct data plane, if configured (else plain TCP, if
+    /// allowed).
+    pub direct_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Whether plain TCP is allowed for the direct data plane.
+    pub allow_plain: bool,
     /// What keeps the runtime alive while it serves.
     pub runtime: Arc<dyn Any + Send + Sync>,
 }
@@ -179,7 +194,14 @@ pub(crate) fn serve(
         socket: socket.clone(),
         pid: std::process::id(),
         embed: embed_info(function, dir),
+        data_addr: None,
     };
+    let direct = match opts.listen {
+        Some(addr) => Some(serve_direct(function, addr, &host, &opts)?),
+        None => None,
+    };
+    let mut record = record;
+    record.data_addr = direct.as_ref().map(|d| d.data_addr().to_string());
     let registration = dir.register(&record)?;
     let stream = match host.broker {
         Some(broker) => Some(serve_stream(function, broker, &record, &opts)?),
@@ -197,11 +219,58 @@ pub(crate) fn serve(
     let local = LocalServer::start(listener, function.clone(), settings)?;
     Ok(ServeHandle {
         stream,
+        direct,
         local: Some(local),
         registration: Some(registration),
         record,
         _runtime: host.runtime,
     })
+}
+
+/// Takes direct calls from other nodes on `addr` (TLS, or plain TCP when
+/// allowed).
+fn serve_direct(
+    function: &Arc<Function>,
+    addr: SocketAddr,
+    host: &Host<'_>,
+    opts: &ServeOptions,
+) -> Result<DirectServer, RuntimeError> {
+    if host.broker.is_none() {
+        return Err(RuntimeError::Config(format!(
+            "--listen {addr}: a data address is announced in the cluster registry, so it needs \
+             a broker (CWASI_REDIS_URL)"
+        )));
+    }
+    if addr.ip().is_unspecified() {
+        return Err(RuntimeError::Config(format!(
+            "--listen {addr}: listen on the address other nodes reach this one at (it is \
+             announced as is), not on an unspecified one"
+        )));
+    }
+    if host.direct_tls.is_none() && !host.allow_plain {
+        return Err(RuntimeError::Config(format!(
+            "--listen {addr}: the direct data plane needs TLS files (CWASI_TLS_CA, \
+             CWASI_TLS_CERT, CWASI_TLS_KEY) or plain TCP asked for explicitly \
+             (CWASI_DIRECT_PLAIN=1, for a trusted network)"
+        )));
+    }
+    let listener = TcpListener::bind(addr).map_err(|source| RuntimeError::Io {
+        path: format!("tcp://{addr}").into(),
+        source,
+    })?;
+    let settings = DirectSettings {
+        max_concurrent_calls: opts.max_concurrent_calls,
+        max_connections: opts.max_connections,
+        idle_timeout: opts.idle_timeout,
+    };
+    let server = DirectServer::start(
+        listener,
+        function.clone(),
+        host.direct_tls.clone(),
+        settings,
+    )?;
+    tracing::info!(function = %function.spec.name, addr = %server.data_addr(), "taking direct calls");
+    Ok(server)
 }
 
 /// Serves the function from its broker stream too, so other nodes reach it.

@@ -234,7 +234,7 @@ impl Modes {
         let want = match self.kind {
             Kind::Embedded => Mode::Embedded,
             Kind::Local => Mode::Local,
-            _ => Mode::Remote,
+            _ => Mode::RemoteBroker,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {

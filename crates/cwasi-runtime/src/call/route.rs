@@ -13,7 +13,7 @@ use super::{check_depth, CallMeta, CallerIo};
 use crate::config::{Limits, Mode};
 use crate::deadline::TickClock;
 use crate::error::{CallError, ErrorCode};
-use crate::transport::{PendingCall, Transport};
+use crate::transport::{PathCounts, PendingCall, Transport};
 
 /// How one caller reaches one callee: chosen once, then reused.
 pub(crate) struct Route {
@@ -111,7 +111,9 @@ impl Route {
 
     /// A snapshot of this edge's counters.
     pub fn report(&self) -> HopReport {
-        self.stats.report()
+        let mut r = self.stats.report();
+        r.paths = self.transport.paths();
+        r
     }
 }
 
@@ -288,6 +290,7 @@ impl HopStats {
             max: Duration::from_nanos(c.max_nanos),
             bytes_in: c.bytes_in,
             bytes_out: c.bytes_out,
+            paths: PathCounts::default(),
         }
     }
 }
@@ -318,6 +321,9 @@ pub struct HopReport {
     pub bytes_in: u64,
     /// Response bytes received.
     pub bytes_out: u64,
+    /// Calls retried on another node, and calls that fell back to the
+    /// broker (remote-direct routes only).
+    pub paths: PathCounts,
 }
 
 impl HopReport {

@@ -1,9 +1,13 @@
 //! The data paths between functions, each a client/server pair in a folder
 //! of its own: [`embedded`] (the callee runs in this process, so the client
-//! is the whole path), [`local`] (Unix socket and shared memory) and
-//! [`remote`] (the broker). A route holds one client; servers answer with
-//! the one callee-side path of `guest::invoke`.
+//! is the whole path), [`local`] (Unix socket and shared memory),
+//! [`direct`] (TCP to another node, mutual TLS) and [`remote`] (the
+//! broker). A route holds one client; servers answer with the one
+//! callee-side path of `guest::invoke`, admitting calls through
+//! [`admission`].
 
+pub(crate) mod admission;
+pub mod direct;
 pub(crate) mod embedded;
 pub(crate) mod local;
 pub mod remote;
@@ -23,6 +27,21 @@ pub(crate) trait Transport: Send + Sync {
         io: &mut dyn CallerIo,
         call: &CallMeta,
     ) -> Result<Box<dyn PendingCall>, CallError>;
+    /// How often calls left their first path (retries, the broker as a
+    /// fallback); nothing for transports with one path.
+    fn paths(&self) -> PathCounts {
+        PathCounts::default()
+    }
+}
+
+/// What a transport with more than one path did, for the hop report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathCounts {
+    /// Calls retried once on another node after a connection was lost.
+    pub retried: u64,
+    /// Calls that went through the broker because no node could be
+    /// reached directly.
+    pub via_broker: u64,
 }
 
 /// A started call.

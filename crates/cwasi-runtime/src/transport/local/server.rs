@@ -14,9 +14,9 @@
 use std::io::{self, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::request::{Request, RequestError, RequestReader};
 use super::shm::{is_peer_gone, recv_payload, recv_with_fd, send_frame, SharedRegion};
@@ -26,6 +26,7 @@ use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
 use crate::guest::invoke::{invoke, Exchange};
+use crate::transport::admission::{Slots, WarnBudget};
 
 /// How long a refused connection is drained before it is closed.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
@@ -61,10 +62,7 @@ impl LocalServer {
         settings: ServerSettings,
     ) -> Result<LocalServer, RuntimeError> {
         let shared = Arc::new(Shared {
-            slots: Slots {
-                free: Mutex::new(settings.max_concurrent_calls.max(1)),
-                cv: Condvar::new(),
-            },
+            slots: Slots::new(settings.max_concurrent_calls),
             connections: AtomicUsize::new(0),
             warnings: WarnBudget::default(),
             function,
@@ -107,32 +105,6 @@ impl Drop for LocalServer {
     }
 }
 
-/// A counting semaphore bounding concurrent calls.
-struct Slots {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-impl Slots {
-    fn acquire(&self, wait: Duration) -> bool {
-        let guard = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut free, _) = self
-            .cv
-            .wait_timeout_while(guard, wait, |f| *f == 0)
-            .unwrap_or_else(|p| p.into_inner());
-        if *free == 0 {
-            return false;
-        }
-        *free -= 1;
-        true
-    }
-
-    fn release(&self) {
-        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.cv.notify_one();
-    }
-}
-
 struct Shared {
     function: Arc<Function>,
     slots: Slots,
@@ -140,44 +112,6 @@ struct Shared {
     connections: AtomicUsize,
     warnings: WarnBudget,
     settings: ServerSettings,
-}
-
-/// Warnings about refused peers, at most [`WarnBudget::PER_WINDOW`] per
-/// window: a flood of bad connections must not flood the log too.
-#[derive(Default)]
-struct WarnBudget(Mutex<Option<WarnWindow>>);
-
-struct WarnWindow {
-    started: Instant,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl WarnBudget {
-    const PER_WINDOW: u32 = 10;
-    const WINDOW: Duration = Duration::from_secs(10);
-
-    /// `Some(n)` if a warning may be logged now, with `n` the warnings
-    /// suppressed before it; `None` if this one is suppressed.
-    fn allow(&self) -> Option<u64> {
-        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let window = w.get_or_insert(WarnWindow {
-            started: now,
-            logged: 0,
-            suppressed: 0,
-        });
-        if now.duration_since(window.started) >= Self::WINDOW {
-            window.started = now;
-            window.logged = 0;
-        }
-        if window.logged >= Self::PER_WINDOW {
-            window.suppressed += 1;
-            return None;
-        }
-        window.logged += 1;
-        Some(std::mem::take(&mut window.suppressed))
-    }
 }
 
 /// Counts a connection as open until dropped.

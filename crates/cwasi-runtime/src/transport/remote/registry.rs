@@ -28,6 +28,25 @@ pub struct RemoteEndpoint {
     pub namespace: String,
     /// The node serving it.
     pub node: String,
+    /// Where that node takes direct calls (`tls://IP:PORT` or
+    /// `tcp://IP:PORT`), if it announced an address; unchecked text from
+    /// the broker, parsed by whoever uses it.
+    pub data_addr: Option<String>,
+}
+
+/// The longest announcement record read from the registry.
+const MAX_RECORD_BYTES: usize = 64 << 10;
+
+/// The data address in an announcement `record` (JSON), if it has one.
+fn data_addr_of(record: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Announced {
+        data_addr: Option<String>,
+    }
+    if record.len() > MAX_RECORD_BYTES {
+        return None;
+    }
+    serde_json::from_slice::<Announced>(record).ok()?.data_addr
 }
 
 impl Broker {
@@ -64,10 +83,29 @@ impl Broker {
                         .arg("+inf"),
                 )
                 .await?;
-            for node in strings(nodes) {
+            let nodes = strings(nodes);
+            if nodes.is_empty() {
+                continue;
+            }
+            let mut p = redis::pipe();
+            for node in &nodes {
+                p.cmd("HGET")
+                    .arg(node_key(node))
+                    .arg(format!("{ns}/{name}"));
+            }
+            let records = match self.query_pipe(&p).await? {
+                redis::Value::Array(v) => v,
+                _ => Vec::new(),
+            };
+            for (i, node) in nodes.into_iter().enumerate() {
+                let data_addr = match records.get(i) {
+                    Some(redis::Value::BulkString(b)) => data_addr_of(b),
+                    _ => None,
+                };
                 out.push(RemoteEndpoint {
                     namespace: ns.clone(),
                     node,
+                    data_addr,
                 });
             }
         }

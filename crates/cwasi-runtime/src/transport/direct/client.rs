@@ -1,0 +1,310 @@
+//! The direct data plane, caller side: [`DirectClient`] calls a function
+//! on whichever live node serves it, spreading calls over them. A node
+//! that cannot be reached is passed over; a call whose connection fails
+//! before its answer is retried once, with the same request id, on another
+//! node or through the broker; when no node can be reached directly, calls
+//! go through the broker, and that is logged and reported.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::peer::{ClientSetup, Failure, Peer};
+use crate::call::{deliver, CallMeta, CallerIo, VecIo};
+use crate::deadline::{Deadline, ANSWER_GRACE};
+use crate::error::{CallError, ErrorCode};
+use crate::transport::remote::{Broker, RemoteClient};
+use crate::transport::{PathCounts, PendingCall, Transport};
+
+/// How often the nodes serving the callee are looked up again.
+const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// The longest a refresh may hold up a call.
+const REFRESH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Says that the route left the direct path, or came back to it (for
+/// `--explain` and the logs).
+pub(crate) type PathReport = Arc<dyn Fn(String) + Send + Sync>;
+
+/// Calls one function on the nodes that serve it.
+pub(crate) struct DirectClient(Arc<Inner>);
+
+struct Inner {
+    target: String,
+    namespace: String,
+    max_payload: usize,
+    setup: ClientSetup,
+    broker: Arc<Broker>,
+    fallback: RemoteClient,
+    peers: Mutex<Peers>,
+    next: AtomicUsize,
+    on_broker: AtomicBool,
+    report: PathReport,
+    retried: AtomicU64,
+    via_broker: AtomicU64,
+}
+
+struct Peers {
+    list: Vec<Arc<Peer>>,
+    refreshed: Instant,
+}
+
+/// A request id: unique per call and hard to guess, since a server answers
+/// a retry of `(caller address, id)` from memory.
+fn request_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static KEYS: std::collections::hash_map::RandomState = std::collections::hash_map::RandomState::new();
+    }
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let id = KEYS.with(|k| {
+        let mut h = k.build_hasher();
+        h.write_u64(n);
+        h.finish()
+    });
+    id.max(1)
+}
+
+impl DirectClient {
+    /// A client of `target` in `namespace` over `peers` (the reachable
+    /// nodes found when the route was chosen), with `broker` for lookups
+    /// and as the last resort.
+    pub fn new(
+        target: String,
+        namespace: String,
+        max_payload: usize,
+        setup: ClientSetup,
+        broker: Arc<Broker>,
+        peers: Vec<Arc<Peer>>,
+        report: PathReport,
+    ) -> DirectClient {
+        let fallback = RemoteClient::new(
+            broker.clone(),
+            namespace.clone(),
+            target.clone(),
+            max_payload,
+        );
+        DirectClient(Arc::new(Inner {
+            target,
+            namespace,
+            max_payload,
+            setup,
+            broker,
+            fallback,
+            peers: Mutex::new(Peers {
+                list: peers,
+                refreshed: Instant::now(),
+            }),
+            next: AtomicUsize::new(0),
+            on_broker: AtomicBool::new(false),
+            report,
+            retried: AtomicU64::new(0),
+            via_broker: AtomicU64::new(0),
+        }))
+    }
+}
+
+impl Inner {
+    /// The next live peer not yet tried, round robin; the list is looked
+    /// up again when it is old.
+    fn pick(&self, tried: &[Arc<Peer>], deadline: Deadline) -> Option<Arc<Peer>> {
+        let list = self.live_list(deadline);
+        let candidates: Vec<&Arc<Peer>> = list
+            .iter()
+            .filter(|p| !tried.iter().any(|t| Arc::ptr_eq(t, p)))
+            .collect();
+        let up: Vec<&Arc<Peer>> = candidates
+            .iter()
+            .copied()
+            .filter(|p| !p.is_down())
+            .collect();
+        // Down ones are tried too when nothing else is left: down is only
+        // a guess, and trying costs no more than a connect.
+        let pool = if up.is_empty() { candidates } else { up };
+        if pool.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
+        Some(pool[i].clone())
+    }
+
+    /// The peers, refreshed from the cluster registry when older than
+    /// [`REFRESH_EVERY`] (by one caller at a time; the others use the
+    /// list as it is).
+    fn live_list(&self, deadline: Deadline) -> Vec<Arc<Peer>> {
+        let (list, stale) = {
+            let p = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            (p.list.clone(), p.refreshed.elapsed() >= REFRESH_EVERY)
+        };
+        if !stale {
+            return list;
+        }
+        {
+            // Claim the refresh; others keep going meanwhile.
+            let mut p = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            if p.refreshed.elapsed() < REFRESH_EVERY {
+                return p.list.clone();
+            }
+            p.refreshed = Instant::now();
+        }
+        let by = deadline.nested(REFRESH_TIMEOUT);
+        let found = match self.broker.find(&self.target, by) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(target = %self.target, "cannot refresh the nodes serving it: {e}");
+                return list;
+            }
+        };
+        let mut fresh = Vec::new();
+        for r in found
+            .iter()
+            .filter(|r| r.namespace == self.namespace && r.node != self.broker.node())
+        {
+            let same = |p: &&Arc<Peer>| p.node == r.node && Some(p.addr.to_string()) == r.data_addr;
+            match list.iter().find(same) {
+                Some(p) => fresh.push(p.clone()),
+                None => match Peer::new(&r.node, r.data_addr.as_deref(), &self.setup) {
+                    Ok(p) => {
+                        tracing::info!(target = %self.target, node = %r.node, addr = %p.addr, "a node serves it directly");
+                        fresh.push(Arc::new(p));
+                    }
+                    Err(why) => tracing::debug!(target = %self.target, "{why}"),
+                },
+            }
+        }
+        let mut p = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        p.list = fresh.clone();
+        fresh
+    }
+
+    fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError> {
+        let id = request_id();
+        let mut tried: Vec<Arc<Peer>> = Vec::new();
+        let mut retried = false;
+        let mut why_not: Vec<String> = Vec::new();
+        loop {
+            let Some(peer) = self.pick(&tried, call.deadline) else {
+                return self.through_broker(io, call, &why_not);
+            };
+            match peer.call(id, &self.target, io, call, self.max_payload) {
+                Ok(()) => {
+                    if self.on_broker.swap(false, Ordering::Relaxed) {
+                        (self.report)(format!(
+                            "remote-direct again: node '{}' at {} answers directly",
+                            peer.node, peer.addr
+                        ));
+                    }
+                    return Ok(());
+                }
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::NotSent(e)) => {
+                    peer.mark_down();
+                    why_not.push(e.message);
+                }
+                Err(Failure::Lost(e)) => {
+                    peer.mark_down();
+                    if retried || call.deadline.is_expired() {
+                        return Err(e);
+                    }
+                    retried = true;
+                    self.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(target = %self.target, id, "{}; retrying once elsewhere", e.message);
+                    why_not.push(e.message);
+                }
+            }
+            tried.push(peer);
+        }
+    }
+
+    /// The path of last resort: the broker, because no node could be
+    /// reached directly (`why_not`).
+    fn through_broker(
+        &self,
+        io: &mut dyn CallerIo,
+        call: &CallMeta,
+        why_not: &[String],
+    ) -> Result<(), CallError> {
+        if call.deadline.is_expired() {
+            return Err(CallError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "'{}' could not be reached in time: {}",
+                    self.target,
+                    why_not.join("; ")
+                ),
+            ));
+        }
+        if !self.on_broker.swap(true, Ordering::Relaxed) {
+            let why = if why_not.is_empty() {
+                "no node serving it announces a data address this node can use".to_string()
+            } else {
+                why_not.join("; ")
+            };
+            (self.report)(format!(
+                "remote-broker (fell back from remote-direct: {why})"
+            ));
+        }
+        self.via_broker.fetch_add(1, Ordering::Relaxed);
+        use crate::transport::Transport as _;
+        self.fallback.call(io, call)
+    }
+}
+
+impl Transport for DirectClient {
+    fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError> {
+        self.0.call(io, call)
+    }
+
+    fn start(
+        &self,
+        io: &mut dyn CallerIo,
+        call: &CallMeta,
+    ) -> Result<Box<dyn PendingCall>, CallError> {
+        // The call may be retried elsewhere, so it keeps its own copy of
+        // the request, and runs on a worker thread.
+        let request = io.request().to_vec();
+        let inner = self.0.clone();
+        let meta = *call;
+        let (tx, rx) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name(format!("cwasi-direct-{}", inner.target))
+            .spawn(move || {
+                let mut io = VecIo {
+                    request: &request,
+                    response: Vec::new(),
+                };
+                let result = inner.call(&mut io, &meta).map(|()| io.response);
+                let _ = tx.send(result);
+            })
+            .map_err(|e| {
+                CallError::new(
+                    ErrorCode::ResourceLimit,
+                    format!("cannot start a worker thread: {e}"),
+                )
+            })?;
+        Ok(Box::new(DirectPending { rx, call: meta }))
+    }
+
+    fn paths(&self) -> PathCounts {
+        PathCounts {
+            retried: self.0.retried.load(Ordering::Relaxed),
+            via_broker: self.0.via_broker.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A call running on a worker thread.
+struct DirectPending {
+    rx: mpsc::Receiver<Result<Vec<u8>, CallError>>,
+    call: CallMeta,
+}
+
+impl PendingCall for DirectPending {
+    fn wait(self: Box<Self>, io: &mut dyn CallerIo) -> Result<(), CallError> {
+        let response = self
+            .rx
+            .recv_timeout(self.call.deadline.remaining() + ANSWER_GRACE + ANSWER_GRACE)
+            .map_err(|_| CallError::new(ErrorCode::Timeout, "the remote call did not finish"))??;
+        deliver(io, &response)
+    }
+}

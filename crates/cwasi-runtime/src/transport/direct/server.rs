@@ -1,0 +1,516 @@
+//! The direct data plane, server side: accepts TCP connections from other
+//! nodes up to a cap, completes the TLS handshake (the peer must present a
+//! certificate of the cluster CA) and says "ready", then reads requests
+//! and runs them through `guest::invoke`. A request's payload is read off
+//! the socket straight into the buffer the callee's `cwasi_alloc` returned,
+//! and the response is written from the callee's memory to the socket.
+//!
+//! Deadlines: a connection may sit idle between requests for the idle
+//! timeout; a request's header and target must arrive within
+//! [`LOCAL_PHASE_TIMEOUT`] of its first byte, and its payload must keep
+//! arriving (no read waits longer than that). A call slot is taken once
+//! the header is in, so a caller that stops sending mid-payload holds it
+//! for at most one such wait. Retries of answered requests are answered
+//! from [`Answered`].
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+
+use super::answered::{Answer, Answered, Claim, RequestKey, KEEP_MAX};
+use super::config::DataAddr;
+use super::socket::{arm, is_own_timeout, tune, DataStream};
+use crate::call::CallMeta;
+use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
+use crate::error::{CallError, ErrorCode, RuntimeError};
+use crate::guest::function::Function;
+use crate::guest::invoke::{invoke, Exchange};
+use crate::transport::admission::{Slots, WarnBudget};
+use crate::transport::local::wire::{self, Header, Kind, WireError, HEADER_LEN, MAX_TARGET_LEN};
+
+/// How long a connection that is closed after an error is drained.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How a direct server admits connections and calls.
+#[derive(Debug, Clone)]
+pub(crate) struct DirectSettings {
+    /// Calls that may run at once; more wait for a slot.
+    pub max_concurrent_calls: usize,
+    /// Connections open at once; more are closed at once.
+    pub max_connections: usize,
+    /// How long an idle connection is kept open.
+    pub idle_timeout: Duration,
+}
+
+/// A running direct server; dropping it stops accepting and joins the
+/// accept thread (connections in progress finish on their own threads).
+pub(crate) struct DirectServer {
+    stop: Arc<AtomicBool>,
+    /// A second descriptor of the listening socket, to wake the accept loop.
+    listener: TcpListener,
+    accept: Option<JoinHandle<()>>,
+    addr: DataAddr,
+}
+
+impl DirectServer {
+    /// Serves `function` on `listener`, with TLS when `tls` is given.
+    pub fn start(
+        listener: TcpListener,
+        function: Arc<Function>,
+        tls: Option<Arc<ServerConfig>>,
+        settings: DirectSettings,
+    ) -> Result<DirectServer, RuntimeError> {
+        let io_err = |source| RuntimeError::Io {
+            path: "the direct server's listening socket".into(),
+            source,
+        };
+        let addr = DataAddr {
+            tls: tls.is_some(),
+            addr: listener.local_addr().map_err(io_err)?,
+        };
+        let wake = listener.try_clone().map_err(io_err)?;
+        let shared = Arc::new(Shared {
+            slots: Slots::new(settings.max_concurrent_calls),
+            connections: AtomicUsize::new(0),
+            warnings: WarnBudget::default(),
+            answered: Answered::default(),
+            function,
+            tls,
+            settings,
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let accept = std::thread::Builder::new()
+            .name(format!("cwasi-direct-{}", shared.function.spec.name))
+            .spawn(move || accept_loop(listener, shared, stop_flag))
+            .map_err(|source| RuntimeError::Spawn {
+                what: "the direct accept thread",
+                source,
+            })?;
+        if !addr.tls {
+            tracing::warn!(%addr, "direct data plane in PLAIN TCP: no encryption, no peer authentication; for a trusted network only");
+        }
+        Ok(DirectServer {
+            stop,
+            listener: wake,
+            accept: Some(accept),
+            addr,
+        })
+    }
+
+    /// The address it listens on, as announced.
+    pub fn data_addr(&self) -> DataAddr {
+        self.addr
+    }
+}
+
+impl Drop for DirectServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Shutting a listening socket down makes a blocked accept fail.
+        if let Err(e) = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Read) {
+            tracing::warn!("cannot shut the direct listening socket down: {e}");
+        }
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Shared {
+    function: Arc<Function>,
+    tls: Option<Arc<ServerConfig>>,
+    slots: Slots,
+    connections: AtomicUsize,
+    warnings: WarnBudget,
+    answered: Answered,
+    settings: DirectSettings,
+}
+
+/// Counts a connection as open until dropped.
+struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let tcp = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                if shared.warnings.allow().is_some() {
+                    tracing::warn!("direct accept failed: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let peer = match tcp.peer_addr() {
+            Ok(p) => p,
+            Err(_) => continue,
+        };
+        let max = shared.settings.max_connections.max(1);
+        if shared.connections.fetch_add(1, Ordering::AcqRel) >= max {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            refuse_over_capacity(&tcp, peer, &shared, max);
+            continue;
+        }
+        let slot = ConnectionSlot(shared.clone());
+        let spawned = std::thread::Builder::new()
+            .name("cwasi-direct-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve_connection(tcp, peer, &slot.0) {
+                    tracing::debug!(%peer, "direct connection closed: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start a connection thread: {e}");
+        }
+    }
+}
+
+/// Refuses a connection over the cap on the accept thread, without
+/// blocking: a plain one gets an error frame first; a TLS one is closed
+/// before its handshake (the caller tries another node or the broker).
+fn refuse_over_capacity(tcp: &TcpStream, peer: SocketAddr, shared: &Shared, max: usize) {
+    let msg = format!(
+        "'{}' has {max} direct connections open, its limit; try again later",
+        shared.function.spec.name
+    );
+    if let Some(suppressed) = shared.warnings.allow() {
+        tracing::warn!(suppressed, %peer, "refusing a direct connection: {msg}");
+    }
+    if shared.tls.is_none() {
+        let _ = tcp.set_nonblocking(true);
+        let mut s = tcp;
+        let _ = wire::write_error(&mut s, 0, ErrorCode::ResourceLimit.as_raw(), &msg);
+    }
+    let _ = tcp.shutdown(std::net::Shutdown::Both);
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("TLS handshake with {0} failed: {1}")]
+    Handshake(SocketAddr, io::Error),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("the request's {0} did not arrive within {LOCAL_PHASE_TIMEOUT:?}")]
+    Stalled(&'static str),
+}
+
+impl From<io::Error> for ConnError {
+    fn from(e: io::Error) -> Self {
+        ConnError::Wire(WireError::Io(e))
+    }
+}
+
+/// One connection's stream, with the timeouts set on its socket.
+struct Conn {
+    stream: DataStream,
+    peer: SocketAddr,
+    read_armed: Option<Duration>,
+}
+
+impl Conn {
+    /// Reads exactly `buf`, the whole of it due by `deadline`.
+    fn read_by(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Deadline,
+        phase: &'static str,
+    ) -> Result<(), ConnError> {
+        let mut got = 0;
+        while got < buf.len() {
+            let left = deadline.remaining();
+            if left.is_zero() {
+                return Err(ConnError::Stalled(phase));
+            }
+            arm(
+                self.stream.tcp(),
+                &mut self.read_armed,
+                left,
+                TcpStream::set_read_timeout,
+            )?;
+            match self.stream.read(&mut buf[got..]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_own_timeout(&e) => return Err(ConnError::Stalled(phase)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads exactly `buf` (a payload), each read due within the phase
+    /// timeout.
+    fn read_payload(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        arm(
+            self.stream.tcp(),
+            &mut self.read_armed,
+            LOCAL_PHASE_TIMEOUT,
+            TcpStream::set_read_timeout,
+        )?;
+        self.stream.read_exact(buf).map_err(|e| {
+            if is_own_timeout(&e) {
+                io::Error::new(io::ErrorKind::TimedOut, ConnError::Stalled("payload"))
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Reads and drops a payload of `len` bytes, keeping the stream in step.
+    fn skip_payload(&mut self, len: u64) -> io::Result<()> {
+        let mut scratch = vec![0u8; (len as usize).min(64 << 10)];
+        let mut left = len;
+        while left > 0 {
+            let n = (left as usize).min(scratch.len());
+            self.read_payload(&mut scratch[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes a whole frame and flushes it.
+    fn send(&mut self, h: &Header, payload: &[u8]) -> io::Result<()> {
+        wire::write_frame(&mut self.stream, h, &[], payload)?;
+        self.stream.flush()
+    }
+
+    fn send_error(&mut self, id: u64, e: &CallError) -> io::Result<()> {
+        wire::write_error(&mut self.stream, id, e.code.as_raw(), &e.message)?;
+        self.stream.flush()
+    }
+
+    /// Tells the peer why the connection ends, then drains and closes it.
+    fn refuse(&mut self, id: u64, e: ConnError, warnings: &WarnBudget) -> ConnError {
+        if let Some(suppressed) = warnings.allow() {
+            tracing::warn!(suppressed, peer = %self.peer, "closing a direct connection: {e}");
+        }
+        let _ = wire::write_error(
+            &mut self.stream,
+            id,
+            ErrorCode::Transport.as_raw(),
+            &e.to_string(),
+        );
+        let _ = self.stream.flush();
+        let tcp = self.stream.tcp();
+        let _ = tcp.shutdown(std::net::Shutdown::Write);
+        let _ = tcp.set_read_timeout(Some(DRAIN_TIMEOUT));
+        let _ = io::copy(&mut tcp.take(1 << 20), &mut io::sink());
+        e
+    }
+}
+
+fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<(), ConnError> {
+    tune(&tcp)?;
+    tcp.set_read_timeout(Some(LOCAL_PHASE_TIMEOUT))?;
+    tcp.set_write_timeout(Some(LOCAL_IO_TIMEOUT))?;
+    let mut stream = DataStream::server(tcp, shared.tls.as_ref())?;
+    if let Err(e) = stream.handshake() {
+        let e = ConnError::Handshake(peer, e);
+        if let Some(suppressed) = shared.warnings.allow() {
+            tracing::warn!(suppressed, "refusing a direct connection: {e}");
+        }
+        return Err(e);
+    }
+    let mut conn = Conn {
+        stream,
+        peer,
+        read_armed: Some(LOCAL_PHASE_TIMEOUT),
+    };
+    // "Ready": the caller knows it was admitted (its certificate too).
+    conn.send(&Header::new(Kind::Response, 0), &[])?;
+    let max_payload = shared.function.limits().max_payload_bytes as u64;
+    loop {
+        // Idle until a request begins.
+        let mut head = [0u8; HEADER_LEN];
+        arm(
+            conn.stream.tcp(),
+            &mut conn.read_armed,
+            shared.settings.idle_timeout,
+            TcpStream::set_read_timeout,
+        )?;
+        let first = loop {
+            match conn.stream.read(&mut head) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_own_timeout(&e) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if first == 0 {
+            return Ok(());
+        }
+        let phase = Deadline::after(LOCAL_PHASE_TIMEOUT);
+        if let Err(e) = conn.read_by(&mut head[first..], phase, "header") {
+            return Err(conn.refuse(0, e, &shared.warnings));
+        }
+        let h = match Header::decode(&head, max_payload) {
+            Ok(h) => h,
+            Err(e) => return Err(conn.refuse(0, e.into(), &shared.warnings)),
+        };
+        if h.kind != Kind::Request || h.flags != 0 || h.target_len == 0 {
+            let e = ConnError::Protocol(format!(
+                "expected a request with a target and an inline payload, got {:?} (flags {:#x}, \
+                 target length {})",
+                h.kind, h.flags, h.target_len
+            ));
+            return Err(conn.refuse(h.id, e, &shared.warnings));
+        }
+        let mut target = [0u8; MAX_TARGET_LEN];
+        let target = &mut target[..h.target_len as usize];
+        if let Err(e) = conn.read_by(target, phase, "target name") {
+            return Err(conn.refuse(h.id, e, &shared.warnings));
+        }
+        handle_request(&mut conn, &h, target, shared)?;
+    }
+}
+
+/// Answers one request whose header and target are in; its payload is
+/// still on the wire. Returns an error only when the connection must end.
+fn handle_request(
+    conn: &mut Conn,
+    h: &Header,
+    target: &[u8],
+    shared: &Shared,
+) -> Result<(), ConnError> {
+    let f = &shared.function;
+    let refuse_call = |conn: &mut Conn, e: CallError| -> Result<(), ConnError> {
+        conn.skip_payload(h.payload_len)?;
+        conn.send_error(h.id, &e)?;
+        Ok(())
+    };
+    if target != f.spec.name.as_bytes() {
+        let e = CallError::new(
+            ErrorCode::UnknownFunction,
+            format!(
+                "this server hosts '{}', not '{}'",
+                f.spec.name,
+                String::from_utf8_lossy(target)
+            ),
+        );
+        return refuse_call(conn, e);
+    }
+    let caller_deadline =
+        (h.budget_us > 0).then(|| Deadline::after(Duration::from_micros(h.budget_us)));
+    let call = match CallMeta::incoming(u32::from(h.depth), caller_deadline, f.limits()) {
+        Ok(c) => c,
+        Err(e) => return refuse_call(conn, e),
+    };
+    let key: RequestKey = (conn.peer.ip(), h.id);
+    if let Claim::Again(answer) = shared.answered.claim(key, call.deadline) {
+        tracing::debug!(peer = %conn.peer, id = h.id, "a retry answered from memory");
+        conn.skip_payload(h.payload_len)?;
+        match answer {
+            Answer::Response(r) => {
+                let mut out = Header::new(Kind::Response, h.id);
+                out.payload_len = r.len() as u64;
+                conn.send(&out, &r)?;
+            }
+            Answer::Failed(e) => conn.send_error(h.id, &e)?,
+            Answer::NotKept => unreachable!("a request whose answer was not kept runs again"),
+        }
+        return Ok(());
+    }
+    if !shared.slots.acquire(call.deadline.remaining()) {
+        shared.answered.finish(key, Answer::NotKept);
+        let e = CallError::new(
+            ErrorCode::ResourceLimit,
+            format!(
+                "'{}' is busy: no call slot freed within the timeout",
+                f.spec.name
+            ),
+        );
+        return refuse_call(conn, e);
+    }
+    let mut exchange = SocketExchange {
+        conn,
+        id: h.id,
+        len: h.payload_len as usize,
+        request_read: false,
+        responded: false,
+        kept: None,
+        broken: None,
+    };
+    let result = invoke(f, call.reissued(), &mut exchange);
+    shared.slots.release();
+    let answer = match (&result, exchange.kept.take()) {
+        (_, Some(kept)) => Answer::Response(kept),
+        (Err(e), None) if !exchange.responded && exchange.broken.is_none() => {
+            Answer::Failed(e.clone())
+        }
+        _ => Answer::NotKept,
+    };
+    shared.answered.finish(key, answer);
+    if let Some(broken) = exchange.broken.take() {
+        return Err(broken.into());
+    }
+    if let Err(e) = result {
+        if !exchange.request_read {
+            exchange.conn.skip_payload(h.payload_len)?;
+        }
+        exchange.conn.send_error(h.id, &e)?;
+    }
+    Ok(())
+}
+
+/// One request's connection as an [`Exchange`]: the payload is read off
+/// the socket into the callee's buffer, the response written from the
+/// callee's memory. A failure of the connection itself is kept in
+/// `broken`: the connection then ends.
+struct SocketExchange<'a> {
+    conn: &'a mut Conn,
+    id: u64,
+    len: usize,
+    request_read: bool,
+    /// Whether the function produced a response (it may not have arrived).
+    responded: bool,
+    /// A copy of a response small enough to keep for a retry.
+    kept: Option<Vec<u8>>,
+    broken: Option<io::Error>,
+}
+
+impl SocketExchange<'_> {
+    fn lost(&mut self, e: io::Error) -> CallError {
+        let err = CallError::new(ErrorCode::Transport, format!("connection lost: {e}"));
+        self.broken = Some(e);
+        err
+    }
+}
+
+impl Exchange for SocketExchange<'_> {
+    fn request_len(&self) -> usize {
+        self.len
+    }
+
+    fn read_request(&mut self, dst: &mut [u8]) -> Result<(), CallError> {
+        self.request_read = true;
+        self.conn.read_payload(dst).map_err(|e| self.lost(e))
+    }
+
+    fn write_response(&mut self, response: &[u8]) -> Result<(), CallError> {
+        self.responded = true;
+        if response.len() <= KEEP_MAX {
+            self.kept = Some(response.to_vec());
+        }
+        let mut out = Header::new(Kind::Response, self.id);
+        out.payload_len = response.len() as u64;
+        self.conn.send(&out, response).map_err(|e| self.lost(e))
+    }
+}
