@@ -156,6 +156,15 @@ fn local_requests() {
 }
 
 #[test]
+fn direct_requests() {
+    run(
+        "direct_requests",
+        env!("CARGO_BIN_EXE_direct_requests"),
+        fuzzing::direct_requests,
+    );
+}
+
+#[test]
 fn composition() {
     run(
         "composition",
@@ -201,7 +210,7 @@ fn every_fuzz_target_has_a_smoke_test_and_a_seed_corpus() {
         );
         assert!(!corpus(t).is_empty());
     }
-    assert_eq!(targets.len(), 4, "{targets:?}");
+    assert_eq!(targets.len(), 5, "{targets:?}");
 }
 
 #[test]

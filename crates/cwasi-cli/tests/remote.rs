@@ -92,7 +92,8 @@ fn two_nodes_on_one_machine_exchange_every_payload_remotely() {
         assert_producer_ok(
             &out,
             size,
-            "producer -> echo: remote ('echo' is served on node 'node2'",
+            "producer -> echo: remote-broker ('echo' is served on node(s) node2 (namespace 'b'), \
+             through the broker: not directly, node 'node2' announced no data address",
         );
     }
     // Requests and responses from PAYLOAD_KEY_MIN on travel in keys of their

@@ -66,6 +66,52 @@ pub fn local_requests(data: &[u8]) {
     let _ = writer.join();
 }
 
+/// The direct data plane's request reader, as a direct server runs it:
+/// `data` is what a peer of another node sends on a (plain) TCP
+/// connection after the server's ready frame. Each request's header and
+/// target are read under the phase deadline, and its payload is read and
+/// dropped, as the server does with a request it refuses.
+pub fn direct_requests(data: &[u8]) {
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::OnceLock;
+    static LISTENER: OnceLock<Option<TcpListener>> = OnceLock::new();
+    let Some(listener) = LISTENER.get_or_init(|| TcpListener::bind("127.0.0.1:0").ok()) else {
+        return;
+    };
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    let Ok(peer) = TcpStream::connect(addr) else {
+        return;
+    };
+    let Ok((server, from)) = listener.accept() else {
+        return;
+    };
+    let bytes = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match rustix::net::send(&peer, &bytes[sent..], rustix::net::SendFlags::NOSIGNAL) {
+                Ok(n) if n > 0 => sent += n,
+                _ => return,
+            }
+        }
+        let _ = peer.shutdown(std::net::Shutdown::Write);
+    });
+    let mut conn = crate::transport::direct::Conn::plain(server, from);
+    let mut target = [0u8; crate::transport::local::wire::MAX_TARGET_LEN];
+    while let Ok(Some(h)) =
+        conn.next_request(Duration::from_millis(50), FUZZ_MAX_PAYLOAD, &mut target)
+    {
+        let _ = &target[..h.target_len as usize];
+        if conn.skip_payload(h.payload_len).is_err() {
+            break;
+        }
+    }
+    drop(conn);
+    let _ = writer.join();
+}
+
 /// The composition parser: `data` as the text of a composition file.
 pub fn composition(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
@@ -77,6 +123,10 @@ pub fn composition(data: &[u8]) {
 /// broker client could put in a function's stream or a reply list.
 pub fn remote_entries(data: &[u8]) {
     crate::transport::remote::parse_untrusted(data);
+    // A registry record, and the data address in it.
+    if let Some(addr) = crate::transport::remote::data_addr_of(data) {
+        let _ = addr.parse::<crate::transport::direct::DataAddr>();
+    }
 }
 
 /// The node directory's record parser: `data` as the contents of the

@@ -64,7 +64,7 @@ pub use composition::{validate_name, validate_namespace, Composition};
 pub use config::{
     FunctionSpec, Limits, Mode, ModeOverride, Preopen, SeedConfig, DEFAULT_NAMESPACE,
 };
-pub use deadline::Deadline;
+pub use deadline::{Deadline, ANSWER_GRACE};
 pub use engine::{inspect_module, Inspection};
 pub use error::{CallError, ErrorCode, RuntimeError};
 pub use inspect::ModuleInfo;

@@ -292,6 +292,26 @@ impl Runtime {
         Ok(response)
     }
 
+    /// Like [`Runtime::call`], with a deadline of its own: the call gets
+    /// the earlier of `timeout` and the call timeout, as a function's call
+    /// made with that much time left would.
+    pub fn call_within(
+        &self,
+        namespace: &str,
+        target: &str,
+        request: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let meta = CallMeta::after(0, timeout);
+        let route = self.router.host_route(namespace, target, meta.deadline)?;
+        let mut io = VecIo {
+            request,
+            response: Vec::new(),
+        };
+        route.call(&mut io, &meta)?;
+        Ok(io.response)
+    }
+
     /// Like [`Runtime::call`], but reuses `response`'s allocation.
     pub fn call_into(
         &self,

@@ -10,7 +10,9 @@ use containerd_shim_wasm::sandbox::context::{RuntimeContext, Source};
 use containerd_shim_wasm::sandbox::Sandbox;
 use containerd_shim_wasm::shim::{Shim, Version};
 use cwasi_runtime::broker::{Broker, BrokerConfig};
-use cwasi_runtime::{FunctionSpec, NodeDirectory, Runtime, ServeOptions, StopSignals};
+use cwasi_runtime::{
+    DirectConfig, FunctionSpec, NodeDirectory, Runtime, ServeOptions, StopSignals,
+};
 
 use crate::mounts::container_preopens;
 use crate::settings::{containerd_namespace, ContainerSettings};
@@ -141,8 +143,13 @@ impl Job {
         spec.args = self.args;
         spec.env = settings.env.clone();
         spec.preopens = container_preopens(&settings.node_dir);
+        let direct = match DirectConfig::from_vars(&|k| settings.var(k)) {
+            Ok(d) => d,
+            Err(e) => return fail(EXIT_CANNOT_RUN, &format!("direct data plane: {e}")),
+        };
         let mut builder = Runtime::builder()
             .mode(settings.mode)
+            .direct(direct)
             .node(cwasi_runtime::node_name_from(&|k| settings.var(k)))
             .function(spec);
         if let Some(d) = &node_dir {
@@ -191,7 +198,24 @@ fn serve(runtime: &Runtime, settings: &ContainerSettings, dir: Option<&NodeDirec
         Ok(s) => s,
         Err(e) => return fail(EXIT_FAILED, &format!("cannot install signal handlers: {e}")),
     };
-    let handle = match runtime.serve(&settings.function, dir, ServeOptions::default()) {
+    // CWASI_LISTEN: take direct calls from other nodes on this address.
+    let listen = match settings.var("CWASI_LISTEN").filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => match v.parse() {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                return fail(
+                    EXIT_CANNOT_RUN,
+                    &format!("CWASI_LISTEN={v}: expected IP:PORT ({e})"),
+                )
+            }
+        },
+    };
+    let opts = ServeOptions {
+        listen,
+        ..ServeOptions::default()
+    };
+    let handle = match runtime.serve(&settings.function, dir, opts) {
         Ok(h) => h,
         Err(e) => return fail(EXIT_CANNOT_RUN, &e.to_string()),
     };

@@ -308,9 +308,47 @@ fn calls_between_containers_take_the_mode_their_placement_allows() {
         "CWASI_EXPLAIN=1",
     ];
     let out = run(&c, "caller-remote", &opts, &producer, &call);
-    assert_intact_over(&out, "remote");
+    assert_intact_over(&out, "remote-broker");
     assert!(
-        text(&out).contains("served on node 'node2'"),
+        text(&out).contains("served on node(s) node2"),
+        "{}",
+        text(&out)
+    );
+
+    // The same callee with a data address (CWASI_LISTEN): called directly.
+    c.remove("echo-node2");
+    let listen = format!("CWASI_LISTEN=127.0.0.1:{}", test_support::free_port());
+    serve(
+        &c,
+        "echo-node2-direct",
+        &[
+            "--net-host",
+            "--mount",
+            &m2,
+            "--env",
+            "CWASI_NAMESPACE=team-a",
+            "--env",
+            "CWASI_NODE=node2",
+            "--env",
+            &url,
+            "--env",
+            &listen,
+            "--env",
+            "CWASI_DIRECT_PLAIN=1",
+        ],
+        &echo,
+        &node2,
+        "echo@team-a.json",
+    );
+    let direct_opts: Vec<&str> = opts
+        .iter()
+        .copied()
+        .chain(["--env", "CWASI_DIRECT_PLAIN=1"])
+        .collect();
+    let out = run(&c, "caller-direct", &direct_opts, &producer, &call);
+    assert_intact_over(&out, "remote-direct");
+    assert!(
+        text(&out).contains("reachable directly: node 'node2' at tcp://127.0.0.1:"),
         "{}",
         text(&out)
     );

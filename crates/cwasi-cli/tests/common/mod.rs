@@ -99,21 +99,32 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_cwasi"))
-            .args(["serve", module, "--name", name, "--namespace", ns])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cwasi"));
+        cmd.args(["serve", module, "--name", name, "--namespace", ns])
             .arg("--runtime-dir")
             .arg(dir)
             .args(extra)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Server::from_command(cmd, dir, name, ns)
+    }
+
+    /// Runs `cmd` (a `cwasi serve` of `name` in namespace `ns` with node
+    /// directory `dir`, perhaps under `ip netns exec`) and waits until it
+    /// has registered.
+    pub fn from_command(mut cmd: Command, dir: &Path, name: &str, ns: &str) -> Server {
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("cannot start cwasi serve");
-        let server = Server(child);
+        let mut server = Server(child);
         let nd = NodeDirectory::open(dir).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while nd.lookup(name, ns).is_none() {
+            if let Ok(Some(status)) = server.0.try_wait() {
+                panic!("cwasi serve of {name} exited at start: {status}");
+            }
             assert!(Instant::now() < deadline, "{name} did not register");
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -20,10 +20,10 @@ mod answered;
 pub(crate) mod client;
 mod config;
 pub(crate) mod peer;
-mod server;
+pub(crate) mod server;
 mod socket;
 mod tls;
 
 pub use config::{DataAddr, DirectConfig, TlsFiles};
-pub(crate) use server::{DirectServer, DirectSettings};
+pub(crate) use server::{Conn, DirectServer, DirectSettings};
 pub(crate) use tls::DirectTls;

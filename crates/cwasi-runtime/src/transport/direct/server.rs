@@ -201,7 +201,7 @@ fn refuse_over_capacity(tcp: &TcpStream, peer: SocketAddr, shared: &Shared, max:
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
-enum ConnError {
+pub(crate) enum ConnError {
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error("TLS handshake with {0} failed: {1}")]
@@ -219,13 +219,22 @@ impl From<io::Error> for ConnError {
 }
 
 /// One connection's stream, with the timeouts set on its socket.
-struct Conn {
+pub(crate) struct Conn {
     stream: DataStream,
     peer: SocketAddr,
     read_armed: Option<Duration>,
 }
 
 impl Conn {
+    /// A plain connection from `peer` (for the fuzz target).
+    pub(crate) fn plain(tcp: TcpStream, peer: SocketAddr) -> Conn {
+        Conn {
+            stream: DataStream::Plain(tcp),
+            peer,
+            read_armed: None,
+        }
+    }
+
     /// Reads exactly `buf`, the whole of it due by `deadline`.
     fn read_by(
         &mut self,
@@ -256,6 +265,44 @@ impl Conn {
         Ok(())
     }
 
+    /// Waits up to `idle` for the next request and reads its header and
+    /// target (into `target`), both due within the phase timeout of its
+    /// first byte; its payload is left on the wire. `None`: the peer closed
+    /// the connection or left it idle.
+    pub(crate) fn next_request(
+        &mut self,
+        idle: Duration,
+        max_payload: u64,
+        target: &mut [u8; MAX_TARGET_LEN],
+    ) -> Result<Option<Header>, ConnError> {
+        let mut head = [0u8; HEADER_LEN];
+        let tcp = self.stream.tcp();
+        arm(tcp, &mut self.read_armed, idle, TcpStream::set_read_timeout)?;
+        let first = loop {
+            match self.stream.read(&mut head) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_own_timeout(&e) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if first == 0 {
+            return Ok(None);
+        }
+        let phase = Deadline::after(LOCAL_PHASE_TIMEOUT);
+        self.read_by(&mut head[first..], phase, "header")?;
+        let h = Header::decode(&head, max_payload)?;
+        if h.kind != Kind::Request || h.flags != 0 || h.target_len == 0 {
+            return Err(ConnError::Protocol(format!(
+                "expected a request with a target and an inline payload, got {:?} (flags {:#x}, \
+                 target length {})",
+                h.kind, h.flags, h.target_len
+            )));
+        }
+        self.read_by(&mut target[..h.target_len as usize], phase, "target name")?;
+        Ok(Some(h))
+    }
+
     /// Reads exactly `buf` (a payload), each read due within the phase
     /// timeout.
     fn read_payload(&mut self, buf: &mut [u8]) -> io::Result<()> {
@@ -275,7 +322,7 @@ impl Conn {
     }
 
     /// Reads and drops a payload of `len` bytes, keeping the stream in step.
-    fn skip_payload(&mut self, len: u64) -> io::Result<()> {
+    pub(crate) fn skip_payload(&mut self, len: u64) -> io::Result<()> {
         let mut scratch = vec![0u8; (len as usize).min(64 << 10)];
         let mut left = len;
         while left > 0 {
@@ -337,48 +384,16 @@ fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Result
     // "Ready": the caller knows it was admitted (its certificate too).
     conn.send(&Header::new(Kind::Response, 0), &[])?;
     let max_payload = shared.function.limits().max_payload_bytes as u64;
+    let idle = shared.settings.idle_timeout;
+    let mut target = [0u8; MAX_TARGET_LEN];
     loop {
-        // Idle until a request begins.
-        let mut head = [0u8; HEADER_LEN];
-        arm(
-            conn.stream.tcp(),
-            &mut conn.read_armed,
-            shared.settings.idle_timeout,
-            TcpStream::set_read_timeout,
-        )?;
-        let first = loop {
-            match conn.stream.read(&mut head) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_own_timeout(&e) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
+        let h = match conn.next_request(idle, max_payload, &mut target) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(()),
+            Err(e @ ConnError::Wire(WireError::Io(_))) => return Err(e),
+            Err(e) => return Err(conn.refuse(0, e, &shared.warnings)),
         };
-        if first == 0 {
-            return Ok(());
-        }
-        let phase = Deadline::after(LOCAL_PHASE_TIMEOUT);
-        if let Err(e) = conn.read_by(&mut head[first..], phase, "header") {
-            return Err(conn.refuse(0, e, &shared.warnings));
-        }
-        let h = match Header::decode(&head, max_payload) {
-            Ok(h) => h,
-            Err(e) => return Err(conn.refuse(0, e.into(), &shared.warnings)),
-        };
-        if h.kind != Kind::Request || h.flags != 0 || h.target_len == 0 {
-            let e = ConnError::Protocol(format!(
-                "expected a request with a target and an inline payload, got {:?} (flags {:#x}, \
-                 target length {})",
-                h.kind, h.flags, h.target_len
-            ));
-            return Err(conn.refuse(h.id, e, &shared.warnings));
-        }
-        let mut target = [0u8; MAX_TARGET_LEN];
-        let target = &mut target[..h.target_len as usize];
-        if let Err(e) = conn.read_by(target, phase, "target name") {
-            return Err(conn.refuse(h.id, e, &shared.warnings));
-        }
-        handle_request(&mut conn, &h, target, shared)?;
+        handle_request(&mut conn, &h, &target[..h.target_len as usize], shared)?;
     }
 }
 
@@ -424,7 +439,12 @@ fn handle_request(
                 conn.send(&out, &r)?;
             }
             Answer::Failed(e) => conn.send_error(h.id, &e)?,
-            Answer::NotKept => unreachable!("a request whose answer was not kept runs again"),
+            // `claim` runs such a request again instead; this only keeps
+            // the stream in step if that ever changes.
+            Answer::NotKept => {
+                let e = CallError::new(ErrorCode::Transport, "the earlier answer was not kept");
+                conn.send_error(h.id, &e)?
+            }
         }
         return Ok(());
     }

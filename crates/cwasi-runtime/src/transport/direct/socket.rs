@@ -16,7 +16,7 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(1);
 /// Time between probes.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// Probes unanswered before the connection is declared dead.
-const KEEPALIVE_PROBES: u32 = 3;
+const KEEPALIVE_PROBES: u32 = 2;
 /// How long sent data may stay unacknowledged before the connection is
 /// declared dead (milliseconds).
 const USER_TIMEOUT_MS: u32 = 5_000;

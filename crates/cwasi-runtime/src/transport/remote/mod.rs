@@ -37,6 +37,7 @@ mod registry;
 mod server;
 
 pub(crate) use codec::parse_untrusted;
+pub(crate) use registry::data_addr_of;
 
 pub(crate) use client::RemoteClient;
 pub use codec::{GROUP, PAYLOAD_KEY_MIN, STREAM_MAXLEN};

@@ -38,7 +38,7 @@ pub struct RemoteEndpoint {
 const MAX_RECORD_BYTES: usize = 64 << 10;
 
 /// The data address in an announcement `record` (JSON), if it has one.
-fn data_addr_of(record: &[u8]) -> Option<String> {
+pub(crate) fn data_addr_of(record: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Announced {
         data_addr: Option<String>,
