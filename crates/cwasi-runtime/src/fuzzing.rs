@@ -20,6 +20,27 @@ const FUZZ_MAX_PAYLOAD: u64 = 4 << 20;
 /// The shared region of the local fuzz target.
 const FUZZ_REGION: usize = 2 << 20;
 
+/// Sends `data` from `peer` on a thread while the server reads, as on a
+/// real connection, then shuts its writing side. It stops when the server
+/// closes its end (no SIGPIPE: the fuzzer's own `main` does not ignore it
+/// as a Rust program's does).
+fn feed<S: std::os::fd::AsFd + Send + 'static>(
+    peer: S,
+    data: &[u8],
+) -> std::thread::JoinHandle<()> {
+    let bytes = data.to_vec();
+    std::thread::spawn(move || {
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match rustix::net::send(&peer, &bytes[sent..], rustix::net::SendFlags::NOSIGNAL) {
+                Ok(n) if n > 0 => sent += n,
+                _ => return,
+            }
+        }
+        let _ = rustix::net::shutdown(&peer, rustix::net::Shutdown::Write);
+    })
+}
+
 /// The local frame parser and the local server's request state machine:
 /// `data` is what a peer sends on a connection after its first frame. The
 /// requests are read as the server reads them, payloads included (inline,
@@ -38,19 +59,7 @@ pub fn local_requests(data: &[u8]) {
     if shm.grow_to(FUZZ_REGION).is_err() {
         return;
     }
-    let bytes = data.to_vec();
-    // The peer writes while the server reads, as on a real connection; it
-    // stops when the server closes its end (no SIGPIPE: the fuzzer's own
-    // `main` does not ignore it as a Rust program's does).
-    let writer = std::thread::spawn(move || {
-        let mut sent = 0;
-        while sent < bytes.len() {
-            match rustix::net::send(&peer, &bytes[sent..], rustix::net::SendFlags::NOSIGNAL) {
-                Ok(n) if n > 0 => sent += n,
-                _ => return,
-            }
-        }
-    });
+    let writer = feed(peer, data);
     let mut reader = RequestReader::new(server, Duration::from_millis(50));
     while let Ok(request) = reader.next_request(FUZZ_MAX_PAYLOAD) {
         let h = request.header;
@@ -87,17 +96,7 @@ pub fn direct_requests(data: &[u8]) {
     let Ok((server, from)) = listener.accept() else {
         return;
     };
-    let bytes = data.to_vec();
-    let writer = std::thread::spawn(move || {
-        let mut sent = 0;
-        while sent < bytes.len() {
-            match rustix::net::send(&peer, &bytes[sent..], rustix::net::SendFlags::NOSIGNAL) {
-                Ok(n) if n > 0 => sent += n,
-                _ => return,
-            }
-        }
-        let _ = peer.shutdown(std::net::Shutdown::Write);
-    });
+    let writer = feed(peer, data);
     let mut conn = crate::transport::direct::Conn::plain(server, from);
     let mut target = [0u8; crate::transport::local::wire::MAX_TARGET_LEN];
     while let Ok(Some(h)) =

@@ -1,10 +1,137 @@
-//! Admission, shared by the servers of the local and direct transports: a
-//! bound on the calls that run at once, and a budget for the warnings that
-//! refused peers cause, so that a flood of bad connections cannot flood the
-//! log too.
+//! Admission, shared by the servers of the local and direct transports:
+//! the accept loop, a cap on the connections open at once, a bound on the
+//! calls that run at once, and a budget for the warnings that refused peers
+//! cause, so that a flood of bad connections cannot flood the log too.
 
-use std::sync::{Condvar, Mutex};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use crate::error::RuntimeError;
+
+/// A server's accept thread. Dropping it stops the thread and joins it
+/// (connections in progress finish on their own threads).
+pub(crate) struct AcceptThread {
+    stop: Arc<AtomicBool>,
+    /// A second descriptor of the listening socket, to wake the loop.
+    wake: OwnedFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AcceptThread {
+    /// Runs `accept_loop(listener, stop)` on a thread named `name`.
+    pub fn spawn<L: AsFd + Send + 'static>(
+        name: String,
+        listener: L,
+        accept_loop: impl FnOnce(L, Arc<AtomicBool>) + Send + 'static,
+    ) -> Result<AcceptThread, RuntimeError> {
+        let wake = listener
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| RuntimeError::Io {
+                path: format!("the listening socket of {name}").into(),
+                source,
+            })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || accept_loop(listener, flag))
+            .map_err(|source| RuntimeError::Spawn {
+                what: "the accept thread",
+                source,
+            })?;
+        Ok(AcceptThread {
+            stop,
+            wake,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for AcceptThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop: on Linux, shutting down a listening socket
+        // for reading makes a blocked (and every later) `accept` fail at
+        // once. Unlike connecting to a Unix socket's path, this works when
+        // the path was removed or replaced.
+        if let Err(e) = rustix::net::shutdown(&self.wake, rustix::net::Shutdown::Read) {
+            tracing::warn!("cannot shut the listening socket down: {e}");
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Accepts connections from `incoming` and hands each to `admit`, until
+/// `stop` is set (checked after every accept, so whoever sets it wakes the
+/// loop by shutting the listening socket down). A failed accept (out of
+/// descriptors, say) is logged within `warnings` and retried after a pause.
+pub(crate) fn accept_until<S>(
+    incoming: impl Iterator<Item = io::Result<S>>,
+    stop: &AtomicBool,
+    warnings: &WarnBudget,
+    mut admit: impl FnMut(S),
+) {
+    for conn in incoming {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        match conn {
+            Ok(s) => admit(s),
+            Err(e) => {
+                if warnings.allow().is_some() {
+                    tracing::warn!("accept failed: {e}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// The connections a server has open, up to a cap.
+pub(crate) struct Connections {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One admitted connection; it counts as open until dropped.
+pub(crate) struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Connections {
+    /// At most `max` (at least one) open at once.
+    pub fn new(max: usize) -> Connections {
+        Connections {
+            open: Arc::new(AtomicUsize::new(0)),
+            max: max.max(1),
+        }
+    }
+
+    /// A slot for one more connection, or `None` at the cap.
+    pub fn admit(&self) -> Option<ConnectionSlot> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(self.open.clone()))
+    }
+
+    /// The cap.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// A counting semaphore bounding concurrent calls.
 pub(crate) struct Slots {

@@ -12,8 +12,11 @@ pub(crate) mod embedded;
 pub(crate) mod local;
 pub mod remote;
 
-use crate::call::{CallMeta, CallerIo};
-use crate::error::CallError;
+use std::sync::mpsc;
+
+use crate::call::{deliver, CallMeta, CallerIo};
+use crate::deadline::ANSWER_GRACE;
+use crate::error::{CallError, ErrorCode};
 
 /// The client side of one data path to one callee.
 pub(crate) trait Transport: Send + Sync {
@@ -48,4 +51,45 @@ pub struct PathCounts {
 pub(crate) trait PendingCall: Send {
     /// Waits for the call and delivers its response into `io`.
     fn wait(self: Box<Self>, io: &mut dyn CallerIo) -> Result<(), CallError>;
+}
+
+/// Runs `call` (a whole call, due by `meta`'s deadline) on a worker thread
+/// named `name`: how a transport whose calls cannot be split into a send
+/// and a receive starts one.
+pub(crate) fn on_worker(
+    name: String,
+    meta: CallMeta,
+    call: impl FnOnce() -> Result<Vec<u8>, CallError> + Send + 'static,
+) -> Result<Box<dyn PendingCall>, CallError> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let _ = tx.send(call());
+        })
+        .map_err(|e| {
+            CallError::new(
+                ErrorCode::ResourceLimit,
+                format!("cannot start a worker thread: {e}"),
+            )
+        })?;
+    Ok(Box::new(WorkerPending { rx, meta }))
+}
+
+/// A call running on a worker thread; its answer is taken when the caller
+/// waits. The worker's own bounds end at the call's deadline and grace, so
+/// this wait only guards against a worker that never reports.
+struct WorkerPending {
+    rx: mpsc::Receiver<Result<Vec<u8>, CallError>>,
+    meta: CallMeta,
+}
+
+impl PendingCall for WorkerPending {
+    fn wait(self: Box<Self>, io: &mut dyn CallerIo) -> Result<(), CallError> {
+        let response = self
+            .rx
+            .recv_timeout(self.meta.deadline.remaining() + ANSWER_GRACE + ANSWER_GRACE)
+            .map_err(|_| CallError::new(ErrorCode::Timeout, "the remote call did not finish"))??;
+        deliver(io, &response)
+    }
 }

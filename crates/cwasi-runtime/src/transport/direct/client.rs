@@ -6,15 +6,15 @@
 //! go through the broker, and that is logged and reported.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::peer::{ClientSetup, Failure, Peer};
-use crate::call::{deliver, CallMeta, CallerIo, VecIo};
-use crate::deadline::{Deadline, ANSWER_GRACE};
+use crate::call::{CallMeta, CallerIo, VecIo};
+use crate::deadline::Deadline;
 use crate::error::{CallError, ErrorCode};
 use crate::transport::remote::{Broker, RemoteClient};
-use crate::transport::{PathCounts, PendingCall, Transport};
+use crate::transport::{on_worker, PathCounts, PendingCall, Transport};
 
 /// How often the nodes serving the callee are looked up again.
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
@@ -265,24 +265,13 @@ impl Transport for DirectClient {
         let request = io.request().to_vec();
         let inner = self.0.clone();
         let meta = *call;
-        let (tx, rx) = mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name(format!("cwasi-direct-{}", inner.target))
-            .spawn(move || {
-                let mut io = VecIo {
-                    request: &request,
-                    response: Vec::new(),
-                };
-                let result = inner.call(&mut io, &meta).map(|()| io.response);
-                let _ = tx.send(result);
-            })
-            .map_err(|e| {
-                CallError::new(
-                    ErrorCode::ResourceLimit,
-                    format!("cannot start a worker thread: {e}"),
-                )
-            })?;
-        Ok(Box::new(DirectPending { rx, call: meta }))
+        on_worker(format!("cwasi-direct-{}", inner.target), meta, move || {
+            let mut io = VecIo {
+                request: &request,
+                response: Vec::new(),
+            };
+            inner.call(&mut io, &meta).map(|()| io.response)
+        })
     }
 
     fn paths(&self) -> PathCounts {
@@ -290,21 +279,5 @@ impl Transport for DirectClient {
             retried: self.0.retried.load(Ordering::Relaxed),
             via_broker: self.0.via_broker.load(Ordering::Relaxed),
         }
-    }
-}
-
-/// A call running on a worker thread.
-struct DirectPending {
-    rx: mpsc::Receiver<Result<Vec<u8>, CallError>>,
-    call: CallMeta,
-}
-
-impl PendingCall for DirectPending {
-    fn wait(self: Box<Self>, io: &mut dyn CallerIo) -> Result<(), CallError> {
-        let response = self
-            .rx
-            .recv_timeout(self.call.deadline.remaining() + ANSWER_GRACE + ANSWER_GRACE)
-            .map_err(|_| CallError::new(ErrorCode::Timeout, "the remote call did not finish"))??;
-        deliver(io, &response)
     }
 }

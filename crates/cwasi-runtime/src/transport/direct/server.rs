@@ -15,9 +15,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rustls::ServerConfig;
@@ -30,7 +29,7 @@ use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
 use crate::guest::invoke::{invoke, Exchange};
-use crate::transport::admission::{Slots, WarnBudget};
+use crate::transport::admission::{accept_until, AcceptThread, Connections, Slots, WarnBudget};
 use crate::transport::local::wire::{self, Header, Kind, WireError, HEADER_LEN, MAX_TARGET_LEN};
 
 /// How long a connection that is closed after an error is drained.
@@ -50,10 +49,7 @@ pub(crate) struct DirectSettings {
 /// A running direct server; dropping it stops accepting and joins the
 /// accept thread (connections in progress finish on their own threads).
 pub(crate) struct DirectServer {
-    stop: Arc<AtomicBool>,
-    /// A second descriptor of the listening socket, to wake the accept loop.
-    listener: TcpListener,
-    accept: Option<JoinHandle<()>>,
+    _accept: AcceptThread,
     addr: DataAddr,
 }
 
@@ -65,40 +61,31 @@ impl DirectServer {
         tls: Option<Arc<ServerConfig>>,
         settings: DirectSettings,
     ) -> Result<DirectServer, RuntimeError> {
-        let io_err = |source| RuntimeError::Io {
-            path: "the direct server's listening socket".into(),
-            source,
-        };
         let addr = DataAddr {
             tls: tls.is_some(),
-            addr: listener.local_addr().map_err(io_err)?,
+            addr: listener.local_addr().map_err(|source| RuntimeError::Io {
+                path: "the direct server's listening socket".into(),
+                source,
+            })?,
         };
-        let wake = listener.try_clone().map_err(io_err)?;
+        let name = format!("cwasi-direct-{}", function.spec.name);
         let shared = Arc::new(Shared {
             slots: Slots::new(settings.max_concurrent_calls),
-            connections: AtomicUsize::new(0),
+            connections: Connections::new(settings.max_connections),
             warnings: WarnBudget::default(),
             answered: Answered::default(),
             function,
             tls,
             settings,
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = stop.clone();
-        let accept = std::thread::Builder::new()
-            .name(format!("cwasi-direct-{}", shared.function.spec.name))
-            .spawn(move || accept_loop(listener, shared, stop_flag))
-            .map_err(|source| RuntimeError::Spawn {
-                what: "the direct accept thread",
-                source,
-            })?;
+        let accept = AcceptThread::spawn(name, listener, move |listener, stop| {
+            accept_loop(listener, shared, stop)
+        })?;
         if !addr.tls {
             tracing::warn!(%addr, "direct data plane in PLAIN TCP: no encryption, no peer authentication; for a trusted network only");
         }
         Ok(DirectServer {
-            stop,
-            listener: wake,
-            accept: Some(accept),
+            _accept: accept,
             addr,
         })
     }
@@ -109,81 +96,45 @@ impl DirectServer {
     }
 }
 
-impl Drop for DirectServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Shutting a listening socket down makes a blocked accept fail.
-        if let Err(e) = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Read) {
-            tracing::warn!("cannot shut the direct listening socket down: {e}");
-        }
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 struct Shared {
     function: Arc<Function>,
     tls: Option<Arc<ServerConfig>>,
     slots: Slots,
-    connections: AtomicUsize,
+    connections: Connections,
     warnings: WarnBudget,
     answered: Answered,
     settings: DirectSettings,
 }
 
-/// Counts a connection as open until dropped.
-struct ConnectionSlot(Arc<Shared>);
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
-    for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let tcp = match conn {
-            Ok(s) => s,
-            Err(e) => {
-                if shared.warnings.allow().is_some() {
-                    tracing::warn!("direct accept failed: {e}");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
+    accept_until(listener.incoming(), &stop, &shared.warnings, |tcp| {
+        let Ok(peer) = tcp.peer_addr() else {
+            return;
         };
-        let peer = match tcp.peer_addr() {
-            Ok(p) => p,
-            Err(_) => continue,
+        let Some(slot) = shared.connections.admit() else {
+            refuse_over_capacity(&tcp, peer, &shared);
+            return;
         };
-        let max = shared.settings.max_connections.max(1);
-        if shared.connections.fetch_add(1, Ordering::AcqRel) >= max {
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
-            refuse_over_capacity(&tcp, peer, &shared, max);
-            continue;
-        }
-        let slot = ConnectionSlot(shared.clone());
+        let shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("cwasi-direct-conn".into())
             .spawn(move || {
-                if let Err(e) = serve_connection(tcp, peer, &slot.0) {
+                let _slot = slot;
+                if let Err(e) = serve_connection(tcp, peer, &shared) {
                     tracing::debug!(%peer, "direct connection closed: {e}");
                 }
             });
         if let Err(e) = spawned {
             tracing::warn!("cannot start a connection thread: {e}");
         }
-    }
+    });
 }
 
 /// Refuses a connection over the cap on the accept thread, without
 /// blocking: a plain one gets an error frame first; a TLS one is closed
 /// before its handshake (the caller tries another node or the broker).
-fn refuse_over_capacity(tcp: &TcpStream, peer: SocketAddr, shared: &Shared, max: usize) {
+fn refuse_over_capacity(tcp: &TcpStream, peer: SocketAddr, shared: &Shared) {
+    let max = shared.connections.max();
     let msg = format!(
         "'{}' has {max} direct connections open, its limit; try again later",
         shared.function.spec.name

@@ -13,9 +13,8 @@
 
 use std::io::{self, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::request::{Request, RequestError, RequestReader};
@@ -26,7 +25,7 @@ use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
 use crate::guest::invoke::{invoke, Exchange};
-use crate::transport::admission::{Slots, WarnBudget};
+use crate::transport::admission::{accept_until, AcceptThread, Connections, Slots, WarnBudget};
 
 /// How long a refused connection is drained before it is closed.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
@@ -47,11 +46,7 @@ pub(crate) struct ServerSettings {
 /// A running local server; dropping it stops accepting and joins the accept
 /// thread (connections in progress finish on their own threads).
 pub(crate) struct LocalServer {
-    stop: Arc<AtomicBool>,
-    /// The listening socket itself (a second descriptor of it), so that the
-    /// accept loop can be woken whether or not its path still exists.
-    listener: UnixListener,
-    accept: Option<JoinHandle<()>>,
+    _accept: AcceptThread,
 }
 
 impl LocalServer {
@@ -61,47 +56,18 @@ impl LocalServer {
         function: Arc<Function>,
         settings: ServerSettings,
     ) -> Result<LocalServer, RuntimeError> {
+        let name = format!("cwasi-serve-{}", function.spec.name);
         let shared = Arc::new(Shared {
             slots: Slots::new(settings.max_concurrent_calls),
-            connections: AtomicUsize::new(0),
+            connections: Connections::new(settings.max_connections),
             warnings: WarnBudget::default(),
             function,
             settings,
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = stop.clone();
-        let wake = listener.try_clone().map_err(|source| RuntimeError::Io {
-            path: "the local server's listening socket".into(),
-            source,
+        let accept = AcceptThread::spawn(name, listener, move |listener, stop| {
+            accept_loop(listener, shared, stop)
         })?;
-        let accept = std::thread::Builder::new()
-            .name(format!("cwasi-serve-{}", shared.function.spec.name))
-            .spawn(move || accept_loop(listener, shared, stop_flag))
-            .map_err(|source| RuntimeError::Spawn {
-                what: "the accept thread",
-                source,
-            })?;
-        Ok(LocalServer {
-            stop,
-            listener: wake,
-            accept: Some(accept),
-        })
-    }
-}
-
-impl Drop for LocalServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop: on Linux, shutting down a listening socket
-        // for reading makes a blocked (and every later) `accept` fail at
-        // once. Unlike connecting to the socket's path, this works when the
-        // path was removed or replaced.
-        if let Err(e) = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Read) {
-            tracing::warn!("cannot shut the listening socket down: {e}");
-        }
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
+        Ok(LocalServer { _accept: accept })
     }
 }
 
@@ -109,59 +75,37 @@ struct Shared {
     function: Arc<Function>,
     slots: Slots,
     /// Connections open now.
-    connections: AtomicUsize,
+    connections: Connections,
     warnings: WarnBudget,
     settings: ServerSettings,
 }
 
-/// Counts a connection as open until dropped.
-struct ConnectionSlot(Arc<Shared>);
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
-    for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let stream = match conn {
-            Ok(s) => s,
-            Err(e) => {
-                if shared.warnings.allow().is_some() {
-                    tracing::warn!("accept failed: {e}");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
+    accept_until(listener.incoming(), &stop, &shared.warnings, |stream| {
+        let Some(slot) = shared.connections.admit() else {
+            refuse_over_capacity(&stream, &shared);
+            return;
         };
-        let max = shared.settings.max_connections.max(1);
-        if shared.connections.fetch_add(1, Ordering::AcqRel) >= max {
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
-            refuse_over_capacity(&stream, &shared, max);
-            continue;
-        }
-        let slot = ConnectionSlot(shared.clone());
+        let shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("cwasi-conn".into())
             .spawn(move || {
-                if let Err(e) = serve_connection(stream, &slot.0) {
+                let _slot = slot;
+                if let Err(e) = serve_connection(stream, &shared) {
                     tracing::debug!("connection closed: {e}");
                 }
             });
         if let Err(e) = spawned {
             tracing::warn!("cannot start a connection thread: {e}");
         }
-    }
+    });
 }
 
 /// Refuses a connection over the cap, on the accept thread: the error frame
 /// is written without blocking (a fresh socket's buffer takes it), what
 /// the peer already sent is drained without waiting, and it is closed.
-fn refuse_over_capacity(stream: &UnixStream, shared: &Shared, max: usize) {
+fn refuse_over_capacity(stream: &UnixStream, shared: &Shared) {
+    let max = shared.connections.max();
     let msg = format!(
         "'{}' has {max} connections open, its limit; try again later",
         shared.function.spec.name

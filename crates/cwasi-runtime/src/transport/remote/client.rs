@@ -2,7 +2,6 @@
 //! function's stream and waits for its reply key; [`RemoteClient`] makes
 //! such calls for a route.
 
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +13,7 @@ use super::keys::{FnKeys, KeyError};
 use crate::call::{deliver, CallMeta, CallerIo};
 use crate::deadline::{Deadline, ANSWER_GRACE, BROKER_OP_TIMEOUT, LEASE_GRACE};
 use crate::error::{CallError, ErrorCode};
-use crate::transport::{PendingCall, Transport};
+use crate::transport::{on_worker, PendingCall, Transport};
 
 impl Broker {
     /// Calls `name` of namespace `ns` through its stream and waits for the
@@ -197,36 +196,8 @@ impl Transport for RemoteClient {
             self.max_payload,
         );
         let meta = *call;
-        let (tx, rx) = mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name(format!("cwasi-remote-{name}"))
-            .spawn(move || {
-                let _ = tx.send(broker.call(&ns, &name, &request, meta.deadline, meta.depth, max));
-            })
-            .map_err(|e| {
-                CallError::new(
-                    ErrorCode::ResourceLimit,
-                    format!("cannot start a worker thread: {e}"),
-                )
-            })?;
-        Ok(Box::new(RemotePending { rx, call: meta }))
-    }
-}
-
-/// A call running on a worker thread; its answer is taken when the caller
-/// waits. The worker's own socket bound ends at the same time, so this
-/// wait only guards against a worker that never reports.
-struct RemotePending {
-    rx: mpsc::Receiver<Result<Vec<u8>, CallError>>,
-    call: CallMeta,
-}
-
-impl PendingCall for RemotePending {
-    fn wait(self: Box<Self>, io: &mut dyn CallerIo) -> Result<(), CallError> {
-        let response = self
-            .rx
-            .recv_timeout(self.call.deadline.remaining() + ANSWER_GRACE + ANSWER_GRACE)
-            .map_err(|_| CallError::new(ErrorCode::Timeout, "the remote call did not finish"))??;
-        deliver(io, &response)
+        on_worker(format!("cwasi-remote-{name}"), meta, move || {
+            broker.call(&ns, &name, &request, meta.deadline, meta.depth, max)
+        })
     }
 }
