@@ -28,6 +28,10 @@ pub enum BenchError {
     /// result file was written.
     #[error("interrupted before the end; no result file was written")]
     Interrupted,
+    /// `--netns` could not make, enter or check its network namespaces (not
+    /// root, no `ip`).
+    #[error("--netns: {0}")]
+    Netns(#[from] netns::NetnsError),
     /// Redis could not be started.
     #[error(transparent)]
     Redis(#[from] redis_launcher::LaunchError),

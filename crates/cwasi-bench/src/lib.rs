@@ -3,10 +3,13 @@
 //!
 //! - [`Experiment`]: sequential A→B, fan-out A→N×B, fan-in N×B→A and
 //!   sustained throughput;
-//! - [`Kind`]: what is compared: the modes embedded, local and remote, the
-//!   baselines `redis-storage` and `http`, and `memcpy`;
+//! - [`Kind`]: what is compared: the modes embedded, local, remote-direct
+//!   (plain TCP, and mutual TLS) and remote-broker, the baselines
+//!   `redis-storage` and `http`, and the floors `tcp` and `memcpy`;
 //! - [`run`]: measures every selected experiment for every selected
-//!   contender and writes CSV, a markdown summary and SVG plots.
+//!   contender and writes CSV, a markdown summary and SVG plots; with
+//!   [`Config::netns`], the Bs of the network contenders run in another
+//!   network namespace than A.
 //!
 //! See docs/benchmarks.md for the method.
 
@@ -30,7 +33,7 @@ pub use measure::Budget;
 pub use units::{parse_counts, parse_duration, parse_size, parse_sizes, size_label, KIB, MIB};
 
 use contender::pool::Job;
-use contender::{Contender, Parties, Pool};
+use contender::{Contender, Net, Parties, Placement, Pool};
 use procfs::CpuTime;
 
 /// One of the paper's experiments.
@@ -116,6 +119,10 @@ pub struct Config {
     pub cwasi_exe: PathBuf,
     /// Whether to show a progress bar (only drawn on a terminal).
     pub progress: bool,
+    /// Whether A and the Bs of the network contenders run in two network
+    /// namespaces joined by veth pairs and a bridge, instead of on
+    /// loopback (needs root and iproute2).
+    pub netns: bool,
     /// Set from outside (a signal handler) to end the run early: it stops
     /// at the next operation with [`BenchError::Interrupted`], after
     /// stopping and removing everything it started.
@@ -153,6 +160,7 @@ impl Config {
             out: default_out_dir(),
             cwasi_exe,
             progress: true,
+            netns: false,
             stop: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -335,11 +343,14 @@ pub struct Results {
     pub rows: Vec<Row>,
     /// How long the run took.
     pub elapsed: Duration,
+    /// Where the parties ran (loopback, or network namespaces).
+    pub placement: String,
 }
 
 impl Results {
-    /// Every mode against memcpy, and every baseline against every mode, at
-    /// every point where both were measured.
+    /// Every mode against memcpy, every remote mode against raw TCP, and
+    /// every baseline against every mode, at every point where both were
+    /// measured.
     pub fn ratios(&self) -> Vec<Ratio> {
         let mut out = Vec::new();
         let find = |p: Point, k: Kind| self.rows.iter().find(|r| r.point == p && r.kind == k);
@@ -349,18 +360,11 @@ impl Results {
                 points.push(r.point);
             }
         }
-        let mut pairs: Vec<(Kind, Kind)> = Kind::ALL
-            .into_iter()
-            .filter(|k| k.is_mode())
-            .map(|m| (m, Kind::Memcpy))
-            .collect();
+        let modes = || Kind::ALL.into_iter().filter(|k| k.is_mode());
+        let mut pairs: Vec<(Kind, Kind)> = modes().map(|m| (m, Kind::Memcpy)).collect();
+        pairs.extend(modes().filter(|k| k.is_remote()).map(|m| (m, Kind::Tcp)));
         for b in Kind::ALL.into_iter().filter(|k| k.is_baseline()) {
-            pairs.extend(
-                Kind::ALL
-                    .into_iter()
-                    .filter(|k| k.is_mode())
-                    .map(|m| (b, m)),
-            );
+            pairs.extend(modes().map(|m| (b, m)));
         }
         for p in points {
             for &(num, den) in &pairs {
@@ -389,13 +393,43 @@ pub struct Written {
 
 /// Runs the configured experiments and writes the results into
 /// `config.out`. Progress goes to stderr; nothing is printed to stdout.
+/// With [`Config::netns`] it first makes two network namespaces and
+/// measures from a thread inside the first (see `contender::placement`);
+/// they are deleted before it returns, whatever happened.
 pub fn run(config: &Config) -> Result<(Results, Written), BenchError> {
     validate(config)?;
     let started = Instant::now();
+    let (rows, placement) = if config.netns {
+        let net = Net::create()?;
+        let place = net.placement()?;
+        let rows = net.in_a(|| measure_all(config, &place))?;
+        (rows, place.describe())
+    } else {
+        let place = Placement::Here;
+        (measure_all(config, &place)?, place.describe())
+    };
+    let results = Results {
+        config: config.clone(),
+        rows,
+        elapsed: started.elapsed(),
+        placement,
+    };
+    let written = report::write_all(&results)?;
+    Ok((results, written))
+}
+
+/// Measures every point of every contender, B placed by `place`. Redis runs
+/// where B does: on loopback, or in node B.
+fn measure_all(config: &Config, place: &Placement) -> Result<Vec<Row>, BenchError> {
     let points = config.points();
     let scratch = Scratch::create()?;
     let redis = if config.kinds.iter().any(|k| k.needs_redis()) {
-        Some(redis_launcher::RedisServer::start()?)
+        Some(match place {
+            Placement::Here => redis_launcher::RedisServer::start()?,
+            Placement::Node { b, .. } => {
+                redis_launcher::RedisServer::start_in(b.name(), b.addr(), &[])?
+            }
+        })
     } else {
         None
     };
@@ -405,6 +439,7 @@ pub fn run(config: &Config) -> Result<(Results, Written), BenchError> {
         scratch: &scratch.0,
         redis: redis.as_ref(),
         guests: &guests,
+        placement: place,
     };
     let max_n = points.iter().map(|p| p.n).max().unwrap_or(1);
     let pool = Pool::new(max_n)?;
@@ -414,6 +449,7 @@ pub fn run(config: &Config) -> Result<(Results, Written), BenchError> {
         measure::check_stop(&config.stop)?;
         bar.set_message(format!("starting {kind}"));
         let c = contender::start(kind, &setup)?;
+        place.check(kind, &c.parties())?;
         for &p in &points {
             bar.set_message(format!(
                 "{} {} {}{}",
@@ -427,6 +463,7 @@ pub fn run(config: &Config) -> Result<(Results, Written), BenchError> {
                 }
             ));
             rows.push(measure_point(config, &c, &pool, p)?);
+            c.verify()?;
             bar.inc(1);
         }
         bar.set_message(format!("stopping {kind}"));
@@ -435,13 +472,7 @@ pub fn run(config: &Config) -> Result<(Results, Written), BenchError> {
     bar.finish_and_clear();
     drop(pool);
     drop(redis);
-    let results = Results {
-        config: config.clone(),
-        rows,
-        elapsed: started.elapsed(),
-    };
-    let written = report::write_all(&results)?;
-    Ok((results, written))
+    Ok(rows)
 }
 
 fn validate(config: &Config) -> Result<(), BenchError> {
@@ -604,6 +635,14 @@ mod tests {
             vec![Kind::Embedded, Kind::Memcpy]
         );
         assert!(parse_kinds("embedded,fax").is_err());
+        // `remote` is the old name of remote-broker.
+        assert_eq!(
+            parse_kinds("remote,remote-direct,tcp").unwrap(),
+            vec![Kind::RemoteBroker, Kind::RemoteDirect, Kind::Tcp]
+        );
+        assert!(Kind::ALL
+            .iter()
+            .all(|k| k.is_network() == (k.is_remote() || !k.is_mode()) || *k == Kind::Memcpy));
         assert_eq!(
             Experiment::parse_list("fan-in,sequential").unwrap(),
             vec![Experiment::FanIn, Experiment::Sequential]

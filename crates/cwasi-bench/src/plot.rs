@@ -17,9 +17,12 @@ fn color(k: Kind) -> RGBColor {
     match k {
         Kind::Embedded => RGBColor(0x1b, 0x9e, 0x77),
         Kind::Local => RGBColor(0x75, 0x70, 0xb3),
-        Kind::Remote => RGBColor(0xe7, 0x29, 0x8a),
+        Kind::RemoteDirect => RGBColor(0xe7, 0x29, 0x8a),
+        Kind::RemoteDirectTls => RGBColor(0xa6, 0x36, 0x03),
+        Kind::RemoteBroker => RGBColor(0xe6, 0xab, 0x02),
         Kind::RedisStorage => RGBColor(0xd9, 0x5f, 0x02),
         Kind::Http => RGBColor(0x66, 0xa6, 0x1e),
+        Kind::Tcp => RGBColor(0x1f, 0x78, 0xb4),
         Kind::Memcpy => RGBColor(0x44, 0x44, 0x44),
     }
 }

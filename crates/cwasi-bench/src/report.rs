@@ -185,6 +185,7 @@ pub fn summary(results: &Results, svgs: &[PathBuf]) -> String {
         "- budget per point: warm-up {:?}, sampling {:?} (at least {} samples); throughput {:?} per point",
         c.budget.warmup, c.budget.time, c.budget.min_samples, c.throughput_duration
     );
+    let _ = writeln!(md, "- placement: {}", results.placement);
     let _ = writeln!(md, "- run took {:.1} s\n", results.elapsed.as_secs_f64());
     let ks = kinds(results);
     for e in experiments(results) {
@@ -266,7 +267,7 @@ fn ratios_section(results: &Results, md: &mut String) {
     }
     let _ = writeln!(
         md,
-        "## Ratios\n\nEach mode against memcpy, and each baseline against each mode (a/b of the median; of the mean time per call for throughput). Above 1: a is slower.\n"
+        "## Ratios\n\nEach mode against memcpy, each remote mode against raw TCP, and each baseline against each mode (a/b of the median; of the mean time per call for throughput). Above 1: a is slower.\n"
     );
     let mut pairs: Vec<(Kind, Kind)> = Vec::new();
     for r in &ratios {
@@ -311,7 +312,7 @@ fn ratios_section(results: &Results, md: &mut String) {
 fn resources_section(results: &Results, md: &mut String) {
     let _ = writeln!(
         md,
-        "## CPU and memory\n\nCPU time per operation (user + sys) of A (the benchmark process, without B's threads), B (its processes or threads) and redis-server. Memory in MiB: for A, what its peak RSS grew by during the point (the process is shared by all contenders and keeps memory retained from earlier points; its absolute peak is in the CSV); for B's processes and redis-server, their peak RSS (VmHWM, reset before each point); `-`: not a separate process, or not taking part. Embedded and memcpy run B inside A, and the baselines run B as threads of A.\n"
+        "## CPU and memory\n\nCPU time per operation (user + sys) of A (the benchmark process, without B's threads), B (its processes or threads) and redis-server. Memory in MiB: for A, what its peak RSS grew by during the point (the process is shared by all contenders and keeps memory retained from earlier points; its absolute peak is in the CSV); for B's processes and redis-server, their peak RSS (VmHWM, reset before each point); `-`: not a separate process, or not taking part. Embedded and memcpy run B inside A, and the baselines and tcp run B as threads of A (in node B with `--netns`).\n"
     );
     let _ = writeln!(
         md,
@@ -384,8 +385,55 @@ fn targets_section(results: &Results, md: &mut String) {
             );
         }
     }
+    let big: Vec<usize> = {
+        let mut v: Vec<usize> = results
+            .rows
+            .iter()
+            .filter(|r| r.point.experiment == Experiment::Sequential && r.point.size >= crate::MIB)
+            .map(|r| r.point.size)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    for &size in &big {
+        line(
+            format!(
+                "remote-direct <= 1.2x raw TCP at {} (remote-direct/tcp)",
+                size_label(size)
+            ),
+            seq(Kind::RemoteDirect, size),
+            seq(Kind::Tcp, size),
+            &|v| v <= 1.2,
+        );
+    }
+    line(
+        "remote-direct <= 1.5x the raw TCP round trip at 64 B (remote-direct/tcp)".into(),
+        seq(Kind::RemoteDirect, 64),
+        seq(Kind::Tcp, 64),
+        &|v| v <= 1.5,
+    );
+    let mut sizes: Vec<usize> = results
+        .rows
+        .iter()
+        .filter(|r| r.point.experiment == Experiment::Sequential)
+        .map(|r| r.point.size)
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for &size in &sizes {
+        line(
+            format!(
+                "remote-direct faster than http at {} (http/remote-direct > 1)",
+                size_label(size)
+            ),
+            seq(Kind::Http, size),
+            seq(Kind::RemoteDirect, size),
+            &|v| v > 1.0,
+        );
+    }
     let _ = writeln!(
         md,
-        "- remote <= 1.2x raw Redis SET+GET: measured by `cargo bench -p cwasi-runtime --bench remote` (see docs/benchmarks.md); here remote/redis-storage (SET + notification + GET) is in the ratios above\n"
+        "- remote-broker <= 1.2x raw Redis SET+GET: measured by `cargo bench -p cwasi-runtime --bench remote` (see docs/benchmarks.md); here remote-broker/redis-storage (SET + notification + GET) is in the ratios above\n"
     );
 }

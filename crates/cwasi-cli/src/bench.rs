@@ -15,7 +15,7 @@ const INTERRUPTED: i32 = 130;
 type List<T> = Vec<T>;
 
 /// Reproduces the paper's experiments on this machine: CWASI's modes against
-/// redis-storage, HTTP and memcpy.
+/// redis-storage, HTTP, raw TCP and memcpy.
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// A run of under 2 minutes (fewer sizes, short budgets).
@@ -25,8 +25,9 @@ pub struct BenchArgs {
     /// (comma-separated; default: all).
     #[arg(long, value_name = "LIST", value_parser = |s: &str| Experiment::parse_list(s).map_err(|e| e.to_string()))]
     only: Option<List<Experiment>>,
-    /// What to compare: embedded, local, remote, redis-storage, http, memcpy
-    /// (comma-separated; default: all).
+    /// What to compare: embedded, local, remote-direct, remote-direct-tls,
+    /// remote-broker, redis-storage, http, tcp, memcpy (comma-separated;
+    /// default: all). `remote` is accepted as the old name of remote-broker.
     #[arg(long, value_name = "LIST", value_parser = |s: &str| cwasi_bench::parse_kinds(s).map_err(|e| e.to_string()))]
     modes: Option<List<Kind>>,
     /// Payload sizes of the sequential experiment, e.g. 1KiB,64KiB,10MiB.
@@ -63,6 +64,13 @@ pub struct BenchArgs {
     /// Does not show a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Runs A and the B of every network contender (remote-*, http,
+    /// redis-storage, tcp) in two network namespaces joined by veth pairs
+    /// and a bridge, so that traffic crosses two IP stacks instead of
+    /// loopback. Needs root and iproute2; the namespaces are deleted at the
+    /// end.
+    #[arg(long)]
+    netns: bool,
 }
 
 /// Runs the benchmark and prints the summary.
@@ -110,6 +118,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         c.out = v;
     }
     c.progress = !args.no_progress;
+    c.netns = args.netns;
     // Ctrl-C, SIGTERM or SIGHUP end the run at its next operation, so that
     // its servers, Redis and scratch directory are stopped and removed; a
     // second one exits at once.

@@ -1,21 +1,44 @@
 //! `cwasi bench` end to end, with tiny sizes and short budgets: every file
-//! is written and well-formed, and no ratio is NaN or infinite. It makes no
-//! timing assertion (the figures of such a short run mean nothing).
+//! is written and well-formed, and no ratio is NaN or infinite, on loopback
+//! and across network namespaces (`--netns`). It makes no timing assertion
+//! (the figures of such a short run mean nothing).
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{cwasi, Scratch, LIMIT};
+use common::{cwasi, run_with_timeout, Scratch, LIMIT};
 
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 9] = [
     "embedded",
     "local",
-    "remote",
+    "remote-direct",
+    "remote-direct-tls",
+    "remote-broker",
     "redis-storage",
     "http",
+    "tcp",
     "memcpy",
+];
+
+/// The modes of CWASI among [`KINDS`].
+const MODES: [&str; 5] = [
+    "embedded",
+    "local",
+    "remote-direct",
+    "remote-direct-tls",
+    "remote-broker",
+];
+
+/// The contenders whose data crosses the network.
+const NETWORK: [&str; 6] = [
+    "remote-direct",
+    "remote-direct-tls",
+    "remote-broker",
+    "redis-storage",
+    "http",
+    "tcp",
 ];
 
 /// Reads a CSV (the reader rejects rows of another length than the header)
@@ -106,7 +129,7 @@ fn bench_writes_every_file_well_formed() {
         .iter()
         .map(|r| (r[3].as_str(), r[4].as_str()))
         .collect();
-    for mode in ["embedded", "local", "remote"] {
+    for mode in MODES {
         assert!(pairs.contains(&(mode, "memcpy")), "{mode}/memcpy missing");
         for baseline in ["redis-storage", "http"] {
             assert!(
@@ -115,13 +138,19 @@ fn bench_writes_every_file_well_formed() {
             );
         }
     }
+    for remote in ["remote-direct", "remote-direct-tls", "remote-broker"] {
+        assert!(pairs.contains(&(remote, "tcp")), "{remote}/tcp missing");
+    }
 
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    let header = format!("| point | {} |", KINDS.join(" | "));
+    assert!(md.contains(&header), "{md}");
+    assert!(md.contains("## Ratios"), "{md}");
+    assert!(md.contains("placement: loopback"), "{md}");
     assert!(
-        md.contains("| point | embedded | local | remote | redis-storage | http | memcpy |"),
+        md.contains("remote-direct <= 1.5x the raw TCP round trip at 64 B"),
         "{md}"
     );
-    assert!(md.contains("## Ratios"), "{md}");
     assert!(!md.contains("NaN") && !md.contains("inf"), "{md}");
     assert_eq!(run.stdout.trim(), md.trim(), "the summary is printed too");
 
@@ -151,6 +180,10 @@ fn bench_rejects_bad_input_clearly() {
         (
             &["bench", "--modes", "embedded,fax"][..],
             "unknown mode or baseline 'fax'",
+        ),
+        (
+            &["bench", "--modes", "remote-carrier-pigeon"][..],
+            "remote = remote-broker",
         ),
         (
             &["bench", "--only", "everything"][..],
@@ -273,4 +306,212 @@ fn an_interrupted_bench_stops_its_servers_and_removes_its_files() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(!out.join("summary.md").exists());
+}
+
+/// The network namespaces of `cwasi bench --netns` (`cwb<pid>-...`) that
+/// exist now.
+fn bench_namespaces() -> BTreeSet<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output();
+    let Ok(out) = out else {
+        return BTreeSet::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("cwb"))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn bench_across_network_namespaces() {
+    let dir = Scratch::new("bench-netns");
+    let out = dir.0.join("results");
+    let before = bench_namespaces();
+    let modes = NETWORK.join(",");
+    let run = cwasi(
+        &[
+            "bench",
+            "--netns",
+            "--only",
+            "sequential,fan-in",
+            "--modes",
+            &modes,
+            "--sizes",
+            "64B,64KiB",
+            "--fan-sizes",
+            "1KiB",
+            "--fanout",
+            "2",
+            "--budget",
+            "20ms",
+            "--warmup",
+            "5ms",
+            "--min-samples",
+            "2",
+            "--no-progress",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    if run.code != Some(0) && run.stderr.contains("network namespaces are unavailable") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set, so `cwasi bench --netns` must run (as root, with iproute2): {}",
+            run.stderr
+        );
+        // Written to the stream itself: `eprintln!` in a test is captured.
+        let stars = "*".repeat(60);
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr().lock(),
+            format!(
+                "\n{stars}\nSKIPPED bench_across_network_namespaces: {}\n(run as root with iproute2; under CI this fails)\n{stars}\n",
+                run.stderr.trim()
+            )
+            .as_bytes(),
+        );
+        return;
+    }
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    for experiment in ["sequential", "fan-in"] {
+        let path = out.join(format!("{experiment}.csv"));
+        let (header, rows) = read_csv(&path);
+        let kinds: BTreeSet<&str> = rows.iter().map(|r| r[1].as_str()).collect();
+        assert_eq!(kinds, NETWORK.into_iter().collect(), "{}", path.display());
+        for row in &rows {
+            for (column, value) in header.iter().zip(row).skip(2) {
+                number(&path, column, value);
+            }
+        }
+    }
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(md.contains("placement: --netns"), "{md}");
+    assert!(!md.contains("NaN") && !md.contains("inf"), "{md}");
+    // Its namespaces are gone: none is new and of a process that has ended
+    // (those of a bench still running in another test may come and go).
+    let left: Vec<String> = bench_namespaces()
+        .difference(&before)
+        .filter(|n| {
+            let pid = n
+                .strip_prefix("cwb")
+                .and_then(|r| r.split('-').next())
+                .unwrap_or_default();
+            !Path::new("/proc").join(pid).exists()
+        })
+        .cloned()
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn bench_netns_says_why_it_cannot_run() {
+    // Without `ip` on the PATH (and, for a user, without root), --netns
+    // cannot make namespaces: a clear error, before anything is started.
+    let dir = Scratch::new("bench-netns-no-ip");
+    let empty = dir.0.join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let run = run_with_timeout(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cwasi"))
+            .args(["bench", "--netns", "--modes", "tcp", "--no-progress"])
+            .arg("--out")
+            .arg(dir.0.join("results"))
+            .env("PATH", &empty),
+        LIMIT,
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("--netns: network namespaces are unavailable"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("install iproute2") || run.stderr.contains("need root"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.0.join("results").exists());
+}
+
+#[test]
+fn an_interrupted_netns_bench_deletes_its_namespaces() {
+    let dir = Scratch::new("bench-netns-interrupt");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cwasi"))
+        .args(["bench", "--netns", "--modes", "tcp", "--only", "sequential"])
+        .args(["--sizes", "64B", "--budget", "60s", "--warmup", "1ms"])
+        .args(["--no-progress", "--out"])
+        .arg(dir.0.join("results"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mine = || -> BTreeSet<String> {
+        bench_namespaces()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("cwb{pid}-")))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let made = loop {
+        let ns = mine();
+        // node A, node B and the hub
+        if ns.len() >= 3 {
+            break ns;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            assert!(
+                stderr.contains("network namespaces are unavailable"),
+                "cwasi bench ended early ({status}): {stderr}"
+            );
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set, so `cwasi bench --netns` must run: {stderr}"
+            );
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr().lock(),
+                format!("\nSKIPPED an_interrupted_netns_bench_deletes_its_namespaces: {stderr}\n")
+                    .as_bytes(),
+            );
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no namespaces within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Let it start measuring.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cwasi bench --netns did not stop within 20 s of SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+    let left: Vec<String> = made.intersection(&bench_namespaces()).cloned().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

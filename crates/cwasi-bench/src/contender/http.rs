@@ -1,12 +1,13 @@
-//! Baseline `http`: A POSTs the payload to B over loopback HTTP/1.1, as
-//! through a gateway (hyper 1 on both sides, one kept-alive connection per
+//! Baseline `http`: A POSTs the payload to B over HTTP/1.1 (loopback, or
+//! across network namespaces with `--netns`), as through a gateway (hyper 1 on both sides, one kept-alive connection per
 //! A worker, `TCP_NODELAY`). B reads the whole body into its memory and
 //! answers `200` with no body; for `fetch`, A sends `GET /emit/<size>` and
 //! B answers with that many bytes from a warm buffer.
 //!
 //! B is one HTTP server in this process on a two-thread tokio runtime (its
-//! threads' CPU time is counted apart from A's); each A worker drives its
-//! connection from a current-thread runtime of its own.
+//! threads' CPU time is counted apart from A's; with `--netns` its threads
+//! and listener are in node B); each A worker drives its connection from a
+//! current-thread runtime of its own.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,7 +22,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::runtime::Runtime;
 
-use super::{lock, Contender, Kind, Parties, MAX_FAN, OP_TIMEOUT};
+use super::{lock, Contender, Kind, Parties, Placement, MAX_FAN, OP_TIMEOUT};
 use crate::procfs;
 use crate::BenchError;
 
@@ -74,41 +75,48 @@ async fn handle(
 }
 
 impl Http {
-    /// Starts B's server on a free loopback port and connects the A workers.
-    pub fn start() -> Result<Http, BenchError> {
+    /// Starts B's server on a free port of B's address and connects the A
+    /// workers.
+    pub fn start(place: &Placement) -> Result<Http, BenchError> {
         let server_tids = Arc::new(Mutex::new(Vec::new()));
         let tids = server_tids.clone();
-        let server = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("http-b")
-            .on_thread_start(move || {
-                if let Some(t) = procfs::current_tid() {
-                    lock(&tids).push(t);
+        let bind = place.b_ip();
+        // Built where B belongs, so that its worker threads and listener
+        // are there.
+        let (server, addr) = place.in_b(move || {
+            let server = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("http-b")
+                .on_thread_start(move || {
+                    if let Some(t) = procfs::current_tid() {
+                        lock(&tids).push(t);
+                    }
+                })
+                .enable_all()
+                .build()
+                .map_err(|e| BenchError::setup(NAME, e))?;
+            let listener = server
+                .block_on(tokio::net::TcpListener::bind((bind, 0)))
+                .map_err(|e| BenchError::setup(NAME, e))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| BenchError::setup(NAME, e))?;
+            let bodies: Bodies = Arc::default();
+            server.spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let _ = stream.set_nodelay(true);
+                    let bodies = bodies.clone();
+                    tokio::spawn(async move {
+                        let service =
+                            hyper::service::service_fn(move |req| handle(req, bodies.clone()));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
                 }
-            })
-            .enable_all()
-            .build()
-            .map_err(|e| BenchError::setup(NAME, e))?;
-        let listener = server
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .map_err(|e| BenchError::setup(NAME, e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| BenchError::setup(NAME, e))?;
-        let bodies: Bodies = Arc::default();
-        server.spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let _ = stream.set_nodelay(true);
-                let bodies = bodies.clone();
-                tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req| handle(req, bodies.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+            });
+            Ok((server, addr))
+        })?;
         let clients = (0..MAX_FAN)
             .map(|_| connect(addr).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
@@ -176,7 +184,7 @@ fn request(
     Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, "127.0.0.1")
+        .header(hyper::header::HOST, "bench-b")
         .body(body)
         .map_err(|e| BenchError::op(NAME, e))
 }

@@ -1,13 +1,18 @@
-//! The contenders: the three modes of CWASI, the two ways platforms pass
-//! data today, and memcpy. Each moves a payload from A to B (`send`) or
-//! from B to A (`fetch`); the worker index picks one of up to [`MAX_FAN`]
-//! independent Bs, so fan-out and fan-in run the same code concurrently.
+//! The contenders: the modes of CWASI, the two ways platforms pass data
+//! today, and the two floors (memcpy in memory, one raw TCP connection on
+//! the network). Each moves a payload from A to B (`send`) or from B to A
+//! (`fetch`); the worker index picks one of up to [`MAX_FAN`] independent
+//! Bs, so fan-out and fan-in run the same code concurrently. Where B runs
+//! (this network namespace, or another one) is a [`Placement`].
 
 mod http;
 mod memcpy;
 mod modes;
+mod placement;
 pub(crate) mod pool;
 mod redis_storage;
+mod tcp;
+mod tls;
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use std::time::Duration;
 use crate::BenchError;
 
 pub use modes::Guests;
+pub use placement::{Net, Placement};
 pub use pool::Pool;
 
 /// The largest fan-out degree; every contender prepares this many Bs.
@@ -31,25 +37,39 @@ pub enum Kind {
     Embedded,
     /// CWASI local mode: B is a `cwasi serve` process on this node.
     Local,
-    /// CWASI remote mode: B is a `cwasi serve` process of another "node",
-    /// reached through Redis streams.
-    Remote,
+    /// CWASI remote mode, direct path: B is a `cwasi serve --listen`
+    /// process of another node, reached over one TCP connection per caller
+    /// worker (plain TCP, `CWASI_DIRECT_PLAIN=1`: the bench's link is
+    /// private).
+    RemoteDirect,
+    /// The same with mutual TLS (certificates made with the `openssl`
+    /// command for the run), to show what TLS costs.
+    RemoteDirectTls,
+    /// CWASI remote mode through the broker: B is a `cwasi serve` process of
+    /// another node (no `--listen`), reached through Redis streams.
+    RemoteBroker,
     /// Baseline: A SETs the payload in Redis, B is notified and GETs it.
     RedisStorage,
-    /// Baseline: A POSTs the payload to B over loopback HTTP/1.1.
+    /// Baseline: A POSTs the payload to B over HTTP/1.1.
     Http,
+    /// The network floor: the payload over one raw, kept-open TCP connection
+    /// (`TCP_NODELAY`), B answering one byte.
+    Tcp,
     /// The physical limit: copying the bytes in memory.
     Memcpy,
 }
 
 impl Kind {
     /// Every contender, in report order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Embedded,
         Kind::Local,
-        Kind::Remote,
+        Kind::RemoteDirect,
+        Kind::RemoteDirectTls,
+        Kind::RemoteBroker,
         Kind::RedisStorage,
         Kind::Http,
+        Kind::Tcp,
         Kind::Memcpy,
     ];
 
@@ -58,38 +78,67 @@ impl Kind {
         match self {
             Kind::Embedded => "embedded",
             Kind::Local => "local",
-            Kind::Remote => "remote",
+            Kind::RemoteDirect => "remote-direct",
+            Kind::RemoteDirectTls => "remote-direct-tls",
+            Kind::RemoteBroker => "remote-broker",
             Kind::RedisStorage => "redis-storage",
             Kind::Http => "http",
+            Kind::Tcp => "tcp",
             Kind::Memcpy => "memcpy",
         }
     }
 
-    /// Whether it is a mode of CWASI (as opposed to a baseline or memcpy).
+    /// Whether it is a mode of CWASI (as opposed to a baseline or a floor).
     pub fn is_mode(self) -> bool {
-        matches!(self, Kind::Embedded | Kind::Local | Kind::Remote)
+        matches!(
+            self,
+            Kind::Embedded
+                | Kind::Local
+                | Kind::RemoteDirect
+                | Kind::RemoteDirectTls
+                | Kind::RemoteBroker
+        )
     }
 
-    /// Whether it is one of the two baselines.
+    /// Whether it is a mode that reaches another node.
+    pub fn is_remote(self) -> bool {
+        matches!(
+            self,
+            Kind::RemoteDirect | Kind::RemoteDirectTls | Kind::RemoteBroker
+        )
+    }
+
+    /// Whether it is one of the two baselines (today's ways).
     pub fn is_baseline(self) -> bool {
         matches!(self, Kind::RedisStorage | Kind::Http)
     }
 
-    /// Whether it needs a Redis server.
+    /// Whether it needs a Redis server (the broker's registry, or the data
+    /// itself).
     pub fn needs_redis(self) -> bool {
-        matches!(self, Kind::Remote | Kind::RedisStorage)
+        self.is_remote() || self == Kind::RedisStorage
     }
 
-    /// Parses a name of [`Kind::name`].
+    /// Whether its data crosses the network, so that `--netns` puts its B
+    /// in another network namespace.
+    pub fn is_network(self) -> bool {
+        self.is_remote() || matches!(self, Kind::RedisStorage | Kind::Http | Kind::Tcp)
+    }
+
+    /// Parses a name of [`Kind::name`]; `remote` is accepted as the old name
+    /// of `remote-broker`.
     pub fn parse(text: &str) -> Result<Kind, BenchError> {
         let t = text.trim();
+        if t == "remote" {
+            return Ok(Kind::RemoteBroker);
+        }
         Kind::ALL
             .into_iter()
             .find(|k| k.name() == t)
             .ok_or_else(|| {
                 let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
                 BenchError::BadInput(format!(
-                    "unknown mode or baseline '{t}' (expected: {})",
+                    "unknown mode or baseline '{t}' (expected: {}; remote = remote-broker)",
                     names.join(", ")
                 ))
             })
@@ -131,6 +180,13 @@ pub trait Contender: Send + Sync {
 
     /// The processes and threads besides A.
     fn parties(&self) -> Parties;
+
+    /// Checks, after a measurement, that the calls took the path the
+    /// contender is named after (for remote-direct: none fell back to the
+    /// broker).
+    fn verify(&self) -> Result<(), BenchError> {
+        Ok(())
+    }
 }
 
 /// What the contenders need from the run.
@@ -143,6 +199,8 @@ pub struct Setup<'a> {
     pub redis: Option<&'a redis_launcher::RedisServer>,
     /// The Bs' modules.
     pub guests: &'a modes::Guests,
+    /// Where the Bs of network contenders run.
+    pub placement: &'a Placement,
 }
 
 /// Starts contender `kind`.
@@ -152,6 +210,7 @@ pub fn start(kind: Kind, setup: &Setup<'_>) -> Result<Arc<dyn Contender>, BenchE
             .redis
             .ok_or_else(|| BenchError::setup(kind.name(), "no Redis was started"))
     };
+    let place = setup.placement;
     Ok(match kind {
         Kind::Embedded => Arc::new(modes::Modes::embedded(setup.guests)?),
         Kind::Local => Arc::new(modes::Modes::local(
@@ -159,14 +218,12 @@ pub fn start(kind: Kind, setup: &Setup<'_>) -> Result<Arc<dyn Contender>, BenchE
             setup.scratch,
             setup.guests,
         )?),
-        Kind::Remote => Arc::new(modes::Modes::remote(
-            setup.cwasi_exe,
-            setup.scratch,
-            setup.guests,
-            redis()?,
-        )?),
-        Kind::RedisStorage => Arc::new(redis_storage::RedisStorage::start(redis()?)?),
-        Kind::Http => Arc::new(http::Http::start()?),
+        Kind::RemoteDirect | Kind::RemoteDirectTls | Kind::RemoteBroker => {
+            Arc::new(modes::Modes::remote(kind, setup, redis()?)?)
+        }
+        Kind::RedisStorage => Arc::new(redis_storage::RedisStorage::start(redis()?, place)?),
+        Kind::Http => Arc::new(http::Http::start(place)?),
+        Kind::Tcp => Arc::new(tcp::Tcp::start(place)?),
         Kind::Memcpy => Arc::new(memcpy::Memcpy::new()),
     })
 }

@@ -1,26 +1,32 @@
-//! The three modes of CWASI, called from the host as the CLI and the tests
-//! do (`Runtime::call_into` from namespace `bench-a`). B is `discard` for
+//! The modes of CWASI, called from the host as the CLI and the tests do
+//! (`Runtime::call_into` from namespace `bench-a`). B is `discard` for
 //! `send` (it takes the payload into its linear memory and answers nothing)
 //! and `emit` for `fetch` (it answers with the number of bytes asked for).
 //!
 //! - embedded: both are loaded in this process, in the caller's namespace;
 //! - local: each is a `cwasi serve` process in namespace `bench-b`, sharing
 //!   a private node directory with the caller;
-//! - remote: each is a `cwasi serve` process of node `bench-remote` with its
-//!   own node directory, announced through the run's Redis; the caller is
-//!   node `bench-caller`.
+//! - remote-*: each is a `cwasi serve` process of node `bench-remote` with
+//!   its own node directory, announced through the run's Redis; the caller
+//!   is node `bench-caller`. For remote-direct the servers also listen on
+//!   B's address (`--listen IP:0`, plain TCP with `CWASI_DIRECT_PLAIN=1`, or
+//!   mutual TLS for remote-direct-tls) and the caller connects to them
+//!   directly; for remote-broker they do not, and the caller has no direct
+//!   configuration, so every call goes through Redis streams. With
+//!   `--netns` the servers run in node B (see `placement`).
 
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cwasi_runtime::broker::{Broker, BrokerConfig};
-use cwasi_runtime::{FunctionSpec, Mode, NodeDirectory, Runtime};
+use cwasi_runtime::{DirectConfig, FunctionSpec, Mode, NodeDirectory, Runtime};
 use redis_launcher::RedisServer;
 use rustix::process::{kill_process, Pid, Signal};
 
-use super::{lock, Contender, Kind, Parties, MAX_FAN};
+use super::{lock, tls, Contender, Kind, Parties, Placement, Setup, MAX_FAN};
 use crate::BenchError;
 
 /// The caller's namespace.
@@ -35,6 +41,25 @@ const EMIT: &str = "emit";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a `cwasi serve` may take to stop after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The node of the remote servers (and the name in their certificate).
+const SERVER_NODE: &str = "bench-remote";
+/// The node of the remote caller.
+const CALLER_NODE: &str = "bench-caller";
+/// Settings of `cwasi serve` and of the caller that the user's environment
+/// must not change: each contender sets what it needs.
+const CLEARED_ENV: [&str; 11] = [
+    "CWASI_REDIS_URL",
+    "CWASI_NODE",
+    "CWASI_LISTEN",
+    "CWASI_DIRECT_PLAIN",
+    "CWASI_TLS_CA",
+    "CWASI_TLS_CERT",
+    "CWASI_TLS_KEY",
+    "CWASI_REDIS_CA_FILE",
+    "CWASI_REDIS_CLIENT_CERT",
+    "CWASI_REDIS_CLIENT_KEY",
+    "CWASI_RUNTIME_DIR",
+];
 
 /// The Bs' modules, written into the run's scratch directory from the bytes
 /// compiled into this binary, so that an installed `cwasi bench` needs no
@@ -64,30 +89,51 @@ struct Server {
     child: Child,
 }
 
+/// How a remote server is started: its Redis, its data address and its
+/// direct data plane settings.
+struct RemoteServe<'a> {
+    redis_url: String,
+    listen: Option<SocketAddr>,
+    env: Vec<(&'static str, PathBuf)>,
+    placement: &'a Placement,
+}
+
 impl Server {
+    /// `cwasi serve MODULE` as `name`, local only (`remote: None`) or as a
+    /// server of node `bench-remote`.
     fn spawn(
         exe: &Path,
         module: &Path,
         name: &str,
         runtime_dir: &Path,
-        redis: Option<&RedisServer>,
+        remote: Option<&RemoteServe<'_>>,
     ) -> Result<Server, BenchError> {
-        let mut cmd = Command::new(exe);
+        let mut cmd = match remote {
+            Some(r) => r.placement.command(exe),
+            None => Command::new(exe),
+        };
         cmd.arg("serve")
             .arg(module)
             .args(["--name", name, "--namespace", SERVED_NS])
             .arg("--runtime-dir")
             .arg(runtime_dir)
             .args(["--max-concurrent", &MAX_FAN.to_string()])
-            .env_remove("CWASI_REDIS_URL")
-            .env_remove("CWASI_NODE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        for k in CLEARED_ENV {
+            cmd.env_remove(k);
+        }
         redis_launcher::kill_with_parent(&mut cmd);
-        if let Some(r) = redis {
-            cmd.env("CWASI_REDIS_URL", r.url())
-                .env("CWASI_NODE", "bench-remote");
+        if let Some(r) = remote {
+            cmd.env("CWASI_REDIS_URL", &r.redis_url)
+                .env("CWASI_NODE", SERVER_NODE);
+            if let Some(addr) = r.listen {
+                cmd.arg("--listen").arg(addr.to_string());
+            }
+            for (k, v) in &r.env {
+                cmd.env(k, v);
+            }
         }
         let child = cmd.spawn().map_err(|e| {
             BenchError::setup(
@@ -191,36 +237,77 @@ impl Modes {
         Modes::new(Kind::Local, runtime, servers, None)
     }
 
-    /// Remote: the Bs served by `cwasi serve` processes of another node,
-    /// reached through `redis`.
-    pub fn remote(
-        exe: &Path,
-        scratch: &Path,
-        guests: &Guests,
-        redis: &RedisServer,
-    ) -> Result<Modes, BenchError> {
-        let server_dir = NodeDirectory::open(&scratch.join("remote-server"))
-            .map_err(|e| BenchError::setup("remote", e))?;
-        let caller_dir = NodeDirectory::open(&scratch.join("remote-caller"))
-            .map_err(|e| BenchError::setup("remote", e))?;
+    /// Remote (`kind` is one of the remote modes): the Bs served by `cwasi
+    /// serve` processes of another node, announced through `redis`, and
+    /// reached directly (remote-direct, remote-direct-tls) or through the
+    /// broker (remote-broker).
+    pub fn remote(kind: Kind, setup: &Setup<'_>, redis: &RedisServer) -> Result<Modes, BenchError> {
+        let who = kind.name();
+        let dir = |side: &str| {
+            NodeDirectory::open(&setup.scratch.join(format!("{who}-{side}")))
+                .map_err(|e| BenchError::setup(who, e))
+        };
+        let (server_dir, caller_dir) = (dir("server")?, dir("caller")?);
+        let listen = Some(SocketAddr::V4(SocketAddrV4::new(setup.placement.b_ip(), 0)));
+        let (listen, env, direct) = match kind {
+            Kind::RemoteDirect => (
+                listen,
+                vec![("CWASI_DIRECT_PLAIN", PathBuf::from("1"))],
+                DirectConfig {
+                    tls: None,
+                    allow_plain: true,
+                },
+            ),
+            Kind::RemoteDirectTls => {
+                let files =
+                    tls::node_files(&setup.scratch.join("tls"), &[SERVER_NODE, CALLER_NODE])?;
+                let (server, caller) = match files.as_slice() {
+                    [s, c] => (s.clone(), c.clone()),
+                    _ => return Err(BenchError::setup(who, "certificates are missing")),
+                };
+                (
+                    listen,
+                    tls::env(&server).to_vec(),
+                    DirectConfig {
+                        tls: Some(caller),
+                        allow_plain: false,
+                    },
+                )
+            }
+            _ => (None, Vec::new(), DirectConfig::default()),
+        };
+        let serve = RemoteServe {
+            redis_url: redis.url(),
+            listen,
+            env,
+            placement: setup.placement,
+        };
+        let g = setup.guests;
         let servers = vec![
             Server::spawn(
-                exe,
-                &guests.discard,
+                setup.cwasi_exe,
+                &g.discard,
                 DISCARD,
                 server_dir.root(),
-                Some(redis),
+                Some(&serve),
             )?,
-            Server::spawn(exe, &guests.emit, EMIT, server_dir.root(), Some(redis))?,
+            Server::spawn(
+                setup.cwasi_exe,
+                &g.emit,
+                EMIT,
+                server_dir.root(),
+                Some(&serve),
+            )?,
         ];
-        let broker = Broker::new(BrokerConfig::new(redis.url(), "bench-caller"))
-            .map_err(|e| BenchError::setup("remote", e))?;
+        let broker = Broker::new(BrokerConfig::new(redis.url(), CALLER_NODE))
+            .map_err(|e| BenchError::setup(who, e))?;
         let runtime = Runtime::builder()
             .node_directory(caller_dir)
             .broker(broker)
+            .direct(direct)
             .build()
-            .map_err(|e| BenchError::setup("remote", e))?;
-        Modes::new(Kind::Remote, runtime, servers, redis.pid())
+            .map_err(|e| BenchError::setup(who, e))?;
+        Modes::new(kind, runtime, servers, redis.pid())
     }
 
     /// The mode each B is reached in, as the selector decides it.
@@ -234,7 +321,9 @@ impl Modes {
         let want = match self.kind {
             Kind::Embedded => Mode::Embedded,
             Kind::Local => Mode::Local,
-            _ => Mode::RemoteBroker,
+            Kind::RemoteDirect | Kind::RemoteDirectTls => Mode::RemoteDirect,
+            Kind::RemoteBroker => Mode::RemoteBroker,
+            other => return Err(BenchError::setup(other.name(), "not a mode of CWASI")),
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -299,5 +388,25 @@ impl Contender for Modes {
             b_threads: Vec::new(),
             redis: self.redis_pid,
         }
+    }
+
+    fn verify(&self) -> Result<(), BenchError> {
+        for h in self.runtime.hops() {
+            let want = match self.kind {
+                Kind::RemoteDirect | Kind::RemoteDirectTls => Mode::RemoteDirect,
+                Kind::RemoteBroker => Mode::RemoteBroker,
+                _ => return Ok(()),
+            };
+            if h.mode != want || h.paths.via_broker > 0 || h.failures > 0 {
+                return Err(BenchError::op(
+                    self.kind.name(),
+                    format!(
+                        "calls to {} went {} ({} of {} through the broker, {} retried, {} failed), not only {want}",
+                        h.target, h.mode, h.paths.via_broker, h.calls, h.paths.retried, h.failures
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -7,6 +7,8 @@
 //!
 //! Each B is a thread of this process with its own connection (its CPU time
 //! is counted apart from A's); each A worker has its own connection too.
+//! With `--netns`, Redis and the B threads are in node B: A's commands cross
+//! the link, B's stay local to its node.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +18,7 @@ use std::time::Duration;
 use redis::Connection;
 use redis_launcher::RedisServer;
 
-use super::{lock, Contender, Kind, Parties, MAX_FAN, OP_TIMEOUT};
+use super::{lock, Contender, Kind, Parties, Placement, MAX_FAN, OP_TIMEOUT};
 use crate::procfs;
 use crate::BenchError;
 
@@ -51,8 +53,8 @@ pub struct RedisStorage {
 }
 
 impl RedisStorage {
-    /// Connects A and starts the B threads.
-    pub fn start(redis: &RedisServer) -> Result<RedisStorage, BenchError> {
+    /// Connects A and starts the B threads (where `place` puts B).
+    pub fn start(redis: &RedisServer, place: &Placement) -> Result<RedisStorage, BenchError> {
         let url = redis.url();
         let stop = Arc::new(AtomicBool::new(false));
         let mut senders = Vec::new();
@@ -62,17 +64,20 @@ impl RedisStorage {
             // A BLPOP with timeout t needs a read timeout above t.
             let a = connect(&url, OP_TIMEOUT + POLL).map_err(|e| BenchError::setup(NAME, e))?;
             senders.push(Mutex::new(a));
-            let b = connect(&url, POLL * 3).map_err(|e| BenchError::setup(NAME, e))?;
             let stop = stop.clone();
             let tid_tx = tid_tx.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("redis-b-{i}"))
-                .spawn(move || {
-                    let _ = tid_tx.send(procfs::current_tid());
-                    drop(tid_tx);
-                    receiver(i, b, &stop)
-                })
-                .map_err(|e| BenchError::setup(NAME, e))?;
+            let url = &url;
+            let t = place.in_b(move || {
+                let b = connect(url, POLL * 3).map_err(|e| BenchError::setup(NAME, e))?;
+                std::thread::Builder::new()
+                    .name(format!("redis-b-{i}"))
+                    .spawn(move || {
+                        let _ = tid_tx.send(procfs::current_tid());
+                        drop(tid_tx);
+                        receiver(i, b, &stop)
+                    })
+                    .map_err(|e| BenchError::setup(NAME, e))
+            })?;
             receivers.push(t);
         }
         drop(tid_tx);
