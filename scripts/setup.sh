@@ -21,12 +21,15 @@ fi
 # - containerd, runc: the shim's end-to-end tests run a private containerd;
 # - protobuf-compiler, libseccomp-dev: building the shim (runwasi's
 #   containerd-client runs protoc; youki's libcontainer links libseccomp);
-# - openssl: a test makes a private CA for a TLS redis-server;
+# - openssl: tests make private CAs for a TLS redis-server and for the
+#   nodes of the direct data plane;
+# - iproute2 (ip, tc): the multi-node tests and `cwasi bench --netns` make
+#   network namespaces joined by veth pairs, and shape links with tbf;
 # - g++: libfuzzer-sys compiles libFuzzer when the fuzz targets are built
 #   (clippy checks them with the rest of the workspace).
 APT_PACKAGES=()
 if [ "${1:-}" = "--test" ]; then
-    APT_PACKAGES=(redis-server util-linux containerd runc protobuf-compiler libseccomp-dev openssl g++)
+    APT_PACKAGES=(redis-server util-linux containerd runc protobuf-compiler libseccomp-dev openssl g++ iproute2)
 fi
 missing=()
 for p in ${APT_PACKAGES[@]+"${APT_PACKAGES[@]}"}; do

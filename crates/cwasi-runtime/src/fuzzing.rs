@@ -97,7 +97,9 @@ pub fn direct_requests(data: &[u8]) {
         return;
     };
     let writer = feed(peer, data);
-    let mut conn = crate::transport::direct::Conn::plain(server, from);
+    let Ok(mut conn) = crate::transport::direct::Conn::plain(server, from) else {
+        return;
+    };
     let mut target = [0u8; crate::transport::local::wire::MAX_TARGET_LEN];
     while let Ok(Some(h)) =
         conn.next_request(Duration::from_millis(50), FUZZ_MAX_PAYLOAD, &mut target)

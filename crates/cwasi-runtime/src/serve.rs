@@ -46,7 +46,7 @@ pub struct ServeOptions {
     /// A network address to take direct calls from other nodes on
     /// (`--listen`, `CWASI_LISTEN`), announced in the cluster registry;
     /// port 0 picks a free one. Needs a broker, and TLS files or plain TCP
-    /// allowed ([`crate::RuntimeBuilder::direct`]).
+    /// allowed (`RuntimeBuilder::direct`).
     pub listen: Option<SocketAddr>,
 }
 

@@ -135,37 +135,57 @@ impl Drop for ConnectionSlot {
 
 /// A counting semaphore bounding concurrent calls.
 pub(crate) struct Slots {
-    free: Mutex<usize>,
+    state: Mutex<SlotState>,
     cv: Condvar,
+}
+
+struct SlotState {
+    free: usize,
+    /// Callers waiting for a slot: a release wakes one only when there is
+    /// one (waking costs a syscall even with nobody to wake).
+    waiting: usize,
 }
 
 impl Slots {
     /// `n` slots (at least one).
     pub fn new(n: usize) -> Slots {
         Slots {
-            free: Mutex::new(n.max(1)),
+            state: Mutex::new(SlotState {
+                free: n.max(1),
+                waiting: 0,
+            }),
             cv: Condvar::new(),
         }
     }
 
     /// Takes a slot, waiting for one at most `wait`; `false` if none freed.
     pub fn acquire(&self, wait: Duration) -> bool {
-        let guard = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut free, _) = self
-            .cv
-            .wait_timeout_while(guard, wait, |f| *f == 0)
-            .unwrap_or_else(|p| p.into_inner());
-        if *free == 0 {
-            return false;
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.free == 0 {
+            s.waiting += 1;
+            s = self
+                .cv
+                .wait_timeout_while(s, wait, |s| s.free == 0)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            s.waiting -= 1;
+            if s.free == 0 {
+                return false;
+            }
         }
-        *free -= 1;
+        s.free -= 1;
         true
     }
 
     /// Gives a slot back.
     pub fn release(&self) {
-        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.cv.notify_one();
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.free += 1;
+        let wake = s.waiting > 0;
+        drop(s);
+        if wake {
+            self.cv.notify_one();
+        }
     }
 }
 

@@ -66,6 +66,9 @@ struct Memory {
     entries: HashMap<RequestKey, Entry>,
     order: VecDeque<(Instant, RequestKey)>,
     bytes: usize,
+    /// Retries waiting for a first attempt to finish (a finish wakes them
+    /// only when there are some).
+    waiting: usize,
 }
 
 /// Recent requests of one server.
@@ -79,13 +82,14 @@ impl Answered {
     /// Claims request `key`: run it, or take its earlier answer. A request
     /// whose first attempt still runs waits for it until `deadline`.
     pub fn claim(&self, key: RequestKey, deadline: Deadline) -> Claim {
+        let now = Instant::now();
         let mut m = self.memory.lock().unwrap_or_else(|p| p.into_inner());
-        m.expire(Instant::now());
+        m.expire(now);
         loop {
             match m.entries.get(&key) {
                 None | Some(Entry::Done(Answer::NotKept)) => {
                     if m.entries.insert(key, Entry::Running).is_none() {
-                        m.order.push_back((Instant::now(), key));
+                        m.order.push_back((now, key));
                     }
                     m.evict_over_caps();
                     return Claim::Run;
@@ -99,11 +103,13 @@ impl Answered {
                             "an earlier attempt of this request is still running",
                         )));
                     }
+                    m.waiting += 1;
                     m = self
                         .finished
                         .wait_timeout(m, left)
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
+                    m.waiting -= 1;
                 }
             }
         }
@@ -117,8 +123,11 @@ impl Answered {
             m.bytes -= old.bytes();
         }
         m.evict_over_caps();
+        let wake = m.waiting > 0;
         drop(m);
-        self.finished.notify_all();
+        if wake {
+            self.finished.notify_all();
+        }
     }
 
     /// Requests remembered now (for tests).
@@ -142,6 +151,9 @@ impl Memory {
 
     /// Forgets the oldest finished requests while over a cap.
     fn evict_over_caps(&mut self) {
+        if self.entries.len() <= MAX_ENTRIES && self.bytes <= MAX_BYTES {
+            return;
+        }
         let now = Instant::now();
         let mut spared = 0;
         while (self.entries.len() > MAX_ENTRIES || self.bytes > MAX_BYTES)

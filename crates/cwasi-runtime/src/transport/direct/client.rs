@@ -44,7 +44,7 @@ struct Inner {
 }
 
 struct Peers {
-    list: Vec<Arc<Peer>>,
+    list: Arc<[Arc<Peer>]>,
     refreshed: Instant,
 }
 
@@ -92,7 +92,7 @@ impl DirectClient {
             broker,
             fallback,
             peers: Mutex::new(Peers {
-                list: peers,
+                list: peers.into(),
                 refreshed: Instant::now(),
             }),
             next: AtomicUsize::new(0),
@@ -106,32 +106,29 @@ impl DirectClient {
 
 impl Inner {
     /// The next live peer not yet tried, round robin; the list is looked
-    /// up again when it is old.
+    /// up again when it is old. Down peers are tried too when nothing else
+    /// is left: down is only a guess, and trying costs no more than a
+    /// connect.
     fn pick(&self, tried: &[Arc<Peer>], deadline: Deadline) -> Option<Arc<Peer>> {
         let list = self.live_list(deadline);
-        let candidates: Vec<&Arc<Peer>> = list
-            .iter()
-            .filter(|p| !tried.iter().any(|t| Arc::ptr_eq(t, p)))
-            .collect();
-        let up: Vec<&Arc<Peer>> = candidates
-            .iter()
-            .copied()
-            .filter(|p| !p.is_down())
-            .collect();
-        // Down ones are tried too when nothing else is left: down is only
-        // a guess, and trying costs no more than a connect.
-        let pool = if up.is_empty() { candidates } else { up };
-        if pool.is_empty() {
+        let n = list.len();
+        if n == 0 {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
-        Some(pool[i].clone())
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let untried = |p: &&Arc<Peer>| !tried.iter().any(|t| Arc::ptr_eq(t, p));
+        let in_turn = || (0..n).map(|k| &list[(start + k) % n]);
+        in_turn()
+            .filter(untried)
+            .find(|p| !p.is_down())
+            .or_else(|| in_turn().find(untried))
+            .cloned()
     }
 
     /// The peers, refreshed from the cluster registry when older than
     /// [`REFRESH_EVERY`] (by one caller at a time; the others use the
     /// list as it is).
-    fn live_list(&self, deadline: Deadline) -> Vec<Arc<Peer>> {
+    fn live_list(&self, deadline: Deadline) -> Arc<[Arc<Peer>]> {
         let (list, stale) = {
             let p = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             (p.list.clone(), p.refreshed.elapsed() >= REFRESH_EVERY)
@@ -172,6 +169,7 @@ impl Inner {
                 },
             }
         }
+        let fresh: Arc<[Arc<Peer>]> = fresh.into();
         let mut p = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         p.list = fresh.clone();
         fresh

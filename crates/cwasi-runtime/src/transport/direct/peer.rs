@@ -28,6 +28,9 @@ const DOWN_FOR: Duration = Duration::from_secs(1);
 /// Pooled connections idle longer than this are closed instead of used
 /// (servers close idle ones after 30 s by default).
 const POOL_IDLE_MAX: Duration = Duration::from_secs(20);
+/// Pooled connections idle longer than this are checked for a close from
+/// the server (a non-blocking peek) before they are used.
+const PEEK_AFTER: Duration = Duration::from_secs(1);
 /// Longest error message read from an error frame.
 const MAX_ERROR_MESSAGE: usize = 64 << 10;
 
@@ -214,7 +217,11 @@ impl Peer {
     fn pooled(&self) -> Option<ClientConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < POOL_IDLE_MAX && still_open(conn.stream.tcp()) {
+            let idle = since.elapsed();
+            // A connection used a moment ago is taken as open (a server
+            // closes idle ones after its idle timeout); one that died in
+            // that moment fails the call as lost, and it is retried.
+            if idle < POOL_IDLE_MAX && (idle < PEEK_AFTER || still_open(conn.stream.tcp())) {
                 return Some(conn);
             }
         }

@@ -17,13 +17,13 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::ServerConfig;
 
 use super::answered::{Answer, Answered, Claim, RequestKey, KEEP_MAX};
 use super::config::DataAddr;
-use super::socket::{arm, is_own_timeout, tune, DataStream};
+use super::socket::{is_own_timeout, tune, DataStream};
 use crate::call::CallMeta;
 use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
@@ -169,79 +169,111 @@ impl From<io::Error> for ConnError {
     }
 }
 
-/// One connection's stream, with the timeouts set on its socket.
+/// How much of a connection's input is buffered: a request's header,
+/// target and a small payload arrive in one receive.
+const READ_BUFFER: usize = 16 << 10;
+
+/// One connection: its stream (whose socket's receive timeout is the phase
+/// timeout) and what was received and not yet taken.
 pub(crate) struct Conn {
     stream: DataStream,
     peer: SocketAddr,
-    read_armed: Option<Duration>,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
 }
 
 impl Conn {
-    /// A plain connection from `peer` (for the fuzz target).
-    pub(crate) fn plain(tcp: TcpStream, peer: SocketAddr) -> Conn {
-        Conn {
-            stream: DataStream::Plain(tcp),
+    /// A connection from `peer`; sets its receive timeout.
+    fn new(stream: DataStream, peer: SocketAddr) -> io::Result<Conn> {
+        stream.tcp().set_read_timeout(Some(LOCAL_PHASE_TIMEOUT))?;
+        Ok(Conn {
+            stream,
             peer,
-            read_armed: None,
+            buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        })
+    }
+
+    /// A plain connection from `peer` (for the fuzz target).
+    pub(crate) fn plain(tcp: TcpStream, peer: SocketAddr) -> io::Result<Conn> {
+        Conn::new(DataStream::Plain(tcp), peer)
+    }
+
+    /// Reads into the buffer once (at most one socket timeout, which is
+    /// the phase timeout); `Ok(0)` at the end of the stream.
+    fn fill_once(&mut self) -> io::Result<usize> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        loop {
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 
-    /// Reads exactly `buf`, the whole of it due by `deadline`.
+    /// Copies exactly `out.len()` bytes from the buffer and the stream, the
+    /// whole of it due by `deadline` (checked at every read).
     fn read_by(
         &mut self,
-        buf: &mut [u8],
+        out: &mut [u8],
         deadline: Deadline,
         phase: &'static str,
     ) -> Result<(), ConnError> {
-        let mut got = 0;
-        while got < buf.len() {
-            let left = deadline.remaining();
-            if left.is_zero() {
+        while self.end - self.start < out.len() {
+            if deadline.is_expired() {
                 return Err(ConnError::Stalled(phase));
             }
-            arm(
-                self.stream.tcp(),
-                &mut self.read_armed,
-                left,
-                TcpStream::set_read_timeout,
-            )?;
-            match self.stream.read(&mut buf[got..]) {
+            match self.fill_once() {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(_) => {}
                 Err(e) if is_own_timeout(&e) => return Err(ConnError::Stalled(phase)),
                 Err(e) => return Err(e.into()),
             }
         }
+        out.copy_from_slice(&self.buf[self.start..self.start + out.len()]);
+        self.start += out.len();
         Ok(())
     }
 
     /// Waits up to `idle` for the next request and reads its header and
     /// target (into `target`), both due within the phase timeout of its
-    /// first byte; its payload is left on the wire. `None`: the peer closed
+    /// first byte; its payload is left to read. `None`: the peer closed
     /// the connection or left it idle.
+    ///
+    /// One receive usually brings the header, the target and a small
+    /// payload together; they are buffered, and the socket's timeout stays
+    /// the phase timeout (an idle wait is several of them), so a request
+    /// costs no `setsockopt`.
     pub(crate) fn next_request(
         &mut self,
         idle: Duration,
         max_payload: u64,
         target: &mut [u8; MAX_TARGET_LEN],
     ) -> Result<Option<Header>, ConnError> {
-        let mut head = [0u8; HEADER_LEN];
-        let tcp = self.stream.tcp();
-        arm(tcp, &mut self.read_armed, idle, TcpStream::set_read_timeout)?;
-        let first = loop {
-            match self.stream.read(&mut head) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        let idle_since = Instant::now();
+        while self.start == self.end {
+            match self.fill_once() {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) if is_own_timeout(&e) && idle_since.elapsed() < idle => {}
                 Err(e) if is_own_timeout(&e) => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
-        };
-        if first == 0 {
-            return Ok(None);
         }
         let phase = Deadline::after(LOCAL_PHASE_TIMEOUT);
-        self.read_by(&mut head[first..], phase, "header")?;
+        let mut head = [0u8; HEADER_LEN];
+        self.read_by(&mut head, phase, "header")?;
         let h = Header::decode(&head, max_payload)?;
         if h.kind != Kind::Request || h.flags != 0 || h.target_len == 0 {
             return Err(ConnError::Protocol(format!(
@@ -254,16 +286,13 @@ impl Conn {
         Ok(Some(h))
     }
 
-    /// Reads exactly `buf` (a payload), each read due within the phase
-    /// timeout.
-    fn read_payload(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        arm(
-            self.stream.tcp(),
-            &mut self.read_armed,
-            LOCAL_PHASE_TIMEOUT,
-            TcpStream::set_read_timeout,
-        )?;
-        self.stream.read_exact(buf).map_err(|e| {
+    /// Reads exactly `out` (a payload): what is buffered, then straight
+    /// from the socket into `out`, each read due within the phase timeout.
+    fn read_payload(&mut self, out: &mut [u8]) -> io::Result<()> {
+        let buffered = (self.end - self.start).min(out.len());
+        out[..buffered].copy_from_slice(&self.buf[self.start..self.start + buffered]);
+        self.start += buffered;
+        self.stream.read_exact(&mut out[buffered..]).map_err(|e| {
             if is_own_timeout(&e) {
                 io::Error::new(io::ErrorKind::TimedOut, ConnError::Stalled("payload"))
             } else {
@@ -327,11 +356,7 @@ fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Result
         }
         return Err(e);
     }
-    let mut conn = Conn {
-        stream,
-        peer,
-        read_armed: Some(LOCAL_PHASE_TIMEOUT),
-    };
+    let mut conn = Conn::new(stream, peer)?;
     // "Ready": the caller knows it was admitted (its certificate too).
     conn.send(&Header::new(Kind::Response, 0), &[])?;
     let max_payload = shared.function.limits().max_payload_bytes as u64;
