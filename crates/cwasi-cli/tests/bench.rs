@@ -270,22 +270,7 @@ fn an_interrupted_bench_stops_its_servers_and_removes_its_files() {
         "expected redis and two servers: {servers:?}"
     );
 
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(pid as i32).unwrap(),
-        rustix::process::Signal::INT,
-    )
-    .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("cwasi bench did not stop within 20 s of SIGINT");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let status = interrupt(&mut child, pid, "cwasi bench");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(130), "{stderr}");
@@ -495,23 +480,29 @@ fn an_interrupted_netns_bench_deletes_its_namespaces() {
     };
     // Let it start measuring.
     std::thread::sleep(std::time::Duration::from_secs(2));
+    let status = interrupt(&mut child, pid, "cwasi bench --netns");
+    assert_eq!(status.code(), Some(130));
+    let left: Vec<String> = made.intersection(&bench_namespaces()).cloned().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Sends `child` (pid `pid`, started as `what`) SIGINT and waits up to 20 s
+/// for it to exit; kills it and fails if it does not.
+fn interrupt(child: &mut std::process::Child, pid: u32, what: &str) -> std::process::ExitStatus {
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid as i32).unwrap(),
         rustix::process::Signal::INT,
     )
     .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait().unwrap() {
-            break status;
+            return status;
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("cwasi bench --netns did not stop within 20 s of SIGINT");
+            panic!("{what} did not stop within 20 s of SIGINT");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(130));
-    let left: Vec<String> = made.intersection(&bench_namespaces()).cloned().collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    }
 }

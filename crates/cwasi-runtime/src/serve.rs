@@ -183,6 +183,10 @@ pub(crate) fn serve(
     };
     let listener = UnixListener::bind(&socket).map_err(io_err)?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    let direct = match opts.listen {
+        Some(addr) => Some(serve_direct(function, addr, &host, &opts)?),
+        None => None,
+    };
     let record = EndpointRecord {
         version: RECORD_VERSION,
         name: spec.name.clone(),
@@ -194,14 +198,8 @@ pub(crate) fn serve(
         socket: socket.clone(),
         pid: std::process::id(),
         embed: embed_info(function, dir),
-        data_addr: None,
+        data_addr: direct.as_ref().map(|d| d.data_addr().to_string()),
     };
-    let direct = match opts.listen {
-        Some(addr) => Some(serve_direct(function, addr, &host, &opts)?),
-        None => None,
-    };
-    let mut record = record;
-    record.data_addr = direct.as_ref().map(|d| d.data_addr().to_string());
     let registration = dir.register(&record)?;
     let stream = match host.broker {
         Some(broker) => Some(serve_stream(function, broker, &record, &opts)?),

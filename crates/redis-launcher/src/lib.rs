@@ -7,13 +7,12 @@
 //! Multi-node tests also start one inside a network namespace
 //! ([`RedisServer::start_in`]); the test process itself stays in the root
 //! namespace and reaches it through a thread that joins the namespace
-//! ([`in_netns`]).
+//! (`netns::in_netns`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -84,22 +83,8 @@ impl RedisServer {
     /// and its certificates); the plain port stays, for the readiness check.
     pub fn start_with(extra_args: &[String]) -> Result<RedisServer, LaunchError> {
         let port = free_port().map_err(LaunchError::NoPort)?;
-        let dir = std::env::temp_dir().join(format!("cwasi-redis-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|source| LaunchError::Dir {
-            path: dir.clone(),
-            source,
-        })?;
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir,
-            extra_args: extra_args.to_vec(),
-            netns: None,
-            bind: Ipv4Addr::LOCALHOST,
-        };
-        server.restart()?;
-        Ok(server)
+        let dir = format!("cwasi-redis-{}-{port}", std::process::id());
+        RedisServer::launch(port, &dir, extra_args, None, Ipv4Addr::LOCALHOST)
     }
 
     /// Starts a server inside the network namespace `netns` (a name under
@@ -118,9 +103,10 @@ impl RedisServer {
         bind: Ipv4Addr,
         extra_args: &[String],
     ) -> Result<RedisServer, LaunchError> {
-        let port = in_netns(netns, || {
+        let port = netns::in_netns(netns, || {
             TcpListener::bind((bind, 0)).and_then(|l| l.local_addr())
         })
+        .map_err(std::io::Error::other)
         .and_then(|r| r)
         .map_err(|source| LaunchError::NoPortIn {
             netns: netns.to_string(),
@@ -128,8 +114,20 @@ impl RedisServer {
             source,
         })?
         .port();
-        let dir =
-            std::env::temp_dir().join(format!("cwasi-redis-{}-{netns}-{port}", std::process::id()));
+        let dir = format!("cwasi-redis-{}-{netns}-{port}", std::process::id());
+        RedisServer::launch(port, &dir, extra_args, Some(netns), bind)
+    }
+
+    /// Makes the server's private directory (`dir_name` under the temporary
+    /// directory, emptied first), starts it and waits until it answers.
+    fn launch(
+        port: u16,
+        dir_name: &str,
+        extra_args: &[String],
+        netns: Option<&str>,
+        bind: Ipv4Addr,
+    ) -> Result<RedisServer, LaunchError> {
+        let dir = std::env::temp_dir().join(dir_name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|source| LaunchError::Dir {
             path: dir.clone(),
@@ -140,7 +138,7 @@ impl RedisServer {
             port,
             dir,
             extra_args: extra_args.to_vec(),
-            netns: Some(netns.to_string()),
+            netns: netns.map(str::to_string),
             bind,
         };
         server.restart()?;
@@ -246,7 +244,7 @@ impl RedisServer {
         let to = SocketAddr::new(IpAddr::V4(self.bind), self.port);
         let mut s = match &self.netns {
             None => TcpStream::connect(to).ok()?,
-            Some(ns) => in_netns(ns, || {
+            Some(ns) => netns::in_netns(ns, || {
                 TcpStream::connect_timeout(&to, Duration::from_secs(5))
             })
             .ok()?
@@ -291,36 +289,6 @@ pub fn kill_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
-}
-
-/// Runs `f` on a new thread that has joined the network namespace `netns`
-/// (a name under `/var/run/netns`, as `ip netns add` makes), and returns its
-/// result; needs root. Sockets `f` creates belong to that namespace for
-/// their whole life and may be used from any thread afterwards, so this is
-/// how a process in the root namespace reaches addresses that only exist
-/// inside another one. A panic in `f` is propagated.
-pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
-    let path = Path::new("/var/run/netns").join(netns);
-    let context = |e: std::io::Error, what: &str| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot {what} network namespace {}: {e}", path.display()),
-        )
-    };
-    let file = std::fs::File::open(&path).map_err(|e| context(e, "open"))?;
-    std::thread::scope(|scope| {
-        let joined = scope
-            .spawn(|| {
-                rustix::thread::move_into_link_name_space(
-                    file.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .map_err(|e| context(e.into(), "enter"))?;
-                Ok(f())
-            })
-            .join();
-        joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
 }
 
 /// A loopback TCP port nobody listens on right now.
