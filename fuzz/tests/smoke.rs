@@ -156,6 +156,15 @@ fn local_requests() {
 }
 
 #[test]
+fn call_slot() {
+    run(
+        "call_slot",
+        env!("CARGO_BIN_EXE_call_slot"),
+        fuzzing::call_slot,
+    );
+}
+
+#[test]
 fn direct_requests() {
     run(
         "direct_requests",
@@ -210,7 +219,7 @@ fn every_fuzz_target_has_a_smoke_test_and_a_seed_corpus() {
         );
         assert!(!corpus(t).is_empty());
     }
-    assert_eq!(targets.len(), 5, "{targets:?}");
+    assert_eq!(targets.len(), 6, "{targets:?}");
 }
 
 #[test]

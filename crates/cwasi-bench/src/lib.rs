@@ -47,15 +47,26 @@ pub enum Experiment {
     FanIn,
     /// A hands payloads to B back to back for a fixed time.
     Throughput,
+    /// A calls B once after B has been idle for [`IDLE_GAP`]: what a call
+    /// costs when B sleeps instead of spinning.
+    AfterIdle,
+    /// Nothing is called for [`Config::idle_window`]: the CPU that A and a
+    /// served B use while idle.
+    Idle,
 }
+
+/// How long B is left idle before each call of the after-idle experiment.
+pub const IDLE_GAP: Duration = Duration::from_millis(100);
 
 impl Experiment {
     /// Every experiment, in run order.
-    pub const ALL: [Experiment; 4] = [
+    pub const ALL: [Experiment; 6] = [
         Experiment::Sequential,
         Experiment::FanOut,
         Experiment::FanIn,
         Experiment::Throughput,
+        Experiment::AfterIdle,
+        Experiment::Idle,
     ];
 
     /// The name on the command line and of its CSV file.
@@ -65,6 +76,8 @@ impl Experiment {
             Experiment::FanOut => "fan-out",
             Experiment::FanIn => "fan-in",
             Experiment::Throughput => "throughput",
+            Experiment::AfterIdle => "after-idle",
+            Experiment::Idle => "idle",
         }
     }
 
@@ -76,7 +89,7 @@ impl Experiment {
             .find(|e| e.name() == t)
             .ok_or_else(|| {
                 BenchError::BadInput(format!(
-                    "unknown experiment '{t}' (expected: sequential, fan-out, fan-in, throughput)"
+                    "unknown experiment '{t}' (expected: sequential, fan-out, fan-in, throughput, after-idle, idle)"
                 ))
             })
     }
@@ -111,6 +124,12 @@ pub struct Config {
     pub throughput_sizes: Vec<usize>,
     /// How long each throughput measurement runs.
     pub throughput_duration: Duration,
+    /// Payload sizes of the after-idle experiment.
+    pub after_idle_sizes: Vec<usize>,
+    /// Calls timed in the after-idle experiment, each after [`IDLE_GAP`].
+    pub after_idle_calls: usize,
+    /// How long the idle experiment watches the CPU.
+    pub idle_window: Duration,
     /// Warm-up and sampling budget of each latency measurement.
     pub budget: Budget,
     /// The output directory.
@@ -151,6 +170,9 @@ impl Config {
             fan_counts: vec![1, 2, 4, 8, 16],
             throughput_sizes: vec![64, MIB],
             throughput_duration: Duration::from_secs(3),
+            after_idle_sizes: vec![64],
+            after_idle_calls: 30,
+            idle_window: Duration::from_secs(10),
             budget: Budget {
                 warmup: Duration::from_millis(300),
                 time: Duration::from_secs(2),
@@ -173,6 +195,8 @@ impl Config {
             fan_sizes: vec![MIB],
             fan_counts: vec![1, 4, 16],
             throughput_duration: Duration::from_millis(500),
+            after_idle_calls: 5,
+            idle_window: Duration::from_secs(1),
             budget: Budget {
                 warmup: Duration::from_millis(50),
                 time: Duration::from_millis(250),
@@ -209,6 +233,18 @@ impl Config {
                         n: 1,
                     }))
                 }
+                Experiment::AfterIdle => {
+                    out.extend(self.after_idle_sizes.iter().map(|&size| Point {
+                        experiment: e,
+                        size,
+                        n: 1,
+                    }))
+                }
+                Experiment::Idle => out.push(Point {
+                    experiment: e,
+                    size: 0,
+                    n: 1,
+                }),
             }
         }
         out
@@ -366,7 +402,11 @@ impl Results {
         for b in Kind::ALL.into_iter().filter(|k| k.is_baseline()) {
             pairs.extend(modes().map(|m| (b, m)));
         }
-        for p in points {
+        // Idle has no time to compare, only CPU.
+        for p in points
+            .into_iter()
+            .filter(|p| p.experiment != Experiment::Idle)
+        {
             for &(num, den) in &pairs {
                 if let (Some(a), Some(b)) = (find(p, num), find(p, den)) {
                     out.push(Ratio {
@@ -576,11 +616,19 @@ fn measure_point(
     let before = cpu_now(&parties);
     let job_out = Job::Send(payload.clone());
     let job_in = Job::Fetch(p.size);
-    let s = measure::measure(&budget, &config.stop, || match p.experiment {
-        Experiment::Sequential | Experiment::Throughput => c.send(0, &payload),
-        Experiment::FanOut => pool.run(c, &job_out, p.n),
-        Experiment::FanIn => pool.run(c, &job_in, p.n),
-    })?;
+    let s = match p.experiment {
+        Experiment::AfterIdle => {
+            measure::after_idle(IDLE_GAP, config.after_idle_calls, &config.stop, || {
+                c.send(0, &payload)
+            })?
+        }
+        Experiment::Idle => measure::idle(config.idle_window, &config.stop)?,
+        _ => measure::measure(&budget, &config.stop, || match p.experiment {
+            Experiment::FanOut => pool.run(c, &job_out, p.n),
+            Experiment::FanIn => pool.run(c, &job_in, p.n),
+            _ => c.send(0, &payload),
+        })?,
+    };
     let after = cpu_now(&parties);
     let all_ops = (s.ops + s.warm_ops).max(1) as f64;
     let per_op = |i: usize| {

@@ -127,6 +127,54 @@ pub fn measure(
     })
 }
 
+/// Times `op` once after each of `calls` pauses of `gap` (one warm-up
+/// call first): what a call costs when the other side has gone to sleep.
+pub fn after_idle(
+    gap: Duration,
+    calls: usize,
+    stop: &AtomicBool,
+    mut op: impl FnMut() -> Result<(), BenchError>,
+) -> Result<Samples, BenchError> {
+    op()?;
+    let mut samples = Vec::with_capacity(calls);
+    let start = Instant::now();
+    for _ in 0..calls.max(1) {
+        check_stop(stop)?;
+        std::thread::sleep(gap);
+        let t = Instant::now();
+        black_box(op()?);
+        samples.push(t.elapsed().as_nanos() as f64);
+    }
+    let wall = start.elapsed();
+    samples.sort_by(f64::total_cmp);
+    Ok(Samples {
+        ops: samples.len() as u64,
+        sorted_ns: samples,
+        warm_ops: 1,
+        wall,
+        batch: 1,
+    })
+}
+
+/// Waits `window` doing nothing (checking `stop` every 100 ms): one
+/// "operation" that lasts the window, so that CPU per operation is the CPU
+/// used while idle.
+pub fn idle(window: Duration, stop: &AtomicBool) -> Result<Samples, BenchError> {
+    let start = Instant::now();
+    while start.elapsed() < window {
+        check_stop(stop)?;
+        std::thread::sleep((window - start.elapsed().min(window)).min(Duration::from_millis(100)));
+    }
+    let wall = start.elapsed();
+    Ok(Samples {
+        sorted_ns: vec![wall.as_nanos() as f64],
+        ops: 1,
+        warm_ops: 0,
+        wall,
+        batch: 1,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +216,24 @@ mod tests {
             }
         });
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn after_idle_pauses_before_each_call_and_idle_watches_a_window() {
+        let go = AtomicBool::new(false);
+        let mut calls = 0;
+        let started = Instant::now();
+        let s = after_idle(Duration::from_millis(20), 3, &go, || {
+            calls += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((calls, s.count(), s.ops), (4, 3, 3));
+        assert!(started.elapsed() >= Duration::from_millis(60));
+        assert!(s.median() < 20e6, "the pause is not timed");
+        let w = idle(Duration::from_millis(30), &go).unwrap();
+        assert_eq!(w.ops, 1);
+        assert!(w.wall >= Duration::from_millis(30));
     }
 
     #[test]

@@ -145,11 +145,18 @@ fn kinds(results: &Results) -> Vec<Kind> {
         .collect()
 }
 
+/// The CPU `cpu` of an idle-experiment row, in % of one core over its
+/// window.
+fn idle_share(r: &Row, cpu: crate::CpuPerOp) -> f64 {
+    100.0 * (cpu.user + cpu.sys) / r.median_ns.max(1.0)
+}
+
 fn point_label(r: &Row) -> String {
     match r.point.experiment {
         Experiment::FanOut | Experiment::FanIn => {
             format!("{} x {}", r.point.n, size_label(r.point.size))
         }
+        Experiment::Idle => format!("{:.0} s", r.median_ns / 1e9),
         _ => size_label(r.point.size),
     }
 }
@@ -215,6 +222,14 @@ pub fn summary(results: &Results, svgs: &[PathBuf]) -> String {
                 "Fan-in N×B→A: median (p99) latency of the whole fan-in",
                 "median (p99)",
             ),
+            Experiment::AfterIdle => (
+                "After idle: A→B latency of a call made after B was idle for 100 ms",
+                "median (p99)",
+            ),
+            Experiment::Idle => (
+                "Idle: CPU used while nothing is called",
+                "CPU of B (of A) over the window, in % of one core",
+            ),
         };
         let _ = writeln!(md, "## {title}\n");
         let _ = writeln!(md, "Cells: {metric}.\n");
@@ -237,6 +252,11 @@ pub fn summary(results: &Results, svgs: &[PathBuf]) -> String {
                         Experiment::Throughput => {
                             format!("{:.0} ({:.3})", r.calls_per_s, r.gb_per_s)
                         }
+                        Experiment::Idle => format!(
+                            "{:.3}% ({:.3}%)",
+                            idle_share(r, r.cpu_b),
+                            idle_share(r, r.cpu_a)
+                        ),
                         _ => format!("{} ({})", fmt_ns(r.median_ns), fmt_ns(r.p99_ns)),
                     })
                     .unwrap_or_else(|| "-".into());
@@ -337,6 +357,60 @@ fn resources_section(results: &Results, md: &mut String) {
     md.push('\n');
 }
 
+/// The targets of local mode's small calls, where this run measured them.
+fn local_targets(results: &Results, md: &mut String) {
+    let row = |e: Experiment, k: Kind, size: usize| {
+        results
+            .rows
+            .iter()
+            .find(|r| r.point.experiment == e && r.kind == k && r.point.size == size)
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let mut line = |what: &str, text: Option<String>| {
+        let text = text.unwrap_or_else(|| "not measured in this run".into());
+        let _ = writeln!(md, "- {what}: {text}");
+    };
+    let local = row(Experiment::Sequential, Kind::Local, 64);
+    line(
+        "local 64 B back to back <= 5 µs median",
+        local.map(|r| {
+            format!(
+                "{}: {}",
+                fmt_ns(r.median_ns),
+                verdict(r.median_ns <= 5_000.0)
+            )
+        }),
+    );
+    for (base, factor) in [(Kind::RedisStorage, 25.0), (Kind::Http, 5.0)] {
+        line(
+            &format!("local >= {factor}x faster than {base} at 64 B ({base}/local)"),
+            local
+                .zip(row(Experiment::Sequential, base, 64))
+                .map(|(l, b)| {
+                    let v = b.median_ns / l.median_ns;
+                    format!("{v:.2}x: {}", verdict(v >= factor))
+                }),
+        );
+    }
+    line(
+        "local >= 200,000 calls/s at 64 B from one caller",
+        row(Experiment::Throughput, Kind::Local, 64).map(|r| {
+            format!(
+                "{:.0} calls/s: {}",
+                r.calls_per_s,
+                verdict(r.calls_per_s >= 200_000.0)
+            )
+        }),
+    );
+    line(
+        "an idle served function (local B) uses < 1% of a core",
+        row(Experiment::Idle, Kind::Local, 0).map(|r| {
+            let share = idle_share(r, r.cpu_b);
+            format!("{share:.3}%: {}", verdict(share < 1.0))
+        }),
+    );
+}
+
 /// The targets of the mode issues, checked where this run measured them.
 fn targets_section(results: &Results, md: &mut String) {
     let _ = writeln!(md, "## Targets (printed, never asserted)\n");
@@ -432,6 +506,7 @@ fn targets_section(results: &Results, md: &mut String) {
             &|v| v > 1.0,
         );
     }
+    local_targets(results, md);
     let _ = writeln!(
         md,
         "- remote-broker <= 1.2x raw Redis SET+GET: measured by `cargo bench -p cwasi-runtime --bench remote` (see docs/benchmarks.md); here remote-broker/redis-storage (SET + notification + GET) is in the ratios above\n"

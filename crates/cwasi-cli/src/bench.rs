@@ -21,8 +21,8 @@ pub struct BenchArgs {
     /// A run of under 2 minutes (fewer sizes, short budgets).
     #[arg(long)]
     quick: bool,
-    /// Experiments to run: sequential, fan-out, fan-in, throughput
-    /// (comma-separated; default: all).
+    /// Experiments to run: sequential, fan-out, fan-in, throughput,
+    /// after-idle, idle (comma-separated; default: all).
     #[arg(long, value_name = "LIST", value_parser = |s: &str| Experiment::parse_list(s).map_err(|e| e.to_string()))]
     only: Option<List<Experiment>>,
     /// What to compare: embedded, local, remote-direct, remote-direct-tls,
@@ -54,6 +54,12 @@ pub struct BenchArgs {
     /// Minimum samples per latency point.
     #[arg(long, value_name = "N")]
     min_samples: Option<usize>,
+    /// Calls timed by the after-idle experiment, each after 100 ms of idle.
+    #[arg(long, value_name = "N")]
+    after_idle_calls: Option<usize>,
+    /// How long the idle experiment watches the CPU, e.g. 10s.
+    #[arg(long, value_name = "TIME", value_parser = |s: &str| cwasi_bench::parse_duration(s).map_err(|e| e.to_string()))]
+    idle_window: Option<std::time::Duration>,
     /// Output directory (default: bench-results/<UTC timestamp>).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -113,6 +119,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     if let Some(v) = args.min_samples {
         c.budget.min_samples = v.max(1);
+    }
+    if let Some(v) = args.after_idle_calls {
+        c.after_idle_calls = v.max(1);
+    }
+    if let Some(v) = args.idle_window {
+        c.idle_window = v;
     }
     if let Some(v) = args.out {
         c.out = v;

@@ -140,6 +140,10 @@ struct LimitArgs {
     /// Timeout of one call, in milliseconds.
     #[arg(long)]
     call_timeout_ms: Option<u64>,
+    /// How long each side of a local call spins on shared memory before it
+    /// sleeps, in microseconds (0: never spin; default 50).
+    #[arg(long, env = "CWASI_SPIN_US")]
+    spin_us: Option<u64>,
 }
 
 impl LimitArgs {
@@ -152,6 +156,9 @@ impl LimitArgs {
         }
         if let Some(ms) = self.call_timeout_ms {
             l.call_timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(us) = self.spin_us {
+            l.spin_budget = Duration::from_micros(us);
         }
         l
     }

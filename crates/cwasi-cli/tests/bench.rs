@@ -89,6 +89,10 @@ fn bench_writes_every_file_well_formed() {
             "5ms",
             "--min-samples",
             "2",
+            "--after-idle-calls",
+            "2",
+            "--idle-window",
+            "200ms",
             "--no-progress",
             "--out",
             out.to_str().unwrap(),
@@ -103,7 +107,14 @@ fn bench_writes_every_file_well_formed() {
         run.stderr
     );
 
-    for experiment in ["sequential", "fan-out", "fan-in", "throughput"] {
+    for experiment in [
+        "sequential",
+        "fan-out",
+        "fan-in",
+        "throughput",
+        "after-idle",
+        "idle",
+    ] {
         let path = out.join(format!("{experiment}.csv"));
         let (header, rows) = read_csv(&path);
         assert!(header.len() > 10, "{}: {header:?}", path.display());

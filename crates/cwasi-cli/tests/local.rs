@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{assert_producer_ok, cwasi, function, run_with_timeout, Scratch, Server, LIMIT};
+use cwasi_runtime::wire::slot::CONTROL_LEN;
 use cwasi_runtime::wire::{Header, Kind, FLAG_CHUNKED, FLAG_SHM, HEADER_LEN};
 use cwasi_runtime::{ErrorCode, Limits, Mode, NodeDirectory, Runtime};
 use test_programs_artifacts as progs;
@@ -227,7 +228,8 @@ fn attach_frame(s: &UnixStream) {
     attach_region(s, 0);
 }
 
-/// Opens a connection the proper way, with a shared region of `size` bytes.
+/// Opens a connection the proper way, with a shared region of a control
+/// block and `size` bytes of data area.
 fn attach_region(s: &UnixStream, size: u64) {
     try_attach_region(s, size).unwrap();
 }
@@ -238,7 +240,7 @@ fn try_attach_region(s: &UnixStream, size: u64) -> std::io::Result<()> {
     use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     use std::os::fd::AsFd;
     let fd = memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-    ftruncate(&fd, size).unwrap();
+    ftruncate(&fd, CONTROL_LEN as u64 + size).unwrap();
     fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::SEAL).unwrap();
     let head = Header::new(Kind::AttachShm, 0).encode();
     let fds = [fd.as_fd()];

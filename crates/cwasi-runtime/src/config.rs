@@ -27,6 +27,10 @@ pub struct Limits {
     /// Largest module file read, in bytes: a function's own module and a
     /// module published in the node directory.
     pub max_module_bytes: u64,
+    /// How long each side of a local call spins on shared memory for the
+    /// other's answer before it sleeps (`docs/protocol.md`, "The call
+    /// slot"); zero never spins.
+    pub spin_budget: Duration,
 }
 
 impl Default for Limits {
@@ -39,6 +43,7 @@ impl Default for Limits {
             max_call_depth: 32,
             max_idle_instances: 16,
             max_module_bytes: 256 << 20,
+            spin_budget: crate::transport::local::DEFAULT_SPIN,
         }
     }
 }

@@ -2,8 +2,8 @@
 //! ticker behind call timeouts, and module loading with a clear error per file.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -39,8 +39,59 @@ pub fn new_engine() -> Result<(Engine, EpochTicker), RuntimeError> {
     Ok((engine, ticker))
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped, and
-/// ticks the [`TickClock`] untimed calls read their deadlines from.
+/// Ticks without guest code running after which a ticker parks: an idle
+/// runtime (a served function nobody calls) then uses no CPU.
+const IDLE_TICKS: u32 = 20;
+
+/// Guest code running in this process now (instantiation, `_start`, a
+/// call), and the tickers parked for want of it.
+static RUNNING_GUESTS: AtomicUsize = AtomicUsize::new(0);
+static PARKED_TICKERS: AtomicUsize = AtomicUsize::new(0);
+static PARK: Mutex<()> = Mutex::new(());
+static UNPARK: Condvar = Condvar::new();
+
+/// Held while guest code runs, so that the epoch advances (and deadlines
+/// fire) only when there is something to interrupt. Entering wakes parked
+/// tickers; when none is parked it costs two atomic operations.
+pub(crate) struct GuestRunning(());
+
+impl GuestRunning {
+    /// Marks guest code as running until the guard drops.
+    pub fn enter() -> GuestRunning {
+        // Sequentially consistent, against the ticker's park: either this
+        // side sees it parked, or it sees this guest running.
+        if RUNNING_GUESTS.fetch_add(1, Ordering::SeqCst) == 0
+            && PARKED_TICKERS.load(Ordering::SeqCst) > 0
+        {
+            let _held = PARK.lock().unwrap_or_else(|p| p.into_inner());
+            UNPARK.notify_all();
+        }
+        GuestRunning(())
+    }
+}
+
+impl Drop for GuestRunning {
+    fn drop(&mut self) {
+        RUNNING_GUESTS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Parks the calling ticker until guest code runs or `stop` is set.
+fn park_until_guests_run(stop: &AtomicBool) {
+    let mut held = PARK.lock().unwrap_or_else(|p| p.into_inner());
+    PARKED_TICKERS.fetch_add(1, Ordering::SeqCst);
+    while RUNNING_GUESTS.load(Ordering::SeqCst) == 0 && !stop.load(Ordering::SeqCst) {
+        held = UNPARK.wait(held).unwrap_or_else(|p| p.into_inner());
+    }
+    PARKED_TICKERS.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while guest code runs
+/// (and for [`IDLE_TICKS`] after), until dropped, and ticks the
+/// [`TickClock`] untimed calls read their deadlines from. While parked,
+/// the clock reads the real time and the epoch stands still, which no
+/// deadline notices: a store's deadline counts ticks from when it was
+/// armed, and ticks resume before its guest code runs.
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
     clock: TickClock,
@@ -57,7 +108,19 @@ impl EpochTicker {
             .name("cwasi-epoch".into())
             .spawn(move || {
                 ticks.tick();
-                while !flag.load(Ordering::Relaxed) {
+                let mut idle = 0u32;
+                while !flag.load(Ordering::SeqCst) {
+                    if RUNNING_GUESTS.load(Ordering::SeqCst) > 0 {
+                        idle = 0;
+                    } else if idle >= IDLE_TICKS {
+                        ticks.stop();
+                        park_until_guests_run(&flag);
+                        ticks.tick();
+                        idle = 0;
+                        continue;
+                    } else {
+                        idle += 1;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     ticks.tick();
                     engine.increment_epoch();
@@ -83,7 +146,11 @@ impl EpochTicker {
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::SeqCst);
+        {
+            let _held = PARK.lock().unwrap_or_else(|p| p.into_inner());
+            UNPARK.notify_all();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -75,6 +75,46 @@ pub fn local_requests(data: &[u8]) {
     let _ = writer.join();
 }
 
+/// The call slot of a local connection, as both sides read it: `data` is
+/// what a hostile peer wrote into the control block (header words and
+/// inline area, from the start). The request is taken as a server takes
+/// it, and the response as a caller does, each read into buffers of the
+/// lengths the block claims once they are checked.
+pub fn call_slot(data: &[u8]) {
+    use crate::transport::local::slot::layout::{CONTROL_LEN, INLINE_AT};
+    use crate::transport::local::slot::{REQUEST_INLINE, RESPONSE_ERROR, RESPONSE_INLINE};
+    let Ok(shm) = SharedRegion::create() else {
+        return;
+    };
+    let control = shm.control();
+    let data = &data[..data.len().min(CONTROL_LEN)];
+    for (i, word) in data[..data.len().min(INLINE_AT)].chunks(4).enumerate() {
+        let mut b = [0u8; 4];
+        b[..word.len()].copy_from_slice(word);
+        control
+            .word(i * 4)
+            .store(u32::from_le_bytes(b), std::sync::atomic::Ordering::Relaxed);
+    }
+    if data.len() > INLINE_AT {
+        control.write_inline(0, &data[INLINE_AT..]);
+    }
+    let max = FUZZ_MAX_PAYLOAD as usize;
+    if let Ok(r) = control.take_request(max) {
+        if r.kind == REQUEST_INLINE {
+            let mut target = vec![0u8; r.target_len];
+            control.read_inline(0, &mut target);
+            let mut payload = vec![0u8; r.len];
+            control.read_inline(r.target_len, &mut payload);
+        }
+    }
+    if let Ok(r) = control.take_response(max) {
+        if r.kind == RESPONSE_INLINE || r.kind == RESPONSE_ERROR {
+            let mut answer = vec![0u8; r.len];
+            control.read_inline(0, &mut answer);
+        }
+    }
+}
+
 /// The direct data plane's request reader, as a direct server runs it:
 /// `data` is what a peer of another node sends on a (plain) TCP
 /// connection after the server's ready frame. Each request's header and

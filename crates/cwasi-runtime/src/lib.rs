@@ -54,9 +54,16 @@ pub mod broker {
 #[doc(hidden)]
 pub mod fuzzing;
 
-/// The local transport's frame format, public for protocol tests and tools.
+/// The local transport's frame format and call-slot layout, public for
+/// protocol tests and tools.
 pub mod wire {
     pub use crate::transport::local::wire::*;
+
+    /// The layout of the call slot at the start of a connection's shared
+    /// region.
+    pub mod slot {
+        pub use crate::transport::local::slot::layout::*;
+    }
 }
 
 pub use call::route::HopReport;

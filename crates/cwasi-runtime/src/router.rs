@@ -363,9 +363,12 @@ impl RuntimeRouter {
         let transport: Box<dyn Transport> = match (choice, function, &self.broker) {
             (Choice::Embedded, Some(f), _) if from_host => Box::new(EmbeddedClient::held(f)),
             (Choice::Embedded, Some(f), _) => Box::new(EmbeddedClient::new(f)),
-            (Choice::Local(r), ..) => {
-                Box::new(LocalClient::new(target.to_string(), r.socket.clone(), max))
-            }
+            (Choice::Local(r), ..) => Box::new(LocalClient::new(
+                target.to_string(),
+                r.socket.clone(),
+                max,
+                self.limits.spin_budget,
+            )),
             (Choice::RemoteDirect(r), _, Some(broker)) => Box::new(DirectClient::new(
                 target.to_string(),
                 r.namespace.clone(),

@@ -368,6 +368,7 @@ impl Runtime {
             target.to_string(),
             socket.to_path_buf(),
             limits.max_payload_bytes,
+            limits.spin_budget,
         );
         let route = Route::new(
             HOST_CALLER,

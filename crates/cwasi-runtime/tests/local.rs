@@ -82,8 +82,15 @@ fn explain_chooses_embedded_or_local_by_namespace() {
     );
 }
 
+/// FNV-1a, to compare large payloads by checksum.
+fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 #[test]
-fn payloads_cross_the_socket_intact_inline_and_through_shared_memory() {
+fn payloads_of_0_b_to_100_mib_cross_local_mode_intact_across_every_threshold() {
     let tmp = TempDir::new("local-payloads");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     let served = server(&dir, "echo", "b", progs::ECHO);
@@ -92,14 +99,43 @@ fn payloads_cross_the_socket_intact_inline_and_through_shared_memory() {
         .node_directory(dir.clone())
         .build()
         .unwrap();
-    for size in [0usize, 1, 1000, (64 << 10) - 1, 64 << 10, 3 << 20, 10 << 20] {
+    let slot = cwasi_runtime::wire::slot::SLOT_MAX_PAYLOAD;
+    let region = 64 << 10;
+    let chunk = 1 << 20;
+    let sizes = [
+        0usize,
+        1,
+        64,
+        slot - 1,
+        slot,
+        slot + 1,
+        1000,
+        region - 1,
+        region,
+        region + 1,
+        chunk,
+        chunk + 1,
+        3 << 20,
+        10 << 20,
+        100 << 20,
+        // Back down, so that small calls follow large ones on the same
+        // connection.
+        7,
+        slot,
+    ];
+    for size in sizes {
         let data: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
         let got = caller.call("a", "echo", &data).unwrap();
-        assert!(got == data, "{size} bytes came back different");
+        assert_eq!(got.len(), size, "{size} bytes came back as {}", got.len());
+        assert_eq!(
+            checksum(&got),
+            checksum(&data),
+            "{size} bytes came back different"
+        );
     }
     let hop = &caller.hops()[0];
     assert_eq!(hop.mode, Mode::Local);
-    assert_eq!(hop.calls, 7);
+    assert_eq!(hop.calls, sizes.len() as u64);
 }
 
 #[test]
@@ -133,12 +169,19 @@ fn callee_errors_cross_the_socket_with_their_codes() {
 
 #[test]
 fn fan_out_to_local_callees_overlaps() {
+    for n in [8, 16] {
+        fan_out_overlaps(n);
+    }
+}
+
+/// A fan-out of `n` calls of 200 ms each to a local callee.
+fn fan_out_overlaps(n: u64) {
     let tmp = TempDir::new("local-fanout");
     let dir = NodeDirectory::open(tmp.path()).unwrap();
     let busy = server(&dir, "busy", "b", progs::BUSY);
     let _h = busy.serve("busy", &dir, ServeOptions::default()).unwrap();
     let mut fanout = FunctionSpec::new("fanout", "a", PathBuf::from(progs::FANOUT));
-    fanout.args = vec!["8".into(), "busy".into(), "200".into()];
+    fanout.args = vec![n.to_string(), "busy".into(), "200".into()];
     let caller = Runtime::builder()
         .node_directory(dir.clone())
         .function(fanout)
@@ -156,9 +199,15 @@ fn fan_out_to_local_callees_overlaps() {
         .into_iter()
         .find(|h| h.target == "busy")
         .unwrap();
-    assert_eq!((hop.mode, hop.calls, hop.failures), (Mode::Local, 8, 0));
-    // Serial would be 8 x 200 ms; the bound is loose on purpose.
-    assert!(started.elapsed() < std::time::Duration::from_millis(1200));
+    assert_eq!((hop.mode, hop.calls, hop.failures), (Mode::Local, n, 0));
+    // `busy` spins for 200 ms of wall-clock time, so overlapping calls end
+    // together however few cores there are. Serial would be n x 200 ms; the
+    // bound is loose on purpose.
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(1200),
+        "a fan-out of {n} took {took:?}"
+    );
 }
 
 #[test]

@@ -147,7 +147,24 @@ impl Job {
             Ok(d) => d,
             Err(e) => return fail(EXIT_CANNOT_RUN, &format!("direct data plane: {e}")),
         };
+        let spin_budget = match settings
+            .var("CWASI_SPIN_US")
+            .map(|v| v.trim().parse::<u64>())
+        {
+            None => cwasi_runtime::Limits::default().spin_budget,
+            Some(Ok(us)) => Duration::from_micros(us),
+            Some(Err(e)) => {
+                return fail(
+                    EXIT_CANNOT_RUN,
+                    &format!("CWASI_SPIN_US must be a number of microseconds: {e}"),
+                )
+            }
+        };
         let mut builder = Runtime::builder()
+            .limits(cwasi_runtime::Limits {
+                spin_budget,
+                ..cwasi_runtime::Limits::default()
+            })
             .mode(settings.mode)
             .direct(direct)
             .node(cwasi_runtime::node_name_from(&|k| settings.var(k)))

@@ -12,7 +12,7 @@ use cwasi_abi::{
 
 use super::state::{CallerExports, HostState};
 use crate::call::CallMeta;
-use crate::engine::ticks_for;
+use crate::engine::{ticks_for, GuestRunning};
 use crate::error::{CallError, ErrorCode};
 use crate::inspect::ModuleInfo;
 
@@ -84,6 +84,7 @@ pub(crate) struct WarmInstance {
 impl WarmInstance {
     /// Instantiates `recipe` with `state`; the error says what failed.
     pub fn new(recipe: &InstanceRecipe<'_>, state: HostState) -> Result<WarmInstance, String> {
+        let _running = GuestRunning::enter();
         let deadline = state.call.deadline;
         let mut store = Store::new(recipe.pre.module().engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -140,6 +141,7 @@ impl WarmInstance {
 
     /// Runs `_start` (for an entry).
     pub fn run_start(&mut self) -> wasmtime::Result<()> {
+        let _running = GuestRunning::enter();
         let start = self
             .instance
             .get_typed_func::<(), ()>(&mut self.store, EXPORT_START)?;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::function::Function;
 use super::instance::{ResponseRange, WarmInstance};
 use crate::call::{deliver, CallMeta, CallerIo};
+use crate::engine::GuestRunning;
 use crate::error::CallError;
 
 /// Where a callee's request comes from and its response goes: the caller's
@@ -47,6 +48,7 @@ pub(crate) fn invoke(
     call: CallMeta,
     exchange: &mut dyn Exchange,
 ) -> Result<(), CallError> {
+    let _running = GuestRunning::enter();
     let mut instance = function.acquire(call)?;
     let result = place(&mut instance, exchange)
         .and_then(|request| run(function, &mut instance, request))
@@ -108,6 +110,7 @@ impl Invocation {
         call: CallMeta,
         exchange: &mut dyn Exchange,
     ) -> Result<Invocation, CallError> {
+        let _running = GuestRunning::enter();
         let mut instance = function.acquire(call)?;
         match place(&mut instance, exchange) {
             Ok(request) => Ok(Invocation {

@@ -1,17 +1,27 @@
 //! Local mode, client side: calls a function served by another process on
-//! this node over its Unix socket (`docs/protocol.md`). Small payloads travel
-//! inline; large ones through the connection's shared region, copied straight
-//! from the caller's memory into the region and from the region into the
-//! caller's memory.
+//! this node over its Unix socket (`docs/protocol.md`). A small call goes
+//! through the connection's call slot: the request is copied from the
+//! caller's memory into the slot, the server is woken only if it sleeps,
+//! and the caller spins (then sleeps) until the answer is in the slot. A
+//! large payload travels through the connection's shared data area,
+//! announced in the slot and framed on the socket.
 
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::hangup::Watch;
 use super::shm::{is_timeout, recv_payload, send_frame, send_with_fd, SharedRegion};
+use super::slot::layout::{REQ_SEQ, SLOT_MAX_PAYLOAD};
+use super::slot::{
+    next_seq, SlotRequest, SocketWatch, Waited, CALLER, REQUEST_INLINE, REQUEST_ON_SOCKET,
+    RESPONSE_ERROR, RESPONSE_INLINE,
+};
+use super::spin::SpinHabit;
 use super::wire::{self, Header, Kind, WireError};
 use crate::call::{CallMeta, CallerIo};
 use crate::deadline::{ANSWER_GRACE, LOCAL_IO_TIMEOUT};
@@ -23,11 +33,23 @@ use crate::transport::{PendingCall, Transport};
 /// server's own interrupt at the deadline.
 const READ_TIMEOUT_SLACK: Duration = Duration::from_millis(100);
 
+/// A pooled connection unused for this long is checked for a hang-up
+/// before a request is posted to it (one `poll`); one used more recently
+/// is trusted, and a server that closed it while idle says so in the slot.
+const CHECK_IF_IDLE: Duration = Duration::from_millis(100);
+
 /// One open connection with its shared region.
 struct Connection {
+    /// Declared before the stream: it must go before the socket closes.
+    watch: Watch,
     stream: UnixStream,
     shm: SharedRegion,
     read_timeout: Option<Duration>,
+    /// Calls completed on this connection: the last request and response
+    /// sequence.
+    seq: u32,
+    habit: SpinHabit,
+    last_used: Instant,
 }
 
 impl Connection {
@@ -41,21 +63,28 @@ impl Connection {
             let shm = SharedRegion::create()?;
             let head = Header::new(Kind::AttachShm, 0).encode();
             send_with_fd(&stream, &head, shm.fd())?;
-            Ok(shm)
+            let watch = Watch::new(stream.as_fd(), shm.control().clone(), CALLER.bell, false)?;
+            Ok((shm, watch))
         };
         match attach() {
-            Ok(shm) => Ok(Connection {
+            Ok((shm, watch)) => Ok(Connection {
+                watch,
                 stream,
                 shm,
                 read_timeout: None,
+                seq: 0,
+                habit: SpinHabit::new(),
+                last_used: Instant::now(),
             }),
             Err(e) => Err((e, Some(stream))),
         }
     }
 
-    /// Bounds the wait for the answer to a call due by `call.deadline`.
-    fn wait_at_most(&mut self, call: &CallMeta) -> io::Result<()> {
-        let want = call.deadline.remaining() + ANSWER_GRACE;
+    /// Bounds a socket read of the answer by `until`.
+    fn wait_at_most(&mut self, until: Instant) -> io::Result<()> {
+        let want = until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         if self
             .read_timeout
             .is_none_or(|t| t.abs_diff(want) > READ_TIMEOUT_SLACK)
@@ -65,6 +94,15 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// Why a request was not posted.
+enum PostError {
+    /// Nothing reached the server: the connection is closed (by the server
+    /// while idle, or it died); a fresh one may be tried.
+    Closed(String),
+    /// The connection failed while the request was under way.
+    Io(io::Error),
 }
 
 /// Calls one function served on this node.
@@ -78,20 +116,21 @@ struct Endpoint {
     socket: PathBuf,
     /// The longest response accepted.
     max_payload: usize,
+    /// How long to spin for an answer before sleeping.
+    spin: Duration,
     idle: Mutex<Vec<Connection>>,
-    next_id: AtomicU64,
 }
 
 impl LocalClient {
     /// A client of `target`, served at `socket`, accepting responses of up
-    /// to `max_payload` bytes.
-    pub fn new(target: String, socket: PathBuf, max_payload: usize) -> LocalClient {
+    /// to `max_payload` bytes, spinning for up to `spin` for an answer.
+    pub fn new(target: String, socket: PathBuf, max_payload: usize, spin: Duration) -> LocalClient {
         LocalClient(Arc::new(Endpoint {
             target,
             socket,
             max_payload,
+            spin,
             idle: Mutex::new(Vec::new()),
-            next_id: AtomicU64::new(1),
         }))
     }
 }
@@ -125,27 +164,42 @@ impl Endpoint {
         )
     }
 
-    /// Sends the request on a pooled connection, or on a new one if the
-    /// pooled one turns out dead before the request left (then nothing ran).
-    fn send(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(Connection, u64), CallError> {
+    /// Posts the request on a pooled connection, or on a new one if the
+    /// pooled one turns out closed before the request reached the server
+    /// (then nothing ran). Returns the connection and when to stop waiting
+    /// for the answer.
+    fn send(
+        &self,
+        io: &mut dyn CallerIo,
+        call: &CallMeta,
+    ) -> Result<(Connection, Instant), CallError> {
+        let until = Instant::now() + call.deadline.remaining() + ANSWER_GRACE;
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let reused = pooled.and_then(|mut conn| {
-            match send_request(&mut conn, id, &self.target, io.request(), call) {
-                Ok(()) => Some(conn),
-                Err(_) => {
-                    tracing::debug!(target = %self.target, "pooled connection was dead; reconnecting");
+            if conn.last_used.elapsed() > CHECK_IF_IDLE && conn.watch.hung_up_now() {
+                tracing::debug!(target = %self.target, "pooled connection was closed; reconnecting");
+                return None;
+            }
+            match post_request(&mut conn, &self.target, io.request(), call) {
+                Ok(()) => Some(Ok(conn)),
+                Err(PostError::Closed(why)) => {
+                    tracing::debug!(target = %self.target, "pooled connection: {why}; reconnecting");
                     None
                 }
+                Err(PostError::Io(e)) => Some(Err(self.transport_error("cannot send the request", e))),
             }
         });
-        let mut conn = match reused {
-            Some(conn) => conn,
+        let conn = match reused {
+            Some(conn) => conn?,
             None => {
                 let mut fresh = self.connect()?;
-                if let Err(e) = send_request(&mut fresh, id, &self.target, io.request(), call) {
+                if let Err(e) = post_request(&mut fresh, &self.target, io.request(), call) {
                     // A server that refuses a connection (over its cap, a
                     // peer it does not admit) says why before it closes.
+                    let e = match e {
+                        PostError::Closed(why) => io::Error::other(why),
+                        PostError::Io(e) => e,
+                    };
                     return Err(self
                         .refusal(&mut fresh.stream)
                         .unwrap_or_else(|| self.transport_error("cannot send the request", e)));
@@ -153,18 +207,83 @@ impl Endpoint {
                 fresh
             }
         };
-        conn.wait_at_most(call)
-            .map_err(|e| self.transport_error("cannot set a timeout", e))?;
-        Ok((conn, id))
+        Ok((conn, until))
     }
 
-    /// Reads the answer to request `id` into the caller.
+    /// Waits for the answer to the request posted on `conn` and delivers
+    /// it to the caller.
     fn receive(
         &self,
         mut conn: Connection,
-        id: u64,
+        until: Instant,
         io: &mut dyn CallerIo,
     ) -> Result<(), CallError> {
+        let control = conn.shm.control().clone();
+        let expected = next_seq(conn.seq);
+        let started = Instant::now();
+        let waited = control
+            .wait(
+                CALLER,
+                conn.seq,
+                conn.habit.budget(self.spin),
+                until,
+                &conn.watch,
+            )
+            .map_err(|e| self.transport_error("cannot wait for the answer", e))?;
+        conn.habit.learn(started.elapsed(), self.spin);
+        match waited {
+            Waited::Changed(seq) if seq == expected => conn.seq = seq,
+            Waited::Changed(seq) => {
+                return Err(self.transport_error(
+                    "bad answer",
+                    format!("response sequence {seq} out of turn (expected {expected})"),
+                ))
+            }
+            Waited::TimedOut => {
+                return Err(CallError::new(
+                    ErrorCode::Timeout,
+                    format!("'{}' did not answer in time", self.target),
+                ))
+            }
+            // The server hung up: read why, if it said so.
+            Waited::Socket => return self.receive_frame(conn, u64::from(expected), until, io),
+        }
+        let answer = control
+            .take_response(self.max_payload)
+            .map_err(|e| self.transport_error("bad answer", e))?;
+        match answer.kind {
+            RESPONSE_INLINE => {
+                let dst = io.response_buffer(answer.len)?;
+                control.read_inline(0, dst);
+                self.give_back(conn);
+                Ok(())
+            }
+            RESPONSE_ERROR => {
+                let mut msg = vec![0u8; answer.len];
+                control.read_inline(0, &mut msg);
+                self.give_back(conn);
+                let code = ErrorCode::from_raw(answer.status).unwrap_or(ErrorCode::Transport);
+                Err(CallError::new(
+                    code,
+                    String::from_utf8_lossy(&msg).into_owned(),
+                ))
+            }
+            _ => self.receive_frame(conn, u64::from(expected), until, io),
+        }
+    }
+
+    /// Reads the answer to the connection's last request as a frame on the
+    /// socket into the caller.
+    /// Request `id` is the request's sequence number.
+    fn receive_frame(
+        &self,
+        mut conn: Connection,
+        id: u64,
+        until: Instant,
+        io: &mut dyn CallerIo,
+    ) -> Result<(), CallError> {
+        conn.wait_at_most(until)
+            .map_err(|e| self.transport_error("cannot set a timeout", e))?;
         let h = match wire::read_header(&mut conn.stream, self.max_payload as u64) {
             Ok(h) => h,
             Err(WireError::Io(e)) if is_timeout(&e) => {
@@ -197,9 +316,6 @@ impl Endpoint {
             Kind::Error => {
                 let (code, message) = read_error(&mut conn.stream, &h)
                     .map_err(|e| self.transport_error("connection lost mid-call", e))?;
-                if h.payload_len as usize <= MAX_ERROR_MESSAGE {
-                    self.give_back(conn);
-                }
                 return Err(CallError::new(code, message));
             }
             other => {
@@ -264,17 +380,53 @@ fn read_error(stream: &mut UnixStream, h: &Header) -> io::Result<(ErrorCode, Str
     Ok((code, String::from_utf8_lossy(&msg).into_owned()))
 }
 
-fn send_request(
+/// Posts a request on `conn`: into the slot when it fits, else announced
+/// in the slot and framed on the socket.
+fn post_request(
     conn: &mut Connection,
-    id: u64,
     target: &str,
     request: &[u8],
     call: &CallMeta,
-) -> io::Result<()> {
-    let mut h = Header::new(Kind::Request, id);
+) -> Result<(), PostError> {
+    let control = conn.shm.control().clone();
+    let inline = request.len() <= SLOT_MAX_PAYLOAD;
+    let depth = call.depth.min(u16::MAX as u32) as u16;
+    let budget_us = (call.deadline.remaining().as_micros() as u64).max(1);
+    if inline {
+        control.write_inline(0, target.as_bytes());
+        control.write_inline(target.len(), request);
+    }
+    control.put_request(&SlotRequest {
+        kind: if inline {
+            REQUEST_INLINE
+        } else {
+            REQUEST_ON_SOCKET
+        },
+        target_len: target.len(),
+        len: if inline { request.len() } else { 0 },
+        depth,
+        budget_us,
+    });
+    let seq = next_seq(conn.seq);
+    if let Err(now) =
+        control
+            .word(REQ_SEQ)
+            .compare_exchange(conn.seq, seq, Ordering::SeqCst, Ordering::SeqCst)
+    {
+        return Err(PostError::Closed(format!(
+            "the server closed the connection (request sequence {now:#x}, expected {:#x})",
+            conn.seq
+        )));
+    }
+    control.ring(CALLER);
+    conn.last_used = Instant::now();
+    if inline {
+        return Ok(());
+    }
+    let mut h = Header::new(Kind::Request, u64::from(seq));
     h.target_len = target.len() as u16;
-    h.depth = call.depth.min(u16::MAX as u32) as u16;
-    h.budget_us = (call.deadline.remaining().as_micros() as u64).max(1);
+    h.depth = depth;
+    h.budget_us = budget_us;
     send_frame(
         &mut conn.stream,
         &mut conn.shm,
@@ -282,12 +434,13 @@ fn send_request(
         target.as_bytes(),
         request,
     )
+    .map_err(PostError::Io)
 }
 
 impl Transport for LocalClient {
     fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError> {
-        let (conn, id) = self.0.send(io, call)?;
-        self.0.receive(conn, id, io)
+        let (conn, until) = self.0.send(io, call)?;
+        self.0.receive(conn, until, io)
     }
 
     fn start(
@@ -296,11 +449,11 @@ impl Transport for LocalClient {
         call: &CallMeta,
     ) -> Result<Box<dyn PendingCall>, CallError> {
         // The request leaves now; the server works while the caller goes on.
-        let (conn, id) = self.0.send(io, call)?;
+        let (conn, until) = self.0.send(io, call)?;
         Ok(Box::new(LocalPending {
             endpoint: self.0.clone(),
             conn,
-            id,
+            until,
         }))
     }
 }
@@ -309,12 +462,16 @@ impl Transport for LocalClient {
 struct LocalPending {
     endpoint: Arc<Endpoint>,
     conn: Connection,
-    id: u64,
+    until: Instant,
 }
 
 impl PendingCall for LocalPending {
     fn wait(self: Box<Self>, io: &mut dyn CallerIo) -> Result<(), CallError> {
-        let LocalPending { endpoint, conn, id } = *self;
-        endpoint.receive(conn, id, io)
+        let LocalPending {
+            endpoint,
+            conn,
+            until,
+        } = *self;
+        endpoint.receive(conn, until, io)
     }
 }

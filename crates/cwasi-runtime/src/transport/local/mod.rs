@@ -2,11 +2,20 @@
 //! over its Unix socket in the node directory (`docs/protocol.md`). Small
 //! payloads travel inline in frames ([`wire`]); large ones through a shared
 //! memory region each connection carries ([`shm`]), copied straight between
-//! guest memory and the region. [`client`] is the caller's side, [`server`]
-//! the served function's, reading requests through [`request`].
+//! guest memory and the region. Small calls go through the call slot at the
+//! start of that region ([`slot`]), with bounded spinning ([`spin`]) and
+//! futex wake-ups, and a watcher thread that wakes a sleeper whose peer
+//! hung up ([`hangup`]). [`client`] is the caller's side, [`server`] the
+//! served function's, reading requests through [`request`].
 
 pub(crate) mod client;
+mod exchange;
+mod hangup;
 pub(crate) mod request;
 pub(crate) mod server;
 pub(crate) mod shm;
+pub(crate) mod slot;
+mod spin;
 pub mod wire;
+
+pub use spin::DEFAULT_SPIN;

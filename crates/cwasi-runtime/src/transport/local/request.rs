@@ -217,6 +217,12 @@ impl RequestReader {
         Ok(())
     }
 
+    /// Whether bytes of a next frame are already buffered (a caller that
+    /// sent frames back to back without the slot).
+    pub fn has_buffered(&self) -> bool {
+        self.start < self.end
+    }
+
     /// Drops what is buffered: after a refusal, before the connection is
     /// drained and closed.
     pub fn discard_buffered(&mut self) {

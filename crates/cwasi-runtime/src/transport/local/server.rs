@@ -12,19 +12,25 @@
 //! the idle timeout, and the phase deadlines that end a stalled request.
 
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::exchange::{Answer, ConnExchange, Incoming};
+use super::hangup::Watch;
 use super::request::{Request, RequestError, RequestReader};
-use super::shm::{is_peer_gone, recv_payload, recv_with_fd, send_frame, SharedRegion};
-use super::wire::{self, Header, Kind, WireError, HEADER_LEN};
+use super::shm::{is_peer_gone, recv_with_fd, SharedRegion};
+use super::slot::layout::{CLOSED, REQ_SEQ};
+use super::slot::{next_seq, ControlBlock, Waited, REQUEST_ON_SOCKET, SERVER};
+use super::spin::SpinHabit;
+use super::wire::{self, Header, Kind, WireError, HEADER_LEN, MAX_TARGET_LEN};
 use crate::call::CallMeta;
 use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
-use crate::guest::invoke::{invoke, Exchange};
+use crate::guest::invoke::invoke;
 use crate::transport::admission::{accept_until, AcceptThread, Connections, Slots, WarnBudget};
 
 /// How long a refused connection is drained before it is closed.
@@ -224,38 +230,181 @@ fn serve_connection(stream: UnixStream, shared: &Shared) -> Result<(), ConnError
         let e = ConnError::Protocol("attach-shm without a file descriptor".into());
         return Err(refuse(&stream, h.id, e, &shared.warnings));
     };
-    let mut shm = match SharedRegion::adopt(fd) {
+    let shm = match SharedRegion::adopt(fd) {
         Ok(s) => s,
         Err(e) => return Err(refuse(&stream, h.id, e.into(), &shared.warnings)),
     };
 
-    let mut reader = RequestReader::new(stream, shared.settings.idle_timeout);
-    loop {
-        let request = match reader.next_request(max_payload) {
-            Ok(r) => r,
-            Err(RequestError::Ended) => return Ok(()),
-            Err(e) => return Err(end_connection(&mut reader, 0, e.into(), shared)),
-        };
-        let id = request.header.id;
-        let mut exchange = SocketExchange {
-            reader: &mut reader,
-            shm: &mut shm,
-            request: &request,
-            request_read: false,
-            broken: None,
-        };
-        let Err(e) = handle_request(&mut exchange, shared) else {
-            continue;
-        };
-        if let Some(broken) = exchange.broken.take() {
-            return Err(end_connection(&mut reader, id, broken.into(), shared));
-        }
-        if !exchange.request_read {
-            if let Err(broken) = exchange.skip_request() {
-                return Err(end_connection(&mut reader, id, broken.into(), shared));
+    let control = shm.control().clone();
+    let watch = Watch::new(stream.as_fd(), control.clone(), SERVER.bell, true)?;
+    let mut conn = ServerConn {
+        reader: RequestReader::new(stream, shared.settings.idle_timeout),
+        shm,
+        control,
+        watch,
+        last: 0,
+        habit: SpinHabit::new(),
+        max_payload,
+    };
+    let result = conn.serve(shared);
+    // The watch goes before the socket closes (see `hangup.rs`).
+    drop(conn.watch);
+    result
+}
+
+/// One admitted connection: its socket (through the request reader), its
+/// shared region and call slot.
+struct ServerConn {
+    reader: RequestReader,
+    shm: SharedRegion,
+    control: Arc<ControlBlock>,
+    watch: Watch,
+    /// The request sequence of the last request taken from the slot.
+    last: u32,
+    habit: SpinHabit,
+    max_payload: u64,
+}
+
+/// What woke the server.
+enum Next {
+    /// A request in the slot, with its sequence number.
+    Slot(u32),
+    /// A frame on the socket, sent without the slot.
+    Frame,
+    /// Nothing to do yet.
+    Nothing,
+}
+
+impl ServerConn {
+    fn serve(&mut self, shared: &Shared) -> Result<(), ConnError> {
+        let spin = shared.function.limits().spin_budget;
+        let mut answered = Instant::now();
+        loop {
+            let next = if self.reader.has_buffered() {
+                Next::Frame
+            } else {
+                let idle = Instant::now() + shared.settings.idle_timeout;
+                let waited = self.control.wait(
+                    SERVER,
+                    self.last,
+                    self.habit.budget(spin),
+                    idle,
+                    &self.watch,
+                )?;
+                self.habit.learn(answered.elapsed(), spin);
+                match waited {
+                    Waited::Changed(seq) if seq == next_seq(self.last) => Next::Slot(seq),
+                    Waited::Changed(seq) => {
+                        let e = ConnError::Protocol(format!(
+                            "request sequence {seq} out of turn (expected {})",
+                            next_seq(self.last)
+                        ));
+                        return Err(end_connection(&mut self.reader, 0, e, shared));
+                    }
+                    Waited::TimedOut => {
+                        // Idle: close, unless a request comes in the same
+                        // instant (the caller then sees `CLOSED` and
+                        // reconnects, or this side serves it).
+                        let closed = self.control.word(REQ_SEQ).compare_exchange(
+                            self.last,
+                            self.last | CLOSED,
+                            Ordering::SeqCst,
+                            Ordering::SeqCst,
+                        );
+                        if closed.is_ok() {
+                            return Ok(());
+                        }
+                        Next::Nothing
+                    }
+                    Waited::Socket if self.watch.readable_now() => Next::Frame,
+                    Waited::Socket => Next::Nothing,
+                }
+            };
+            match next {
+                Next::Slot(seq) => {
+                    self.serve_slot(seq, shared)?;
+                    self.last = seq;
+                    answered = Instant::now();
+                }
+                Next::Frame => {
+                    let request = match self.reader.next_request(self.max_payload) {
+                        Ok(r) => r,
+                        Err(RequestError::Ended) => return Ok(()),
+                        Err(e) => {
+                            return Err(end_connection(&mut self.reader, 0, e.into(), shared))
+                        }
+                    };
+                    self.serve_frame(&request, Answer::Frame, shared)?;
+                }
+                Next::Nothing => {}
             }
         }
-        wire::write_error(&mut reader.stream(), id, e.code.as_raw(), &e.message)?;
+    }
+
+    /// Serves the request the caller posted in the slot with sequence `seq`.
+    fn serve_slot(&mut self, seq: u32, shared: &Shared) -> Result<(), ConnError> {
+        let max = self.max_payload as usize;
+        let slot = match self.control.take_request(max) {
+            Ok(r) => r,
+            Err(e) => {
+                let e = ConnError::Protocol(format!("bad request in the call slot: {e}"));
+                return Err(end_connection(&mut self.reader, 0, e, shared));
+            }
+        };
+        if slot.kind == REQUEST_ON_SOCKET {
+            let request = match self.reader.next_request(self.max_payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    let e = match e {
+                        RequestError::Ended => RequestError::Protocol(
+                            "the connection closed before the announced request frame".into(),
+                        ),
+                        e => e,
+                    };
+                    return Err(end_connection(&mut self.reader, 0, e.into(), shared));
+                }
+            };
+            return self.serve_frame(&request, Answer::Slot(seq), shared);
+        }
+        let mut target = [0u8; MAX_TARGET_LEN];
+        let target = &mut target[..slot.target_len];
+        self.control.read_inline(0, target);
+        let mut exchange = ConnExchange {
+            reader: &mut self.reader,
+            shm: &mut self.shm,
+            control: &self.control,
+            incoming: Incoming::Slot(slot),
+            answer: Answer::Slot(seq),
+            request_read: false,
+            answered: false,
+            broken: None,
+        };
+        let info = (slot.depth, slot.budget_us);
+        let result = handle_request(target, info, &mut exchange, shared);
+        finish(exchange, result, 0, shared)
+    }
+
+    /// Serves a request that came as a frame, answering as `answer` says.
+    fn serve_frame(
+        &mut self,
+        request: &Request,
+        answer: Answer,
+        shared: &Shared,
+    ) -> Result<(), ConnError> {
+        let target = self.reader.target(request).to_vec();
+        let h = request.header;
+        let mut exchange = ConnExchange {
+            reader: &mut self.reader,
+            shm: &mut self.shm,
+            control: &self.control,
+            incoming: Incoming::Frame(request),
+            answer,
+            request_read: false,
+            answered: false,
+            broken: None,
+        };
+        let result = handle_request(&target, (h.depth, h.budget_us), &mut exchange, shared);
+        finish(exchange, result, h.id, shared)
     }
 }
 
@@ -303,10 +452,14 @@ fn drain_and_close(stream: &UnixStream) {
 }
 
 /// Runs one request: checks its target, depth and a call slot, then
-/// invokes the function.
-fn handle_request(exchange: &mut SocketExchange<'_>, shared: &Shared) -> Result<(), CallError> {
+/// invokes the function. `info` is the request's depth and budget.
+fn handle_request(
+    target: &[u8],
+    (depth, budget_us): (u16, u64),
+    exchange: &mut ConnExchange<'_>,
+    shared: &Shared,
+) -> Result<(), CallError> {
     let f = &shared.function;
-    let target = exchange.reader.target(exchange.request);
     if target != f.spec.name.as_bytes() {
         return Err(CallError::new(
             ErrorCode::UnknownFunction,
@@ -317,10 +470,9 @@ fn handle_request(exchange: &mut SocketExchange<'_>, shared: &Shared) -> Result<
             ),
         ));
     }
-    let h = &exchange.request.header;
     let caller_deadline =
-        (h.budget_us > 0).then(|| Deadline::after(Duration::from_micros(h.budget_us)));
-    let call = CallMeta::incoming(u32::from(h.depth), caller_deadline, f.limits())?;
+        (budget_us > 0).then(|| Deadline::after(Duration::from_micros(budget_us)));
+    let call = CallMeta::incoming(u32::from(depth), caller_deadline, f.limits())?;
     if !shared.slots.acquire(call.deadline.remaining()) {
         return Err(CallError::new(
             ErrorCode::ResourceLimit,
@@ -335,54 +487,31 @@ fn handle_request(exchange: &mut SocketExchange<'_>, shared: &Shared) -> Result<
     result
 }
 
-/// One request's connection and shared region as an [`Exchange`]. A
-/// failure of the connection itself is kept in `broken`: the connection
-/// then ends, where a failed call only gets an error frame.
-struct SocketExchange<'a> {
-    reader: &'a mut RequestReader,
-    shm: &'a mut SharedRegion,
-    request: &'a Request,
-    request_read: bool,
-    broken: Option<io::Error>,
-}
-
-impl SocketExchange<'_> {
-    fn lost(&mut self, e: io::Error) -> CallError {
-        let err = CallError::new(ErrorCode::Transport, format!("connection lost: {e}"));
-        self.broken = Some(e);
-        err
+/// Ends an exchange after the call returned `result`: a failed call is
+/// answered with its error (request `id` when answered as a frame); a
+/// broken connection ends.
+fn finish(
+    mut exchange: ConnExchange<'_>,
+    result: Result<(), CallError>,
+    id: u64,
+    shared: &Shared,
+) -> Result<(), ConnError> {
+    let Err(e) = result else {
+        return Ok(());
+    };
+    if let Some(broken) = exchange.broken.take() {
+        return Err(end_connection(exchange.reader, id, broken.into(), shared));
     }
-
-    /// Consumes a payload the server will not use (progress counts of a
-    /// pipelined one), keeping the stream in step. An inline payload is
-    /// already read, and one in the region needs nothing.
-    fn skip_request(&mut self) -> io::Result<()> {
-        let h = &self.request.header;
-        if !h.chunked() {
-            return Ok(());
+    if !exchange.request_read {
+        if let Err(broken) = exchange.skip_request() {
+            return Err(end_connection(exchange.reader, id, broken.into(), shared));
         }
-        recv_payload(self.reader, self.shm, h, &mut [])
     }
-}
-
-impl Exchange for SocketExchange<'_> {
-    fn request_len(&self) -> usize {
-        self.request.header.payload_len as usize
+    if exchange.answered {
+        // The answer left; what failed after it is the server's own.
+        tracing::debug!("after the answer: {e}");
+        return Ok(());
     }
-
-    fn read_request(&mut self, dst: &mut [u8]) -> Result<(), CallError> {
-        self.request_read = true;
-        let h = &self.request.header;
-        if !h.in_shm() {
-            dst.copy_from_slice(self.reader.inline_payload(self.request));
-            return Ok(());
-        }
-        recv_payload(self.reader, self.shm, h, dst).map_err(|e| self.lost(e))
-    }
-
-    fn write_response(&mut self, response: &[u8]) -> Result<(), CallError> {
-        let mut out = Header::new(Kind::Response, self.request.header.id);
-        let mut stream = self.reader.stream();
-        send_frame(&mut stream, self.shm, &mut out, &[], response).map_err(|e| self.lost(e))
-    }
+    exchange.answer_error(id, &e)?;
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! The shared-memory region of a local connection: a sealed memfd that the
-//! client creates, passes once with SCM_RIGHTS, and either side grows.
+//! client creates, passes once with SCM_RIGHTS, and either side grows. It
+//! starts with the call slot's control block (`slot.rs`, [`CONTROL_LEN`]
+//! bytes, mapped on its own); large payloads lie in the data area after it.
 //!
 //! Safety argument (also in `docs/protocol.md`):
 //! - The memfd carries `F_SEAL_SHRINK | F_SEAL_SEAL`, checked by the receiver,
@@ -17,6 +19,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
+use super::slot::layout::CONTROL_LEN;
+use super::slot::ControlBlock;
 use super::wire::{self, Header, FLAG_CHUNKED, FLAG_SHM};
 use rustix::fs::{
     fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create, MemfdFlags, SealFlags,
@@ -26,13 +30,16 @@ use rustix::net::{
     recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
 };
+use std::sync::Arc;
 
 /// Smallest size a region grows to.
 const MIN_GROWTH: usize = 1 << 20;
 
-/// A mapped memfd shared with one peer.
+/// A mapped memfd shared with one peer: its control block, and its data
+/// area mapped as far as it is known to be backed.
 pub(crate) struct SharedRegion {
     fd: OwnedFd,
+    control: Arc<ControlBlock>,
     ptr: *mut u8,
     mapped: usize,
 }
@@ -42,18 +49,23 @@ pub(crate) struct SharedRegion {
 unsafe impl Send for SharedRegion {}
 
 impl SharedRegion {
-    /// Creates an empty, sealed region (nothing is mapped until it grows).
+    /// Creates a sealed region holding a zeroed control block (the data
+    /// area is mapped when it grows).
     pub fn create() -> io::Result<SharedRegion> {
         let fd = memfd_create("cwasi-shm", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+        ftruncate(&fd, CONTROL_LEN as u64)?;
         fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::SEAL)?;
+        let control = Arc::new(ControlBlock::map(fd.as_fd())?);
         Ok(SharedRegion {
             fd,
+            control,
             ptr: std::ptr::null_mut(),
             mapped: 0,
         })
     }
 
-    /// Adopts a region received from a peer, after checking its seals.
+    /// Adopts a region received from a peer, after checking its seals and
+    /// that it holds a control block.
     pub fn adopt(fd: OwnedFd) -> io::Result<SharedRegion> {
         let seals = fcntl_get_seals(&fd)?;
         if !seals.contains(SealFlags::SHRINK | SealFlags::SEAL) || seals.contains(SealFlags::GROW) {
@@ -62,11 +74,25 @@ impl SharedRegion {
                 "the shared region is not sealed against shrinking",
             ));
         }
+        let size = fstat(&fd)?.st_size as usize;
+        if size < CONTROL_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the shared region has {size} bytes, less than the {CONTROL_LEN}-byte control block"),
+            ));
+        }
+        let control = Arc::new(ControlBlock::map(fd.as_fd())?);
         Ok(SharedRegion {
             fd,
+            control,
             ptr: std::ptr::null_mut(),
             mapped: 0,
         })
+    }
+
+    /// The call slot's control block.
+    pub fn control(&self) -> &Arc<ControlBlock> {
+        &self.control
     }
 
     /// The descriptor, for passing to the peer.
@@ -74,15 +100,16 @@ impl SharedRegion {
         self.fd.as_fd()
     }
 
-    /// Makes at least `len` bytes available, growing the file if needed.
+    /// Makes at least `len` bytes of data area available, growing the file
+    /// if needed.
     pub fn grow_to(&mut self, len: usize) -> io::Result<()> {
         if len <= self.mapped {
             return Ok(());
         }
-        let size = fstat(&self.fd)?.st_size as usize;
+        let size = data_len(&self.fd)?;
         if size < len {
             let target = len.next_power_of_two().max(MIN_GROWTH);
-            ftruncate(&self.fd, target as u64)?;
+            ftruncate(&self.fd, (CONTROL_LEN + target) as u64)?;
         }
         self.remap()
     }
@@ -93,7 +120,7 @@ impl SharedRegion {
         if len <= self.mapped {
             return Ok(());
         }
-        let size = fstat(&self.fd)?.st_size as usize;
+        let size = data_len(&self.fd)?;
         if size < len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -104,10 +131,13 @@ impl SharedRegion {
     }
 
     fn remap(&mut self) -> io::Result<()> {
-        let size = fstat(&self.fd)?.st_size as usize;
+        let size = data_len(&self.fd)?;
         self.unmap();
-        // SAFETY: a fresh shared mapping of the whole file; the file cannot
-        // shrink (sealed), so every byte of the mapping stays backed.
+        if size == 0 {
+            return Ok(());
+        }
+        // SAFETY: a fresh shared mapping of the file's data area; the file
+        // cannot shrink (sealed), so every byte of the mapping stays backed.
         let ptr = unsafe {
             mmap(
                 std::ptr::null_mut(),
@@ -115,7 +145,7 @@ impl SharedRegion {
                 ProtFlags::READ | ProtFlags::WRITE,
                 MapFlags::SHARED,
                 &self.fd,
-                0,
+                CONTROL_LEN as u64,
             )?
         };
         self.ptr = ptr.cast();
@@ -151,6 +181,11 @@ impl Drop for SharedRegion {
     fn drop(&mut self) {
         self.unmap();
     }
+}
+
+/// Bytes of data area in the file after the control block.
+fn data_len(fd: &OwnedFd) -> io::Result<usize> {
+    Ok((fstat(fd)?.st_size as usize).saturating_sub(CONTROL_LEN))
 }
 
 /// Payloads of at least this size go through the shared region.

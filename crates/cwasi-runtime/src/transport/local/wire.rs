@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!  0  magic        4 bytes  "CWSI"
-//!  4  version      u8       2
+//!  4  version      u8       3
 //!  5  kind         u8       1 request, 2 response, 3 error, 4 attach-shm
 //!  6  flags        u16      bit 0: the payload is in the shared region
 //!                           bit 1: chunked (progress counts follow)
@@ -23,7 +23,7 @@ use std::io::{self, Read, Write};
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"CWSI";
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 40;
 /// Longest target name: the ABI's name limit.
