@@ -12,7 +12,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{assert_producer_ok, cwasi, function, run_with_timeout, Scratch, Server, LIMIT};
-use cwasi_runtime::wire::slot::CONTROL_LEN;
 use cwasi_runtime::wire::{Header, Kind, FLAG_CHUNKED, FLAG_SHM, HEADER_LEN};
 use cwasi_runtime::{ErrorCode, Limits, Mode, NodeDirectory, Runtime};
 use test_programs_artifacts as progs;
@@ -236,25 +235,7 @@ fn attach_region(s: &UnixStream, size: u64) {
 
 /// [`attach_region`], for a connection the server may have closed already.
 fn try_attach_region(s: &UnixStream, size: u64) -> std::io::Result<()> {
-    use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
-    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    use std::os::fd::AsFd;
-    let fd = memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-    ftruncate(&fd, CONTROL_LEN as u64 + size).unwrap();
-    fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::SEAL).unwrap();
-    let head = Header::new(Kind::AttachShm, 0).encode();
-    let fds = [fd.as_fd()];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-    let n = sendmsg(
-        s,
-        &[std::io::IoSlice::new(&head)],
-        &mut control,
-        SendFlags::empty(),
-    )?;
-    assert_eq!(n, HEADER_LEN);
-    Ok(())
+    common::attach_region(s, size).map(drop)
 }
 
 /// A request for `echo` whose header is `h` but for the target.

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -169,25 +169,8 @@ impl Region {
 /// Connects to `socket` as a caller would, with a region of a control block
 /// and nothing more; returns the connection and the region.
 fn hostile_caller(socket: &Path) -> (UnixStream, Region) {
-    use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
-    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     let s = UnixStream::connect(socket).unwrap();
-    let fd = memfd_create("hostile", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-    ftruncate(&fd, CONTROL_LEN as u64).unwrap();
-    fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::SEAL).unwrap();
-    let head = Header::new(Kind::AttachShm, 0).encode();
-    let fds = [fd.as_fd()];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-    let n = sendmsg(
-        &s,
-        &[std::io::IoSlice::new(&head)],
-        &mut control,
-        SendFlags::empty(),
-    )
-    .unwrap();
-    assert_eq!(n, HEADER_LEN);
+    let fd = common::attach_region(&s, 0).unwrap();
     (s, Region::map(fd))
 }
 
@@ -291,7 +274,7 @@ fn against_hostile_server(
     let rt = caller(Path::new("/nonexistent"), timeout, Duration::ZERO);
     std::thread::scope(|s| {
         let server = s.spawn(move || {
-            let (conn, _) = listener.accept().unwrap();
+            let conn = accept_within(&listener, Duration::from_secs(10)).expect("no caller came");
             let mut head = [0u8; HEADER_LEN];
             let fd = receive_fd(&conn, &mut head);
             let region = Region::map(fd);
@@ -385,4 +368,102 @@ fn garbage_in_the_slot_from_a_server_fails_the_call_without_a_hang() {
     let _server = Server::start(&dir, progs::ECHO, "echo", "b", &[], &[]);
     let rt = caller(&dir, Duration::from_secs(20), Duration::ZERO);
     assert_eq!(rt.call("a", "echo", b"fine").unwrap(), b"fine");
+}
+
+/// The next connection to `listener`, if one comes within `limit` (so that
+/// a caller that never comes fails the test instead of hanging it).
+fn accept_within(listener: &UnixListener, limit: Duration) -> Option<UnixStream> {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                conn.set_nonblocking(false).unwrap();
+                return Some(conn);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    None
+}
+
+/// Answers the request in the slot of `region` as a server would, with
+/// `answer` inline.
+fn answer_inline(region: &Region, answer: &[u8]) {
+    // SAFETY: the inline area is within the mapping; raw copies only.
+    unsafe {
+        std::ptr::copy_nonoverlapping(answer.as_ptr(), region.ptr.add(INLINE_AT), answer.len());
+    }
+    region.word(RESP_KIND).store(1, Ordering::SeqCst);
+    region
+        .word(RESP_LEN)
+        .store(answer.len() as u32, Ordering::SeqCst);
+    region.word(RESP_SEQ).store(1, Ordering::SeqCst);
+    region.ring(CLIENT_BELL);
+}
+
+#[test]
+fn a_request_the_server_never_took_is_posted_again_and_one_it_took_is_not() {
+    let scratch = Scratch::new("not-taken");
+    let socket = scratch.0.join("flaky.sock");
+    for took in [false, true] {
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let rt = caller(
+            Path::new("/nonexistent"),
+            Duration::from_secs(20),
+            Duration::ZERO,
+        );
+        let (result, connections) = std::thread::scope(|s| {
+            let server = s.spawn(|| {
+                let mut connections = 0;
+                // The first connection hangs up once the request is in the
+                // slot, having taken it or not; a second one answers.
+                for first in [true, false] {
+                    let Some(conn) = accept_within(&listener, Duration::from_secs(10)) else {
+                        break;
+                    };
+                    connections += 1;
+                    let fd = receive_fd(&conn, &mut [0u8; HEADER_LEN]);
+                    let region = Region::map(fd);
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while region.word(REQ_SEQ).load(Ordering::SeqCst) != 1 {
+                        assert!(Instant::now() < deadline, "no request in the slot");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    if first {
+                        if took {
+                            region.word(REQ_TAKEN).store(1, Ordering::SeqCst);
+                        }
+                        drop(conn);
+                        if took {
+                            break;
+                        }
+                        continue;
+                    }
+                    region.word(REQ_TAKEN).store(1, Ordering::SeqCst);
+                    answer_inline(&region, b"answered");
+                    let mut rest = Vec::new();
+                    let _ = (&conn).read_to_end(&mut rest);
+                }
+                connections
+            });
+            let result = rt.call_socket(&socket, "echo", b"hello");
+            drop(rt);
+            (result, server.join().unwrap())
+        });
+        if took {
+            // It may have run: the caller is told, and nothing is repeated.
+            let err = result.unwrap_err();
+            assert_eq!(err.code, ErrorCode::Transport, "{err}");
+            assert!(err.message.contains("mid-call"), "{err}");
+            assert_eq!(connections, 1);
+        } else {
+            assert_eq!(result.unwrap(), b"answered");
+            assert_eq!(connections, 2);
+        }
+    }
 }

@@ -161,3 +161,34 @@ impl Drop for Server {
         let _ = self.0.wait();
     }
 }
+
+/// Opens a local connection the proper way, by hand: sends the attach-shm
+/// frame with a new sealed memfd of the call slot's control block and
+/// `data` bytes more, and returns the memfd (a test may map it and play a
+/// hostile peer).
+pub fn attach_region(
+    s: &std::os::unix::net::UnixStream,
+    data: u64,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use cwasi_runtime::wire::slot::CONTROL_LEN;
+    use cwasi_runtime::wire::{Header, Kind, HEADER_LEN};
+    use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::os::fd::AsFd;
+    let fd = memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    ftruncate(&fd, CONTROL_LEN as u64 + data)?;
+    fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::SEAL)?;
+    let head = Header::new(Kind::AttachShm, 0).encode();
+    let fds = [fd.as_fd()];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+    let n = sendmsg(
+        s,
+        &[std::io::IoSlice::new(&head)],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    assert_eq!(n, HEADER_LEN);
+    Ok(fd)
+}

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::hangup::Watch;
-use super::shm::{is_timeout, recv_payload, send_frame, send_with_fd, SharedRegion};
-use super::slot::layout::{REQ_SEQ, SLOT_MAX_PAYLOAD};
+use super::shm::{is_peer_gone, is_timeout, recv_payload, send_frame, send_with_fd, SharedRegion};
+use super::slot::layout::{REQ_SEQ, REQ_TAKEN, SLOT_MAX_PAYLOAD};
 use super::slot::{
     next_seq, SlotRequest, SocketWatch, Waited, CALLER, REQUEST_INLINE, REQUEST_ON_SOCKET,
     RESPONSE_ERROR, RESPONSE_INLINE,
@@ -93,6 +93,35 @@ impl Connection {
             self.read_timeout = Some(want);
         }
         Ok(())
+    }
+}
+
+/// When a caller stops waiting for the answer to `call`: its deadline,
+/// plus the grace in which the server's own timeout error arrives first.
+fn answer_by(call: &CallMeta) -> Instant {
+    Instant::now() + call.deadline.remaining() + ANSWER_GRACE
+}
+
+/// Why a call failed, as far as retrying it goes.
+enum Failure {
+    /// The call failed (or may have run): report it.
+    Call(CallError),
+    /// The server hung up without a word before it took the request:
+    /// nothing ran, and the call may be posted again on a new connection.
+    NotTaken(CallError),
+}
+
+impl From<CallError> for Failure {
+    fn from(e: CallError) -> Self {
+        Failure::Call(e)
+    }
+}
+
+impl Failure {
+    fn into_error(self) -> CallError {
+        match self {
+            Failure::Call(e) | Failure::NotTaken(e) => e,
+        }
     }
 }
 
@@ -173,7 +202,6 @@ impl Endpoint {
         io: &mut dyn CallerIo,
         call: &CallMeta,
     ) -> Result<(Connection, Instant), CallError> {
-        let until = Instant::now() + call.deadline.remaining() + ANSWER_GRACE;
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let reused = pooled.and_then(|mut conn| {
             if conn.last_used.elapsed() > CHECK_IF_IDLE && conn.watch.hung_up_now() {
@@ -186,28 +214,39 @@ impl Endpoint {
                     tracing::debug!(target = %self.target, "pooled connection: {why}; reconnecting");
                     None
                 }
+                // The server is gone: what was sent did not run.
+                Err(PostError::Io(e)) if is_peer_gone(&e) => {
+                    tracing::debug!(target = %self.target, "pooled connection was dead: {e}; reconnecting");
+                    None
+                }
                 Err(PostError::Io(e)) => Some(Err(self.transport_error("cannot send the request", e))),
             }
         });
-        let conn = match reused {
-            Some(conn) => conn?,
-            None => {
-                let mut fresh = self.connect()?;
-                if let Err(e) = post_request(&mut fresh, &self.target, io.request(), call) {
-                    // A server that refuses a connection (over its cap, a
-                    // peer it does not admit) says why before it closes.
-                    let e = match e {
-                        PostError::Closed(why) => io::Error::other(why),
-                        PostError::Io(e) => e,
-                    };
-                    return Err(self
-                        .refusal(&mut fresh.stream)
-                        .unwrap_or_else(|| self.transport_error("cannot send the request", e)));
-                }
-                fresh
-            }
-        };
-        Ok((conn, until))
+        match reused {
+            Some(conn) => Ok((conn?, answer_by(call))),
+            None => self.send_fresh(io, call),
+        }
+    }
+
+    /// Posts the request on a new connection.
+    fn send_fresh(
+        &self,
+        io: &mut dyn CallerIo,
+        call: &CallMeta,
+    ) -> Result<(Connection, Instant), CallError> {
+        let mut fresh = self.connect()?;
+        if let Err(e) = post_request(&mut fresh, &self.target, io.request(), call) {
+            // A server that refuses a connection (over its cap, a peer it
+            // does not admit) says why before it closes.
+            let e = match e {
+                PostError::Closed(why) => io::Error::other(why),
+                PostError::Io(e) => e,
+            };
+            return Err(self
+                .refusal(&mut fresh.stream)
+                .unwrap_or_else(|| self.transport_error("cannot send the request", e)));
+        }
+        Ok((fresh, answer_by(call)))
     }
 
     /// Waits for the answer to the request posted on `conn` and delivers
@@ -217,7 +256,7 @@ impl Endpoint {
         mut conn: Connection,
         until: Instant,
         io: &mut dyn CallerIo,
-    ) -> Result<(), CallError> {
+    ) -> Result<(), Failure> {
         let control = conn.shm.control().clone();
         let expected = next_seq(conn.seq);
         let started = Instant::now();
@@ -234,26 +273,45 @@ impl Endpoint {
         match waited {
             Waited::Changed(seq) if seq == expected => conn.seq = seq,
             Waited::Changed(seq) => {
-                return Err(self.transport_error(
-                    "bad answer",
-                    format!("response sequence {seq} out of turn (expected {expected})"),
-                ))
+                return Err(self
+                    .transport_error(
+                        "bad answer",
+                        format!("response sequence {seq} out of turn (expected {expected})"),
+                    )
+                    .into())
             }
             Waited::TimedOut => {
                 return Err(CallError::new(
                     ErrorCode::Timeout,
                     format!("'{}' did not answer in time", self.target),
-                ))
+                )
+                .into())
             }
-            // The server hung up: read why, if it said so.
-            Waited::Socket => return self.receive_frame(conn, u64::from(expected), until, io),
+            // The server hung up: read why, if it said so. If it said
+            // nothing and never took the request, nothing ran.
+            Waited::Socket => {
+                let taken = control.word(REQ_TAKEN).load(Ordering::Acquire) == expected;
+                let silent = matches!(
+                    rustix::net::recv(
+                        &conn.stream,
+                        &mut [0u8; 1],
+                        rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT
+                    ),
+                    Ok((0, _))
+                );
+                let result = self.receive_frame(conn, u64::from(expected), until, io);
+                return match result {
+                    Err(e) if silent && !taken => Err(Failure::NotTaken(e)),
+                    other => other.map_err(Failure::from),
+                };
+            }
         }
         let answer = control
             .take_response(self.max_payload)
-            .map_err(|e| self.transport_error("bad answer", e))?;
+            .map_err(|e| Failure::from(self.transport_error("bad answer", e)))?;
         match answer.kind {
             RESPONSE_INLINE => {
-                let dst = io.response_buffer(answer.len)?;
+                let dst = io.response_buffer(answer.len).map_err(Failure::from)?;
                 control.read_inline(0, dst);
                 self.give_back(conn);
                 Ok(())
@@ -263,12 +321,9 @@ impl Endpoint {
                 control.read_inline(0, &mut msg);
                 self.give_back(conn);
                 let code = ErrorCode::from_raw(answer.status).unwrap_or(ErrorCode::Transport);
-                Err(CallError::new(
-                    code,
-                    String::from_utf8_lossy(&msg).into_owned(),
-                ))
+                Err(CallError::new(code, String::from_utf8_lossy(&msg).into_owned()).into())
             }
-            _ => self.receive_frame(conn, u64::from(expected), until, io),
+            _ => Ok(self.receive_frame(conn, u64::from(expected), until, io)?),
         }
     }
 
@@ -440,7 +495,16 @@ fn post_request(
 impl Transport for LocalClient {
     fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError> {
         let (conn, until) = self.0.send(io, call)?;
-        self.0.receive(conn, until, io)
+        match self.0.receive(conn, until, io) {
+            Err(Failure::NotTaken(e)) => {
+                // A server that closed a pooled connection (it restarted,
+                // or died) before it saw the request: once more, afresh.
+                tracing::debug!(target = %self.0.target, "request not taken ({e}); posting it again");
+                let (conn, until) = self.0.send_fresh(io, call)?;
+                self.0.receive(conn, until, io).map_err(Failure::into_error)
+            }
+            other => other.map_err(Failure::into_error),
+        }
     }
 
     fn start(
@@ -472,6 +536,10 @@ impl PendingCall for LocalPending {
             conn,
             until,
         } = *self;
-        endpoint.receive(conn, until, io)
+        // The request is no longer at hand here, so one the server did not
+        // take is reported, not posted again.
+        endpoint
+            .receive(conn, until, io)
+            .map_err(Failure::into_error)
     }
 }

@@ -22,7 +22,7 @@ use super::exchange::{Answer, ConnExchange, Incoming};
 use super::hangup::Watch;
 use super::request::{Request, RequestError, RequestReader};
 use super::shm::{is_peer_gone, recv_with_fd, SharedRegion};
-use super::slot::layout::{CLOSED, REQ_SEQ};
+use super::slot::layout::{CLOSED, REQ_SEQ, REQ_TAKEN};
 use super::slot::{next_seq, ControlBlock, Waited, REQUEST_ON_SOCKET, SERVER};
 use super::spin::SpinHabit;
 use super::wire::{self, Header, Kind, WireError, HEADER_LEN, MAX_TARGET_LEN};
@@ -322,6 +322,7 @@ impl ServerConn {
             };
             match next {
                 Next::Slot(seq) => {
+                    self.control.word(REQ_TAKEN).store(seq, Ordering::Release);
                     self.serve_slot(seq, shared)?;
                     self.last = seq;
                     answered = Instant::now();

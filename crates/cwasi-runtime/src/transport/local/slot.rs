@@ -39,6 +39,11 @@ pub mod layout {
     /// Size of the control block; the data area for large payloads starts
     /// here.
     pub const CONTROL_LEN: usize = 8192;
+    /// The request sequence the server last took, written before it runs
+    /// the call: a caller whose server hung up reads it to know whether its
+    /// request ran (on a line of its own, which the caller reads only
+    /// then).
+    pub const REQ_TAKEN: usize = 0;
     /// Request sequence, written by the caller (bit 31: closed by the
     /// server).
     pub const REQ_SEQ: usize = 64;
