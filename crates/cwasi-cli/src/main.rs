@@ -4,6 +4,7 @@
 
 mod bench;
 mod image;
+mod prefixed;
 mod report;
 mod served;
 

@@ -1,13 +1,15 @@
 //! The `cwasi serve` processes that `cwasi run` starts for functions outside
 //! the entry's namespace. The run owns them: it stops them when it ends or
 //! gets SIGTERM, SIGINT or SIGHUP, and the kernel kills them if the run dies
-//! any other way (SIGKILL, a crash).
+//! any other way (SIGKILL, a crash). Their output is forwarded line by
+//! line, each line after the function's name (`prefixed.rs`).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::prefixed::{forward, Sink};
 use anyhow::{bail, Context, Result};
 use cwasi_runtime::{FunctionSpec, Limits, NodeDirectory, StopSignals};
 use rustix::process::{kill_process, Pid, Signal};
@@ -21,8 +23,12 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// after which no more may start. Shared by the run and its signal thread.
 type Children = Arc<Mutex<Option<Vec<(String, Child)>>>>;
 
-/// Servers started for one run; dropping this stops them.
-pub struct Servers(Children);
+/// Servers started for one run, and the threads that forward their output;
+/// dropping this stops them.
+pub struct Servers {
+    children: Children,
+    output: Vec<std::thread::JoinHandle<()>>,
+}
 
 /// Starts one server per function and waits until each has registered.
 ///
@@ -36,29 +42,50 @@ pub fn spawn_all(
     limits: &Limits,
 ) -> Result<Servers> {
     let exe = std::env::current_exe().context("cannot find the cwasi binary")?;
-    let servers = Servers(Arc::new(Mutex::new(Some(Vec::new()))));
-    stop_on_signals(&servers.0)?;
+    let mut servers = Servers {
+        children: Arc::new(Mutex::new(Some(Vec::new()))),
+        output: Vec::new(),
+    };
+    stop_on_signals(&servers.children)?;
+    let width = functions.iter().map(|f| f.name.len()).max().unwrap_or(0);
     for f in functions {
         let mut cmd = server_command(&exe, f, dir, limits);
         redis_launcher::kill_with_parent(&mut cmd);
-        let mut children = lock(&servers.0);
+        let mut children = lock(&servers.children);
         let Some(list) = children.as_mut() else {
             bail!(
                 "the run was stopped before the server for '{}' started",
                 f.name
             );
         };
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start a server for '{}'", f.name))?;
         tracing::info!(function = %f.name, namespace = %f.namespace, pid = child.id(), "server started");
+        let prefix = format!("{:<width$} | ", f.name);
+        let pipes = [
+            child
+                .stdout
+                .take()
+                .map(|p| (Box::new(p) as Box<dyn std::io::Read + Send>, Sink::Stdout)),
+            child
+                .stderr
+                .take()
+                .map(|p| (Box::new(p) as Box<dyn std::io::Read + Send>, Sink::Stderr)),
+        ];
         list.push((f.name.clone(), child));
+        drop(children);
+        for (pipe, sink) in pipes.into_iter().flatten() {
+            let thread = forward(prefix.clone(), pipe, sink)
+                .context("cannot start a thread for a server's output")?;
+            servers.output.push(thread);
+        }
     }
     let deadline = Instant::now() + START_TIMEOUT;
     for (i, f) in functions.iter().enumerate() {
         while dir.lookup(&f.name, &f.namespace).is_none() {
             {
-                let mut children = lock(&servers.0);
+                let mut children = lock(&servers.children);
                 let Some((_, child)) = children.as_mut().and_then(|l| l.get_mut(i)) else {
                     bail!("the run was stopped before '{}' registered", f.name);
                 };
@@ -98,7 +125,9 @@ fn server_command(exe: &Path, f: &FunctionSpec, dir: &NodeDirectory, limits: &Li
             "--call-timeout-ms",
             &limits.call_timeout.as_millis().to_string(),
         ])
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(h) = &f.seed.handler {
         cmd.args(["--handler", h]);
     }
@@ -172,6 +201,11 @@ fn stop(children: &Children) {
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        stop(&self.0);
+        stop(&self.children);
+        // The servers are gone, so their pipes are at end of file: the last
+        // lines are out before the run ends.
+        for thread in self.output.drain(..) {
+            let _ = thread.join();
+        }
     }
 }

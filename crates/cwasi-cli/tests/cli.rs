@@ -188,6 +188,65 @@ fn seed_functions_call_and_are_called_unchanged() {
 }
 
 #[test]
+fn the_output_of_served_callees_comes_back_prefixed_with_their_names() {
+    let dir = Scratch::new("prefixed-output");
+    let node = dir.0.join("node");
+    // The callee sits in another namespace, so `cwasi run` serves it in a
+    // `cwasi serve` child and calls it in local mode; what the callee
+    // prints comes back through the run, after its name.
+    let toml = format!(
+        "entry = \"seed_caller\"\n{}{}",
+        function(
+            "seed_caller",
+            progs::SEED_CALLER,
+            "args = [\"greetings\"]\nconnect_to = \"hello\""
+        ),
+        function(
+            "hello",
+            progs::SEED_CALLEE,
+            "namespace = \"team-b\"\nhandler = \"hello_greet\""
+        ),
+    );
+    let out = cwasi(
+        &[
+            "run",
+            &dir.write("served.toml", &toml),
+            "--explain",
+            "--runtime-dir",
+            node.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("seed_caller -> hello: local"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("hello | seed_callee received len=9")),
+        "stdout:\n{}",
+        out.stdout
+    );
+    // The server's own messages on stderr are prefixed too.
+    assert!(
+        out.stderr.lines().any(|l| l.starts_with("hello | ")),
+        "stderr:\n{}",
+        out.stderr
+    );
+    // The entry's own output is not.
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("seed_caller sent=9")),
+        "stdout:\n{}",
+        out.stdout
+    );
+}
+
+#[test]
 fn short_form_runs_a_module_with_its_callees() {
     let with_transform = format!("transform={}", progs::TRANSFORM);
     let out = cwasi(
