@@ -23,22 +23,20 @@ impl Sink {
     /// lines of different children never interleave.
     fn write_line(self, prefix: &[u8], line: &[u8]) -> io::Result<()> {
         let newline: &[u8] = if line.ends_with(b"\n") { b"" } else { b"\n" };
+        let parts = [prefix, line, newline];
         match self {
-            Sink::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(prefix)?;
-                out.write_all(line)?;
-                out.write_all(newline)?;
-                out.flush()
-            }
-            Sink::Stderr => {
-                let mut out = io::stderr().lock();
-                out.write_all(prefix)?;
-                out.write_all(line)?;
-                out.write_all(newline)
-            }
+            Sink::Stdout => write_parts(io::stdout().lock(), &parts),
+            Sink::Stderr => write_parts(io::stderr().lock(), &parts),
         }
     }
+}
+
+/// Writes `parts` to `out` and flushes it.
+fn write_parts(mut out: impl Write, parts: &[&[u8]]) -> io::Result<()> {
+    for part in parts {
+        out.write_all(part)?;
+    }
+    out.flush()
 }
 
 /// Forwards what `from` yields to `to` until end of file, each line after

@@ -16,6 +16,8 @@ use rustix::process::{kill_process, Pid, Signal};
 
 /// How long a server may take to register.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The error of a thread for a server's output that cannot start.
+const NO_OUTPUT_THREAD: &str = "cannot start a thread for a server's output";
 /// How long a server may take to stop after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,21 +65,15 @@ pub fn spawn_all(
             .with_context(|| format!("cannot start a server for '{}'", f.name))?;
         tracing::info!(function = %f.name, namespace = %f.namespace, pid = child.id(), "server started");
         let prefix = format!("{:<width$} | ", f.name);
-        let pipes = [
-            child
-                .stdout
-                .take()
-                .map(|p| (Box::new(p) as Box<dyn std::io::Read + Send>, Sink::Stdout)),
-            child
-                .stderr
-                .take()
-                .map(|p| (Box::new(p) as Box<dyn std::io::Read + Send>, Sink::Stderr)),
-        ];
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         list.push((f.name.clone(), child));
         drop(children);
-        for (pipe, sink) in pipes.into_iter().flatten() {
-            let thread = forward(prefix.clone(), pipe, sink)
-                .context("cannot start a thread for a server's output")?;
+        if let Some(pipe) = stdout {
+            let thread = forward(prefix.clone(), pipe, Sink::Stdout).context(NO_OUTPUT_THREAD)?;
+            servers.output.push(thread);
+        }
+        if let Some(pipe) = stderr {
+            let thread = forward(prefix, pipe, Sink::Stderr).context(NO_OUTPUT_THREAD)?;
             servers.output.push(thread);
         }
     }

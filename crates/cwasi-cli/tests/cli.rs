@@ -187,6 +187,11 @@ fn seed_functions_call_and_are_called_unchanged() {
     assert!(out.stderr.contains("handler 'nope'"), "{}", out.stderr);
 }
 
+/// Whether a line of `text` starts with `prefix`.
+fn has_line(text: &str, prefix: &str) -> bool {
+    text.lines().any(|l| l.starts_with(prefix))
+}
+
 #[test]
 fn the_output_of_served_callees_comes_back_prefixed_with_their_names() {
     let dir = Scratch::new("prefixed-output");
@@ -224,23 +229,15 @@ fn the_output_of_served_callees_comes_back_prefixed_with_their_names() {
         out.stderr
     );
     assert!(
-        out.stdout
-            .lines()
-            .any(|l| l.starts_with("hello | seed_callee received len=9")),
+        has_line(&out.stdout, "hello | seed_callee received len=9"),
         "stdout:\n{}",
         out.stdout
     );
     // The server's own messages on stderr are prefixed too.
-    assert!(
-        out.stderr.lines().any(|l| l.starts_with("hello | ")),
-        "stderr:\n{}",
-        out.stderr
-    );
+    assert!(has_line(&out.stderr, "hello | "), "stderr:\n{}", out.stderr);
     // The entry's own output is not.
     assert!(
-        out.stdout
-            .lines()
-            .any(|l| l.starts_with("seed_caller sent=9")),
+        has_line(&out.stdout, "seed_caller sent=9"),
         "stdout:\n{}",
         out.stdout
     );

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{assert_producer_ok, cwasi, function, run_with_timeout, Scratch, Server, LIMIT};
+use common::{
+    answers, assert_producer_ok, cwasi, function, refusal, run_with_timeout, Scratch, Server, LIMIT,
+};
 use cwasi_runtime::wire::{Header, Kind, FLAG_CHUNKED, FLAG_SHM, HEADER_LEN};
 use cwasi_runtime::{ErrorCode, Limits, Mode, NodeDirectory, Runtime};
 use test_programs_artifacts as progs;
@@ -173,54 +175,6 @@ fn a_peer_of_another_uid_is_refused() {
         "{}",
         out.stderr
     );
-}
-
-/// One frame the server sent on a raw connection.
-struct Frame {
-    kind: Kind,
-    status: i32,
-    message: String,
-}
-
-/// Reads what the server sends on a raw connection until it closes it.
-fn frames(mut s: UnixStream) -> Vec<Frame> {
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut out = Vec::new();
-    loop {
-        let mut head = [0u8; HEADER_LEN];
-        match s.read_exact(&mut head) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return out,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
-            Err(e) => panic!("the server neither answered nor closed: {e}"),
-        }
-        let h = Header::decode(&head, 1 << 30).expect("the server sent a bad frame");
-        let mut body = vec![0u8; h.payload_len as usize];
-        s.read_exact(&mut body).unwrap();
-        out.push(Frame {
-            kind: h.kind,
-            status: h.status,
-            message: String::from_utf8_lossy(&body).into_owned(),
-        });
-    }
-}
-
-/// The kinds of the frames the server sends before closing.
-fn answers(s: UnixStream) -> Vec<Kind> {
-    frames(s).into_iter().map(|f| f.kind).collect()
-}
-
-/// The one error frame the server sends before closing, as (code, message).
-fn refusal(s: UnixStream) -> (i32, String) {
-    let got = frames(s);
-    assert_eq!(
-        got.len(),
-        1,
-        "expected one error frame, got {} frames",
-        got.len()
-    );
-    assert_eq!(got[0].kind, Kind::Error);
-    (got[0].status, got[0].message.clone())
 }
 
 fn attach_frame(s: &UnixStream) {

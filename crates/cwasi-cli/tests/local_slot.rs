@@ -12,9 +12,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Scratch, Server};
+use common::{refusal, Scratch, Server};
 use cwasi_runtime::wire::slot::*;
-use cwasi_runtime::wire::{Header, Kind, HEADER_LEN};
+use cwasi_runtime::wire::HEADER_LEN;
 use cwasi_runtime::{CallError, ErrorCode, Limits, NodeDirectory, Runtime};
 use test_programs_artifacts as progs;
 
@@ -174,24 +174,14 @@ fn hostile_caller(socket: &Path) -> (UnixStream, Region) {
     (s, Region::map(fd))
 }
 
-/// The error frame a server sends before it closes the connection, as
-/// (code, message).
-fn closing_error(mut s: UnixStream) -> (i32, String) {
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut head = [0u8; HEADER_LEN];
-    s.read_exact(&mut head)
-        .expect("the server closed without an error frame");
-    let h = Header::decode(&head, 1 << 20).unwrap();
-    assert_eq!(h.kind, Kind::Error);
-    let mut msg = vec![0u8; h.payload_len as usize];
-    s.read_exact(&mut msg).unwrap();
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
-    assert!(
-        rest.is_empty(),
-        "the server sent more after its error frame"
-    );
-    (h.status, String::from_utf8_lossy(&msg).into_owned())
+/// Rings the server of `s` after a hostile write into `region`, and checks
+/// that it ends the connection with one error frame, `TRANSPORT` for a
+/// reason that mentions `reason`.
+fn refused_for(s: UnixStream, region: &Region, reason: &str) {
+    region.ring(SERVER_BELL);
+    let (code, message) = refusal(s);
+    assert_eq!(code, ErrorCode::Transport.as_raw(), "{message}");
+    assert!(message.contains(reason), "{message}");
 }
 
 #[test]
@@ -202,16 +192,12 @@ fn garbage_in_the_slot_from_a_caller_ends_its_connection_and_the_server_keeps_se
     let socket = dir.join("echo@b.sock");
     let good = caller(&dir, Duration::from_secs(20), Duration::ZERO);
     assert_eq!(good.call("a", "echo", b"before").unwrap(), b"before");
-    let transport = ErrorCode::Transport.as_raw();
 
     // Random bytes over the whole header and inline area, sequences too.
     for seed in [1u64, 2, 3] {
         let (s, region) = hostile_caller(&socket);
         region.scribble(0..CONTROL_LEN, seed);
-        region.ring(SERVER_BELL);
-        let (code, message) = closing_error(s);
-        assert_eq!(code, transport, "{message}");
-        assert!(message.contains("out of turn"), "{message}");
+        refused_for(s, &region, "out of turn");
         assert_eq!(good.call("a", "echo", b"served").unwrap(), b"served");
     }
 
@@ -220,10 +206,7 @@ fn garbage_in_the_slot_from_a_caller_ends_its_connection_and_the_server_keeps_se
         let (s, region) = hostile_caller(&socket);
         region.scribble(REQ_KIND..CONTROL_LEN, seed);
         region.word(REQ_SEQ).store(1, Ordering::SeqCst);
-        region.ring(SERVER_BELL);
-        let (code, message) = closing_error(s);
-        assert_eq!(code, transport, "{message}");
-        assert!(message.contains("call slot"), "{message}");
+        refused_for(s, &region, "call slot");
     }
 
     // A well-formed inline request that claims more than the slot holds.
@@ -232,18 +215,12 @@ fn garbage_in_the_slot_from_a_caller_ends_its_connection_and_the_server_keeps_se
     region.word(REQ_TARGET_LEN).store(4, Ordering::SeqCst);
     region.word(REQ_LEN).store(1 << 20, Ordering::SeqCst);
     region.word(REQ_SEQ).store(1, Ordering::SeqCst);
-    region.ring(SERVER_BELL);
-    let (code, message) = closing_error(s);
-    assert_eq!(code, transport, "{message}");
-    assert!(message.contains("inline payload"), "{message}");
+    refused_for(s, &region, "inline payload");
 
     // A request sequence bumped past the next one.
     let (s, region) = hostile_caller(&socket);
     region.word(REQ_SEQ).store(5, Ordering::SeqCst);
-    region.ring(SERVER_BELL);
-    let (code, message) = closing_error(s);
-    assert_eq!(code, transport, "{message}");
-    assert!(message.contains("out of turn"), "{message}");
+    refused_for(s, &region, "out of turn");
 
     // Through all of it the server kept serving, small calls and large.
     assert_eq!(

@@ -10,6 +10,7 @@ use common::TempDir;
 use cwasi_runtime::{
     ErrorCode, FunctionSpec, Limits, Mode, ModeOverride, NodeDirectory, Runtime, ServeOptions,
 };
+use test_programs::checksum;
 use test_programs_artifacts as progs;
 
 fn server(dir: &NodeDirectory, name: &str, ns: &str, module: &str) -> Runtime {
@@ -80,13 +81,6 @@ fn explain_chooses_embedded_or_local_by_namespace() {
         err.message.contains(&tmp.path().display().to_string()),
         "{err}"
     );
-}
-
-/// FNV-1a, to compare large payloads by checksum.
-fn checksum(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[test]

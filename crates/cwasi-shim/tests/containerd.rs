@@ -276,20 +276,21 @@ fn calls_between_containers_take_the_mode_their_placement_allows() {
     c.remove("echo-a");
     let redis = RedisServer::start();
     let url = format!("CWASI_REDIS_URL={}", redis.url());
+    let node2_opts = [
+        "--net-host",
+        "--mount",
+        &m2,
+        "--env",
+        "CWASI_NAMESPACE=team-a",
+        "--env",
+        "CWASI_NODE=node2",
+        "--env",
+        &url,
+    ];
     serve(
         &c,
         "echo-node2",
-        &[
-            "--net-host",
-            "--mount",
-            &m2,
-            "--env",
-            "CWASI_NAMESPACE=team-a",
-            "--env",
-            "CWASI_NODE=node2",
-            "--env",
-            &url,
-        ],
+        &node2_opts,
         &echo,
         &node2,
         "echo@team-a.json",
@@ -318,24 +319,15 @@ fn calls_between_containers_take_the_mode_their_placement_allows() {
     // The same callee with a data address (CWASI_LISTEN): called directly.
     c.remove("echo-node2");
     let listen = format!("CWASI_LISTEN=127.0.0.1:{}", test_support::free_port());
+    let direct_node2_opts = [
+        &node2_opts[..],
+        &["--env", &listen, "--env", "CWASI_DIRECT_PLAIN=1"],
+    ]
+    .concat();
     serve(
         &c,
         "echo-node2-direct",
-        &[
-            "--net-host",
-            "--mount",
-            &m2,
-            "--env",
-            "CWASI_NAMESPACE=team-a",
-            "--env",
-            "CWASI_NODE=node2",
-            "--env",
-            &url,
-            "--env",
-            &listen,
-            "--env",
-            "CWASI_DIRECT_PLAIN=1",
-        ],
+        &direct_node2_opts,
         &echo,
         &node2,
         "echo@team-a.json",

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use cwasi_runtime::wire::Kind;
 use cwasi_runtime::NodeDirectory;
 use std::time::{Duration, Instant};
 
@@ -191,4 +192,57 @@ pub fn attach_region(
     )?;
     assert_eq!(n, HEADER_LEN);
     Ok(fd)
+}
+
+/// One frame the server sent on a raw connection.
+pub struct Frame {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its status (an ABI code in error frames).
+    pub status: i32,
+    /// Its payload, as text.
+    pub message: String,
+}
+
+/// Reads what the server sends on a raw connection until it closes it.
+pub fn frames(mut s: std::os::unix::net::UnixStream) -> Vec<Frame> {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let mut head = [0u8; cwasi_runtime::wire::HEADER_LEN];
+        match s.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return out,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
+            Err(e) => panic!("the server neither answered nor closed: {e}"),
+        }
+        let h = cwasi_runtime::wire::Header::decode(&head, 1 << 30)
+            .expect("the server sent a bad frame");
+        let mut body = vec![0u8; h.payload_len as usize];
+        s.read_exact(&mut body).unwrap();
+        out.push(Frame {
+            kind: h.kind,
+            status: h.status,
+            message: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+}
+
+/// The kinds of the frames the server sends before closing.
+pub fn answers(s: std::os::unix::net::UnixStream) -> Vec<Kind> {
+    frames(s).into_iter().map(|f| f.kind).collect()
+}
+
+/// The one error frame the server sends before closing, as (code, message).
+pub fn refusal(s: std::os::unix::net::UnixStream) -> (i32, String) {
+    let got = frames(s);
+    assert_eq!(
+        got.len(),
+        1,
+        "expected one error frame, got {} frames",
+        got.len()
+    );
+    assert_eq!(got[0].kind, Kind::Error);
+    (got[0].status, got[0].message.clone())
 }

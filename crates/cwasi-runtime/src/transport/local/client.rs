@@ -257,7 +257,7 @@ impl Endpoint {
         until: Instant,
         io: &mut dyn CallerIo,
     ) -> Result<(), Failure> {
-        let control = conn.shm.control().clone();
+        let control = conn.shm.control();
         let expected = next_seq(conn.seq);
         let started = Instant::now();
         let waited = control
@@ -443,7 +443,7 @@ fn post_request(
     request: &[u8],
     call: &CallMeta,
 ) -> Result<(), PostError> {
-    let control = conn.shm.control().clone();
+    let control = conn.shm.control();
     let inline = request.len() <= SLOT_MAX_PAYLOAD;
     let depth = call.depth.min(u16::MAX as u32) as u16;
     let budget_us = (call.deadline.remaining().as_micros() as u64).max(1);

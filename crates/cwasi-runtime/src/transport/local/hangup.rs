@@ -168,14 +168,24 @@ impl Watch {
 impl Watch {
     /// Whether the socket has input (or has hung up) now, without waiting.
     pub fn readable_now(&self) -> bool {
+        self.poll_now(libc::POLLIN | libc::POLLRDHUP) != 0
+    }
+
+    /// The events of `events` (and the hang-ups and errors `poll` always
+    /// reports) that the socket has now, without waiting.
+    fn poll_now(&self, events: libc::c_short) -> libc::c_short {
         let mut p = libc::pollfd {
             fd: self.fd,
-            events: libc::POLLIN | libc::POLLRDHUP,
+            events,
             revents: 0,
         };
         // SAFETY: one valid pollfd for a live descriptor, no waiting.
         let n = unsafe { libc::poll(&mut p, 1, 0) };
-        n > 0 && p.revents != 0
+        if n > 0 {
+            p.revents
+        } else {
+            0
+        }
     }
 }
 
@@ -191,14 +201,7 @@ impl SocketWatch for Watch {
     }
 
     fn hung_up_now(&self) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.fd,
-            events: libc::POLLRDHUP,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for a live descriptor, no waiting.
-        let n = unsafe { libc::poll(&mut p, 1, 0) };
-        n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+        self.poll_now(libc::POLLRDHUP) & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
     }
 }
 
