@@ -27,7 +27,8 @@ if ! grep -q 'runtimes.cwasi\]' "$CONFIG"; then
     else
         section='plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cwasi'
     fi
-    printf '\n[%s]\n  runtime_type = "io.containerd.cwasi.v1"\n' "$section" >> "$CONFIG"
+    printf '\n[%s]\n  runtime_type = "io.containerd.cwasi.v1"\n  pod_annotations = ["cwasi.io/*", "cwasi.secondary.function"]\n' \
+        "$section" >> "$CONFIG"
     echo "install-node: registered the cwasi runtime in $CONFIG"
 fi
 

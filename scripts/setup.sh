@@ -26,10 +26,12 @@ fi
 # - iproute2 (ip, tc): the multi-node tests and `cwasi bench --netns` make
 #   network namespaces joined by veth pairs, and shape links with tbf;
 # - g++: libfuzzer-sys compiles libFuzzer when the fuzz targets are built
-#   (clippy checks them with the rest of the workspace).
+#   (clippy checks them with the rest of the workspace);
+# - gcc, libc6-dev: the CRI test builds its pod sandbox's pause program
+#   static, as no registry with the upstream pause image can be reached.
 APT_PACKAGES=()
 if [ "${1:-}" = "--test" ]; then
-    APT_PACKAGES=(redis-server util-linux containerd runc protobuf-compiler libseccomp-dev openssl g++ iproute2)
+    APT_PACKAGES=(redis-server util-linux containerd runc protobuf-compiler libseccomp-dev openssl g++ gcc libc6-dev iproute2)
 fi
 missing=()
 for p in ${APT_PACKAGES[@]+"${APT_PACKAGES[@]}"}; do

@@ -102,7 +102,7 @@ pub fn write_image(request: &ImageRequest, out: impl Write) -> Result<ImageSumma
     let scratch = Scratch::new()?;
     let (layer, media_type, diff_id) = match request.kind {
         ImageKind::Plain => {
-            let tar = tar_with_file(&file_name, &bytes)?;
+            let tar = tar_with_file(&file_name, &bytes, 0o444)?;
             let id = sha256(&tar);
             (scratch.write("layer.tar", &tar)?, None, id)
         }
@@ -112,21 +112,67 @@ pub fn write_image(request: &ImageRequest, out: impl Write) -> Result<ImageSumma
             sha256(&empty_tar()),
         ),
     };
-    let config = image_config(&entrypoint, &request.env, diff_id)?;
-    let mut builder = oci_tar_builder::Builder::default();
-    match media_type {
-        Some(m) => builder.add_layer_with_media_type(&layer, m),
-        None => builder.add_layer(&layer),
-    };
-    builder.add_config(config, reference.clone());
-    builder
-        .build(out)
-        .map_err(|e| ImageError::Write(format!("{e:#}")))?;
+    let platform = (
+        Os::Other("wasip1".to_string()),
+        Arch::Other("wasm".to_string()),
+    );
+    let config = image_config(&entrypoint, &request.env, diff_id, platform)?;
+    assemble(&layer, media_type, config, &reference, out)?;
     Ok(ImageSummary {
         reference,
         entrypoint,
         module_digest: sha256(&bytes),
     })
+}
+
+/// Writes a Linux image of the host's architecture whose one layer holds the
+/// static executable `program` at the root, as its entrypoint: a pod's
+/// sandbox (pause) image where no registry can be reached. Returns the
+/// normalized reference.
+pub fn write_executable_image(
+    program: &Path,
+    reference: &str,
+    out: impl Write,
+) -> Result<String, ImageError> {
+    let reference = normalize_reference(reference)?;
+    let bytes = std::fs::read(program).map_err(|source| ImageError::Read {
+        path: program.to_path_buf(),
+        source,
+    })?;
+    let name = program
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or("program");
+    let tar = tar_with_file(name, &bytes, 0o555)?;
+    let scratch = Scratch::new()?;
+    let layer = scratch.write("layer.tar", &tar)?;
+    let config = image_config(
+        &format!("/{name}"),
+        &[],
+        sha256(&tar),
+        (Os::Linux, Arch::default()),
+    )?;
+    assemble(&layer, None, config, &reference, out)?;
+    Ok(reference)
+}
+
+/// The image-layout tarball of one layer and its config.
+fn assemble(
+    layer: &PathBuf,
+    media_type: Option<String>,
+    config: ImageConfiguration,
+    reference: &str,
+    out: impl Write,
+) -> Result<(), ImageError> {
+    let mut builder = oci_tar_builder::Builder::default();
+    match media_type {
+        Some(m) => builder.add_layer_with_media_type(layer, m),
+        None => builder.add_layer(layer),
+    };
+    builder.add_config(config, reference.to_string());
+    builder
+        .build(out)
+        .map_err(|e| ImageError::Write(format!("{e:#}")))
 }
 
 /// Writes the image tarball to the file `path`.
@@ -171,6 +217,7 @@ fn image_config(
     entrypoint: &str,
     env: &[String],
     diff_id: String,
+    (os, architecture): (Os, Arch),
 ) -> Result<ImageConfiguration, ImageError> {
     let err = |e: oci_spec::OciSpecError| ImageError::Write(e.to_string());
     let mut config = ConfigBuilder::default().entrypoint(vec![entrypoint.to_string()]);
@@ -178,8 +225,8 @@ fn image_config(
         config = config.env(env.to_vec());
     }
     ImageConfigurationBuilder::default()
-        .os(Os::Other("wasip1".to_string()))
-        .architecture(Arch::Other("wasm".to_string()))
+        .os(os)
+        .architecture(architecture)
         .config(config.build().map_err(err)?)
         .rootfs(
             RootFsBuilder::default()
@@ -195,12 +242,12 @@ fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
-/// A tar holding one read-only file at the root.
-fn tar_with_file(name: &str, bytes: &[u8]) -> Result<Vec<u8>, ImageError> {
+/// A tar holding one file of `mode` at the root.
+fn tar_with_file(name: &str, bytes: &[u8], mode: u32) -> Result<Vec<u8>, ImageError> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
     header.set_size(bytes.len() as u64);
-    header.set_mode(0o444);
+    header.set_mode(mode);
     header.set_mtime(0);
     tar.append_data(&mut header, name, bytes)
         .map_err(|e| ImageError::Write(format!("layer: {e}")))?;
@@ -268,7 +315,7 @@ mod tests {
 
     #[test]
     fn the_layer_holds_the_module_at_the_root() {
-        let tar = tar_with_file("echo.wasm", b"\0asm\x01\0\0\0").unwrap();
+        let tar = tar_with_file("echo.wasm", b"\0asm\x01\0\0\0", 0o444).unwrap();
         let mut archive = tar::Archive::new(&tar[..]);
         let names: Vec<String> = archive
             .entries()

@@ -4,13 +4,15 @@
 //! The shim stays thin. runwasi's `containerd-shim-wasm` does the container
 //! work; this crate maps the container's OCI process onto a CWASI function:
 //!
+//! - [`annotations`]: the pod's annotations, read once at shim start;
 //! - [`settings`]: name, namespace, serve flag, mode, node directory and
-//!   broker, from the container's environment;
+//!   broker, from the container's environment over the annotations;
 //! - [`mounts`]: the container's mounts as WASI preopens;
 //! - [`sandbox`]: running `_start`, or serving calls until stopped.
 //!
 //! See `docs/containerd.md` and `docs/kubernetes.md`.
 
+pub mod annotations;
 pub mod mounts;
 pub mod sandbox;
 pub mod settings;

@@ -5,6 +5,8 @@ use containerd_shim_wasm::shim::{Cli, Config};
 use cwasi_shim::CwasiShim;
 
 fn main() {
+    // Before runwasi forks its zygote, from which the containers are cloned.
+    cwasi_shim::annotations::capture_from_working_directory();
     CwasiShim::run(Config {
         default_log_level: "info".to_string(),
         ..Default::default()

@@ -106,8 +106,13 @@ impl Job {
     /// Runs or serves the function; every failure is printed on stderr and
     /// becomes an exit code.
     fn run(self) -> i32 {
-        let settings = match ContainerSettings::from_env(
+        let annotations = match crate::annotations::captured() {
+            Ok(a) => a,
+            Err(e) => return fail(EXIT_CANNOT_RUN, &format!("annotations: {e}")),
+        };
+        let settings = match ContainerSettings::resolve(
             &self.envs,
+            annotations,
             self.stem.as_deref(),
             containerd_namespace(std::env::args()).as_deref(),
         ) {
@@ -115,6 +120,9 @@ impl Job {
             Err(e) => return fail(EXIT_CANNOT_RUN, &format!("invalid setting: {e}")),
         };
         init_logging(&settings.log);
+        for w in &settings.warnings {
+            eprintln!("cwasi: warning: {w}");
+        }
         let module = match self.module {
             Ok(m) => m,
             Err(e) => return fail(EXIT_CANNOT_RUN, &e),
@@ -148,7 +156,7 @@ impl Job {
             Err(e) => return fail(EXIT_CANNOT_RUN, &format!("direct data plane: {e}")),
         };
         let spin_budget = match settings
-            .var("CWASI_SPIN_US")
+            .var(crate::settings::ENV_SPIN_US)
             .map(|v| v.trim().parse::<u64>())
         {
             None => cwasi_runtime::Limits::default().spin_budget,
@@ -216,7 +224,7 @@ fn serve(runtime: &Runtime, settings: &ContainerSettings, dir: Option<&NodeDirec
         Err(e) => return fail(EXIT_FAILED, &format!("cannot install signal handlers: {e}")),
     };
     // CWASI_LISTEN: take direct calls from other nodes on this address.
-    let listen = match settings.var("CWASI_LISTEN").filter(|v| !v.is_empty()) {
+    let listen = match settings.var(crate::settings::ENV_LISTEN) {
         None => None,
         Some(v) => match v.parse() {
             Ok(addr) => Some(addr),

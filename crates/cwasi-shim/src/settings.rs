@@ -1,17 +1,18 @@
-//! What a container asks of CWASI, read from its OCI process: the function's
-//! name and namespace, whether it serves, the mode override, and where the
-//! node directory and the broker are.
+//! What a container asks of CWASI: the function's name and namespace,
+//! whether it serves, the mode override, and where the node directory and the
+//! broker are.
 //!
-//! runwasi's `Sandbox` API (containerd-shim-wasm 1.0) hands the shim the
-//! process args, env and entrypoint of the spec, not its annotations, so the
-//! annotations of `../shared/DESIGN.md` are read from the environment under
-//! the names below; Kubernetes projects annotations into it with the downward
-//! API (`docs/kubernetes.md`). The prototype's annotation key
-//! `cwasi.secondary.function=true` is accepted as an env entry as it is.
+//! Each setting has an environment variable; the per-pod ones also have an
+//! annotation ([`ANNOTATED`]). Precedence, highest first: the container's env
+//! (the spec's process env: the pod's `env`, `ctr run --env`, the image's),
+//! then the annotations the shim was started with ([`crate::annotations`]),
+//! then the defaults. An empty value counts as unset.
 
 use std::path::PathBuf;
 
 use cwasi_runtime::ModeOverride;
+
+use crate::annotations::{self, Annotations};
 
 /// The function's namespace (annotation `cwasi.io/namespace`).
 pub const ENV_NAMESPACE: &str = "CWASI_NAMESPACE";
@@ -30,17 +31,36 @@ pub const ENV_RUNTIME_DIR: &str = "CWASI_RUNTIME_DIR";
 pub const ENV_EXPLAIN: &str = "CWASI_EXPLAIN";
 /// Log filter for the container's stderr (`tracing` syntax); default `warn`.
 pub const ENV_LOG: &str = "CWASI_LOG";
+/// Microseconds a local call spins before it sleeps.
+pub const ENV_SPIN_US: &str = "CWASI_SPIN_US";
+/// With serve: also take direct calls from other nodes on this `IP:PORT`.
+pub const ENV_LISTEN: &str = "CWASI_LISTEN";
+
+/// The settings a pod may give as annotations: each pair is the variable and
+/// the annotation that stands for it. The node-wide ones (broker, TLS files,
+/// node name, node directory) are env only.
+pub const ANNOTATED: &[(&str, &str)] = &[
+    (ENV_NAMESPACE, annotations::NAMESPACE),
+    (ENV_SERVE, annotations::SERVE),
+    (ENV_SEED_SERVE, annotations::SEED_SERVE),
+    (ENV_MODE, annotations::MODE),
+    (ENV_FUNCTION, annotations::FUNCTION),
+    (ENV_SPIN_US, "cwasi.io/spin-us"),
+    (ENV_LISTEN, "cwasi.io/listen"),
+    (ENV_EXPLAIN, "cwasi.io/explain"),
+    (ENV_LOG, "cwasi.io/log"),
+];
 /// Where the node directory is bind-mounted by default.
 pub const DEFAULT_NODE_DIR: &str = "/run/cwasi";
 
 /// A setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    /// A variable has a value outside its domain.
+    /// A variable or annotation has a value outside its domain.
     #[error("{name}={value}: {expected}")]
     Invalid {
-        /// The variable.
-        name: &'static str,
+        /// The variable or annotation that gave the value.
+        name: String,
         /// Its value.
         value: String,
         /// What it should be.
@@ -70,14 +90,20 @@ pub struct ContainerSettings {
     pub log: String,
     /// The container's environment, split into pairs, in order.
     pub env: Vec<(String, String)>,
+    /// The annotations the shim was started with.
+    pub annotations: Annotations,
+    /// What the container should be told (unknown `cwasi.io/` annotations).
+    pub warnings: Vec<String>,
 }
 
 impl ContainerSettings {
-    /// Reads the settings from the container's `KEY=VALUE` env entries;
-    /// `module_stem` names the function when `CWASI_FUNCTION` is unset, and
-    /// `containerd_namespace` is the namespace when `CWASI_NAMESPACE` is.
-    pub fn from_env(
+    /// Resolves the settings from the container's `KEY=VALUE` env entries
+    /// over `annotations`; `module_stem` names the function when neither
+    /// sets it, and the namespace defaults to the pod's Kubernetes namespace,
+    /// then to `containerd_namespace`.
+    pub fn resolve(
         envs: &[String],
+        annotations: Annotations,
         module_stem: Option<&str>,
         containerd_namespace: Option<&str>,
     ) -> Result<ContainerSettings, SettingsError> {
@@ -88,23 +114,13 @@ impl ContainerSettings {
                 None => (e.clone(), String::new()),
             })
             .collect();
-        let var = |k: &str| last_value(&env, k).filter(|v| !v.is_empty());
-        let flag = |name: &'static str| -> Result<bool, SettingsError> {
-            match var(name).as_deref() {
-                None | Some("0" | "false" | "no") => Ok(false),
-                Some("1" | "true" | "yes") => Ok(true),
-                Some(v) => Err(SettingsError::Invalid {
-                    name,
-                    value: v.to_string(),
-                    expected: "expected true or false",
-                }),
-            }
-        };
-        let mode = match var(ENV_MODE) {
+        let var = |k: &str| layered(&env, &annotations, k);
+        let flag = |name: &str| parse_flag(lookup(&env, &annotations, name));
+        let mode = match lookup(&env, &annotations, ENV_MODE) {
             None => ModeOverride::Auto,
-            Some(v) => v.parse().map_err(|_| SettingsError::Invalid {
-                name: ENV_MODE,
-                value: v,
+            Some(found) => found.value.parse().map_err(|_| SettingsError::Invalid {
+                name: found.from,
+                value: found.value,
                 expected: "expected auto, embedded, local or remote",
             })?,
         };
@@ -112,26 +128,112 @@ impl ContainerSettings {
             .or_else(|| module_stem.map(str::to_string))
             .unwrap_or_else(|| "main".to_string());
         let namespace = var(ENV_NAMESPACE)
+            .or_else(|| {
+                annotations
+                    .get(annotations::POD_NAMESPACE)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string)
+            })
             .or_else(|| containerd_namespace.map(str::to_string))
             .unwrap_or_else(|| cwasi_runtime::DEFAULT_NAMESPACE.to_string());
         let node_dir = var(ENV_RUNTIME_DIR);
         Ok(ContainerSettings {
             function,
             namespace,
-            serve: flag(ENV_SERVE)? || flag(ENV_SEED_SERVE)?,
+            serve: serve_flag(&env, &annotations)?,
             mode,
             node_dir_explicit: node_dir.is_some(),
             node_dir: PathBuf::from(node_dir.unwrap_or_else(|| DEFAULT_NODE_DIR.to_string())),
             explain: flag(ENV_EXPLAIN)?,
             log: var(ENV_LOG).unwrap_or_else(|| "warn".to_string()),
+            warnings: unknown_annotations(&annotations),
             env,
+            annotations,
         })
     }
 
-    /// Looks a variable up in the container's environment.
+    /// A setting's value: the container's env, else its annotation; unset
+    /// if empty.
     pub fn var(&self, name: &str) -> Option<String> {
-        last_value(&self.env, name)
+        layered(&self.env, &self.annotations, name)
     }
+}
+
+/// A setting's value and the variable or annotation it came from, which an
+/// error names.
+struct Found {
+    value: String,
+    from: String,
+}
+
+/// `name`'s value from the env entry, else from its annotation, if either
+/// is set and not empty.
+fn lookup(env: &[(String, String)], annotations: &Annotations, name: &str) -> Option<Found> {
+    let from_env = last_value(env, name)
+        .filter(|v| !v.is_empty())
+        .map(|value| Found {
+            value,
+            from: name.to_string(),
+        });
+    from_env.or_else(|| {
+        let key = ANNOTATED.iter().find(|(var, _)| *var == name)?.1;
+        let value = annotations.get(key).filter(|v| !v.is_empty())?;
+        Some(Found {
+            value: value.to_string(),
+            from: format!("annotation {key}"),
+        })
+    })
+}
+
+/// [`lookup`]'s value alone.
+fn layered(env: &[(String, String)], annotations: &Annotations, name: &str) -> Option<String> {
+    lookup(env, annotations, name).map(|f| f.value)
+}
+
+/// Serving is asked by `CWASI_SERVE` or the prototype's marker. The env
+/// decides if it sets either of them; the annotations only otherwise, so
+/// `CWASI_SERVE=false` in a pod's env overrides its annotation.
+fn serve_flag(env: &[(String, String)], annotations: &Annotations) -> Result<bool, SettingsError> {
+    let no_annotations = Annotations::default();
+    let env_only = |name: &str| lookup(env, &no_annotations, name);
+    let annotated = |name: &str| lookup(&[], annotations, name);
+    let (serve, seed) = if env_only(ENV_SERVE).is_some() || env_only(ENV_SEED_SERVE).is_some() {
+        (env_only(ENV_SERVE), env_only(ENV_SEED_SERVE))
+    } else {
+        (annotated(ENV_SERVE), annotated(ENV_SEED_SERVE))
+    };
+    Ok(parse_flag(serve)? || parse_flag(seed)?)
+}
+
+/// A boolean setting: `true`/`1`/`yes` or `false`/`0`/`no`; unset is false.
+fn parse_flag(found: Option<Found>) -> Result<bool, SettingsError> {
+    let Some(found) = found else {
+        return Ok(false);
+    };
+    match found.value.as_str() {
+        "0" | "false" | "no" => Ok(false),
+        "1" | "true" | "yes" => Ok(true),
+        _ => Err(SettingsError::Invalid {
+            name: found.from,
+            value: found.value,
+            expected: "expected true or false",
+        }),
+    }
+}
+
+/// One warning per `cwasi.io/` annotation that no setting has: a typo would
+/// otherwise be ignored without a word.
+fn unknown_annotations(annotations: &Annotations) -> Vec<String> {
+    let known: Vec<&str> = ANNOTATED.iter().map(|(_, key)| *key).collect();
+    annotations
+        .unknown(&known)
+        .map(|k| {
+            format!(
+                "unknown annotation {k} ignored; the known ones are {}",
+                known.join(", ")
+            )
+        })
+        .collect()
 }
 
 /// The value of `name` in `env`; the last definition wins, as in a shell.
@@ -169,10 +271,117 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
+    fn resolve_env(list: &[&str]) -> Result<ContainerSettings, SettingsError> {
+        ContainerSettings::resolve(&envs(list), Annotations::default(), None, None)
+    }
+
+    /// For every setting that has an annotation: a value different from the
+    /// default, one for the annotation and another for the env.
+    const CASES: &[(&str, &str, &str)] = &[
+        (ENV_NAMESPACE, "from-annotation", "from-env"),
+        (ENV_SERVE, "true", "false"),
+        (ENV_SEED_SERVE, "true", "false"),
+        (ENV_MODE, "local", "remote"),
+        (ENV_FUNCTION, "resize", "thumbnail"),
+        (ENV_SPIN_US, "7", "9"),
+        (ENV_LISTEN, "10.0.0.1:7000", "10.0.0.2:7000"),
+        (ENV_EXPLAIN, "true", "false"),
+        (ENV_LOG, "debug", "info"),
+    ];
+
+    /// What a setting resolved to, as the shim reads it.
+    fn effective(s: &ContainerSettings, var: &str) -> String {
+        match var {
+            ENV_NAMESPACE => s.namespace.clone(),
+            ENV_SERVE | ENV_SEED_SERVE => s.serve.to_string(),
+            ENV_MODE => format!("{:?}", s.mode),
+            ENV_FUNCTION => s.function.clone(),
+            ENV_EXPLAIN => s.explain.to_string(),
+            ENV_LOG => s.log.clone(),
+            other => s.var(other).unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn annotations_win_over_defaults_and_env_wins_over_annotations() {
+        assert_eq!(
+            CASES.len(),
+            ANNOTATED.len(),
+            "every annotated setting has a case"
+        );
+        for &(var, annotated, from_env) in CASES {
+            let key = ANNOTATED.iter().find(|(v, _)| *v == var).unwrap().1;
+            let ann = || Annotations::from_pairs([(key, annotated)]);
+            let defaults =
+                ContainerSettings::resolve(&[], Annotations::default(), None, None).unwrap();
+            let by_annotation = ContainerSettings::resolve(&[], ann(), None, None).unwrap();
+            let both = ContainerSettings::resolve(
+                &envs(&[&format!("{var}={from_env}")]),
+                ann(),
+                None,
+                None,
+            )
+            .unwrap();
+            let only_env = resolve_env(&[&format!("{var}={from_env}")]).unwrap();
+            let (d, a, b, e) = (
+                effective(&defaults, var),
+                effective(&by_annotation, var),
+                effective(&both, var),
+                effective(&only_env, var),
+            );
+            assert_ne!(a, d, "{key}={annotated} changes {var} from its default");
+            assert_eq!(
+                b, e,
+                "{var}={from_env} in the env overrides {key}={annotated}"
+            );
+            assert_ne!(b, a, "{var}: the env and the annotation values differ");
+            // An empty env entry does not hide the annotation.
+            let empty = ContainerSettings::resolve(&envs(&[&format!("{var}=")]), ann(), None, None)
+                .unwrap();
+            assert_eq!(effective(&empty, var), a, "{var}= is unset");
+        }
+    }
+
+    #[test]
+    fn the_pod_namespace_is_the_default_trust_domain() {
+        let pod = Annotations::from_pairs([(annotations::POD_NAMESPACE, "shop")]);
+        let s = ContainerSettings::resolve(&[], pod.clone(), None, Some("k8s.io")).unwrap();
+        assert_eq!(s.namespace, "shop");
+        let with = Annotations::from_pairs([
+            (annotations::POD_NAMESPACE, "shop"),
+            (annotations::NAMESPACE, "team-a"),
+        ]);
+        let s = ContainerSettings::resolve(&[], with, None, Some("k8s.io")).unwrap();
+        assert_eq!(s.namespace, "team-a");
+    }
+
+    #[test]
+    fn bad_annotations_are_refused_by_name_and_unknown_ones_reported() {
+        let ann = Annotations::from_pairs([(annotations::SERVE, "maybe")]);
+        let e = ContainerSettings::resolve(&[], ann, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("annotation cwasi.io/serve=maybe"), "{e}");
+        let ann = Annotations::from_pairs([(annotations::MODE, "fast")]);
+        let e = ContainerSettings::resolve(&[], ann, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("annotation cwasi.io/mode=fast"), "{e}");
+        let ann = Annotations::from_pairs([("cwasi.io/mdoe", "local")]);
+        let s = ContainerSettings::resolve(&[], ann, None, None).unwrap();
+        assert_eq!(s.warnings.len(), 1);
+        assert!(s.warnings[0].contains("cwasi.io/mdoe"), "{:?}", s.warnings);
+    }
+
     #[test]
     fn defaults_come_from_the_module_and_containerd() {
-        let s = ContainerSettings::from_env(&envs(&["PATH=/bin"]), Some("echo"), Some("k8s.io"))
-            .unwrap();
+        let s = ContainerSettings::resolve(
+            &envs(&["PATH=/bin"]),
+            Annotations::default(),
+            Some("echo"),
+            Some("k8s.io"),
+        )
+        .unwrap();
         assert_eq!(s.function, "echo");
         assert_eq!(s.namespace, "k8s.io");
         assert!(!s.serve);
@@ -184,7 +393,7 @@ mod tests {
 
     #[test]
     fn variables_override_and_the_seed_marker_serves() {
-        let s = ContainerSettings::from_env(
+        let s = ContainerSettings::resolve(
             &envs(&[
                 "CWASI_NAMESPACE=team-a",
                 "CWASI_FUNCTION=resize",
@@ -193,6 +402,7 @@ mod tests {
                 "cwasi.secondary.function=true",
                 "CWASI_EXPLAIN=1",
             ]),
+            Annotations::default(),
             Some("img"),
             Some("default"),
         )
@@ -207,13 +417,9 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_by_name() {
-        let e = ContainerSettings::from_env(&envs(&["CWASI_SERVE=maybe"]), None, None)
-            .unwrap_err()
-            .to_string();
+        let e = resolve_env(&["CWASI_SERVE=maybe"]).unwrap_err().to_string();
         assert!(e.contains("CWASI_SERVE=maybe"), "{e}");
-        let e = ContainerSettings::from_env(&envs(&["CWASI_MODE=fast"]), None, None)
-            .unwrap_err()
-            .to_string();
+        let e = resolve_env(&["CWASI_MODE=fast"]).unwrap_err().to_string();
         assert!(e.contains("CWASI_MODE=fast"), "{e}");
     }
 

@@ -131,6 +131,26 @@ fn a_wasi_hello_world_runs_and_its_exit_code_comes_back() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("args=[\"3\"]"));
 
+    // The container's own annotations (`ctr run --annotation`) are read: a
+    // bad value refuses to run, naming the annotation; an unknown key is
+    // reported.
+    let bad = ["--annotation", "cwasi.io/serve=maybe"];
+    let out = run(&c, "hello-bad-annotation", &bad, &hello, &[]);
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(
+        text(&out).contains("annotation cwasi.io/serve=maybe: expected true or false"),
+        "{}",
+        text(&out)
+    );
+    let typo = ["--annotation", "cwasi.io/srve=true"];
+    let out = run(&c, "hello-typo-annotation", &typo, &hello, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("warning: unknown annotation cwasi.io/srve ignored"),
+        "{}",
+        text(&out)
+    );
+
     // The Wasm artifact layout: the module is an application/wasm layer,
     // read from the content store, not from the (empty) rootfs.
     let artifact = image(&c, progs::HELLO, "hello-artifact", ImageKind::WasmLayer);

@@ -32,9 +32,23 @@ pub struct Containerd {
 
 impl Containerd {
     /// Starts containerd with `shim_dir` (the directory of
-    /// `containerd-shim-cwasi-v1`) first on its `PATH`. Panics with the fix
-    /// if containerd is not installed.
+    /// `containerd-shim-cwasi-v1`) first on its `PATH`, its CRI plugin
+    /// disabled. Panics with the fix if containerd is not installed.
     pub fn start(shim_dir: &Path) -> Containerd {
+        Containerd::launch(shim_dir, false)
+    }
+
+    /// The same with the CRI plugin of a Kubernetes node: runtime handler
+    /// `cwasi` (`io.containerd.cwasi.v1`) passing the `cwasi.io/*` and
+    /// `cwasi.secondary.function` pod annotations, sandboxes from
+    /// [`crate::cri::PAUSE_IMAGE`] (import it first), no CNI (test pods use
+    /// the host network) and no AppArmor. Its namespace is `k8s.io`, where
+    /// the plugin looks for images; [`Containerd::socket`] serves CRI.
+    pub fn start_cri(shim_dir: &Path) -> Containerd {
+        Containerd::launch(shim_dir, true)
+    }
+
+    fn launch(shim_dir: &Path, cri: bool) -> Containerd {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{n}", std::process::id());
@@ -45,11 +59,16 @@ impl Containerd {
         std::fs::write(&processor, WASM_LAYER_PROCESSOR).expect("write the stream processor");
         set_mode(&processor, 0o755);
         let socket = dir.join("containerd.sock");
+        let plugins = if cri {
+            cri_config(&dir)
+        } else {
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string()
+        };
         let config = format!(
             "version = 2\n\
              root = \"{root}\"\n\
              state = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             {plugins}\
              [grpc]\n  address = \"{sock}\"\n\
              [ttrpc]\n  address = \"{sock}.ttrpc\"\n\
              [stream_processors]\n\
@@ -86,7 +105,11 @@ impl Containerd {
         let c = Containerd {
             child: Some(child),
             dir,
-            namespace: format!("cwasi-test-{tag}"),
+            namespace: if cri {
+                "k8s.io".to_string()
+            } else {
+                format!("cwasi-test-{tag}")
+            },
             containers: Mutex::new(Vec::new()),
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -108,6 +131,11 @@ impl Containerd {
     /// The private directory (config, root, state, log).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// containerd's gRPC socket (also CRI's, when enabled).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
     }
 
     /// The containerd namespace the test's containers live in.
@@ -176,6 +204,16 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: what containerd and the shims said is about to
+            // be deleted with the directory.
+            let log = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "containerd's log, last 300 lines:\n{}",
+                lines[lines.len().saturating_sub(300)..].join("\n")
+            );
+        }
         let ids = std::mem::take(&mut *self.containers.lock().unwrap_or_else(|p| p.into_inner()));
         for id in ids {
             self.remove(&id);
@@ -215,6 +253,33 @@ impl Drop for Containerd {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The CRI plugin's section of the config (containerd 1.6/1.7, version 2).
+/// `restrict_oom_score_adj` keeps a sandbox's OOM score at or above
+/// containerd's own, as for rootless nodes: the CI machine, itself a
+/// container, lacks `CAP_SYS_RESOURCE`, so writing the sandbox's -998 to
+/// `/proc/self/oom_score_adj` fails (`EACCES`) and the pod could not start.
+fn cri_config(dir: &Path) -> String {
+    let cni = dir.join("cni");
+    format!(
+        "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+         \x20 sandbox_image = \"{pause}\"\n\
+         \x20 disable_apparmor = true\n\
+         \x20 restrict_oom_score_adj = true\n\
+         \x20 stream_server_address = \"127.0.0.1\"\n\
+         \x20 stream_server_port = \"0\"\n\
+         \x20 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+         \x20   bin_dir = \"{cni}/bin\"\n\
+         \x20   conf_dir = \"{cni}/conf\"\n\
+         \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+         \x20   runtime_type = \"io.containerd.runc.v2\"\n\
+         \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.cwasi]\n\
+         \x20   runtime_type = \"io.containerd.cwasi.v1\"\n\
+         \x20   pod_annotations = [\"cwasi.io/*\", \"cwasi.secondary.function\"]\n",
+        pause = crate::cri::PAUSE_IMAGE,
+        cni = cni.display(),
+    )
 }
 
 fn set_mode(path: &Path, mode: u32) {

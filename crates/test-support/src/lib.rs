@@ -3,12 +3,14 @@
 //! loopback port with a private directory (from `redis-launcher`, which
 //! `cwasi bench` uses too). In a test, failing to start is a test failure,
 //! so these wrappers panic with the launcher's message instead of returning
-//! it. [`containerd`] runs a private containerd for the shim's tests;
+//! it. [`containerd`] runs a private containerd for the shim's tests, and
+//! [`cri`] drives its CRI plugin as a kubelet does;
 //! [`tls`] makes a private CA and certificates for a TLS Redis;
 //! [`process`] runs a binary under a deadline; [`netns`] makes network
 //! namespaces joined by a bridge, for tests of several nodes on one host.
 
 pub mod containerd;
+pub mod cri;
 pub mod netns;
 pub mod process;
 pub mod tls;
