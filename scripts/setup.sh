@@ -27,11 +27,13 @@ fi
 #   network namespaces joined by veth pairs, and shape links with tbf;
 # - g++: libfuzzer-sys compiles libFuzzer when the fuzz targets are built
 #   (clippy checks them with the rest of the workspace);
+# - prometheus: a real Prometheus scrapes `cwasi serve --metrics` in the
+#   metrics test (started by the test on a free port, never as a service);
 # - gcc, libc6-dev: the CRI test builds its pod sandbox's pause program
 #   static, as no registry with the upstream pause image can be reached.
 APT_PACKAGES=()
 if [ "${1:-}" = "--test" ]; then
-    APT_PACKAGES=(redis-server util-linux containerd runc protobuf-compiler libseccomp-dev openssl g++ gcc libc6-dev iproute2)
+    APT_PACKAGES=(redis-server util-linux containerd runc protobuf-compiler libseccomp-dev openssl g++ gcc libc6-dev iproute2 prometheus)
 fi
 missing=()
 for p in ${APT_PACKAGES[@]+"${APT_PACKAGES[@]}"}; do

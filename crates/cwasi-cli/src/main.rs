@@ -11,6 +11,7 @@ mod served;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -123,6 +124,10 @@ struct ServeArgs {
     /// for with CWASI_DIRECT_PLAIN=1.
     #[arg(long, env = "CWASI_LISTEN", value_name = "IP:PORT")]
     listen: Option<std::net::SocketAddr>,
+    /// Serves Prometheus metrics on http://IP:PORT/metrics (port 0 picks
+    /// one, printed on stderr); see docs/operations.md.
+    #[arg(long, env = "CWASI_METRICS_ADDR", value_name = "IP:PORT")]
+    metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     limits: LimitArgs,
     /// WASI arguments for the function, after `--`.
@@ -345,7 +350,19 @@ fn serve(args: ServeArgs) -> Result<()> {
         listen: args.listen,
     };
     let mut signals = StopSignals::install().context("cannot install signal handlers")?;
-    let handle = runtime.serve(&args.name, &dir, opts)?;
+    let runtime = Arc::new(runtime);
+    let handle = Arc::new(runtime.serve(&args.name, &dir, opts)?);
+    let metrics = match args.metrics {
+        None => None,
+        Some(addr) => {
+            let (runtime, handle) = (runtime.clone(), handle.clone());
+            let server = cwasi_metrics::MetricsServer::start(addr, move || {
+                cwasi_metrics::Snapshot::of(&runtime, &[&handle])
+            })?;
+            eprintln!("cwasi: metrics at http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+    };
     let record = handle.record();
     match &record.data_addr {
         Some(addr) => eprintln!(
@@ -362,6 +379,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         ),
     }
     signals.wait();
+    drop(metrics);
     drop(handle);
     Ok(())
 }

@@ -66,7 +66,7 @@ pub mod wire {
     }
 }
 
-pub use call::route::HopReport;
+pub use call::stats::{HopReport, LATENCY_BUCKETS_SECONDS};
 pub use composition::{validate_name, validate_namespace, Composition};
 pub use config::{
     FunctionSpec, Limits, Mode, ModeOverride, Preopen, SeedConfig, DEFAULT_NAMESPACE,
@@ -74,6 +74,7 @@ pub use config::{
 pub use deadline::{Deadline, ANSWER_GRACE};
 pub use engine::{inspect_module, Inspection};
 pub use error::{CallError, ErrorCode, RuntimeError};
+pub use guest::function::FunctionReport;
 pub use inspect::ModuleInfo;
 pub use node_dir::{
     node_name, node_name_from, EmbedInfo, EndpointRecord, NodeDirectory, RECORD_MAX_BYTES,

@@ -290,6 +290,16 @@ impl RuntimeRouter {
     }
 
     /// Every route chosen so far.
+    /// Every function loaded here: its own, then the adopted ones.
+    pub fn functions(&self) -> Vec<Arc<Function>> {
+        let adopted = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
+        self.functions
+            .values()
+            .chain(adopted.values())
+            .cloned()
+            .collect()
+    }
+
     pub fn routes(&self) -> Vec<Arc<Route>> {
         let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         routes

@@ -6,12 +6,14 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::call::route::{HopReport, Route};
+use crate::call::route::Route;
+use crate::call::stats::HopReport;
 use crate::call::{CallMeta, VecIo};
 use crate::composition::Composition;
 use crate::config::{FunctionSpec, Limits, Mode, ModeOverride};
 use crate::engine::{load_module, load_module_bytes, new_engine};
 use crate::error::{CallError, ErrorCode, RuntimeError};
+use crate::guest::function::FunctionReport;
 use crate::guest::function::LinkedModule;
 use crate::inspect::ModuleInfo;
 use crate::node_dir::NodeDirectory;
@@ -395,6 +397,15 @@ impl Runtime {
     /// Every routing decision made so far, in order.
     pub fn decisions(&self) -> Vec<Decision> {
         self.router.decisions()
+    }
+
+    /// Every function loaded in this runtime (its own and those it embeds
+    /// from others): its warm pool and the calls it serves.
+    pub fn functions(&self) -> Vec<FunctionReport> {
+        let mut out: Vec<FunctionReport> =
+            self.router.functions().iter().map(|f| f.report()).collect();
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
     }
 
     /// Per-edge call counters and timings.

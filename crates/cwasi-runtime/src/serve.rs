@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::call::{CallMeta, VecIo};
+use crate::config::Mode;
 use crate::deadline::LEASE_GRACE;
-use crate::error::RuntimeError;
+use crate::error::{CallError, RuntimeError};
 use crate::guest::function::Function;
-use crate::guest::invoke::{invoke, CallerExchange};
+use crate::guest::invoke::{serve_call, CallerExchange};
 use crate::node_dir::{EmbedInfo, EndpointRecord, NodeDirectory, Registration, RECORD_VERSION};
 use crate::transport::direct::{DirectServer, DirectSettings};
 use crate::transport::local::server::{LocalServer, ServerSettings};
@@ -80,6 +81,12 @@ impl ServeHandle {
     /// What was published in the node directory.
     pub fn record(&self) -> &EndpointRecord {
         &self.record
+    }
+
+    /// The broker stream's pending entries (delivered, not yet answered);
+    /// `None` when the function is not served through a broker.
+    pub fn broker_pending(&self) -> Option<Result<u64, CallError>> {
+        self.stream.as_ref().map(StreamServer::pending)
     }
 }
 
@@ -285,7 +292,7 @@ fn serve_stream(
             request,
             response: Vec::new(),
         };
-        invoke(&f, call, &mut CallerExchange(&mut io))?;
+        serve_call(&f, call, Mode::RemoteBroker, &mut CallerExchange(&mut io))?;
         Ok(io.response)
     });
     let json = serde_json::to_string(record).map_err(|e| RuntimeError::Encode {

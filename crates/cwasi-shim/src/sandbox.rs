@@ -187,6 +187,7 @@ impl Job {
             Ok(r) => r,
             Err(e) => return fail(EXIT_CANNOT_RUN, &e.to_string()),
         };
+        let runtime = Arc::new(runtime);
         let code = if settings.serve {
             serve(&runtime, &settings, node_dir.as_ref())
         } else {
@@ -207,7 +208,7 @@ impl Job {
 /// Serves until the container is stopped (SIGTERM, SIGINT); then the record
 /// and socket are removed. A SIGKILL leaves a stale record, which the next
 /// reader of the node directory removes.
-fn serve(runtime: &Runtime, settings: &ContainerSettings, dir: Option<&NodeDirectory>) -> i32 {
+fn serve(runtime: &Arc<Runtime>, settings: &ContainerSettings, dir: Option<&NodeDirectory>) -> i32 {
     let Some(dir) = dir else {
         return fail(
             EXIT_CANNOT_RUN,
@@ -224,25 +225,34 @@ fn serve(runtime: &Runtime, settings: &ContainerSettings, dir: Option<&NodeDirec
         Err(e) => return fail(EXIT_FAILED, &format!("cannot install signal handlers: {e}")),
     };
     // CWASI_LISTEN: take direct calls from other nodes on this address.
-    let listen = match settings.var(crate::settings::ENV_LISTEN) {
-        None => None,
-        Some(v) => match v.parse() {
-            Ok(addr) => Some(addr),
-            Err(e) => {
-                return fail(
-                    EXIT_CANNOT_RUN,
-                    &format!("CWASI_LISTEN={v}: expected IP:PORT ({e})"),
-                )
-            }
-        },
+    let listen = match address(settings, crate::settings::ENV_LISTEN) {
+        Ok(a) => a,
+        Err(e) => return fail(EXIT_CANNOT_RUN, &e),
+    };
+    let metrics_addr = match address(settings, crate::settings::ENV_METRICS_ADDR) {
+        Ok(a) => a,
+        Err(e) => return fail(EXIT_CANNOT_RUN, &e),
     };
     let opts = ServeOptions {
         listen,
         ..ServeOptions::default()
     };
     let handle = match runtime.serve(&settings.function, dir, opts) {
-        Ok(h) => h,
+        Ok(h) => Arc::new(h),
         Err(e) => return fail(EXIT_CANNOT_RUN, &e.to_string()),
+    };
+    let metrics = match metrics_addr.map(|addr| {
+        let (runtime, handle) = (runtime.clone(), handle.clone());
+        cwasi_metrics::MetricsServer::start(addr, move || {
+            cwasi_metrics::Snapshot::of(&runtime, &[&handle])
+        })
+    }) {
+        None => None,
+        Some(Ok(m)) => {
+            eprintln!("cwasi: metrics at http://{}/metrics", m.local_addr());
+            Some(m)
+        }
+        Some(Err(e)) => return fail(EXIT_CANNOT_RUN, &e.to_string()),
     };
     eprintln!(
         "cwasi: serving '{}' (namespace '{}') at {}",
@@ -251,10 +261,25 @@ fn serve(runtime: &Runtime, settings: &ContainerSettings, dir: Option<&NodeDirec
         handle.record().socket.display()
     );
     signals.wait();
+    drop(metrics);
     drop(handle);
     // Give the log line a chance to reach the FIFO before exit.
     std::thread::sleep(Duration::from_millis(10));
     0
+}
+
+/// An `IP:PORT` setting, if set.
+fn address(
+    settings: &ContainerSettings,
+    name: &'static str,
+) -> Result<Option<std::net::SocketAddr>, String> {
+    match settings.var(name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{name}={v}: expected IP:PORT ({e})")),
+    }
 }
 
 /// The node directory, if it is mounted into the container. It is optional

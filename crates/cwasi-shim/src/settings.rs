@@ -35,6 +35,8 @@ pub const ENV_LOG: &str = "CWASI_LOG";
 pub const ENV_SPIN_US: &str = "CWASI_SPIN_US";
 /// With serve: also take direct calls from other nodes on this `IP:PORT`.
 pub const ENV_LISTEN: &str = "CWASI_LISTEN";
+/// With serve: serve Prometheus metrics on `http://IP:PORT/metrics`.
+pub const ENV_METRICS_ADDR: &str = "CWASI_METRICS_ADDR";
 
 /// The settings a pod may give as annotations: each pair is the variable and
 /// the annotation that stands for it. The node-wide ones (broker, TLS files,
@@ -47,6 +49,7 @@ pub const ANNOTATED: &[(&str, &str)] = &[
     (ENV_FUNCTION, annotations::FUNCTION),
     (ENV_SPIN_US, "cwasi.io/spin-us"),
     (ENV_LISTEN, "cwasi.io/listen"),
+    (ENV_METRICS_ADDR, "cwasi.io/metrics-addr"),
     (ENV_EXPLAIN, "cwasi.io/explain"),
     (ENV_LOG, "cwasi.io/log"),
 ];
@@ -285,6 +288,7 @@ mod tests {
         (ENV_FUNCTION, "resize", "thumbnail"),
         (ENV_SPIN_US, "7", "9"),
         (ENV_LISTEN, "10.0.0.1:7000", "10.0.0.2:7000"),
+        (ENV_METRICS_ADDR, "0.0.0.0:9464", "127.0.0.1:9464"),
         (ENV_EXPLAIN, "true", "false"),
         (ENV_LOG, "debug", "info"),
     ];

@@ -148,11 +148,16 @@ fn pods_run_through_cri_and_annotations_choose_their_mode() {
     std::fs::create_dir_all(&node).unwrap();
     std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o700)).unwrap();
     let mounts = [(node.as_path(), "/run/cwasi")];
+    let metrics = format!("127.0.0.1:{}", test_support::free_port());
     let server = run_pod(
         &c,
         &mut cri,
         "echo",
-        &[("cwasi.io/namespace", "team-a"), ("cwasi.io/serve", "true")],
+        &[
+            ("cwasi.io/namespace", "team-a"),
+            ("cwasi.io/serve", "true"),
+            ("cwasi.io/metrics-addr", &metrics),
+        ],
     );
     let config = container_config("echo", &echo, &[], &[], &mounts);
     containers.push(cri.start_container(&server.id, &config, &server.config));
@@ -197,6 +202,15 @@ fn pods_run_through_cri_and_annotations_choose_their_mode() {
         containers.push(id);
         pods.push(pod);
     }
+
+    // The serving pod's metrics (its annotation asked for them, on the host
+    // network): the local call of caller-other.
+    let (status, body) = test_support::prometheus::http_get(metrics.parse().unwrap(), "/metrics")
+        .expect("the echo pod serves its metrics");
+    assert_eq!(status, 200, "{body}");
+    let served =
+        "cwasi_served_calls_total{function=\"echo\",namespace=\"team-a\",mode=\"local\"} 1";
+    assert!(body.contains(served), "{body}");
 
     // Deleting the pods as a kubelet does (each container stopped with a
     // grace period, then the sandbox) leaves no record, socket or process

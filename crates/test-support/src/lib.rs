@@ -6,13 +6,15 @@
 //! it. [`containerd`] runs a private containerd for the shim's tests, and
 //! [`cri`] drives its CRI plugin as a kubelet does;
 //! [`tls`] makes a private CA and certificates for a TLS Redis;
-//! [`process`] runs a binary under a deadline; [`netns`] makes network
+//! [`process`] runs a binary under a deadline; [`prometheus`] runs a real
+//! Prometheus that scrapes the tests' metrics; [`netns`] makes network
 //! namespaces joined by a bridge, for tests of several nodes on one host.
 
 pub mod containerd;
 pub mod cri;
 pub mod netns;
 pub mod process;
+pub mod prometheus;
 pub mod tls;
 
 use std::ops::{Deref, DerefMut};

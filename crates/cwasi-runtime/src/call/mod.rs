@@ -3,6 +3,7 @@
 //! ([`CallMeta`]), and the route that makes it ([`route`]).
 
 pub(crate) mod route;
+pub(crate) mod stats;
 
 use std::time::{Duration, Instant};
 

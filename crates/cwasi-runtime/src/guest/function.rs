@@ -1,7 +1,8 @@
 //! A function loaded in this process: its spec, its compiled and pre-linked
-//! module, and its pool of warm instances.
+//! module, its pool of warm instances, and what it counts of the calls it
+//! serves.
 
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use wasmtime::{InstancePre, Linker};
@@ -9,7 +10,7 @@ use wasmtime::{InstancePre, Linker};
 use super::instance::{InstanceRecipe, WarmInstance};
 use super::state::{CallerId, HostState, Router};
 use crate::call::CallMeta;
-use crate::config::{FunctionSpec, Limits};
+use crate::config::{FunctionSpec, Limits, Mode};
 use crate::engine::LoadedModule;
 use crate::error::{CallError, ErrorCode, RuntimeError};
 
@@ -77,6 +78,67 @@ pub(crate) struct Function {
     /// an instance moves between the pool, a call and `hot` as a pointer.
     #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<WarmInstance>>>,
+    /// The calls it runs for other processes.
+    pub served: ServedStats,
+}
+
+/// What a function counts of the calls it serves to other processes (local,
+/// remote-direct and remote-broker): embedded calls are counted by their
+/// caller's route, in the same process, and cost no more here.
+#[derive(Default)]
+pub(crate) struct ServedStats {
+    in_flight: AtomicU64,
+    calls: [AtomicU64; 3],
+    failures: [AtomicU64; 3],
+}
+
+/// The modes a server takes calls through, in [`ServedStats`] order.
+const SERVED_MODES: [Mode; 3] = [Mode::Local, Mode::RemoteDirect, Mode::RemoteBroker];
+
+impl ServedStats {
+    /// Counts a call that starts; the guard counts its end.
+    pub fn enter(&self, via: Mode) -> ServedCall<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let index = SERVED_MODES.iter().position(|&m| m == via).unwrap_or(0);
+        self.calls[index].fetch_add(1, Ordering::Relaxed);
+        ServedCall { stats: self, index }
+    }
+}
+
+/// One served call in progress: leaving it (drop) ends it.
+pub(crate) struct ServedCall<'a> {
+    stats: &'a ServedStats,
+    index: usize,
+}
+
+impl ServedCall<'_> {
+    /// Counts the call as failed.
+    pub fn failed(&self) {
+        self.stats.failures[self.index].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ServedCall<'_> {
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of one loaded function, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FunctionReport {
+    /// The function's name.
+    pub name: String,
+    /// Its trust domain.
+    pub namespace: String,
+    /// Warm instances waiting in its pool.
+    pub pooled_instances: usize,
+    /// Calls from other processes running now.
+    pub in_flight: u64,
+    /// Calls served to other processes, with how many failed, by mode
+    /// (local, remote-direct, remote-broker).
+    pub served: Vec<(Mode, u64, u64)>,
 }
 
 // A `WarmInstance` is handed between threads (a started call runs on a
@@ -103,6 +165,28 @@ impl Function {
             router,
             hot: AtomicPtr::new(std::ptr::null_mut()),
             idle: Mutex::new(Vec::new()),
+            served: ServedStats::default(),
+        }
+    }
+
+    /// Its counters and pool, now.
+    pub fn report(&self) -> FunctionReport {
+        let hot = usize::from(!self.hot.load(Ordering::Relaxed).is_null());
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let s = &self.served;
+        FunctionReport {
+            name: self.spec.name.clone(),
+            namespace: self.spec.namespace.clone(),
+            pooled_instances: hot + idle,
+            in_flight: s.in_flight.load(Ordering::Relaxed),
+            served: SERVED_MODES
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| {
+                    let calls = s.calls[i].load(Ordering::Relaxed);
+                    (m, calls, s.failures[i].load(Ordering::Relaxed))
+                })
+                .collect(),
         }
     }
 

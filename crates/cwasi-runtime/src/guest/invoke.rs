@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::function::Function;
 use super::instance::{ResponseRange, WarmInstance};
 use crate::call::{deliver, CallMeta, CallerIo};
+use crate::config::Mode;
 use crate::engine::GuestRunning;
 use crate::error::CallError;
 
@@ -39,6 +40,22 @@ impl Exchange for CallerExchange<'_> {
     fn write_response(&mut self, response: &[u8]) -> Result<(), CallError> {
         deliver(self.0, response)
     }
+}
+
+/// [`invoke`] for a call from another process that came in through `via`:
+/// counted in the function's served calls and in-flight gauge.
+pub(crate) fn serve_call(
+    function: &Function,
+    call: CallMeta,
+    via: Mode,
+    exchange: &mut dyn Exchange,
+) -> Result<(), CallError> {
+    let counted = function.served.enter(via);
+    let result = invoke(function, call, exchange);
+    if result.is_err() {
+        counted.failed();
+    }
+    result
 }
 
 /// Runs one call of `function`: the whole callee-side path, on this thread.

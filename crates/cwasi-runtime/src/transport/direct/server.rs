@@ -25,10 +25,11 @@ use super::answered::{Answer, Answered, Claim, RequestKey, KEEP_MAX};
 use super::config::DataAddr;
 use super::socket::{is_own_timeout, tune, DataStream};
 use crate::call::CallMeta;
+use crate::config::Mode;
 use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
-use crate::guest::invoke::{invoke, Exchange};
+use crate::guest::invoke::{serve_call, Exchange};
 use crate::transport::admission::{accept_until, AcceptThread, Connections, Slots, WarnBudget};
 use crate::transport::local::wire::{self, Header, Kind, WireError, HEADER_LEN, MAX_TARGET_LEN};
 
@@ -444,7 +445,7 @@ fn handle_request(
         kept: None,
         broken: None,
     };
-    let result = invoke(f, call.reissued(), &mut exchange);
+    let result = serve_call(f, call.reissued(), Mode::RemoteDirect, &mut exchange);
     shared.slots.release();
     let answer = match (&result, exchange.kept.take()) {
         (_, Some(kept)) => Answer::Response(kept),

@@ -27,10 +27,11 @@ use super::slot::{next_seq, ControlBlock, Waited, REQUEST_ON_SOCKET, SERVER};
 use super::spin::SpinHabit;
 use super::wire::{self, Header, Kind, WireError, HEADER_LEN, MAX_TARGET_LEN};
 use crate::call::CallMeta;
+use crate::config::Mode;
 use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
-use crate::guest::invoke::invoke;
+use crate::guest::invoke::serve_call;
 use crate::transport::admission::{accept_until, AcceptThread, Connections, Slots, WarnBudget};
 
 /// How long a refused connection is drained before it is closed.
@@ -483,7 +484,7 @@ fn handle_request(
             ),
         ));
     }
-    let result = invoke(f, call.reissued(), exchange);
+    let result = serve_call(f, call.reissued(), Mode::Local, exchange);
     shared.slots.release();
     result
 }

@@ -5,12 +5,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::Value;
+
+use super::codec::GROUP;
 use super::conn::Broker;
 use super::consumer::{Consumer, Handler};
 use super::keys::FnKeys;
 use super::registry::heartbeat;
 use crate::deadline::BROKER_OP_TIMEOUT;
-use crate::error::RuntimeError;
+use crate::error::{CallError, RuntimeError};
 
 /// Serves one function from its stream: consumer threads, a reclaimer of
 /// entries left by dead consumers, and the announcement heartbeat. Dropping
@@ -21,6 +24,7 @@ pub struct StreamServer {
     broker: Arc<Broker>,
     namespace: String,
     name: String,
+    keys: FnKeys,
 }
 
 impl StreamServer {
@@ -78,7 +82,28 @@ impl StreamServer {
             broker,
             namespace: ns.to_string(),
             name: name.to_string(),
+            keys: function,
         })
+    }
+
+    /// Entries of the function's stream delivered to a consumer and not yet
+    /// answered (`XPENDING` of the `cwasi` group): the backlog an autoscaler
+    /// reads. One bounded round trip on a blocking connection.
+    pub fn pending(&self) -> Result<u64, CallError> {
+        let mut conn = self.broker.sync_conn(BROKER_OP_TIMEOUT)?;
+        let reply: Value = redis::cmd("XPENDING")
+            .arg(self.keys.stream())
+            .arg(GROUP)
+            .query(&mut conn)
+            .map_err(|e| self.broker.down(e))?;
+        self.broker.give_back(conn);
+        match reply {
+            Value::Array(items) => match items.first() {
+                Some(Value::Int(n)) => Ok(u64::try_from(*n).unwrap_or(0)),
+                _ => Err(self.broker.down("XPENDING answered without a count")),
+            },
+            _ => Err(self.broker.down("XPENDING answered without a summary")),
+        }
     }
 }
 

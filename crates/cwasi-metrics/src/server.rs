@@ -1,0 +1,180 @@
+//! The `/metrics` endpoint: HTTP/1 (hyper) on its own thread and
+//! single-threaded tokio runtime, so that it never competes with the calls.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{watch, Semaphore};
+
+use crate::encode::{encode, Snapshot};
+
+/// The content type of the answer: OpenMetrics text, which Prometheus asks
+/// for and parses.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Scrapes served at once; another connection waits for one to end.
+const MAX_CONNECTIONS: usize = 8;
+
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetricsError {
+    /// The address could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server's thread or runtime could not be started.
+    #[error("cannot start the metrics server: {0}")]
+    Start(std::io::Error),
+}
+
+type Source = Arc<dyn Fn() -> Snapshot + Send + Sync>;
+
+/// A running `/metrics` endpoint; dropping it stops it.
+pub struct MetricsServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Listens on `addr` (port 0 picks one) and answers `GET /metrics` with
+    /// what `source` reports at that moment. `source` runs on a blocking
+    /// thread, so it may ask the broker.
+    pub fn start(
+        addr: SocketAddr,
+        source: impl Fn() -> Snapshot + Send + Sync + 'static,
+    ) -> Result<MetricsServer, MetricsError> {
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| MetricsError::Bind { addr, source })?;
+        let local = listener.local_addr().map_err(MetricsError::Start)?;
+        listener
+            .set_nonblocking(true)
+            .map_err(MetricsError::Start)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(MetricsError::Start)?;
+        let (stop, stopped) = watch::channel(false);
+        let source: Source = Arc::new(source);
+        let thread = std::thread::Builder::new()
+            .name("cwasi-metrics".into())
+            .spawn(move || rt.block_on(serve(listener, source, stopped)))
+            .map_err(MetricsError::Start)?;
+        tracing::info!(addr = %local, "serving metrics on /metrics");
+        Ok(MetricsServer {
+            addr: local,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The accept loop, until `stopped` turns true.
+async fn serve(
+    listener: std::net::TcpListener,
+    source: Source,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "the metrics listener cannot be used");
+            return;
+        }
+    };
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| answer(req, source.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics: connection ended");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// One request: `GET /metrics` gets the snapshot; anything else an error.
+async fn answer(
+    req: Request<Incoming>,
+    source: Source,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r
+    };
+    if req.uri().path() != "/metrics" {
+        return Ok(reply(
+            StatusCode::NOT_FOUND,
+            "only /metrics is served\n".into(),
+        ));
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into()));
+    }
+    let text = tokio::task::spawn_blocking(move || encode(source())).await;
+    Ok(match text {
+        Ok(Ok(text)) => {
+            let mut r = reply(StatusCode::OK, text);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(CONTENT_TYPE),
+            );
+            r
+        }
+        Ok(Err(_)) | Err(_) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics could not be gathered\n".into(),
+        ),
+    })
+}
