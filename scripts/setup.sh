@@ -27,13 +27,15 @@ fi
 #   network namespaces joined by veth pairs, and shape links with tbf;
 # - g++: libfuzzer-sys compiles libFuzzer when the fuzz targets are built
 #   (clippy checks them with the rest of the workspace);
+# - binutils (objcopy, readelf): scripts/split-debug.sh strips the installable
+#   binaries, and its test reads their sections;
 # - prometheus: a real Prometheus scrapes `cwasi serve --metrics` in the
 #   metrics test (started by the test on a free port, never as a service);
 # - gcc, libc6-dev: the CRI test builds its pod sandbox's pause program
 #   static, as no registry with the upstream pause image can be reached.
 APT_PACKAGES=()
 if [ "${1:-}" = "--test" ]; then
-    APT_PACKAGES=(redis-server util-linux containerd runc protobuf-compiler libseccomp-dev openssl g++ gcc libc6-dev iproute2 prometheus)
+    APT_PACKAGES=(redis-server util-linux containerd runc protobuf-compiler libseccomp-dev openssl g++ gcc libc6-dev iproute2 prometheus binutils)
 fi
 missing=()
 for p in ${APT_PACKAGES[@]+"${APT_PACKAGES[@]}"}; do

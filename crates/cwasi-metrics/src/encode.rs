@@ -131,6 +131,21 @@ impl EncodeMetric for Latency<'_> {
     }
 }
 
+/// One counter per served function and mode: `pick` takes the calls or the
+/// failures.
+fn served(
+    s: &Snapshot,
+    pick: fn(u64, u64) -> u64,
+) -> impl Iterator<Item = (Labels, ConstCounter<u64>)> + '_ {
+    s.functions.iter().flat_map(move |f| {
+        f.served.iter().map(move |&(mode, calls, failures)| {
+            let mut labels = function(&f.name, &f.namespace);
+            labels.push(("mode", mode.name().to_string()));
+            (labels, ConstCounter::new(pick(calls, failures)))
+        })
+    })
+}
+
 impl Collector for Once {
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
         let s = &*self.0;
@@ -188,13 +203,7 @@ impl Collector for Once {
             "Calls a served function ran for other processes, by the mode they came through.",
             None,
             MetricType::Counter,
-            s.functions.iter().flat_map(|f| {
-                f.served.iter().map(move |(mode, calls, _)| {
-                    let mut labels = function(&f.name, &f.namespace);
-                    labels.push(("mode", mode.name().to_string()));
-                    (labels, counter(*calls))
-                })
-            }),
+            served(s, |calls, _| calls),
         )?;
         family(
             &mut e,
@@ -202,13 +211,7 @@ impl Collector for Once {
             "Served calls that failed, by mode.",
             None,
             MetricType::Counter,
-            s.functions.iter().flat_map(|f| {
-                f.served.iter().map(move |(mode, _, failures)| {
-                    let mut labels = function(&f.name, &f.namespace);
-                    labels.push(("mode", mode.name().to_string()));
-                    (labels, counter(*failures))
-                })
-            }),
+            served(s, |_, failures| failures),
         )?;
         let gauge = |n: u64| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
         family(

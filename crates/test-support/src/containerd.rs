@@ -4,9 +4,8 @@
 //! namespace. Dropping it removes the containers it ran, stops containerd
 //! and deletes the directory.
 
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -87,21 +86,14 @@ impl Containerd {
             shim_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let log = std::fs::File::create(dir.join("containerd.log")).expect("containerd log");
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start containerd ({e}); install it with: apt-get install containerd runc"
-                )
-            });
+        let child = crate::process::spawn_service(
+            Command::new("containerd")
+                .arg("--config")
+                .arg(dir.join("config.toml"))
+                .env("PATH", path),
+            &dir.join("containerd.log"),
+            "apt-get install containerd runc",
+        );
         let c = Containerd {
             child: Some(child),
             dir,

@@ -3,7 +3,9 @@
 //! this, and no test may hang.
 
 use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs `cmd` (stdin closed, stdout and stderr captured) to completion.
@@ -53,4 +55,20 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<V
         }
         buf
     })
+}
+
+/// Starts a service a test owns: stdin closed, stdout and stderr appended to
+/// `log`, in a process group of its own (so a Ctrl-C of the test run does
+/// not reach it before the test's drop stops it). Panics with `install`, the
+/// fix, if the program cannot be started.
+pub fn spawn_service(cmd: &mut Command, log: &Path, install: &str) -> Child {
+    let file = std::fs::File::create(log)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone().expect("the log file"))
+        .stderr(file)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program} ({e}); install it with: {install}"))
 }

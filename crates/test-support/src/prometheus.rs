@@ -5,9 +5,8 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// How long Prometheus may take to become ready.
@@ -42,25 +41,20 @@ impl Prometheus {
         );
         std::fs::write(dir.join("prometheus.yml"), config).expect("write prometheus.yml");
         let addr: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("the log file");
-        let child = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start prometheus ({e}); install it with: apt-get install prometheus")
-            });
+        let child = crate::process::spawn_service(
+            Command::new("prometheus")
+                .arg(format!(
+                    "--config.file={}",
+                    dir.join("prometheus.yml").display()
+                ))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}")),
+            &dir.join("prometheus.log"),
+            "apt-get install prometheus",
+        );
         let p = Prometheus { child, dir, addr };
         let deadline = Instant::now() + READY_TIMEOUT;
         let ready = |p: &Prometheus| p.get("/-/ready").is_some_and(|(status, _)| status == 200);
