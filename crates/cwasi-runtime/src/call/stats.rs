@@ -33,6 +33,28 @@ pub const LATENCY_BUCKETS_SECONDS: [f64; 17] = [
     10.0,
 ];
 
+/// The same bounds in nanoseconds, compared against a call's time without
+/// a float conversion.
+const LATENCY_BUCKETS_NANOS: [u64; 17] = [
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    100_000_000,
+    1_000_000_000,
+    10_000_000_000,
+];
+
 /// How many ABI error codes there are (`-1` to `-13`).
 const CODES: usize = 13;
 
@@ -61,19 +83,22 @@ pub(super) struct HopStats {
     counters: Mutex<HopCounters>,
 }
 
+/// What every call updates comes first, in one cache line; the buckets
+/// (one timed call in eight, embedded) and the failures by code after it.
 #[derive(Default)]
+#[repr(C)]
 struct HopCounters {
     calls: u64,
     failures: u64,
-    /// By code: index `-code - 1`.
-    failures_by_code: [u64; CODES],
+    bytes_in: u64,
+    bytes_out: u64,
     timed: u64,
     nanos: u64,
     max_nanos: u64,
     /// Timed calls per latency bucket (not cumulative).
-    buckets: [u64; LATENCY_BUCKETS_SECONDS.len()],
-    bytes_in: u64,
-    bytes_out: u64,
+    buckets: [u64; LATENCY_BUCKETS_NANOS.len()],
+    /// By code: index `-code - 1`.
+    failures_by_code: [u64; CODES],
 }
 
 impl HopStats {
@@ -131,8 +156,7 @@ impl HopStats {
             c.timed += 1;
             c.nanos = c.nanos.saturating_add(ns);
             c.max_nanos = c.max_nanos.max(ns);
-            let seconds = ns as f64 / 1e9;
-            if let Some(b) = LATENCY_BUCKETS_SECONDS.iter().position(|&le| seconds <= le) {
+            if let Some(b) = LATENCY_BUCKETS_NANOS.iter().position(|&le| ns <= le) {
                 c.buckets[b] += 1;
             }
         }
@@ -237,6 +261,13 @@ mod tests {
         assert_eq!(r.latency_buckets.iter().sum::<u64>(), r.timed);
         assert!(r.mean().is_some());
         assert_eq!(local.report().mean(), None);
+    }
+
+    #[test]
+    fn the_bounds_in_seconds_and_nanoseconds_agree() {
+        for (s, ns) in LATENCY_BUCKETS_SECONDS.iter().zip(LATENCY_BUCKETS_NANOS) {
+            assert_eq!((s * 1e9).round() as u64, ns);
+        }
     }
 
     #[test]
