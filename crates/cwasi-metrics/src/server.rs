@@ -19,7 +19,10 @@ use crate::encode::{encode, Snapshot};
 /// for and parses.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Scrapes served at once; another connection waits for one to end.
+/// Scrapes served at once; another connection waits for one to end. Each
+/// connection answers one request and closes (no keep-alive), so a client
+/// holds a slot for at most one scrape, or [`HEADER_TIMEOUT`] if it sends
+/// nothing.
 const MAX_CONNECTIONS: usize = 8;
 
 /// How long a client may take to send its request headers.
@@ -132,6 +135,7 @@ async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| answer(req, source.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
@@ -177,4 +181,38 @@ async fn answer(
             "the metrics could not be gathered\n".into(),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpStream;
+
+    use super::*;
+
+    /// Sends one HTTP/1.1 request (keep-alive by default) and reads until
+    /// the server closes the connection; panics if it keeps it open.
+    fn scrape_and_see_it_closed(addr: SocketAddr) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer)
+            .expect("the server closes the connection after one answer");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[test]
+    fn every_connection_gets_one_answer_and_is_closed() {
+        let server =
+            MetricsServer::start("127.0.0.1:0".parse().unwrap(), Snapshot::default).unwrap();
+        // More clients than slots, each asking for keep-alive: none may keep
+        // a slot after its answer.
+        for _ in 0..MAX_CONNECTIONS + 2 {
+            let answer = scrape_and_see_it_closed(server.local_addr());
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            assert!(answer.contains(CONTENT_TYPE), "{answer}");
+            assert!(answer.ends_with("# EOF\n"), "{answer}");
+        }
+    }
 }
