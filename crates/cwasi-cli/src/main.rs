@@ -354,14 +354,11 @@ fn serve(args: ServeArgs) -> Result<()> {
     let handle = Arc::new(runtime.serve(&args.name, &dir, opts)?);
     let metrics = match args.metrics {
         None => None,
-        Some(addr) => {
-            let (runtime, handle) = (runtime.clone(), handle.clone());
-            let server = cwasi_metrics::MetricsServer::start(addr, move || {
-                cwasi_metrics::Snapshot::of(&runtime, &[&handle])
-            })?;
-            eprintln!("cwasi: metrics at http://{}/metrics", server.local_addr());
-            Some(server)
-        }
+        Some(addr) => Some(cwasi_metrics::MetricsServer::for_served(
+            addr,
+            runtime.clone(),
+            handle.clone(),
+        )?),
     };
     let record = handle.record();
     match &record.data_addr {

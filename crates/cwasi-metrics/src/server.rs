@@ -13,6 +13,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{watch, Semaphore};
 
+use cwasi_runtime::{Runtime, ServeHandle};
+
 use crate::encode::{encode, Snapshot};
 
 /// The content type of the answer: OpenMetrics text, which Prometheus asks
@@ -84,6 +86,19 @@ impl MetricsServer {
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// Serves the metrics of `runtime` while it serves a function through
+    /// `served` (whose broker backlog is reported too): what `cwasi serve`
+    /// and the shim run. Says where on stderr, as both print their endpoints.
+    pub fn for_served(
+        addr: SocketAddr,
+        runtime: Arc<Runtime>,
+        served: Arc<ServeHandle>,
+    ) -> Result<MetricsServer, MetricsError> {
+        let server = MetricsServer::start(addr, move || Snapshot::of(&runtime, &[&served]))?;
+        eprintln!("cwasi: metrics at http://{}/metrics", server.local_addr());
+        Ok(server)
     }
 
     /// The address it listens on.

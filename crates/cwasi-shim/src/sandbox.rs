@@ -241,17 +241,11 @@ fn serve(runtime: &Arc<Runtime>, settings: &ContainerSettings, dir: Option<&Node
         Ok(h) => Arc::new(h),
         Err(e) => return fail(EXIT_CANNOT_RUN, &e.to_string()),
     };
-    let metrics = match metrics_addr.map(|addr| {
-        let (runtime, handle) = (runtime.clone(), handle.clone());
-        cwasi_metrics::MetricsServer::start(addr, move || {
-            cwasi_metrics::Snapshot::of(&runtime, &[&handle])
-        })
-    }) {
+    let metrics = match metrics_addr
+        .map(|addr| cwasi_metrics::MetricsServer::for_served(addr, runtime.clone(), handle.clone()))
+    {
         None => None,
-        Some(Ok(m)) => {
-            eprintln!("cwasi: metrics at http://{}/metrics", m.local_addr());
-            Some(m)
-        }
+        Some(Ok(m)) => Some(m),
         Some(Err(e)) => return fail(EXIT_CANNOT_RUN, &e.to_string()),
     };
     eprintln!(
