@@ -225,9 +225,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
-        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
-        Command::Call(args) => call(args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => traced("cwasi", || run(args)),
+        Command::Serve(args) => {
+            let service = args.name.clone();
+            traced(&service, || serve(args)).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Call(args) => traced("cwasi", || call(args)).map(|()| ExitCode::SUCCESS),
         Command::Image(command) => image::image(command).map(|()| ExitCode::SUCCESS),
         Command::Inspect { module } => inspect(&module).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args),
@@ -236,6 +239,14 @@ fn main() -> ExitCode {
         eprintln!("cwasi: error: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// Runs `command` with its call spans exported over OTLP if
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (under `OTEL_SERVICE_NAME`, or
+/// `service`); what is still buffered is sent when it returns.
+fn traced<T>(service: &str, command: impl FnOnce() -> Result<T>) -> Result<T> {
+    let _export = cwasi_trace::TraceExport::from_env(service)?;
+    command()
 }
 
 /// The broker of `CWASI_REDIS_URL`, if set: remote mode and the cluster

@@ -218,7 +218,7 @@ fn malformed_frames_close_the_connection_and_the_server_keeps_serving() {
 
     // Random bytes.
     let mut s = UnixStream::connect(&socket).unwrap();
-    let noise: Vec<u8> = (0..64u32)
+    let noise: Vec<u8> = (0..HEADER_LEN as u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
         .collect();
     s.write_all(&noise).unwrap();

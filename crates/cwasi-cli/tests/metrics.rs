@@ -9,9 +9,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::{cwasi, Scratch, Server, LIMIT};
-use cwasi_runtime::broker::{Broker, BrokerConfig};
-use cwasi_runtime::Runtime;
+use common::{cwasi, wait_announced, Scratch, Server, LIMIT};
 use test_programs_artifacts as progs;
 use test_support::prometheus::{http_get, Prometheus};
 use test_support::RedisServer;
@@ -43,18 +41,6 @@ fn wait_for_sums(prometheus: &Prometheus, promql: &str, expected: &[(&str, f64)]
             "{promql}: expected {expected:?}, Prometheus has {got:?}"
         );
         std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// Waits until a caller on another node finds `name` in the cluster
-/// registry (the server announces it on its first heartbeat).
-fn wait_announced(url: &str, name: &str, ns: &str) {
-    let broker = Broker::new(BrokerConfig::new(url, "node-c")).unwrap();
-    let caller = Runtime::builder().broker(broker).build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while caller.explain(ns, name).is_err() {
-        assert!(Instant::now() < deadline, "{name} was never announced");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -21,15 +21,15 @@
 //! `cargo test --benches` runs it) it does one smoke pass whose figures mean
 //! nothing.
 
+mod callers;
 mod common;
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use callers::{runtime_for, CALLEE, CALLER, IDLE_CALLER, NAMESPACE};
 use common::{fmt_ns, measure, median, op, size_label, verdict, Args, Profile, Settings, MIB};
-use cwasi_runtime::{FunctionSpec, HopReport, Runtime};
-use test_programs_artifacts as progs;
+use cwasi_runtime::{HopReport, Runtime};
 
 const SIZES: [usize; 4] = [64, MIB, 10 * MIB, 100 * MIB];
 
@@ -38,13 +38,6 @@ const SMALL_CALL_TARGET_NS: f64 = 1_000.0;
 /// The largest ratio to memcpy allowed from [`LARGE_FROM`] bytes up.
 const LARGE_RATIO_TARGET: f64 = 1.5;
 const LARGE_FROM: usize = MIB;
-
-const NAMESPACE: &str = "default";
-const CALLER: &str = "bench_caller";
-/// The same program with zero iterations: what a `bench_caller` run costs
-/// besides its calls (instantiation, building the payload).
-const IDLE_CALLER: &str = "bench_caller_idle";
-const CALLEE: &str = "discard";
 
 /// Sampling of memcpy and host->guest (interleaved) per size.
 fn settings(profile: Profile) -> Settings {
@@ -144,24 +137,6 @@ struct Row {
     memcpy: f64,
     host_to_guest: f64,
     guest_to_guest: f64,
-}
-
-fn runtime_for(size: usize, calls: u64) -> Runtime {
-    let caller_spec = |name: &str, calls: u64| {
-        let mut spec = FunctionSpec::new(name, NAMESPACE, PathBuf::from(progs::BENCH_CALLER));
-        spec.args = vec![size.to_string(), calls.to_string(), CALLEE.to_string()];
-        spec
-    };
-    Runtime::builder()
-        .function(FunctionSpec::new(
-            CALLEE,
-            NAMESPACE,
-            PathBuf::from(progs::DISCARD),
-        ))
-        .function(caller_spec(CALLER, calls))
-        .function(caller_spec(IDLE_CALLER, 0))
-        .build()
-        .expect("build the benchmark runtime")
 }
 
 fn bench_size(profile: Profile, s: &Settings, size: usize) -> Row {

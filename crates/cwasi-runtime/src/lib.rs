@@ -39,6 +39,7 @@ mod router;
 mod runtime;
 mod selector;
 mod serve;
+pub mod trace;
 mod transport;
 
 /// Remote mode's broker: the client of the Redis request streams, the

@@ -21,6 +21,7 @@ use crate::router::DirectParts;
 use crate::router::{Decision, RouterParts, RuntimeRouter, HOST_CALLER};
 use crate::selector::Selection;
 use crate::serve::{Host, ServeHandle, ServeOptions};
+use crate::trace::{CallSpan, TraceContext};
 use crate::transport::direct::{DirectConfig, DirectTls};
 use crate::transport::local::client::LocalClient;
 use crate::transport::remote::Broker;
@@ -258,27 +259,32 @@ impl Runtime {
             return Err(RuntimeError::NotAnEntry(name.to_string()));
         }
         let timeout = self.router.limits.entry_timeout;
-        let mut inst = f.instantiate(CallMeta::after(0, timeout))?;
+        let span = CallSpan::entry(name);
+        let trace = span.as_ref().map_or(TraceContext::NONE, CallSpan::context);
+        let mut inst = f.instantiate(CallMeta::after(0, timeout).traced(trace))?;
         let result = inst.run_start();
         inst.store.data_mut().pending.clear();
-        match result {
+        let outcome = match result {
             Ok(()) => Ok(0),
-            Err(e) => {
-                if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                    return Ok(exit.0);
-                }
-                let err = inst.trap_error(e, "_start");
-                let message = if err.code == ErrorCode::Timeout {
-                    format!("it did not finish within the entry timeout of {timeout:?}")
-                } else {
-                    err.message
-                };
-                Err(RuntimeError::Trap {
-                    function: name.to_string(),
-                    message,
-                })
-            }
+            Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(exit) => Ok(exit.0),
+                None => Err(inst.trap_error(e, "_start")),
+            },
+        };
+        if let Some(span) = span {
+            span.end_with(outcome.as_ref().map(|_| ()));
         }
+        outcome.map_err(|err| {
+            let message = if err.code == ErrorCode::Timeout {
+                format!("it did not finish within the entry timeout of {timeout:?}")
+            } else {
+                err.message
+            };
+            RuntimeError::Trap {
+                function: name.to_string(),
+                message,
+            }
+        })
     }
 
     /// Calls `target` from the host as if from a function of `namespace`, and

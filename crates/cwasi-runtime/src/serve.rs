@@ -287,7 +287,7 @@ fn serve_stream(
 ) -> Result<StreamServer, RuntimeError> {
     let f = function.clone();
     let handler: Handler = Arc::new(move |request: &[u8], meta: RequestMeta| {
-        let call = CallMeta::incoming(meta.depth, Some(meta.deadline), f.limits())?;
+        let call = CallMeta::incoming(meta.depth, Some(meta.deadline), meta.trace, f.limits())?;
         let mut io = VecIo {
             request,
             response: Vec::new(),

@@ -163,8 +163,7 @@ fn round_trip(config: BrokerConfig) -> Result<Vec<u8>, CallError> {
         "ns",
         "echo",
         b"ping",
-        Deadline::after(Duration::from_secs(10)),
-        1,
+        RequestMeta::new(Deadline::after(Duration::from_secs(10)), 1),
         1 << 20,
     )
 }
@@ -290,7 +289,13 @@ fn deadline_and_depth_travel_with_the_request() {
     );
     let caller = Broker::new(BrokerConfig::new(redis.url(), "node1")).unwrap();
     let deadline = Deadline::after(Duration::from_secs(20));
-    let got = caller.call("ns", "echo", b"deep", deadline, 3, 1 << 20);
+    let got = caller.call(
+        "ns",
+        "echo",
+        b"deep",
+        RequestMeta::new(deadline, 3),
+        1 << 20,
+    );
     assert_eq!(got.unwrap(), b"deep");
     let meta = seen.lock().unwrap().pop().expect("the handler ran");
     assert_eq!(meta.depth, 3);
@@ -504,7 +509,13 @@ fn entries_naming_foreign_keys_touch_nothing() {
     let deadline = Deadline::after(Duration::from_secs(10));
     assert_eq!(
         caller
-            .call("ns", "echo", b"still", deadline, 1, 1 << 20)
+            .call(
+                "ns",
+                "echo",
+                b"still",
+                RequestMeta::new(deadline, 1),
+                1 << 20
+            )
             .unwrap(),
         b"still"
     );
@@ -660,7 +671,13 @@ fn a_call_cycle_across_nodes_stops_at_the_depth_limit() {
     let caller = Broker::new(BrokerConfig::new(redis.url(), "node0")).unwrap();
     let call = |target: &str, depth: u32| {
         let deadline = Deadline::after(Duration::from_secs(20));
-        caller.call("cyc", target, b"x", deadline, depth, 1 << 20)
+        caller.call(
+            "cyc",
+            target,
+            b"x",
+            RequestMeta::new(deadline, depth),
+            1 << 20,
+        )
     };
 
     // Straight to each server, one over its limit.

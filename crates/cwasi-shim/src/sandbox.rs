@@ -13,6 +13,7 @@ use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::{
     DirectConfig, FunctionSpec, NodeDirectory, Runtime, ServeOptions, StopSignals,
 };
+use cwasi_trace::TraceExport;
 
 use crate::mounts::container_preopens;
 use crate::settings::{containerd_namespace, ContainerSettings};
@@ -188,6 +189,12 @@ impl Job {
             Err(e) => return fail(EXIT_CANNOT_RUN, &e.to_string()),
         };
         let runtime = Arc::new(runtime);
+        // OTEL_EXPORTER_OTLP_ENDPOINT in the container's env turns span
+        // export on.
+        let _export = match TraceExport::from_vars(&|k| settings.var(k), &settings.function) {
+            Ok(export) => export,
+            Err(e) => return fail(EXIT_CANNOT_RUN, &format!("traces: {e}")),
+        };
         let code = if settings.serve {
             serve(&runtime, &settings, node_dir.as_ref())
         } else {

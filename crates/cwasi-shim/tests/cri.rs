@@ -163,6 +163,14 @@ fn pods_run_through_cri_and_annotations_choose_their_mode() {
     containers.push(cri.start_container(&server.id, &config, &server.config));
     let record = node.join("echo@team-a.json");
     wait_for("the echo pod registers", RUN_TIMEOUT, || record.exists());
+    // containerd copies the container's output into the CRI log on its own
+    // time: the line may land after the record.
+    let says_it_serves = || log_of(&server, "echo").contains("serving 'echo'");
+    wait_for(
+        "the echo pod logs that it serves",
+        RUN_TIMEOUT,
+        says_it_serves,
+    );
     let served = log_of(&server, "echo");
     assert!(
         served.contains("serving 'echo' (namespace 'team-a')"),

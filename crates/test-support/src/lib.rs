@@ -7,12 +7,14 @@
 //! [`cri`] drives its CRI plugin as a kubelet does;
 //! [`tls`] makes a private CA and certificates for a TLS Redis;
 //! [`process`] runs a binary under a deadline; [`prometheus`] runs a real
-//! Prometheus that scrapes the tests' metrics; [`netns`] makes network
-//! namespaces joined by a bridge, for tests of several nodes on one host.
+//! Prometheus that scrapes the tests' metrics; [`otlp`] receives the spans
+//! the tests' processes export; [`netns`] makes network namespaces joined
+//! by a bridge, for tests of several nodes on one host.
 
 pub mod containerd;
 pub mod cri;
 pub mod netns;
+pub mod otlp;
 pub mod process;
 pub mod prometheus;
 pub mod tls;

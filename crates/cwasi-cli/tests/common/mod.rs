@@ -6,9 +6,22 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::wire::Kind;
-use cwasi_runtime::NodeDirectory;
+use cwasi_runtime::{NodeDirectory, Runtime};
 use std::time::{Duration, Instant};
+
+/// Waits until a caller on another node finds `name` in the cluster
+/// registry (the server announces it on its first heartbeat).
+pub fn wait_announced(url: &str, name: &str, ns: &str) {
+    let broker = Broker::new(BrokerConfig::new(url, "node-watcher")).unwrap();
+    let caller = Runtime::builder().broker(broker).build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while caller.explain(ns, name).is_err() {
+        assert!(Instant::now() < deadline, "{name} was never announced");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 /// What a finished `cwasi` printed.
 pub struct Output {

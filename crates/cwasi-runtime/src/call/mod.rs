@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::Limits;
 use crate::deadline::Deadline;
 use crate::error::{CallError, ErrorCode};
+use crate::trace::TraceContext;
 
 /// The caller's side of a call: where the request is and where the response
 /// goes. For a guest caller both are its linear memory, so a transport can
@@ -32,7 +33,8 @@ pub(crate) fn deliver(io: &mut dyn CallerIo, response: &[u8]) -> Result<(), Call
 }
 
 /// What travels with every call to the callee, across every transport: how
-/// deep it is nested, and by when it must be answered.
+/// deep it is nested, by when it must be answered, and the trace it is part
+/// of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CallMeta {
     /// The callee's nesting depth (an entry is 0, what it calls 1, ...).
@@ -42,6 +44,9 @@ pub(crate) struct CallMeta {
     /// When this was made, so that arming the callee's timer needs no
     /// second clock read (it is off by the microseconds since).
     pub issued: Instant,
+    /// The trace and the parent span of what runs under this (for a
+    /// callee, its caller's span); [`TraceContext::NONE`] when untraced.
+    pub trace: TraceContext,
 }
 
 impl CallMeta {
@@ -52,7 +57,13 @@ impl CallMeta {
             depth,
             deadline: Deadline::at(issued, timeout),
             issued,
+            trace: TraceContext::NONE,
         }
+    }
+
+    /// The same call, under the span `trace`.
+    pub fn traced(self, trace: TraceContext) -> CallMeta {
+        CallMeta { trace, ..self }
     }
 
     /// The same call, as of now (after a wait, so that the callee's timer
@@ -74,10 +85,12 @@ impl CallMeta {
     /// What the callee of a request from another process gets: the depth
     /// the caller sent (0, from a caller that sets none, is read as 1),
     /// refused past `limits.max_call_depth`; and the earlier of this side's
-    /// call timeout and the caller's deadline, if it sent one.
+    /// call timeout and the caller's deadline, if it sent one; under the
+    /// caller's span `trace`.
     pub fn incoming(
         depth: u32,
         caller_deadline: Option<Deadline>,
+        trace: TraceContext,
         limits: &Limits,
     ) -> Result<CallMeta, CallError> {
         let depth = check_depth(depth.max(1), limits)?;
@@ -87,6 +100,7 @@ impl CallMeta {
             depth,
             deadline: caller_deadline.map_or(own, |d| d.min(own)),
             issued,
+            trace,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The one caller-side call path. A [`Route`] is how one caller reaches one
 //! callee, chosen once: it checks the call against the limits, derives what
 //! the callee gets (depth, deadline), calls its transport and records its own
-//! counters. The guest's `cwasi.call`, `call_start`/`call_wait` and
+//! counters and span. The guest's `cwasi.call`, `call_start`/`call_wait` and
 //! `func_connect`, and the host's `Runtime::call`, are thin adapters over it.
 
 use std::collections::HashMap;
@@ -13,6 +13,7 @@ use super::{check_depth, CallMeta, CallerIo};
 use crate::config::{Limits, Mode};
 use crate::deadline::TickClock;
 use crate::error::{CallError, ErrorCode};
+use crate::trace::CallSpan;
 use crate::transport::{PendingCall, Transport};
 
 /// How one caller reaches one callee: chosen once, then reused.
@@ -42,14 +43,22 @@ impl Route {
         }
     }
 
+    /// The caller's span of a call, if this process traces.
+    fn span(&self, from: &CallMeta, request_len: usize) -> Option<CallSpan> {
+        let (caller, target, mode) = self.stats.edge();
+        CallSpan::client(&from.trace, caller, target, mode, request_len)
+    }
+
     /// What the callee of a call made by a caller running under `from` gets:
-    /// one level deeper, and its own call timeout or what is left of the
-    /// caller's deadline, whichever ends first.
+    /// one level deeper, its own call timeout or what is left of the
+    /// caller's deadline, whichever ends first, and the call's span (or the
+    /// caller's trace context, untouched) as its parent.
     fn callee_meta(
         &self,
         from: &CallMeta,
         request_len: usize,
         now: Instant,
+        span: Option<&CallSpan>,
     ) -> Result<CallMeta, CallError> {
         let max = self.limits.max_payload_bytes;
         if request_len > max {
@@ -60,6 +69,7 @@ impl Route {
             depth,
             deadline: from.deadline.nested_at(now, self.limits.call_timeout),
             issued: now,
+            trace: span.map_or(from.trace, CallSpan::context),
         })
     }
 
@@ -72,7 +82,11 @@ impl Route {
             self.clock.now()
         };
         let request_len = io.request().len();
-        let meta = self.callee_meta(from, request_len, now)?;
+        let span = self.span(from, request_len);
+        let meta = match self.callee_meta(from, request_len, now, span.as_ref()) {
+            Ok(meta) => meta,
+            Err(e) => return Err(end_span(span, 0, e)),
+        };
         let mut counting = CountingIo { io, len: 0 };
         let result = self
             .transport
@@ -81,6 +95,9 @@ impl Route {
         let started = timed.then_some(now);
         self.stats
             .record(started, request_len, counting.len, outcome(&result));
+        if let Some(span) = span {
+            span.end(counting.len, result.as_ref().map(|_| ()));
+        }
         result
     }
 
@@ -93,7 +110,11 @@ impl Route {
     ) -> Result<StartedCall, CallError> {
         let started = Instant::now();
         let request_len = io.request().len();
-        let meta = self.callee_meta(from, request_len, started)?;
+        let span = self.span(from, request_len);
+        let meta = match self.callee_meta(from, request_len, started, span.as_ref()) {
+            Ok(meta) => meta,
+            Err(e) => return Err(end_span(span, 0, e)),
+        };
         match self.transport.start(io, &meta) {
             Ok(pending) => Ok(StartedCall {
                 pending,
@@ -101,11 +122,12 @@ impl Route {
                 meta,
                 started,
                 request_len,
+                span,
             }),
             Err(e) => {
                 self.stats
                     .record(Some(started), request_len, 0, Err(e.code));
-                Err(past_deadline(e, &meta))
+                Err(end_span(span, 0, past_deadline(e, &meta)))
             }
         }
     }
@@ -116,6 +138,14 @@ impl Route {
         r.paths = self.transport.paths();
         r
     }
+}
+
+/// Ends a call's span, if it has one, with the error `e`; returns `e`.
+fn end_span(span: Option<CallSpan>, response_len: usize, e: CallError) -> CallError {
+    if let Some(span) = span {
+        span.end(response_len, Err(&e));
+    }
+    e
 }
 
 /// A call's outcome as the counters take it.
@@ -143,6 +173,7 @@ pub(crate) struct StartedCall {
     meta: CallMeta,
     started: Instant,
     request_len: usize,
+    span: Option<CallSpan>,
 }
 
 impl StartedCall {
@@ -159,6 +190,9 @@ impl StartedCall {
             counting.len,
             outcome(&result),
         );
+        if let Some(span) = self.span {
+            span.end(counting.len, result.as_ref().map(|_| ()));
+        }
         result
     }
 }

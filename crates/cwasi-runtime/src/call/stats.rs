@@ -115,6 +115,11 @@ impl HopStats {
         }
     }
 
+    /// The edge these count: caller, callee and mode.
+    pub(super) fn edge(&self) -> (&str, &str, Mode) {
+        (&self.caller, &self.target, self.mode)
+    }
+
     /// Whether the call about to be made is timed.
     pub(super) fn time_this_call(&self) -> bool {
         if self.timed_one_in <= 1 {

@@ -1,7 +1,7 @@
 //! The one callee-side path, shared by the embedded transport and by every
-//! server: take a warm instance armed with the call's depth and deadline,
-//! copy the request straight into its memory, run the handler, copy the
-//! response straight out, and pool the instance again or drop it.
+//! server: take a warm instance armed with the call's depth, deadline and
+//! span, copy the request straight into its memory, run the handler, copy
+//! the response straight out, and pool the instance again or drop it.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use crate::call::{deliver, CallMeta, CallerIo};
 use crate::config::Mode;
 use crate::engine::GuestRunning;
 use crate::error::CallError;
+use crate::trace::{self, CallSpan};
 
 /// Where a callee's request comes from and its response goes: the caller's
 /// memory (embedded), a socket and shared region (local server), or the
@@ -22,6 +23,11 @@ pub(crate) trait Exchange {
     fn read_request(&mut self, dst: &mut [u8]) -> Result<(), CallError>;
     /// Hands the response over.
     fn write_response(&mut self, response: &[u8]) -> Result<(), CallError>;
+    /// How the request came, where its mode has more than one way (for
+    /// the callee's span).
+    fn path(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A caller in this process as an [`Exchange`].
@@ -51,27 +57,64 @@ pub(crate) fn serve_call(
     exchange: &mut dyn Exchange,
 ) -> Result<(), CallError> {
     let counted = function.served.enter(via);
-    let result = invoke(function, call, exchange);
+    let result = invoke(function, call, via, exchange);
     if result.is_err() {
         counted.failed();
     }
     result
 }
 
-/// Runs one call of `function`: the whole callee-side path, on this thread.
-/// It borrows the function, so a call costs no reference count.
+/// Runs one call of `function`, which came in by `via`: the whole
+/// callee-side path, on this thread. It borrows the function, so a call
+/// costs no reference count.
 pub(crate) fn invoke(
     function: &Function,
     call: CallMeta,
+    via: Mode,
     exchange: &mut dyn Exchange,
 ) -> Result<(), CallError> {
     let _running = GuestRunning::enter();
-    let mut instance = function.acquire(call)?;
-    let result = place(&mut instance, exchange)
-        .and_then(|request| run(function, &mut instance, request))
-        .and_then(|range| deliver_response(&instance, range, exchange));
-    function.release(instance, result.as_ref().map(|_| ()));
+    let (span, call) = callee_span(function, call, via, &*exchange);
+    let mut response_len = 0;
+    let result = function.acquire(call).and_then(|mut instance| {
+        let result = place(&mut instance, exchange)
+            .and_then(|request| run(function, &mut instance, request))
+            .and_then(|range| {
+                response_len = range.len;
+                deliver_response(&instance, range, exchange)
+            });
+        function.release(instance, result.as_ref().map(|_| ()));
+        result
+    });
+    if let Some(span) = span {
+        span.end(response_len, result.as_ref().map(|_| ()));
+    }
     result
+}
+
+/// The callee's span, if this process traces, and the call re-armed under
+/// it, so that the calls the guest makes are its children: a guest with no
+/// tracing of its own still appears in the trace.
+fn callee_span(
+    function: &Function,
+    call: CallMeta,
+    via: Mode,
+    exchange: &dyn Exchange,
+) -> (Option<CallSpan>, CallMeta) {
+    if !trace::active() {
+        return (None, call);
+    }
+    let span = CallSpan::server(
+        &call.trace,
+        &function.spec.name,
+        &function.spec.namespace,
+        via,
+        exchange.path(),
+        call.depth,
+        exchange.request_len(),
+    );
+    let call = span.as_ref().map_or(call, |s| call.traced(s.context()));
+    (span, call)
 }
 
 /// Copies the request into the instance; returns where it lies.
@@ -118,25 +161,41 @@ pub(crate) struct Invocation {
     function: Arc<Function>,
     instance: Box<WarmInstance>,
     request: (usize, usize),
+    span: Option<CallSpan>,
 }
 
 impl Invocation {
-    /// Takes an instance armed for `call` and copies the request into it.
+    /// Takes an instance armed for `call`, which came in by `via`, and
+    /// copies the request into it.
     pub fn begin(
         function: &Arc<Function>,
         call: CallMeta,
+        via: Mode,
         exchange: &mut dyn Exchange,
     ) -> Result<Invocation, CallError> {
         let _running = GuestRunning::enter();
-        let mut instance = function.acquire(call)?;
-        match place(&mut instance, exchange) {
-            Ok(request) => Ok(Invocation {
+        let (span, call) = callee_span(function, call, via, &*exchange);
+        let placed =
+            function
+                .acquire(call)
+                .and_then(|mut instance| match place(&mut instance, exchange) {
+                    Ok(request) => Ok((instance, request)),
+                    Err(e) => {
+                        function.release(instance, Err(&e));
+                        Err(e)
+                    }
+                });
+        match placed {
+            Ok((instance, request)) => Ok(Invocation {
                 function: function.clone(),
                 instance,
                 request,
+                span,
             }),
             Err(e) => {
-                function.release(instance, Err(&e));
+                if let Some(span) = span {
+                    span.end(0, Err(&e));
+                }
                 Err(e)
             }
         }
@@ -156,9 +215,12 @@ impl Invocation {
         deliver_response(&self.instance, range, exchange)
     }
 
-    /// Ends the call: pools the instance again if `outcome` leaves it in a
-    /// known state.
-    pub fn finish(self, outcome: Result<(), &CallError>) {
+    /// Ends the call, whose response was `response_len` bytes: pools the
+    /// instance again if `outcome` leaves it in a known state.
+    pub fn finish(self, response_len: usize, outcome: Result<(), &CallError>) {
         self.function.release(self.instance, outcome);
+        if let Some(span) = self.span {
+            span.end(response_len, outcome);
+        }
     }
 }

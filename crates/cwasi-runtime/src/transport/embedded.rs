@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 
 use super::{PendingCall, Transport};
 use crate::call::{deliver, CallMeta, CallerIo, VecIo};
+use crate::config::Mode;
 use crate::deadline::ANSWER_GRACE;
 use crate::error::{CallError, ErrorCode};
 use crate::guest::function::Function;
@@ -95,7 +96,13 @@ impl EmbeddedClient {
                         request: &request,
                         response: Vec::new(),
                     };
-                    invoke(function, call, &mut CallerExchange(&mut own)).map(|()| own.response)
+                    invoke(
+                        function,
+                        call,
+                        Mode::Embedded,
+                        &mut CallerExchange(&mut own),
+                    )
+                    .map(|()| own.response)
                 })
                 .map_err(|e| {
                     CallError::new(
@@ -118,7 +125,7 @@ impl Transport for EmbeddedClient {
     fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError> {
         self.with_function(|function| {
             if has_room_for_a_call() {
-                invoke(function, *call, &mut CallerExchange(io))
+                invoke(function, *call, Mode::Embedded, &mut CallerExchange(io))
             } else {
                 self.invoke_on_fresh_stack(function, *call, io)
             }
@@ -133,7 +140,7 @@ impl Transport for EmbeddedClient {
         // The request is copied in on the caller's thread, so the caller may
         // reuse its buffer at once; the handler runs on a worker.
         let mut invocation = self.with_function(|function| {
-            Invocation::begin(function, *call, &mut CallerExchange(io))
+            Invocation::begin(function, *call, Mode::Embedded, &mut CallerExchange(io))
         })?;
         let (tx, rx) = mpsc::sync_channel(1);
         std::thread::Builder::new()
@@ -175,8 +182,9 @@ impl PendingCall for EmbeddedPending {
                     format!("callee '{}' did not answer within its deadline", self.name),
                 )
             })?;
+        let response_len = result.as_ref().map_or(0, |range| range.len);
         let result = result.and_then(|range| invocation.deliver(range, &mut CallerExchange(io)));
-        invocation.finish(result.as_ref().map(|_| ()));
+        invocation.finish(response_len, result.as_ref().map(|_| ()));
         result
     }
 }

@@ -263,6 +263,7 @@ impl Peer {
         h.target_len = target.len() as u16;
         h.depth = call.depth.min(u16::MAX as u32) as u16;
         h.budget_us = (call.deadline.remaining().as_micros() as u64).max(1);
+        h.trace = call.trace;
         h.payload_len = io.request().len() as u64;
         if let Err(e) = send(&mut conn, &h, target.as_bytes(), io.request(), until) {
             if is_own_timeout(&e) {

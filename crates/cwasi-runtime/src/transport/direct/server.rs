@@ -401,7 +401,7 @@ fn handle_request(
     }
     let caller_deadline =
         (h.budget_us > 0).then(|| Deadline::after(Duration::from_micros(h.budget_us)));
-    let call = match CallMeta::incoming(u32::from(h.depth), caller_deadline, f.limits()) {
+    let call = match CallMeta::incoming(u32::from(h.depth), caller_deadline, h.trace, f.limits()) {
         Ok(c) => c,
         Err(e) => return refuse_call(conn, e),
     };

@@ -461,6 +461,7 @@ fn post_request(
         len: if inline { request.len() } else { 0 },
         depth,
         budget_us,
+        trace: call.trace,
     });
     let seq = next_seq(conn.seq);
     if let Err(now) =
@@ -482,6 +483,7 @@ fn post_request(
     h.target_len = target.len() as u16;
     h.depth = depth;
     h.budget_us = budget_us;
+    h.trace = call.trace;
     send_frame(
         &mut conn.stream,
         &mut conn.shm,

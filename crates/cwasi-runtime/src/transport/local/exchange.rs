@@ -103,6 +103,14 @@ impl Exchange for ConnExchange<'_> {
         }
     }
 
+    fn path(&self) -> Option<&'static str> {
+        Some(match self.incoming {
+            Incoming::Slot(_) => "slot",
+            Incoming::Frame(request) if request.header.in_shm() => "shared-memory",
+            Incoming::Frame(_) => "socket",
+        })
+    }
+
     fn read_request(&mut self, dst: &mut [u8]) -> Result<(), CallError> {
         self.request_read = true;
         match self.incoming {

@@ -32,6 +32,7 @@ use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
 use crate::guest::invoke::serve_call;
+use crate::trace::TraceContext;
 use crate::transport::admission::{accept_until, AcceptThread, Connections, Slots, WarnBudget};
 
 /// How long a refused connection is drained before it is closed.
@@ -381,7 +382,11 @@ impl ServerConn {
             answered: false,
             broken: None,
         };
-        let info = (slot.depth, slot.budget_us);
+        let info = RequestInfo {
+            depth: slot.depth,
+            budget_us: slot.budget_us,
+            trace: slot.trace,
+        };
         let result = handle_request(target, info, &mut exchange, shared);
         finish(exchange, result, 0, shared)
     }
@@ -405,7 +410,12 @@ impl ServerConn {
             answered: false,
             broken: None,
         };
-        let result = handle_request(&target, (h.depth, h.budget_us), &mut exchange, shared);
+        let info = RequestInfo {
+            depth: h.depth,
+            budget_us: h.budget_us,
+            trace: h.trace,
+        };
+        let result = handle_request(&target, info, &mut exchange, shared);
         finish(exchange, result, h.id, shared)
     }
 }
@@ -453,11 +463,25 @@ fn drain_and_close(stream: &UnixStream) {
     let _ = io::copy(&mut stream.take(1 << 20), &mut io::sink());
 }
 
+/// What a request says about its call, from the slot or its frame.
+struct RequestInfo {
+    /// The callee's depth.
+    depth: u16,
+    /// Microseconds left of the caller's deadline (0: none).
+    budget_us: u64,
+    /// The caller's span.
+    trace: TraceContext,
+}
+
 /// Runs one request: checks its target, depth and a call slot, then
-/// invokes the function. `info` is the request's depth and budget.
+/// invokes the function.
 fn handle_request(
     target: &[u8],
-    (depth, budget_us): (u16, u64),
+    RequestInfo {
+        depth,
+        budget_us,
+        trace,
+    }: RequestInfo,
     exchange: &mut ConnExchange<'_>,
     shared: &Shared,
 ) -> Result<(), CallError> {
@@ -474,7 +498,7 @@ fn handle_request(
     }
     let caller_deadline =
         (budget_us > 0).then(|| Deadline::after(Duration::from_micros(budget_us)));
-    let call = CallMeta::incoming(u32::from(depth), caller_deadline, f.limits())?;
+    let call = CallMeta::incoming(u32::from(depth), caller_deadline, trace, f.limits())?;
     if !shared.slots.acquire(call.deadline.remaining()) {
         return Err(CallError::new(
             ErrorCode::ResourceLimit,

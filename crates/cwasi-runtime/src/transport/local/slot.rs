@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::spin::{spin_until, Spun};
+use crate::trace::{TraceContext, TRACE_CONTEXT_LEN};
 use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
 
 /// The layout of the control block, as documented in `docs/protocol.md`.
@@ -67,6 +68,13 @@ pub mod layout {
     pub const REQ_DEPTH: usize = 332;
     /// Request (`u64`): microseconds left of the caller's deadline.
     pub const REQ_BUDGET: usize = 336;
+    /// Request: the trace id of the caller's span, 16 bytes (two `u64`
+    /// words, in wire order; all zero: untraced).
+    pub const REQ_TRACE_ID: usize = 344;
+    /// Request (`u64`): the caller's span id, 8 bytes in wire order.
+    pub const REQ_SPAN_ID: usize = 360;
+    /// Request: the trace flags (the low byte).
+    pub const REQ_TRACE_FLAGS: usize = 368;
     /// Response: 1 inline answer, 2 inline error, 3 a frame follows on the
     /// socket.
     pub const RESP_KIND: usize = 384;
@@ -194,6 +202,8 @@ pub(crate) struct SlotRequest {
     pub depth: u16,
     /// Microseconds left of the caller's deadline.
     pub budget_us: u64,
+    /// The caller's span.
+    pub trace: TraceContext,
 }
 
 /// A response as the server writes it into the slot.
@@ -224,6 +234,28 @@ impl ControlBlock {
             .store(u32::from(r.depth), Ordering::Relaxed);
         self.word64(REQ_BUDGET)
             .store(r.budget_us, Ordering::Relaxed);
+        let t = &r.trace;
+        let (high, low) = t.trace_id.split_at(8);
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        self.word64(REQ_TRACE_ID)
+            .store(word(high), Ordering::Relaxed);
+        self.word64(REQ_TRACE_ID + 8)
+            .store(word(low), Ordering::Relaxed);
+        self.word64(REQ_SPAN_ID)
+            .store(word(&t.span_id), Ordering::Relaxed);
+        self.word(REQ_TRACE_FLAGS)
+            .store(u32::from(t.flags), Ordering::Relaxed);
+    }
+
+    /// Reads the request's trace context; an invalid one is none.
+    fn take_trace(&self) -> TraceContext {
+        let mut b = [0u8; TRACE_CONTEXT_LEN];
+        let word = |at: usize| self.word64(at).load(Ordering::Relaxed).to_le_bytes();
+        b[..8].copy_from_slice(&word(REQ_TRACE_ID));
+        b[8..16].copy_from_slice(&word(REQ_TRACE_ID + 8));
+        b[16..24].copy_from_slice(&word(REQ_SPAN_ID));
+        b[24] = self.word(REQ_TRACE_FLAGS).load(Ordering::Relaxed) as u8;
+        TraceContext::decode(&b)
     }
 
     /// Reads and checks the request fields, each once; `max_payload` bounds
@@ -259,6 +291,7 @@ impl ControlBlock {
             len,
             depth,
             budget_us,
+            trace: self.take_trace(),
         })
     }
 

@@ -1,11 +1,11 @@
 //! The frame format of the local transport (`docs/protocol.md`).
 //!
-//! Every frame starts with a fixed 40-byte little-endian header, followed by
+//! Every frame starts with a fixed 72-byte little-endian header, followed by
 //! the target name and, unless the payload is in shared memory, the payload:
 //!
 //! ```text
 //!  0  magic        4 bytes  "CWSI"
-//!  4  version      u8       3
+//!  4  version      u8       4
 //!  5  kind         u8       1 request, 2 response, 3 error, 4 attach-shm
 //!  6  flags        u16      bit 0: the payload is in the shared region
 //!                           bit 1: chunked (progress counts follow)
@@ -16,16 +16,24 @@
 //! 24  payload len  u64
 //! 32  budget       u64      requests: microseconds left of the caller's
 //!                           deadline (0: the caller set none)
+//! 40  trace id     16 bytes requests: the W3C trace context of the
+//! 56  span id      8 bytes  caller's span (all zero: untraced; an
+//! 64  trace flags  u8       invalid one is read as untraced)
+//! 65  reserved     7 bytes  zero
 //! ```
 
 use std::io::{self, Read, Write};
 
+use crate::trace::{TraceContext, TRACE_CONTEXT_LEN};
+
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"CWSI";
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Size of the fixed header.
-pub const HEADER_LEN: usize = 40;
+pub const HEADER_LEN: usize = 72;
+/// Where the trace context starts in the header.
+const TRACE_AT: usize = 40;
 /// Longest target name: the ABI's name limit.
 pub const MAX_TARGET_LEN: usize = cwasi_abi::MAX_NAME_LEN;
 /// Flag: the payload lies at offset 0 of the connection's shared region.
@@ -81,6 +89,8 @@ pub struct Header {
     /// Microseconds left of the caller's deadline when a request was sent
     /// (0: none); relative, so that the two processes need no common clock.
     pub budget_us: u64,
+    /// A request's trace context: the caller's span.
+    pub trace: TraceContext,
 }
 
 /// Why a frame was refused.
@@ -128,10 +138,11 @@ impl Header {
             payload_len: 0,
             depth: 0,
             budget_us: 0,
+            trace: TraceContext::NONE,
         }
     }
 
-    /// The 32 bytes on the wire.
+    /// The bytes on the wire.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..4].copy_from_slice(&MAGIC);
@@ -144,6 +155,7 @@ impl Header {
         b[20..24].copy_from_slice(&self.status.to_le_bytes());
         b[24..32].copy_from_slice(&self.payload_len.to_le_bytes());
         b[32..40].copy_from_slice(&self.budget_us.to_le_bytes());
+        b[TRACE_AT..TRACE_AT + TRACE_CONTEXT_LEN].copy_from_slice(&self.trace.encode());
         b
     }
 
@@ -169,10 +181,18 @@ impl Header {
         }
         let depth = u16_at(18);
         let budget_us = u64::from_le_bytes(b[32..40].try_into().expect("8 bytes"));
-        if kind != Kind::Request && (depth != 0 || budget_us != 0) {
+        let trace_bytes: &[u8; TRACE_CONTEXT_LEN] = b[TRACE_AT..TRACE_AT + TRACE_CONTEXT_LEN]
+            .try_into()
+            .expect("a trace context's length");
+        if kind != Kind::Request
+            && (depth != 0 || budget_us != 0 || trace_bytes.iter().any(|&x| x != 0))
+        {
             return Err(WireError::Malformed(
-                "depth and budget are for requests only",
+                "depth, budget and trace context are for requests only",
             ));
+        }
+        if b[TRACE_AT + TRACE_CONTEXT_LEN..].iter().any(|&x| x != 0) {
+            return Err(WireError::Malformed("reserved bytes must be zero"));
         }
         let target_len = u16_at(16);
         if target_len as usize > MAX_TARGET_LEN {
@@ -199,6 +219,7 @@ impl Header {
             payload_len,
             depth,
             budget_us,
+            trace: TraceContext::decode(trace_bytes),
         })
     }
 
@@ -288,8 +309,20 @@ mod tests {
         h.payload_len = 1 << 30;
         h.depth = 3;
         h.budget_us = 1_500_000;
+        h.trace = TraceContext {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+            flags: 1,
+        };
         let b = h.encode();
         assert_eq!(Header::decode(&b, 1 << 31).unwrap(), h);
+        // An invalid context (no span id) is read as none.
+        let mut b = b;
+        b[TRACE_AT + 16..TRACE_AT + 24].fill(0);
+        assert_eq!(
+            Header::decode(&b, 1 << 31).unwrap().trace,
+            TraceContext::NONE
+        );
     }
 
     #[test]
@@ -327,6 +360,18 @@ mod tests {
         ));
         let mut b = Header::new(Kind::Response, 1).encode();
         b[18] = 1;
+        assert!(matches!(
+            Header::decode(&b, 10),
+            Err(WireError::Malformed(_))
+        ));
+        let mut b = Header::new(Kind::Response, 1).encode();
+        b[TRACE_AT] = 1;
+        assert!(matches!(
+            Header::decode(&b, 10),
+            Err(WireError::Malformed(_))
+        ));
+        let mut b = good;
+        b[HEADER_LEN - 1] = 1;
         assert!(matches!(
             Header::decode(&b, 10),
             Err(WireError::Malformed(_))

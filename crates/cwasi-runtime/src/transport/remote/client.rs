@@ -9,26 +9,32 @@ use redis::Value;
 
 use super::codec::{decode_reply, Reply, PAYLOAD_KEY_MIN, STREAM_MAXLEN};
 use super::conn::{exchange, Broker};
+use super::consumer::RequestMeta;
 use super::keys::{FnKeys, KeyError};
 use crate::call::{deliver, CallMeta, CallerIo};
-use crate::deadline::{Deadline, ANSWER_GRACE, BROKER_OP_TIMEOUT, LEASE_GRACE};
+use crate::deadline::{ANSWER_GRACE, BROKER_OP_TIMEOUT, LEASE_GRACE};
 use crate::error::{CallError, ErrorCode};
 use crate::transport::{on_worker, PendingCall, Transport};
 
 impl Broker {
     /// Calls `name` of namespace `ns` through its stream and waits for the
-    /// reply until `deadline`, which travels with the request (as wall-clock
-    /// time) together with the callee's nesting `depth`. A response larger
-    /// than `max_payload` is refused.
+    /// reply until `meta.deadline`, which travels with the request (as
+    /// wall-clock time) together with the callee's nesting depth and the
+    /// caller's trace context (`traceparent`). A response larger than
+    /// `max_payload` is refused.
     pub fn call(
         &self,
         ns: &str,
         name: &str,
         request: &[u8],
-        deadline: Deadline,
-        depth: u32,
+        meta: RequestMeta,
         max_payload: usize,
     ) -> Result<Vec<u8>, CallError> {
+        let RequestMeta {
+            deadline,
+            depth,
+            trace,
+        } = meta;
         let id = self.new_request_id();
         // The server derives the same keys from the function and the id.
         let bad = |e: KeyError| CallError::new(ErrorCode::InvalidArgument, e.to_string());
@@ -48,6 +54,9 @@ impl Broker {
             .arg(deadline.to_unix_ms())
             .arg("depth")
             .arg(depth);
+        if let Some(traceparent) = trace.traceparent() {
+            add.arg("traceparent").arg(traceparent);
+        }
         let mut p = redis::pipe();
         if request.len() >= PAYLOAD_KEY_MIN {
             // It lives until the request's deadline, and a little longer for
@@ -170,14 +179,22 @@ impl RemoteClient {
     }
 }
 
+/// What a call made under `call` sends.
+fn request_meta(call: &CallMeta) -> RequestMeta {
+    RequestMeta {
+        deadline: call.deadline,
+        depth: call.depth,
+        trace: call.trace,
+    }
+}
+
 impl Transport for RemoteClient {
     fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError> {
         let response = self.broker.call(
             &self.namespace,
             &self.name,
             io.request(),
-            call.deadline,
-            call.depth,
+            request_meta(call),
             self.max_payload,
         )?;
         deliver(io, &response)
@@ -197,7 +214,7 @@ impl Transport for RemoteClient {
         );
         let meta = *call;
         on_worker(format!("cwasi-remote-{name}"), meta, move || {
-            broker.call(&ns, &name, &request, meta.deadline, meta.depth, max)
+            broker.call(&ns, &name, &request, request_meta(&meta), max)
         })
     }
 }

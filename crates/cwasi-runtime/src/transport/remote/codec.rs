@@ -10,6 +10,7 @@ use redis::Value;
 use super::keys::{CallKeys, FnKeys};
 use crate::deadline::REPLY_TTL;
 use crate::error::{CallError, ErrorCode};
+use crate::trace::TraceContext;
 
 /// The consumer group every server of a function joins.
 pub const GROUP: &str = "cwasi";
@@ -83,6 +84,9 @@ pub(super) struct Entry {
     /// The callee's nesting depth; 1 when the caller did not say (an older
     /// caller).
     pub depth: u32,
+    /// The caller's span; none when absent or malformed (tracing is not
+    /// worth refusing a call for).
+    pub trace: TraceContext,
     /// The request.
     pub payload: Payload,
 }
@@ -154,6 +158,7 @@ fn field_map(f: &FnKeys, fields: Vec<Value>) -> Result<Entry, String> {
     let (mut id, mut deadline, mut payload) = (None, None, None);
     // Absent: an older caller, whose callee runs at depth 1.
     let mut depth = 1;
+    let mut trace = TraceContext::NONE;
     // Keys the entry names (version 2), checked once the id is known.
     type Derive = fn(&CallKeys) -> String;
     let mut named: Vec<(&str, String, Derive)> = Vec::new();
@@ -166,6 +171,9 @@ fn field_map(f: &FnKeys, fields: Vec<Value>) -> Result<Entry, String> {
             b"id" => id = Some(text("id", v)?),
             b"deadline" => deadline = Some(number("deadline", &v)?),
             b"depth" => depth = number("depth", &v)?,
+            b"traceparent" => {
+                trace = TraceContext::from_traceparent(&v).unwrap_or(TraceContext::NONE)
+            }
             b"payload" => set(&mut payload, Payload::Inline(v))?,
             b"payload_in_key" if v == b"1" => set(&mut payload, Payload::InKey)?,
             b"payload_in_key" => return Err("`payload_in_key` is not 1".into()),
@@ -194,6 +202,7 @@ fn field_map(f: &FnKeys, fields: Vec<Value>) -> Result<Entry, String> {
         keys,
         deadline_ms: deadline.ok_or("no `deadline`")?,
         depth,
+        trace,
         payload: payload.ok_or("no `payload`")?,
     })
 }
@@ -395,6 +404,32 @@ mod tests {
             "1-0"
         );
         assert!(parse(&base[..2]).is_err());
+    }
+
+    #[test]
+    fn entries_carry_their_trace_context_and_a_bad_one_is_none() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let with = |value: &'static [u8]| {
+            let fields: [(&str, &[u8]); 4] = [
+                ("id", b"r1"),
+                ("deadline", b"1234"),
+                ("payload", b"hi"),
+                ("traceparent", value),
+            ];
+            parse(&fields).expect("the entry runs")
+        };
+        let e = with(tp.as_bytes());
+        assert_eq!(e.trace.traceparent().as_deref(), Some(tp));
+        for bad in [
+            &b""[..],
+            b"00-zz",
+            b"\xff\xfe",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(with(bad).trace, TraceContext::NONE);
+        }
+        let fields: [(&str, &[u8]); 3] = [("id", b"r1"), ("deadline", b"1234"), ("payload", b"hi")];
+        assert_eq!(parse(&fields).ok().unwrap().trace, TraceContext::NONE);
     }
 
     #[test]

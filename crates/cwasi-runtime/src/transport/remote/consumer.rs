@@ -14,6 +14,7 @@ use super::keys::FnKeys;
 use super::registry::sleep_unless_stopped;
 use crate::deadline::{Deadline, BROKER_OP_TIMEOUT};
 use crate::error::{CallError, ErrorCode};
+use crate::trace::TraceContext;
 
 /// How long one read waits for a request (`XREADGROUP … BLOCK`, in ms): also
 /// how soon a consumer sees its stop flag.
@@ -35,6 +36,19 @@ pub struct RequestMeta {
     /// The callee's nesting depth, as the caller gave it (`depth`; 1 if the
     /// caller did not say).
     pub depth: u32,
+    /// The caller's span (`traceparent`; none if absent or malformed).
+    pub trace: TraceContext,
+}
+
+impl RequestMeta {
+    /// A request due by `deadline`, whose callee runs at `depth`, untraced.
+    pub fn new(deadline: Deadline, depth: u32) -> RequestMeta {
+        RequestMeta {
+            deadline,
+            depth,
+            trace: TraceContext::NONE,
+        }
+    }
 }
 
 /// What a stream server runs for each request: its bytes and what is known
@@ -296,6 +310,7 @@ impl Consumer {
         let meta = RequestMeta {
             deadline: Deadline::from_unix_ms(e.deadline_ms),
             depth: e.depth,
+            trace: e.trace,
         };
         let result = match &e.payload {
             Payload::Inline(bytes) => (self.handler)(bytes, meta),
