@@ -33,9 +33,11 @@ fi
 #   metrics test (started by the test on a free port, never as a service);
 # - gcc, libc6-dev: the CRI test builds its pod sandbox's pause program
 #   static, as no registry with the upstream pause image can be reached.
+# - clang, lld, wasi-libc, libclang-rt-14-dev-wasm32: the C guest programs
+#   (guests/c/cwasi.h) are built for wasm32-wasi with Debian's toolchain.
 APT_PACKAGES=()
 if [ "${1:-}" = "--test" ]; then
-    APT_PACKAGES=(redis-server util-linux containerd runc protobuf-compiler libseccomp-dev openssl g++ gcc libc6-dev iproute2 prometheus binutils)
+    APT_PACKAGES=(redis-server util-linux containerd runc protobuf-compiler libseccomp-dev openssl g++ gcc libc6-dev iproute2 prometheus binutils clang lld wasi-libc libclang-rt-14-dev-wasm32)
 fi
 missing=()
 for p in ${APT_PACKAGES[@]+"${APT_PACKAGES[@]}"}; do

@@ -56,10 +56,15 @@ fn build(args: BuildArgs) -> Result<()> {
     let summary = write_image_file(&request, &args.output)
         .with_context(|| format!("cannot build {}", args.output.display()))?;
     eprintln!(
-        "cwasi: wrote {} ({}, entrypoint {}, module {}); load it with `ctr image import {}`",
+        "cwasi: wrote {} ({}, entrypoint {}, {} {}); load it with `ctr image import {}`",
         args.output.display(),
         summary.reference,
         summary.entrypoint,
+        if summary.component {
+            "component"
+        } else {
+            "module"
+        },
         summary.module_digest,
         args.output.display()
     );

@@ -3,6 +3,7 @@
 //! `cwasi-runtime`.
 
 mod bench;
+mod component;
 mod image;
 mod prefixed;
 mod report;
@@ -49,7 +50,8 @@ enum Command {
     /// Measures the modes against redis-storage, HTTP and memcpy (the
     /// paper's experiments); see docs/benchmarks.md.
     Bench(bench::BenchArgs),
-    /// Shows which ABI imports and exports a module has.
+    /// Shows which ABI imports and exports a module has, or the WIT world
+    /// of a component.
     Inspect {
         /// The .wasm file.
         module: PathBuf,
@@ -438,6 +440,11 @@ fn call(args: CallArgs) -> Result<()> {
 }
 
 fn inspect(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if cwasi_oci::is_component(&bytes) {
+        print!("{}", component::describe(path, &bytes)?);
+        return Ok(());
+    }
     let module = cwasi_runtime::inspect_module(path)?;
     println!("module:                {}", path.display());
     println!("digest:                {}", module.digest);

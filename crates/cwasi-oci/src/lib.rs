@@ -7,7 +7,9 @@
 //! - [`ImageKind::Plain`]: one tar layer holding `/<name>.wasm`, which is the
 //!   entrypoint. Any containerd unpacks it.
 //! - [`ImageKind::WasmLayer`]: the module itself as an `application/wasm`
-//!   layer, the Wasm artifact format. containerd 2 handles it natively;
+//!   layer (a component as an
+//!   `application/vnd.bytecodealliance.wasm.component.layer.v0+wasm` one,
+//!   as runwasi names it), the Wasm artifact format. containerd 2 handles it natively;
 //!   containerd 1.6 needs the stream processor of `docs/containerd.md`, which
 //!   turns the layer into an empty tar, so the config's diff id is that of an
 //!   empty tar.
@@ -22,6 +24,16 @@ use sha2::{Digest, Sha256};
 
 /// Media type of a Wasm module layer (the Wasm artifact format).
 pub const WASM_LAYER_MEDIA_TYPE: &str = "application/wasm";
+/// Media type of a Wasm component layer, as runwasi names it.
+pub const COMPONENT_LAYER_MEDIA_TYPE: &str =
+    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
+
+/// Whether `bytes` is a WebAssembly component (the binary format's layer 1)
+/// rather than a core module: the version field after `\0asm` is
+/// `0d 00 01 00`.
+pub fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
+}
 
 /// How the module is packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,7 +41,8 @@ pub enum ImageKind {
     /// A tar layer with the `.wasm` file, which is the entrypoint.
     #[default]
     Plain,
-    /// The module as an `application/wasm` layer.
+    /// The module as an `application/wasm` layer, or a component as a
+    /// [`COMPONENT_LAYER_MEDIA_TYPE`] one.
     WasmLayer,
 }
 
@@ -55,6 +68,8 @@ pub struct ImageSummary {
     pub entrypoint: String,
     /// `sha256:<hex>` of the module.
     pub module_digest: String,
+    /// Whether the module is a component (its platform is then `wasip2`).
+    pub component: bool,
 }
 
 /// Why an image could not be built.
@@ -97,6 +112,7 @@ pub fn write_image(request: &ImageRequest, out: impl Write) -> Result<ImageSumma
     if !bytes.starts_with(b"\0asm") {
         return Err(ImageError::NotWasm(request.module.clone()));
     }
+    let component = is_component(&bytes);
     let file_name = module_file_name(&request.module);
     let entrypoint = format!("/{file_name}");
     let scratch = Scratch::new()?;
@@ -108,20 +124,26 @@ pub fn write_image(request: &ImageRequest, out: impl Write) -> Result<ImageSumma
         }
         ImageKind::WasmLayer => (
             scratch.write("module.wasm", &bytes)?,
-            Some(WASM_LAYER_MEDIA_TYPE.to_string()),
+            Some(
+                if component {
+                    COMPONENT_LAYER_MEDIA_TYPE
+                } else {
+                    WASM_LAYER_MEDIA_TYPE
+                }
+                .to_string(),
+            ),
             sha256(&empty_tar()),
         ),
     };
-    let platform = (
-        Os::Other("wasip1".to_string()),
-        Arch::Other("wasm".to_string()),
-    );
+    let os = if component { "wasip2" } else { "wasip1" };
+    let platform = (Os::Other(os.to_string()), Arch::Other("wasm".to_string()));
     let config = image_config(&entrypoint, &request.env, diff_id, platform)?;
     assemble(&layer, media_type, config, &reference, out)?;
     Ok(ImageSummary {
         reference,
         entrypoint,
         module_digest: sha256(&bytes),
+        component,
     })
 }
 
@@ -323,6 +345,37 @@ mod tests {
             .map(|e| e.unwrap().path().unwrap().display().to_string())
             .collect();
         assert_eq!(names, vec!["echo.wasm"]);
+    }
+
+    #[test]
+    fn a_component_gets_the_component_layer_media_type() {
+        let scratch = Scratch::new().unwrap();
+        // The smallest component: the preamble alone.
+        let component = scratch.write("c.wasm", b"\0asm\x0d\0\x01\0").unwrap();
+        let module = scratch.write("m.wasm", b"\0asm\x01\0\0\0").unwrap();
+        let build = |module: &PathBuf| {
+            let request = ImageRequest {
+                module: module.clone(),
+                reference: "x".into(),
+                kind: ImageKind::WasmLayer,
+                env: Vec::new(),
+            };
+            let mut out = Vec::new();
+            let summary = write_image(&request, &mut out).unwrap();
+            (summary, String::from_utf8_lossy(&out).into_owned())
+        };
+        let (summary, tarball) = build(&component);
+        assert!(summary.component);
+        assert!(tarball.contains(COMPONENT_LAYER_MEDIA_TYPE));
+        assert!(tarball.contains("wasip2"));
+        let (summary, tarball) = build(&module);
+        assert!(!summary.component);
+        assert!(!tarball.contains(COMPONENT_LAYER_MEDIA_TYPE));
+        assert!(tarball.contains(WASM_LAYER_MEDIA_TYPE));
+        assert!(tarball.contains("wasip1"));
+        assert!(is_component(b"\0asm\x0d\0\x01\0"));
+        assert!(!is_component(b"\0asm\x01\0\0\0"));
+        assert!(!is_component(b"\0asm"));
     }
 
     #[test]
