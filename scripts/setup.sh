@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what CWASI needs on a Debian machine, as root: the wasm32-wasip1
-# Rust target, and with --test the Debian packages the test suite uses.
-# Safe to run again; it installs only what is missing.
+# and wasm32-wasip2 Rust targets; with --components the tools that build
+# Python and JavaScript components (componentize-py from PyPI,
+# componentize-js from npm); and with --test those and the Debian packages
+# the test suite uses. Safe to run again; it installs only what is missing.
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -9,10 +11,13 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
-    echo "setup: adding the wasm32-wasip1 target"
-    rustup target add wasm32-wasip1
-fi
+# wasm32-wasip1: core-module guests; wasm32-wasip2: Rust components.
+for target in wasm32-wasip1 wasm32-wasip2; do
+    if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+        echo "setup: adding the $target target"
+        rustup target add "$target"
+    fi
+done
 
 # Debian packages the test suite needs. The servers among them are started
 # by the tests themselves, on loopback or private sockets, never as services:
@@ -48,4 +53,36 @@ if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The component toolchains, pinned: componentize-py (PyPI) builds Python
+# guests, componentize-js (npm) JavaScript ones (docs/guest-python.md,
+# docs/guest-javascript.md).
+COMPONENTIZE_PY=componentize-py==0.25.1
+COMPONENTIZE_JS=@bytecodealliance/componentize-js@0.23.0
+if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--components" ]; then
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "setup: installing python3 and pip"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends python3 python3-pip
+    fi
+    if [ "$(componentize-py --version 2>/dev/null)" != "componentize-py ${COMPONENTIZE_PY#*==}" ]; then
+        echo "setup: installing $COMPONENTIZE_PY"
+        # Debian's own Python refuses installs outside a venv (PEP 668).
+        python3 -m pip install -q "$COMPONENTIZE_PY" \
+            || python3 -m pip install -q --break-system-packages "$COMPONENTIZE_PY"
+        hash -r
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "setup: installing nodejs and npm"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends nodejs npm
+    fi
+    if [ "$(componentize-js --version 2>/dev/null)" != "${COMPONENTIZE_JS##*@}" ]; then
+        echo "setup: installing $COMPONENTIZE_JS"
+        npm install -g --no-fund --no-audit "$COMPONENTIZE_JS"
+        hash -r
+    fi
 fi

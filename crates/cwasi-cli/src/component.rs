@@ -32,10 +32,19 @@ pub fn describe(path: &Path, bytes: &[u8]) -> Result<String> {
     let (imports, exports) = (names(&world.imports), names(&world.exports));
     let unversioned = |name: &str| name.split('@').next().unwrap_or(name).to_string();
     let exports_one = |wanted: &str| exports.iter().any(|e| unversioned(e) == wanted);
-    let kind = match (exports_one(HANDLER), exports_one(RUN)) {
-        (true, _) => "function (exports cwasi:function/handler)",
-        (false, true) => "entry (exports wasi:cli/run)",
-        (false, false) => "none: it exports neither cwasi:function/handler nor wasi:cli/run",
+    let (kind, runs) = match (exports_one(HANDLER), exports_one(RUN)) {
+        (true, _) => (
+            "function (exports cwasi:function/handler)",
+            "as a function: called by name (cwasi serve, a composition, the shim)",
+        ),
+        (false, true) => (
+            "entry (exports wasi:cli/run)",
+            "as an entry (cwasi run, the shim)",
+        ),
+        (false, false) => (
+            "none: it exports neither cwasi:function/handler nor wasi:cli/run",
+            "no: nothing in it can be called or run",
+        ),
     };
     let list = |v: &[String]| {
         if v.is_empty() {
@@ -54,9 +63,6 @@ pub fn describe(path: &Path, bytes: &[u8]) -> Result<String> {
     let _ = writeln!(out, "CWASI world:           {kind}");
     let _ = writeln!(out, "imports:               {}", list(&imports));
     let _ = writeln!(out, "exports:               {}", list(&exports));
-    let _ = writeln!(
-        out,
-        "runs under cwasi:      not yet (the runtime runs core modules; see docs/abi.md)"
-    );
+    let _ = writeln!(out, "runs under cwasi:      {runs}");
     Ok(out)
 }

@@ -7,56 +7,14 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::guests::{mode_of, payload, private_dir, same, spec, xor, SIZES};
 use common::{wait_announced, Scratch, Server};
 use cwasi_runtime::broker::{Broker, BrokerConfig};
-use cwasi_runtime::{ErrorCode, FunctionSpec, Mode, NodeDirectory, Runtime, HOST_CALLER};
+use cwasi_runtime::{ErrorCode, Mode, NodeDirectory, Runtime, HOST_CALLER};
 use test_programs_artifacts as progs;
 use test_support::RedisServer;
-
-const SIZES: [usize; 3] = [0, 64 << 10, 10 << 20];
-
-/// `len` bytes that differ from one position to the next.
-fn payload(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 31 + i / 251) as u8).collect()
-}
-
-fn xor(bytes: &[u8]) -> Vec<u8> {
-    bytes.iter().map(|b| b ^ 0xA5).collect()
-}
-
-/// Checks `got` against `want` without printing megabytes.
-fn same(got: &[u8], want: &[u8], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let first = got.iter().zip(want).position(|(a, b)| a != b);
-    assert_eq!(first, None, "{what}: the first differing byte");
-}
-
-fn spec(name: &str, ns: &str, module: &str, next: Option<&str>) -> FunctionSpec {
-    let mut s = FunctionSpec::new(name, ns, PathBuf::from(module));
-    if let Some(next) = next {
-        s.env = vec![("CWASI_NEXT".into(), next.into())];
-    }
-    s
-}
-
-/// The mode of the host's or a function's calls to `target`.
-fn mode_of(rt: &Runtime, caller: &str, target: &str) -> Mode {
-    rt.hops()
-        .into_iter()
-        .find(|h| h.caller == caller && h.target == target)
-        .unwrap_or_else(|| panic!("no {caller} -> {target} hop"))
-        .mode
-}
-
-fn private_dir(scratch: &Scratch, name: &str) -> PathBuf {
-    let dir = scratch.0.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    dir
-}
 
 #[test]
 fn c_calls_rust_and_rust_calls_c_embedded() {

@@ -62,7 +62,12 @@ fn inspect_shows_the_world_of_a_component() {
             "{}",
             out.stdout
         );
-        assert!(out.stdout.contains("not yet"), "{}", out.stdout);
+        let runs = if world == "function" {
+            "as a function"
+        } else {
+            "as an entry"
+        };
+        assert!(out.stdout.contains(runs), "{}", out.stdout);
     }
     // The smallest component has an empty world.
     let empty = scratch.0.join("empty.wasm");
@@ -74,7 +79,7 @@ fn inspect_shows_the_world_of_a_component() {
         "{}",
         out.stdout
     );
-    // Running one says why it cannot, and fails.
+    // Running one that is no entry says why it cannot, and fails.
     let out = cwasi(&["run", empty.to_str().unwrap()], LIMIT);
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("component"), "{}", out.stderr);

@@ -8,8 +8,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
 use wasmtime::{Config, Engine, Module};
 
+use crate::compile_cache::CompileCache;
 use crate::deadline::TickClock;
 use crate::error::RuntimeError;
 use crate::inspect::ModuleInfo;
@@ -157,14 +159,31 @@ impl Drop for EpochTicker {
     }
 }
 
-/// A compiled module and what is known about it. Compiled once, then
-/// instantiated for every call that needs a fresh instance.
+/// What a function's file compiles to: a core module (the core ABI) or a
+/// component (WASI 0.2 and `wit/function.wit`).
+#[derive(Clone)]
+pub enum Compiled {
+    /// A core WebAssembly module.
+    Module(Module),
+    /// A component.
+    Component(Component),
+}
+
+/// Whether `bytes` are a component rather than a core module: the binary
+/// format's layer field (bytes 6 and 7) is 1 for a component, 0 for a core
+/// module.
+pub fn is_component(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\0asm") && bytes.get(6..8) == Some(&[1, 0])
+}
+
+/// A compiled module or component and what is known about it. Compiled
+/// once, then instantiated for every call that needs a fresh instance.
 #[derive(Clone)]
 pub struct LoadedModule {
     /// The file it came from, or the name it was given when it came as bytes.
     pub path: PathBuf,
-    /// The compiled module.
-    pub module: Module,
+    /// The compiled module or component.
+    pub module: Compiled,
     /// `sha256:<hex>` of the file, so registries can tell two builds apart.
     pub digest: String,
     /// The original bytes, kept so that a served function can publish its
@@ -198,12 +217,31 @@ pub fn load_module_bytes(
             path: label.to_path_buf(),
         });
     }
-    let module = Module::from_binary(engine, &bytes).map_err(|e| RuntimeError::InvalidModule {
+    let invalid = |e: wasmtime::Error| RuntimeError::InvalidModule {
         path: label.to_path_buf(),
         message: format!("{e:#}"),
-    })?;
+    };
     let digest = digest_of(&bytes);
-    let info = ModuleInfo::of(&module);
+    let cache = CompileCache::for_engine(engine);
+    let (module, info) = if is_component(&bytes) {
+        let compile = || Component::from_binary(engine, &bytes);
+        let component = match &cache {
+            Some(cache) => cache.get(engine, &digest, compile),
+            None => compile(),
+        }
+        .map_err(invalid)?;
+        let info = ModuleInfo::of_component(&component, engine);
+        (Compiled::Component(component), info)
+    } else {
+        let compile = || Module::from_binary(engine, &bytes);
+        let module = match &cache {
+            Some(cache) => cache.get(engine, &digest, compile),
+            None => compile(),
+        }
+        .map_err(invalid)?;
+        let info = ModuleInfo::of(&module);
+        (Compiled::Module(module), info)
+    };
     Ok(LoadedModule {
         path: label.to_path_buf(),
         module,

@@ -119,8 +119,11 @@ pub enum RuntimeError {
     /// A function name is not known.
     #[error("unknown function '{0}'")]
     UnknownFunction(String),
-    /// The entry has no `_start`.
-    #[error("function '{0}' is not an entry: it does not export _start")]
+    /// The entry has no `_start` (nor, a component, `wasi:cli/run`).
+    #[error(
+        "function '{0}' is not an entry: it exports neither _start (a core module) nor \
+         wasi:cli/run (a component)"
+    )]
     NotAnEntry(String),
     /// The entry trapped or was stopped.
     #[error("function '{function}' failed: {message}")]

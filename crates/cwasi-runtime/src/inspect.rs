@@ -7,7 +7,17 @@ use cwasi_abi::{
     CWASI_MODULE, EXPORT_ALLOC, EXPORT_ERROR, EXPORT_HANDLE, EXPORT_INITIALIZE, EXPORT_MEMORY,
     EXPORT_START, SEED_EXPORT_ALLOCATE, SEED_MODULE,
 };
-use wasmtime::{ExternType, FuncType, Module, ValType};
+use wasmtime::component::Component;
+use wasmtime::{Engine, ExternType, FuncType, Module, ValType};
+
+/// The interface a callable component exports (`wit/function.wit`), any
+/// 0.1.x version.
+pub const WIT_HANDLER_PREFIX: &str = "cwasi:function/handler@0.1.";
+/// The interface a component imports to call others, any 0.1.x version.
+pub const WIT_INVOKE_PREFIX: &str = "cwasi:function/invoke@0.1.";
+/// The export that makes a component an entry (a WASI command), any 0.2.x
+/// version.
+pub const WIT_RUN_PREFIX: &str = "wasi:cli/run@0.2.";
 
 /// The ABI surface of one module.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,6 +46,24 @@ pub struct ModuleInfo {
     pub error: bool,
     /// The prototype's `allocate` with type `(i32) -> i32`.
     pub seed_allocate: bool,
+    /// What a component offers, if this is one (then the core fields above
+    /// are empty, but for `unknown_imports`).
+    pub component: Option<ComponentInfo>,
+}
+
+/// The CWASI surface of a component (`wit/function.wit`): which of its
+/// exports the host calls, by their full names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ComponentInfo {
+    /// Its `cwasi:function/handler@0.1.x` export, if it is callable.
+    pub handler: Option<String>,
+    /// Its `wasi:cli/run@0.2.x` export, if it is an entry.
+    pub run: Option<String>,
+    /// Whether it imports `cwasi:function/invoke` (it calls others).
+    pub invokes: bool,
+    /// Its imports, by name.
+    pub imports: Vec<String>,
 }
 
 impl ModuleInfo {
@@ -72,14 +100,49 @@ impl ModuleInfo {
         info
     }
 
-    /// Whether it can be run as an entry (a WASI command).
-    pub fn is_entry(&self) -> bool {
-        self.start
+    /// Reads the imports and exports of a compiled component.
+    pub fn of_component(component: &Component, engine: &Engine) -> ModuleInfo {
+        let ty = component.component_type();
+        let mut info = ComponentInfo::default();
+        let mut unknown_imports = Vec::new();
+        for (name, _) in ty.imports(engine) {
+            if name.starts_with(WIT_INVOKE_PREFIX) {
+                info.invokes = true;
+            } else if !name.starts_with("wasi:") && !name.starts_with("cwasi:function/types@0.1.") {
+                unknown_imports.push(name.to_string());
+            }
+            info.imports.push(name.to_string());
+        }
+        for (name, _) in ty.exports(engine) {
+            if name.starts_with(WIT_HANDLER_PREFIX) {
+                info.handler = Some(name.to_string());
+            } else if name.starts_with(WIT_RUN_PREFIX) {
+                info.run = Some(name.to_string());
+            }
+        }
+        ModuleInfo {
+            unknown_imports,
+            component: Some(info),
+            ..ModuleInfo::default()
+        }
     }
 
-    /// Whether other functions can call it through ABI v1.
+    /// Whether it can be run as an entry (a WASI command).
+    pub fn is_entry(&self) -> bool {
+        self.start || self.component.as_ref().is_some_and(|c| c.run.is_some())
+    }
+
+    /// Whether other functions can call it: through ABI v1, or a
+    /// component's `handler` export.
     pub fn is_callable(&self) -> bool {
         self.memory && self.alloc && self.handle
+            || self.component.as_ref().is_some_and(|c| c.handler.is_some())
+    }
+
+    /// Whether it is a component (WASI 0.2, `wit/function.wit`) rather than
+    /// a core module.
+    pub fn is_component(&self) -> bool {
+        self.component.is_some()
     }
 
     /// Whether it calls others the prototype's way.
@@ -125,6 +188,14 @@ fn signature(f: &FuncType) -> String {
 impl fmt::Display for ModuleInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let yes = |b: bool| if b { "yes" } else { "no" };
+        if let Some(c) = &self.component {
+            let or_no = |o: &Option<String>| o.clone().unwrap_or_else(|| "no".to_string());
+            writeln!(f, "component:             yes (WASI 0.2)")?;
+            writeln!(f, "entry (wasi:cli/run):  {}", or_no(&c.run))?;
+            writeln!(f, "callable (handler):    {}", or_no(&c.handler))?;
+            writeln!(f, "calls others (invoke): {}", yes(c.invokes))?;
+            return write!(f, "imports:               {}", c.imports.join(", "));
+        }
         writeln!(f, "entry (_start):        {}", yes(self.is_entry()))?;
         writeln!(f, "callable (ABI v1):     {}", yes(self.is_callable()))?;
         let seed_callee = self.seed_allocate && !self.seed_handler_candidates().is_empty();

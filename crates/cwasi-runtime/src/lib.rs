@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 mod call;
+mod compile_cache;
 mod composition;
 mod config;
 mod deadline;
@@ -68,6 +69,7 @@ pub mod wire {
 }
 
 pub use call::stats::{HopReport, LATENCY_BUCKETS_SECONDS};
+pub use compile_cache::CACHE_ENV as COMPILE_CACHE_ENV;
 pub use composition::{validate_name, validate_namespace, Composition};
 pub use config::{
     FunctionSpec, Limits, Mode, ModeOverride, Preopen, SeedConfig, DEFAULT_NAMESPACE,

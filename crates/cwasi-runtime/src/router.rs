@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use wasmtime::{Engine, Linker};
+use wasmtime::Engine;
 
 use crate::call::route::Route;
 use crate::config::{FunctionSpec, Limits, Mode, ModeOverride};
@@ -17,7 +17,8 @@ use crate::deadline::{Deadline, TickClock};
 use crate::engine::{load_module_bytes, EpochTicker};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::{Function, LinkedModule};
-use crate::guest::state::{CallerId, HostState, Router};
+use crate::guest::linkers::Linkers;
+use crate::guest::state::{CallerId, Router};
 use crate::node_dir::{EndpointRecord, NodeDirectory};
 use crate::selector::{select, Choice, DirectProbe, Loaded, Placement, Selection};
 use crate::transport::direct::client::{DirectClient, PathReport};
@@ -84,7 +85,7 @@ type RouteTable = HashMap<String, HashMap<String, HashMap<String, Arc<Route>>>>;
 pub(crate) struct RouterParts {
     pub engine: Engine,
     pub ticker: EpochTicker,
-    pub linker: Linker<HostState>,
+    pub linkers: Linkers,
     pub limits: Arc<Limits>,
     pub mode: ModeOverride,
     pub functions: Vec<LinkedModule>,
@@ -109,7 +110,7 @@ pub(crate) struct DirectParts {
 pub(crate) struct RuntimeRouter {
     pub engine: Engine,
     ticker: EpochTicker,
-    linker: Linker<HostState>,
+    linkers: Linkers,
     pub limits: Arc<Limits>,
     mode: ModeOverride,
     functions: HashMap<String, Arc<Function>>,
@@ -152,7 +153,7 @@ impl RuntimeRouter {
             RuntimeRouter {
                 engine: parts.engine,
                 ticker: parts.ticker,
-                linker: parts.linker,
+                linkers: parts.linkers,
                 limits: parts.limits,
                 mode: parts.mode,
                 functions,
@@ -544,7 +545,7 @@ impl RuntimeRouter {
         spec.args = embed.args.clone();
         spec.env = embed.env.clone();
         spec.seed.handler = embed.seed_handler.clone();
-        let linked = LinkedModule::link(&self.linker, spec, module)?;
+        let linked = LinkedModule::link(&self.linkers, spec, module)?;
         let router: Weak<dyn Router> = self.me.clone();
         let f = Arc::new(Function::new(linked, self.limits.clone(), router));
         tracing::info!(name = %record.name, namespace = %record.namespace, digest = %record.digest, "embedding a function served on this node");

@@ -141,7 +141,7 @@ impl RuntimeBuilder {
             None => None,
         };
         let (engine, ticker) = new_engine()?;
-        let linker = crate::guest::host_abi::linker(&engine)?;
+        let linkers = crate::guest::linkers::Linkers::new(&engine)?;
         let mut functions: Vec<LinkedModule> = Vec::new();
         let mut unloadable = HashMap::new();
         for spec in self.functions {
@@ -156,7 +156,7 @@ impl RuntimeBuilder {
                 Some(bytes) => load_module_bytes(&engine, bytes.clone(), &spec.module),
                 None => load_module(&engine, &spec.module, self.limits.max_module_bytes),
             };
-            match module.and_then(|m| LinkedModule::link(&linker, spec, m)) {
+            match module.and_then(|m| LinkedModule::link(&linkers, spec, m)) {
                 Ok(linked) => {
                     tracing::debug!(function = %name, "loaded");
                     functions.push(linked);
@@ -177,7 +177,7 @@ impl RuntimeBuilder {
             router: RuntimeRouter::new(RouterParts {
                 engine,
                 ticker,
-                linker,
+                linkers,
                 limits: Arc::new(self.limits),
                 mode: self.mode,
                 functions,

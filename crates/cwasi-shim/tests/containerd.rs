@@ -166,6 +166,46 @@ fn a_wasi_hello_world_runs_and_its_exit_code_comes_back() {
 }
 
 #[test]
+fn component_images_serve_and_run() {
+    let c = start_containerd();
+    // A component serving its handler (`cwasi:function/handler`), and a
+    // component entry (`wasi:cli/run`) calling it from another namespace.
+    // Both are plain images: the containerd 1.6 of Debian 12 cannot import
+    // an image whose layer has the component media type (it has no stream
+    // processor for it), so the `--wasm-layer` kind of a component is
+    // checked in cwasi-oci only.
+    let upper = image(&c, progs::UPPER, "upper", ImageKind::Plain);
+    let entry = image(&c, progs::COMPONENT_ENTRY, "entry", ImageKind::Plain);
+    let node = node_dir(&c, "node");
+    let m = mount(&node);
+    let served = ["--mount", &m, "--env", "CWASI_NAMESPACE=team-a"];
+    serve(&c, "upper-a", &served, &upper, &node, "upper@team-a.json");
+    let opts = [
+        "--mount",
+        &m,
+        "--env",
+        "CWASI_NAMESPACE=team-b",
+        "--env",
+        "CWASI_EXPLAIN=1",
+    ];
+    let args = ["/component_entry.wasm", "upper", "hello, components"];
+    let out = run(&c, "entry-b", &opts, &entry, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "HELLO, COMPONENTS",
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("-> upper: local ("), "{}", text(&out));
+    // A failed call is the entry's failure: exit code 1 and the call-error.
+    let args = ["/component_entry.wasm", "nobody", "x"];
+    let out = run(&c, "entry-lost", &opts, &entry, &args);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("UnknownFunction"), "{}", text(&out));
+}
+
+#[test]
 fn mounted_directories_are_preopened_but_the_node_directory_is_not() {
     let c = start_containerd();
     let hello = image(&c, progs::HELLO, "hello", ImageKind::Plain);

@@ -1,6 +1,7 @@
 //! Builds the guest packages (`test-programs`, `cwasi-example-functions`) for
-//! wasm32-wasip1 in release mode and writes `$OUT_DIR/artifacts.rs` with the
-//! absolute path of every resulting `.wasm`.
+//! wasm32-wasip1, and the Rust components (`crates/test-programs/components`,
+//! `examples/rust-component`) for wasm32-wasip2, in release mode, and writes
+//! `$OUT_DIR/artifacts.rs` with the absolute path of every resulting `.wasm`.
 //!
 //! The nested cargo uses its own target dir (`<workspace>/target/guest`):
 //! sharing the outer one would deadlock on cargo's build-directory lock.
@@ -13,11 +14,43 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const WASM_TARGET: &str = "wasm32-wasip1";
+/// Rust's target for components (WASI 0.2): rustc links a component.
+const COMPONENT_TARGET: &str = "wasm32-wasip2";
 
 /// Guest packages and their directories, relative to the workspace root.
 const GUEST_PACKAGES: &[(&str, &str)] = &[
     ("test-programs", "crates/test-programs"),
     ("cwasi-example-functions", "examples/functions"),
+];
+
+/// Component packages (one cdylib each), their directories, and the name
+/// of the `.wasm` each builds.
+const COMPONENT_PACKAGES: &[(&str, &str, &str)] = &[
+    (
+        "component-echo",
+        "crates/test-programs/components/echo",
+        "component_echo",
+    ),
+    (
+        "component-transform",
+        "crates/test-programs/components/transform",
+        "component_transform",
+    ),
+    (
+        "component-faults",
+        "crates/test-programs/components/faults",
+        "component_faults",
+    ),
+    (
+        "component-entry",
+        "crates/test-programs/components/entry",
+        "component_entry",
+    ),
+    (
+        "cwasi-example-component",
+        "examples/rust-component",
+        "upper",
+    ),
 ];
 
 fn main() {
@@ -32,15 +65,32 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
 
     emit_rerun(&workspace);
-    check_wasm_target();
+    check_wasm_target(WASM_TARGET);
+    check_wasm_target(COMPONENT_TARGET);
 
     let target_dir = workspace.join("target").join("guest");
-    build_guests(&workspace, &target_dir);
+    let core: Vec<&str> = GUEST_PACKAGES.iter().map(|(p, _)| *p).collect();
+    build_guests(&workspace, &target_dir, WASM_TARGET, &core);
+    let components: Vec<&str> = COMPONENT_PACKAGES.iter().map(|(p, _, _)| *p).collect();
+    build_guests(&workspace, &target_dir, COMPONENT_TARGET, &components);
 
     let wasm_dir = target_dir.join(WASM_TARGET).join("release");
     let programs = collect_programs(&workspace, &wasm_dir);
-    fs::write(out_dir.join("artifacts.rs"), render(&wasm_dir, &programs))
-        .expect("write artifacts.rs");
+    let component_dir = target_dir.join(COMPONENT_TARGET).join("release");
+    let components = COMPONENT_PACKAGES
+        .iter()
+        .map(|(package, _, name)| {
+            let wasm = component_dir.join(format!("{name}.wasm"));
+            assert!(
+                wasm.is_file(),
+                "{package}: expected {} after the build",
+                wasm.display()
+            );
+            (name.to_string(), wasm)
+        })
+        .collect();
+    let out = render(&wasm_dir, &programs, &component_dir, &components);
+    fs::write(out_dir.join("artifacts.rs"), out).expect("write artifacts.rs");
 }
 
 fn emit_rerun(workspace: &Path) {
@@ -51,27 +101,29 @@ fn emit_rerun(workspace: &Path) {
         workspace.join("crates/cwasi-guest/Cargo.toml"),
         workspace.join("crates/cwasi-guest/src"),
     ];
-    for (_, dir) in GUEST_PACKAGES {
+    let dirs = GUEST_PACKAGES.iter().map(|(_, dir)| *dir);
+    for dir in dirs.chain(COMPONENT_PACKAGES.iter().map(|(_, dir, _)| *dir)) {
         paths.push(workspace.join(dir).join("Cargo.toml"));
         paths.push(workspace.join(dir).join("src"));
     }
+    paths.push(workspace.join("wit"));
     for path in paths {
         println!("cargo:rerun-if-changed={}", path.display());
     }
 }
 
-/// Fails early, with the fix, if the standard library for the wasm target
+/// Fails early, with the fix, if the standard library for a wasm target
 /// is not installed.
-fn check_wasm_target() {
+fn check_wasm_target(target: &str) {
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let output = Command::new(&rustc)
-        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .args(["--print", "target-libdir", "--target", target])
         .output();
     let libdir = match output {
         Ok(out) if out.status.success() => {
             PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
         }
-        _ => missing_target(),
+        _ => missing_target(target),
     };
     let has_std = fs::read_dir(&libdir)
         .map(|entries| {
@@ -81,25 +133,25 @@ fn check_wasm_target() {
         })
         .unwrap_or(false);
     if !has_std {
-        missing_target();
+        missing_target(target);
     }
 }
 
-fn missing_target() -> ! {
+fn missing_target(target: &str) -> ! {
     panic!(
-        "the Rust target {WASM_TARGET} is not installed, so the CWASI guest programs cannot be \
-         built; run `rustup target add {WASM_TARGET}` and build again"
+        "the Rust target {target} is not installed, so the CWASI guest programs cannot be \
+         built; run `rustup target add {target}` (or `scripts/setup.sh --test`) and build again"
     );
 }
 
-fn build_guests(workspace: &Path, target_dir: &Path) {
+fn build_guests(workspace: &Path, target_dir: &Path, target: &str, packages: &[&str]) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--release", "--target", WASM_TARGET])
+        .args(["build", "--release", "--target", target])
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"));
-    for (package, _) in GUEST_PACKAGES {
+    for package in packages {
         cmd.args(["-p", package]);
     }
     cmd.arg("--target-dir").arg(target_dir);
@@ -133,7 +185,7 @@ fn build_guests(workspace: &Path, target_dir: &Path) {
         .unwrap_or_else(|e| panic!("could not run cargo to build the guest programs: {e}"));
     if !status.success() {
         panic!(
-            "building the guest programs for {WASM_TARGET} failed ({status}); see the cargo output above"
+            "building the guest programs for {target} failed ({status}); see the cargo output above"
         );
     }
 }
@@ -169,7 +221,12 @@ fn collect_programs(workspace: &Path, wasm_dir: &Path) -> BTreeMap<String, PathB
     programs
 }
 
-fn render(wasm_dir: &Path, programs: &BTreeMap<String, PathBuf>) -> String {
+fn render(
+    wasm_dir: &Path,
+    programs: &BTreeMap<String, PathBuf>,
+    component_dir: &Path,
+    components: &BTreeMap<String, PathBuf>,
+) -> String {
     let mut out = String::from("// Generated by build.rs; do not edit.\n\n");
     let dir = wasm_dir.to_str().expect("UTF-8 target path");
     writeln!(
@@ -193,6 +250,28 @@ fn render(wasm_dir: &Path, programs: &BTreeMap<String, PathBuf>) -> String {
         writeln!(out, "    ({name:?}, {}),", name.to_uppercase()).unwrap();
     }
     writeln!(out, "];\n").unwrap();
+    let dir = component_dir.to_str().expect("UTF-8 target path");
+    writeln!(
+        out,
+        "/// Directory holding every Rust component `.wasm` (wasm32-wasip2, release)."
+    )
+    .unwrap();
+    writeln!(out, "pub const COMPONENTS_DIR: &str = {dir:?};\n").unwrap();
+    for (name, path) in components {
+        let path = path.to_str().expect("UTF-8 wasm path");
+        writeln!(out, "/// Absolute path of the `{name}` component.").unwrap();
+        writeln!(out, "pub const {}: &str = {path:?};\n", name.to_uppercase()).unwrap();
+    }
+    writeln!(
+        out,
+        "/// Every Rust component as `(name, path)`, sorted by name."
+    )
+    .unwrap();
+    writeln!(out, "pub const COMPONENTS: &[(&str, &str)] = &[").unwrap();
+    for name in components.keys() {
+        writeln!(out, "    ({name:?}, {}),", name.to_uppercase()).unwrap();
+    }
+    writeln!(out, "];\n").unwrap();
     // A macro, not constants: the bytes land only in the crates that use
     // them, not in this crate's metadata (tens of megabytes in all).
     writeln!(
@@ -204,7 +283,7 @@ fn render(wasm_dir: &Path, programs: &BTreeMap<String, PathBuf>) -> String {
          macro_rules! wasm_bytes {{"
     )
     .unwrap();
-    for (name, path) in programs {
+    for (name, path) in programs.iter().chain(components) {
         let path = path.to_str().expect("UTF-8 wasm path");
         writeln!(
             out,

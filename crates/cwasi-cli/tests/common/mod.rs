@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod guests;
+
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

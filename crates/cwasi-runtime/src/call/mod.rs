@@ -22,10 +22,19 @@ pub(crate) trait CallerIo {
     /// The buffer may be shorter than `len` (the prototype's `func_connect`
     /// truncates); the transport fills it with the response's first bytes.
     fn response_buffer(&mut self, len: usize) -> Result<&mut [u8], CallError>;
+    /// Takes a response that is already a host buffer (a component
+    /// callee's): a caller that returns a host buffer itself keeps it and
+    /// copies nothing; any other copies it in.
+    fn take_response(&mut self, response: Vec<u8>) -> Result<(), CallError> {
+        deliver(self, &response)
+    }
 }
 
 /// Copies `response` into the caller, as much as its buffer takes.
-pub(crate) fn deliver(io: &mut dyn CallerIo, response: &[u8]) -> Result<(), CallError> {
+pub(crate) fn deliver<Io: CallerIo + ?Sized>(
+    io: &mut Io,
+    response: &[u8],
+) -> Result<(), CallError> {
     let dst = io.response_buffer(response.len())?;
     let n = dst.len().min(response.len());
     dst[..n].copy_from_slice(&response[..n]);
@@ -137,5 +146,10 @@ impl CallerIo for VecIo<'_> {
         self.response.clear();
         self.response.resize(len, 0);
         Ok(&mut self.response)
+    }
+
+    fn take_response(&mut self, response: Vec<u8>) -> Result<(), CallError> {
+        self.response = response;
+        Ok(())
     }
 }

@@ -211,6 +211,10 @@ impl CallerIo for CountingIo<'_> {
         self.len = len;
         self.io.response_buffer(len)
     }
+    fn take_response(&mut self, response: Vec<u8>) -> Result<(), CallError> {
+        self.len = response.len();
+        self.io.take_response(response)
+    }
 }
 
 /// An instance's routes by target name: a warm call does one hash lookup

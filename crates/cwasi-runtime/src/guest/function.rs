@@ -5,26 +5,25 @@
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use wasmtime::{InstancePre, Linker};
-
-use super::instance::{InstanceRecipe, WarmInstance};
+use super::instance::{InstanceRecipe, LinkedPre, WarmInstance};
+use super::linkers::Linkers;
 use super::state::{CallerId, HostState, Router};
 use crate::call::CallMeta;
 use crate::config::{FunctionSpec, Limits, Mode};
-use crate::engine::LoadedModule;
+use crate::engine::{Compiled, LoadedModule};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 
 /// A module linked against the host functions, not yet tied to a runtime.
 pub(crate) struct LinkedModule {
     spec: FunctionSpec,
     module: LoadedModule,
-    pre: InstancePre<HostState>,
+    pre: LinkedPre,
 }
 
 impl LinkedModule {
     /// Links `module` for `spec`, checking the seed settings against it.
     pub fn link(
-        linker: &Linker<HostState>,
+        linkers: &Linkers,
         spec: FunctionSpec,
         module: LoadedModule,
     ) -> Result<LinkedModule, RuntimeError> {
@@ -41,15 +40,25 @@ impl LinkedModule {
         if module.info.is_seed_caller() && spec.seed.connect_to.is_none() {
             tracing::warn!(function = %spec.name, "imports cwasi_export.func_connect but has no connect_to target");
         }
-        let pre =
-            linker
-                .instantiate_pre(&module.module)
-                .map_err(|e| RuntimeError::Instantiate {
-                    function: spec.name.clone(),
-                    message: format!(
+        let pre = match &module.module {
+            Compiled::Module(m) => linkers.module.instantiate_pre(m).map(LinkedPre::Module),
+            Compiled::Component(c) => linkers
+                .component
+                .instantiate_pre(c)
+                .map(LinkedPre::Component),
+        };
+        let pre = pre.map_err(|e| RuntimeError::Instantiate {
+            function: spec.name.clone(),
+            message: if module.info.is_component() {
+                format!(
+                    "{e:#} (CWASI provides WASI 0.2 and cwasi:function/invoke@0.1.0 to components)"
+                )
+            } else {
+                format!(
                     "{e:#} (CWASI provides WASI preview 1, `cwasi` and `cwasi_export` imports only)"
-                ),
-                })?;
+                )
+            },
+        })?;
         Ok(LinkedModule { spec, module, pre })
     }
 
@@ -65,7 +74,7 @@ pub(crate) struct Function {
     pub spec: FunctionSpec,
     /// Its compiled module.
     pub module: LoadedModule,
-    pre: InstancePre<HostState>,
+    pre: LinkedPre,
     /// Who it is when it calls.
     caller: Arc<CallerId>,
     limits: Arc<Limits>,
@@ -207,8 +216,8 @@ impl Function {
     /// Why it cannot be called.
     pub fn not_callable_reason(&self) -> String {
         format!(
-            "function '{}' ({}) cannot be called: it exports neither cwasi_alloc + cwasi_handle \
-             nor a configured seed handler",
+            "function '{}' ({}) cannot be called: it exports neither cwasi_alloc + cwasi_handle, \
+             nor a configured seed handler, nor (a component) cwasi:function/handler",
             self.spec.name,
             self.module.path.display()
         )

@@ -254,11 +254,7 @@ fn host_call_start(mut caller: Caller<'_, HostState>, tp: i32, tl: i32, rp: i32,
         }
         let from = io.caller.data().call;
         let started = route.start(io, &from)?;
-        let state = io.caller.data_mut();
-        let handle = state.next_handle;
-        state.next_handle += 1;
-        state.pending.insert(handle, started);
-        Ok(handle)
+        Ok(i64::from(io.caller.data_mut().park(started)))
     });
     match result {
         Ok((handle, _)) => handle,

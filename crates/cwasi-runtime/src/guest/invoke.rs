@@ -28,6 +28,15 @@ pub(crate) trait Exchange {
     fn path(&self) -> Option<&'static str> {
         None
     }
+    /// The request where it lies, when it can be read in place (a caller
+    /// in this process): a component callee then takes it in one copy.
+    fn request_in_place(&self) -> Option<&[u8]> {
+        None
+    }
+    /// Hands over a response that is already a host buffer.
+    fn write_response_owned(&mut self, response: Vec<u8>) -> Result<(), CallError> {
+        self.write_response(&response)
+    }
 }
 
 /// A caller in this process as an [`Exchange`].
@@ -45,6 +54,14 @@ impl Exchange for CallerExchange<'_> {
 
     fn write_response(&mut self, response: &[u8]) -> Result<(), CallError> {
         deliver(self.0, response)
+    }
+
+    fn request_in_place(&self) -> Option<&[u8]> {
+        Some(self.0.request())
+    }
+
+    fn write_response_owned(&mut self, response: Vec<u8>) -> Result<(), CallError> {
+        self.0.take_response(response)
     }
 }
 
@@ -77,12 +94,17 @@ pub(crate) fn invoke(
     let (span, call) = callee_span(function, call, via, &*exchange);
     let mut response_len = 0;
     let result = function.acquire(call).and_then(|mut instance| {
-        let result = place(&mut instance, exchange)
-            .and_then(|request| run(function, &mut instance, request))
-            .and_then(|range| {
-                response_len = range.len;
-                deliver_response(&instance, range, exchange)
-            });
+        let handled = match exchange.request_in_place() {
+            Some(request) if instance.is_component() => instance
+                .handle_request(request)
+                .and_then(|range| check_response(function, &instance, range)),
+            _ => place(&mut instance, exchange)
+                .and_then(|request| run(function, &mut instance, request)),
+        };
+        let result = handled.and_then(|range| {
+            response_len = range.len;
+            deliver_response(&mut instance, range, exchange)
+        });
         function.release(instance, result.as_ref().map(|_| ()));
         result
     });
@@ -136,6 +158,15 @@ fn run(
     (ptr, len): (usize, usize),
 ) -> Result<ResponseRange, CallError> {
     let range = instance.handle(ptr, len)?;
+    check_response(function, instance, range)
+}
+
+/// The response at `range`, if it is within the payload limit.
+fn check_response(
+    function: &Function,
+    instance: &WarmInstance,
+    range: ResponseRange,
+) -> Result<ResponseRange, CallError> {
     let max = function.limits().max_payload_bytes;
     if range.len > max {
         // A range outside the memory is the worse fault: report that one.
@@ -145,13 +176,17 @@ fn run(
     Ok(range)
 }
 
-/// Copies the response at `range` out of the callee's memory.
+/// Copies the response at `range` out of the callee's memory, or hands a
+/// component's response buffer over.
 fn deliver_response(
-    instance: &WarmInstance,
+    instance: &mut WarmInstance,
     range: ResponseRange,
     exchange: &mut dyn Exchange,
 ) -> Result<(), CallError> {
-    exchange.write_response(instance.response(range)?)
+    match instance.take_response() {
+        Some(response) => exchange.write_response_owned(response),
+        None => exchange.write_response(instance.response(range)?),
+    }
 }
 
 /// One call in progress in one instance, step by step, for a started call
@@ -212,7 +247,7 @@ impl Invocation {
         range: ResponseRange,
         exchange: &mut dyn Exchange,
     ) -> Result<(), CallError> {
-        deliver_response(&self.instance, range, exchange)
+        deliver_response(&mut self.instance, range, exchange)
     }
 
     /// Ends the call, whose response was `response_len` bytes: pools the

@@ -118,7 +118,13 @@ pub(crate) struct HostState {
     /// Calls started and not yet waited, by handle.
     pub pending: HashMap<i64, StartedCall>,
     /// The next handle `call_start` gives out.
-    pub next_handle: i64,
+    next_handle: u32,
+}
+
+impl wasmtime_wasi::WasiView for HostState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        self.wasi.ctx()
+    }
 }
 
 impl HostState {
@@ -156,6 +162,19 @@ impl HostState {
             })?;
             router.route(caller, target, deadline)
         })
+    }
+
+    /// Keeps a started call until it is waited; returns its handle, which
+    /// is positive and unique among the calls waiting (a core guest gets it
+    /// as an `i64`, a component as its `pending-call`'s representation).
+    pub fn park(&mut self, started: StartedCall) -> u32 {
+        let mut handle = self.next_handle;
+        while handle == 0 || self.pending.contains_key(&i64::from(handle)) {
+            handle = handle.wrapping_add(1);
+        }
+        self.next_handle = handle.wrapping_add(1);
+        self.pending.insert(i64::from(handle), started);
+        handle
     }
 
     /// Records a failed call for `cwasi.last_error` and returns its code.

@@ -7,6 +7,12 @@
 //! (`ECHO`, `BAD_RESPONSE`, `SOURCE`, ...), holding the absolute path of its
 //! `.wasm`; [`ALL`] lists them all and [`EXAMPLES_DIR`] is their directory.
 //! [`wasm_bytes!`] compiles a program's bytes into the crate that uses it.
+//!
+//! The Rust components (`crates/test-programs/components/*`,
+//! `examples/rust-component`, built for wasm32-wasip2) get constants too
+//! (`COMPONENT_ECHO`, `COMPONENT_TRANSFORM`, `COMPONENT_FAULTS`,
+//! `COMPONENT_ENTRY`, `UPPER`),
+//! listed in [`COMPONENTS`] and kept in [`COMPONENTS_DIR`].
 
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 
@@ -25,6 +31,22 @@ mod tests {
                 .and_then(|mut f| f.read_exact(&mut magic))
                 .unwrap_or_else(|e| panic!("{name}: cannot read {path}: {e}"));
             assert_eq!(&magic, b"\0asm", "{name}: {path} is not a wasm module");
+        }
+    }
+
+    #[test]
+    fn every_component_artifact_is_a_component() {
+        assert_eq!(COMPONENTS.len(), 5);
+        for (name, path) in COMPONENTS {
+            assert!(path.starts_with(COMPONENTS_DIR), "{name}: {path}");
+            let mut header = [0u8; 8];
+            std::fs::File::open(path)
+                .and_then(|mut f| f.read_exact(&mut header))
+                .unwrap_or_else(|e| panic!("{name}: cannot read {path}: {e}"));
+            assert_eq!(
+                &header, b"\0asm\x0d\0\x01\0",
+                "{name}: {path} is not a component"
+            );
         }
     }
 
