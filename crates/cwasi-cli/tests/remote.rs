@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{assert_producer_ok, function, run_with_timeout, Scratch, Server, LIMIT};
+use common::{
+    assert_producer_ok, produce_through_broker, run_with_timeout, Scratch, Server, LIMIT,
+};
 use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::{ErrorCode, Limits, Mode, NodeDirectory, Runtime};
 use test_programs_artifacts as progs;
@@ -72,23 +74,7 @@ fn two_nodes_on_one_machine_exchange_every_payload_remotely() {
     let (d1, d2) = (scratch.0.join("node1"), scratch.0.join("node2"));
     let _server = node_server(&redis.url(), "node2", &d2, progs::ECHO, "echo", "b");
     for size in [0usize, 1, 64 << 10, 10 << 20, 100 << 20] {
-        let toml = format!(
-            "entry = \"producer\"\n[limits]\ncall_timeout_ms = 60000\n{}",
-            function(
-                "producer",
-                progs::PRODUCER,
-                &format!("namespace = \"a\"\nargs = [\"{size}\", \"echo\", \"echo\"]")
-            ),
-        );
-        let file = scratch.write("remote.toml", &toml);
-        let out = run_with_timeout(
-            Command::new(env!("CARGO_BIN_EXE_cwasi"))
-                .args(["run", &file, "--explain", "--runtime-dir"])
-                .arg(&d1)
-                .env("CWASI_REDIS_URL", redis.url())
-                .env("CWASI_NODE", "node1"),
-            LIMIT,
-        );
+        let out = produce_through_broker(&scratch, &d1, &redis.url(), size);
         assert_producer_ok(
             &out,
             size,
@@ -102,16 +88,16 @@ fn two_nodes_on_one_machine_exchange_every_payload_remotely() {
     // response.
     const _: () = assert!(cwasi_runtime::broker::PAYLOAD_KEY_MIN <= 10 << 20);
     for pattern in [
-        "cwasi:payload:*",
-        "cwasi:response:*",
-        "cwasi:reply:*",
-        "cwasi:claim:*",
+        "cwasi:*:payload:*",
+        "cwasi:*:response:*",
+        "cwasi:*:reply:*",
+        "cwasi:*:claim:*",
     ] {
         assert_eq!(count_keys(&redis, pattern), ":0", "{pattern} left behind");
     }
     assert_eq!(
         redis
-            .command(&["XLEN", "cwasi:fn:b:echo"])
+            .command(&["XLEN", "cwasi:{b/echo}:stream"])
             .unwrap_or_default(),
         ":0"
     );
@@ -218,7 +204,7 @@ fn soak_with_a_server_killed_and_restarted_loses_and_duplicates_nothing() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let len = redis
-            .command(&["XLEN", "cwasi:fn:b:echo"])
+            .command(&["XLEN", "cwasi:{b/echo}:stream"])
             .unwrap_or_default();
         if len == ":0" {
             break;
@@ -232,11 +218,11 @@ fn soak_with_a_server_killed_and_restarted_loses_and_duplicates_nothing() {
     // The payload keys of large requests go with their answers, or expire
     // shortly after their deadline when the request was dropped.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while count_keys(&redis, "cwasi:payload:*") != ":0" {
+    while count_keys(&redis, "cwasi:*:payload:*") != ":0" {
         assert!(
             Instant::now() < deadline,
             "payload keys never went away: {}",
-            count_keys(&redis, "cwasi:payload:*")
+            count_keys(&redis, "cwasi:*:payload:*")
         );
         std::thread::sleep(Duration::from_millis(200));
     }

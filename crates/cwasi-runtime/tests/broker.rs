@@ -20,9 +20,9 @@ use test_programs_artifacts as progs;
 use test_support::tls::TestCertificates;
 use test_support::RedisServer;
 
-const STREAM: &str = "cwasi:fn:ns:echo";
+const STREAM: &str = "cwasi:{ns/echo}:stream";
 
-/// Serves an echo handler on `cwasi:fn:ns:echo`, counting its runs.
+/// Serves an echo handler on `cwasi:{ns/echo}:stream`, counting its runs.
 fn echo_server(url: &str, runs: Arc<AtomicU64>) -> StreamServer {
     echo_server_with(BrokerConfig::new(url, "node2"), runs)
 }
@@ -75,7 +75,7 @@ fn add(conn: &mut redis::Connection, stream: &str, fields: &[(&str, &[u8])]) {
 /// LE) ‖ bytes`; a response in a key of its own (status 1, the key) is taken
 /// from that key. The keys are derived as docs/protocol.md says.
 fn request(conn: &mut redis::Connection, id: &str, field: &str, value: &[u8]) -> (i32, Vec<u8>) {
-    let reply = format!("cwasi:reply:ns:echo:{id}");
+    let reply = format!("cwasi:{{ns/echo}}:reply:{id}");
     let deadline = deadline_in(Duration::from_secs(20)).to_string();
     add(
         conn,
@@ -96,7 +96,7 @@ fn request(conn: &mut redis::Connection, id: &str, field: &str, value: &[u8]) ->
         return (status, envelope[4..].to_vec());
     }
     let key = String::from_utf8(envelope[4..].to_vec()).unwrap();
-    assert_eq!(key, format!("cwasi:response:ns:echo:{id}"));
+    assert_eq!(key, format!("cwasi:{{ns/echo}}:response:{id}"));
     let body: Vec<u8> = redis::cmd("GETDEL").arg(&key).query(conn).unwrap();
     (0, body)
 }
@@ -122,7 +122,7 @@ fn large_payloads_travel_in_keys_of_their_own() {
     // echoed response is as large, so it comes back in a key too.
     let big: Vec<u8> = (0..PAYLOAD_KEY_MIN + 3).map(|i| (i % 251) as u8).collect();
     let _: () = redis::cmd("SET")
-        .arg("cwasi:payload:ns:echo:t-2")
+        .arg("cwasi:{ns/echo}:payload:t-2")
         .arg(&big)
         .arg("PX")
         .arg(30_000)
@@ -130,7 +130,7 @@ fn large_payloads_travel_in_keys_of_their_own() {
         .unwrap();
     assert_eq!(request(&mut conn, "t-2", "payload_in_key", b"1"), (0, big));
     let left: i64 = redis::cmd("EXISTS")
-        .arg("cwasi:payload:ns:echo:t-2")
+        .arg("cwasi:{ns/echo}:payload:t-2")
         .query(&mut conn)
         .unwrap();
     assert_eq!(left, 0, "the payload key outlived its answer");
@@ -373,7 +373,7 @@ fn entries_naming_foreign_keys_touch_nothing() {
     };
     set(&mut conn, &["SET", "victim", "secret"]);
     set(&mut conn, &["SET", "victim-ttl", "kept", "PX", "600000"]);
-    let other = "cwasi:fn:ns:other";
+    let other = "cwasi:{ns/other}:stream";
     set(
         &mut conn,
         &["XGROUP", "CREATE", other, "cwasi", "0", "MKSTREAM"],
@@ -396,7 +396,7 @@ fn entries_naming_foreign_keys_touch_nothing() {
             ">",
         ],
     );
-    let other_reply = "cwasi:reply:ns:other:o-1";
+    let other_reply = "cwasi:{ns/other}:reply:o-1";
     set(&mut conn, &["RPUSH", other_reply, "its answer"]);
     set(&mut conn, &["PEXPIRE", other_reply, "600000"]);
     let before = (
@@ -495,7 +495,7 @@ fn entries_naming_foreign_keys_touch_nothing() {
     // three ordinary calls ran, and no reply key of this function is left.
     assert_eq!(runs.load(Ordering::SeqCst), 3);
     let replies: Vec<String> = redis::cmd("KEYS")
-        .arg("cwasi:reply:ns:echo:*")
+        .arg("cwasi:{ns/echo}:reply:*")
         .query(&mut conn)
         .unwrap();
     assert!(replies.is_empty(), "{replies:?}");
@@ -712,4 +712,102 @@ fn a_call_cycle_across_nodes_stops_at_the_depth_limit() {
         took < Duration::from_secs(10),
         "the cycle ran for {took:?}: {e}"
     );
+}
+
+/// A function announced only by a node of broker protocol version 3 (its
+/// registry keys written here as such a node writes them) is reported as
+/// such: the call fails at once with `TRANSPORT` and both versions, not
+/// with `UNKNOWN_FUNCTION` or a timeout.
+#[test]
+fn a_version_3_server_is_named_as_such() {
+    let redis = RedisServer::start();
+    let far = (SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000)
+        .to_string();
+    assert_eq!(
+        redis.command(&["SADD", "cwasi:fn-ns:old", "ns"]).as_deref(),
+        Some(":1")
+    );
+    assert_eq!(
+        redis
+            .command(&["ZADD", "cwasi:fn-nodes:ns:old", &far, "node-v3"])
+            .as_deref(),
+        Some(":1")
+    );
+    let rt = runtime(&redis.url(), "node1", Limits::default(), vec![]);
+    let started = Instant::now();
+    let e = rt.call("ns", "old", b"x").unwrap_err();
+    assert_eq!(e.code, ErrorCode::Transport, "{e}");
+    assert!(
+        e.message.contains("broker protocol version 3") && e.message.contains("version 4"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Nothing of the kind: an unknown function stays unknown.
+    let e = rt.call("ns", "nobody", b"x").unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnknownFunction, "{e}");
+}
+
+/// `CWASI_REDIS_WAIT`: a caller waits until a replica holds its request.
+/// With a replica attached the call goes through; asking for more
+/// replicas than there are fails it with `TRANSPORT`, naming the setting,
+/// after the wait. A malformed setting is refused.
+#[test]
+fn a_request_can_be_made_durable_on_a_replica() {
+    let redis = RedisServer::start();
+    let replica = RedisServer::start_with(&[
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        redis.port().to_string(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !redis
+        .command_text(&["INFO", "replication"])
+        .unwrap_or_default()
+        .contains("connected_slaves:1")
+    {
+        assert!(Instant::now() < deadline, "the replica never attached");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _server = echo_server(&redis.url(), Arc::new(AtomicU64::new(0)));
+    let durable = |replicas: &str| {
+        let vars = [
+            ("CWASI_REDIS_URL", redis.url()),
+            ("CWASI_NODE", "node1".to_string()),
+            ("CWASI_REDIS_WAIT", replicas.to_string()),
+            ("CWASI_REDIS_WAIT_MS", "300".to_string()),
+        ];
+        let config = BrokerConfig::from_vars(&|k| {
+            vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        Broker::new(config)
+    };
+    let meta = || RequestMeta::new(Deadline::after(Duration::from_secs(5)), 1);
+    let b = durable("1").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match b.call("ns", "echo", b"kept", meta(), 1 << 20) {
+            Ok(r) => break assert_eq!(r, b"kept"),
+            Err(e) => assert!(Instant::now() < deadline, "never answered: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let e = durable("2")
+        .unwrap()
+        .call("ns", "echo", b"x", meta(), 1 << 20)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Transport, "{e}");
+    assert!(e.message.contains("reached 1 of the 2 replicas"), "{e}");
+    assert!(e.message.contains("CWASI_REDIS_WAIT"), "{e}");
+    let e = durable("some").unwrap_err().to_string();
+    assert!(e.contains("CWASI_REDIS_WAIT=some"), "{e}");
+    drop(replica);
 }

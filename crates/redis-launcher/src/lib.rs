@@ -9,12 +9,15 @@
 //! namespace and reaches it through a thread that joins the namespace
 //! (`netns::in_netns`).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod cluster;
+pub use cluster::{ClusterError, RedisCluster};
 
 /// How long a server may take to answer its first PING.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -241,6 +244,16 @@ impl RedisServer {
     /// the server cannot be reached or does not answer within 5 s). For a
     /// server in a network namespace, the connection is made from inside it.
     pub fn command(&self, args: &[&str]) -> Option<String> {
+        self.exchange(args, false)
+    }
+
+    /// Sends one command and returns its reply: a bulk string's contents
+    /// (such as `CLUSTER INFO`'s), or the first line of any other reply.
+    pub fn command_text(&self, args: &[&str]) -> Option<String> {
+        self.exchange(args, true)
+    }
+
+    fn exchange(&self, args: &[&str], bulk: bool) -> Option<String> {
         let to = SocketAddr::new(IpAddr::V4(self.bind), self.port);
         let mut s = match &self.netns {
             None => TcpStream::connect(to).ok()?,
@@ -256,9 +269,18 @@ impl RedisServer {
             req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
         s.write_all(req.as_bytes()).ok()?;
+        let mut reader = BufReader::new(s);
         let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).ok()?;
-        Some(line.trim_end().to_string())
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end().to_string();
+        let len = match line.strip_prefix('$').map(str::parse::<usize>) {
+            Some(Ok(len)) if bulk => len,
+            _ => return Some(line),
+        };
+        let mut body = vec![0u8; len + 2];
+        reader.read_exact(&mut body).ok()?;
+        body.truncate(len);
+        String::from_utf8(body).ok()
     }
 }
 

@@ -69,6 +69,40 @@ impl DerefMut for RedisServer {
     }
 }
 
+/// A Redis Cluster owned by a test (3 masters and 3 replicas, say); every
+/// node killed and its directory removed on drop.
+pub struct RedisCluster(redis_launcher::RedisCluster);
+
+impl RedisCluster {
+    /// Starts `masters` masters with `replicas` replicas each and waits
+    /// until the cluster is ok; panics with a clear message if it cannot.
+    pub fn start(masters: usize, replicas: usize) -> RedisCluster {
+        RedisCluster(
+            redis_launcher::RedisCluster::start(masters, replicas)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    /// Every node's URL, comma-separated: a `CWASI_REDIS_URL` for it.
+    pub fn url(&self) -> String {
+        self.0.urls().join(",")
+    }
+}
+
+impl Deref for RedisCluster {
+    type Target = redis_launcher::RedisCluster;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for RedisCluster {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 /// A loopback TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
     redis_launcher::free_port().expect("no free loopback port")

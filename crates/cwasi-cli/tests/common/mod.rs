@@ -84,6 +84,29 @@ pub fn function(name: &str, module: &str, extra: &str) -> String {
 /// Checks a run of the `producer` test program: exit 0, its `ok` line for
 /// `size` bytes, and `edge` (for example `"producer -> echo: remote"`) in the
 /// `--explain` output.
+/// `cwasi run` of a `producer` entry on node1 (node directory `dir`) that
+/// sends `size` bytes to `echo` of namespace `b`, served on another node
+/// and reached through the broker at `url`.
+pub fn produce_through_broker(scratch: &Scratch, dir: &Path, url: &str, size: usize) -> Output {
+    let toml = format!(
+        "entry = \"producer\"\n[limits]\ncall_timeout_ms = 60000\n{}",
+        function(
+            "producer",
+            test_programs_artifacts::PRODUCER,
+            &format!("namespace = \"a\"\nargs = [\"{size}\", \"echo\", \"echo\"]")
+        ),
+    );
+    let file = scratch.write("through-broker.toml", &toml);
+    run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_cwasi"))
+            .args(["run", &file, "--explain", "--runtime-dir"])
+            .arg(dir)
+            .env("CWASI_REDIS_URL", url)
+            .env("CWASI_NODE", "node1"),
+        LIMIT,
+    )
+}
+
 pub fn assert_producer_ok(out: &Output, size: usize, edge: &str) {
     assert_eq!(
         out.code,

@@ -8,13 +8,18 @@ use std::time::Instant;
 use redis::Value;
 
 use super::codec::{decode_reply, Reply, PAYLOAD_KEY_MIN, STREAM_MAXLEN};
-use super::conn::{exchange, Broker};
+use super::conn::{exchange, Broker, SyncConn};
 use super::consumer::RequestMeta;
 use super::keys::{FnKeys, KeyError};
 use crate::call::{deliver, CallMeta, CallerIo};
 use crate::deadline::{ANSWER_GRACE, BROKER_OP_TIMEOUT, LEASE_GRACE};
 use crate::error::{CallError, ErrorCode};
 use crate::transport::{on_worker, PendingCall, Transport};
+
+/// The first wait before a request is sent again to a cluster in failover.
+const FAILOVER_BACKOFF_START: std::time::Duration = std::time::Duration::from_millis(50);
+/// The longest wait between two attempts.
+const FAILOVER_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Broker {
     /// Calls `name` of namespace `ns` through its stream and waits for the
@@ -71,11 +76,20 @@ impl Broker {
         } else {
             add.arg("payload").arg(request);
         }
+        p.add_command(add);
+        // With durability asked for, the request must be on that many
+        // replicas before the call goes on: one more round trip.
+        let (replicas, within) = self.durability();
+        let mut conn = None;
+        if replicas > 0 {
+            p.cmd("WAIT").arg(replicas).arg(within.as_millis() as u64);
+            conn = Some(self.replicate(&p, replicas, within, deadline)?);
+            p = redis::pipe();
+        }
         // The request and the wait go out together, on a connection of their
         // own: one round trip to the broker. A popped list is gone; an
         // unanswered key expires with its reply.
-        p.add_command(add)
-            .cmd("BLPOP")
+        p.cmd("BLPOP")
             .arg(&reply)
             .arg(timeout.as_secs_f64().max(0.01));
         let timed_out = || {
@@ -90,16 +104,36 @@ impl Broker {
         // Every reply by the deadline, and the grace for the server's own
         // timeout error, however the broker stalls.
         let until = Instant::now() + timeout + ANSWER_GRACE;
-        let mut conn = self.sync_conn(timeout + ANSWER_GRACE)?;
-        let value = match exchange(&mut conn, &p, until) {
-            Ok(Some(mut replies)) if replies.len() == p.len() => {
-                replies.pop().unwrap_or(Value::Nil)
+        let mut conn = conn;
+        let mut backoff = FAILOVER_BACKOFF_START;
+        let (mut conn, value) = loop {
+            let attempt = match conn.take() {
+                Some(c) => Ok(c),
+                None => self.open_sync(timeout + ANSWER_GRACE),
             }
-            Ok(Some(other)) => return Err(self.down(format!("unexpected reply {other:?}"))),
-            // Out of time: the connection, which may still have the wait
-            // pending, is dropped.
-            Ok(None) => return Err(timed_out()),
-            Err(e) => return Err(self.down(e)),
+            .and_then(|mut c| exchange(&mut c, &p, until).map(|r| (c, r)));
+            match attempt {
+                Ok((c, Some(mut replies))) if replies.len() == p.len() => {
+                    break (c, replies.pop().unwrap_or(Value::Nil));
+                }
+                Ok((_, Some(other))) => {
+                    return Err(self.down(format!("unexpected reply {other:?}")))
+                }
+                // Out of time: the connection, which may still have the wait
+                // pending, is dropped.
+                Ok((_, None)) => return Err(timed_out()),
+                // A cluster in failover: the slot's master is gone and its
+                // replica not yet promoted. The same request (same id, so
+                // the same reply key) is sent again until the deadline: if
+                // the first one survived too, its caller still takes one
+                // answer, and the other expires.
+                Err(e) if self.in_failover(&e) && deadline.remaining() > backoff => {
+                    tracing::debug!("broker failover, trying again in {backoff:?}: {e}");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(FAILOVER_BACKOFF_MAX);
+                }
+                Err(e) => return Err(self.down(e)),
+            }
         };
         let envelope = match value {
             Value::Array(mut items) if items.len() == 2 => match items.pop() {
@@ -142,9 +176,48 @@ impl Broker {
         Ok(response)
     }
 
+    /// Sends the request pipeline `p`, which ends in `WAIT replicas`, and
+    /// checks that enough replicas hold the request; returns the connection
+    /// for the rest of the call.
+    fn replicate(
+        &self,
+        p: &redis::Pipeline,
+        replicas: u32,
+        within: std::time::Duration,
+        deadline: crate::deadline::Deadline,
+    ) -> Result<SyncConn, CallError> {
+        let budget = deadline.remaining() + ANSWER_GRACE;
+        let mut conn = self.sync_conn(budget)?;
+        let acked = match exchange(&mut conn, p, Instant::now() + budget) {
+            Ok(Some(replies)) => match replies.last() {
+                Some(Value::Int(n)) => *n,
+                other => return Err(self.down(format!("unexpected WAIT reply {other:?}"))),
+            },
+            Ok(None) => {
+                return Err(CallError::new(
+                    ErrorCode::Timeout,
+                    "the broker did not store the request within its deadline",
+                ))
+            }
+            Err(e) => return Err(self.down(e)),
+        };
+        if acked < i64::from(replicas) {
+            self.give_back(conn);
+            return Err(CallError::new(
+                ErrorCode::Transport,
+                format!(
+                    "the request reached {acked} of the {replicas} replicas asked for \
+                     (CWASI_REDIS_WAIT) within {within:?}, so a failover could lose it; the \
+                     call was not waited for (the request may still run)"
+                ),
+            ));
+        }
+        Ok(conn)
+    }
+
     /// Takes a large response from its `key` (`GETDEL`: taking it deletes
     /// it), on the call's connection.
-    fn take_response(&self, conn: &mut redis::Connection, key: &str) -> Result<Vec<u8>, CallError> {
+    fn take_response(&self, conn: &mut SyncConn, key: &str) -> Result<Vec<u8>, CallError> {
         conn.set_read_timeout(Some(BROKER_OP_TIMEOUT))
             .map_err(|e| self.down(e))?;
         match redis::cmd("GETDEL").arg(key).query::<Option<Vec<u8>>>(conn) {

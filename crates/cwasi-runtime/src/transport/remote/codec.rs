@@ -17,7 +17,7 @@ pub const GROUP: &str = "cwasi";
 /// Safety bound on a stream's length (entries are deleted once answered).
 pub const STREAM_MAXLEN: u64 = 100_000;
 /// Requests at least this large travel in a key of their own (the call's
-/// payload key, `cwasi:payload:{ns}:{name}:{id}`; the entry says
+/// payload key, `cwasi:{<ns>/<name>}:payload:<id>`; the entry says
 /// `payload_in_key`), instead of inside the stream entry:
 /// Redis copies a stream entry's fields into the stream and again into every
 /// read, where a string value keeps the buffer it was received in. Below
@@ -394,7 +394,7 @@ mod tests {
         let e = with(Some(b"3".as_slice())).ok().unwrap();
         assert_eq!((e.entry_id.as_str(), e.id.as_str()), ("1-0", "r1"));
         assert_eq!((e.deadline_ms, e.depth), (1234, 3));
-        assert_eq!(e.keys.reply(), "cwasi:reply:ns:echo:r1");
+        assert_eq!(e.keys.reply(), "cwasi:{ns/echo}:reply:r1");
         assert!(matches!(e.payload, Payload::Inline(ref p) if p == b"hi"));
         // An older caller says nothing: depth 1.
         assert_eq!(with(None).ok().unwrap().depth, 1);
@@ -442,11 +442,11 @@ mod tests {
         // The derived keys, named or not, are accepted.
         for extra in [
             [("payload_in_key", "1")],
-            [("payload_key", "cwasi:payload:ns:echo:r1")],
+            [("payload_key", "cwasi:{ns/echo}:payload:r1")],
         ] {
             assert!(matches!(with(&extra).ok().unwrap().payload, Payload::InKey));
         }
-        assert!(with(&[("reply", "cwasi:reply:ns:echo:r1"), ("payload", "x")]).is_ok());
+        assert!(with(&[("reply", "cwasi:{ns/echo}:reply:r1"), ("payload", "x")]).is_ok());
         // Anything else is refused, with the reason.
         let cases: [(&[(&str, &str)], &str); 8] = [
             (

@@ -8,8 +8,26 @@ use crate::error::RuntimeError;
 /// How to reach the broker, from `CWASI_REDIS_URL` and friends.
 #[derive(Clone)]
 pub struct BrokerConfig {
-    /// `redis://` or `rediss://` URL; may carry `user:password@`.
+    /// `redis://` or `rediss://` URL; may carry `user:password@`. For a
+    /// Redis Cluster, the seed nodes' URLs, separated by commas.
     pub url: String,
+    /// Whether the broker is a Redis Cluster: set when `url` lists more
+    /// than one node, or by `CWASI_REDIS_CLUSTER=1` for a single seed.
+    pub cluster: bool,
+    /// Durability of requests (`CWASI_REDIS_WAIT=<replicas>`): a caller
+    /// waits (`WAIT`) until this many replicas hold its request before it
+    /// waits for the answer, and fails the call if they do not within
+    /// `wait_timeout`; 0 (the default) does not wait. Redis replicates
+    /// asynchronously, so without it a request acknowledged by a master that
+    /// dies at once can vanish with it (the call then ends in a clear error
+    /// at its deadline).
+    pub wait_replicas: u32,
+    /// How long a caller waits for `wait_replicas` (`CWASI_REDIS_WAIT_MS`,
+    /// default 1000).
+    pub wait_timeout: std::time::Duration,
+    /// A setting of the environment that could not be read, with why:
+    /// [`Broker::new`](super::Broker::new) refuses the configuration.
+    pub invalid: Option<String>,
     /// ACL user name, if not in the URL (`CWASI_REDIS_USERNAME`).
     pub username: Option<String>,
     /// Password, if not in the URL (`CWASI_REDIS_PASSWORD`).
@@ -41,8 +59,13 @@ impl std::fmt::Debug for BrokerConfig {
 impl BrokerConfig {
     /// A broker at `url` (credentials, if any, in the URL) for node `node`.
     pub fn new(url: impl Into<String>, node: impl Into<String>) -> BrokerConfig {
+        let url = url.into();
         BrokerConfig {
-            url: url.into(),
+            cluster: url.contains(','),
+            wait_replicas: 0,
+            wait_timeout: std::time::Duration::from_millis(1000),
+            invalid: None,
+            url,
             username: None,
             password: None,
             node: node.into(),
@@ -61,6 +84,22 @@ impl BrokerConfig {
     pub fn from_vars(var: &dyn Fn(&str) -> Option<String>) -> Option<BrokerConfig> {
         let var = |k: &str| var(k).filter(|v| !v.is_empty());
         let url = var("CWASI_REDIS_URL")?;
+        let cluster = url.contains(',')
+            || var("CWASI_REDIS_CLUSTER").is_some_and(|v| matches!(v.as_str(), "1" | "true"));
+        let mut invalid = None;
+        let mut number = |name: &str, what: &str| -> Option<u64> {
+            let v = var(name)?;
+            match v.parse::<u64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    invalid.get_or_insert(format!("{name}={v}: expected {what}"));
+                    None
+                }
+            }
+        };
+        let wait_replicas = number("CWASI_REDIS_WAIT", "a number of replicas")
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        let wait_ms = number("CWASI_REDIS_WAIT_MS", "milliseconds");
         let cert = var("CWASI_REDIS_CLIENT_CERT").map(PathBuf::from);
         let key = var("CWASI_REDIS_CLIENT_KEY").map(PathBuf::from);
         Some(BrokerConfig {
@@ -72,6 +111,10 @@ impl BrokerConfig {
                 (None, None) => None,
                 (c, k) => Some((c.unwrap_or_default(), k.unwrap_or_default())),
             },
+            cluster,
+            wait_replicas: wait_replicas.unwrap_or(0),
+            wait_timeout: std::time::Duration::from_millis(wait_ms.unwrap_or(1000)),
+            invalid,
             ..BrokerConfig::new(url, crate::node_dir::node_name_from(&var))
         })
     }
@@ -110,12 +153,24 @@ pub(super) fn tls_files(
     }))
 }
 
-/// The URL without its password, for messages.
+/// The URL (or each of a cluster's seed URLs) without its password, for
+/// messages.
 pub(super) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
+    url.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+            _ => url.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The seed URLs of a cluster's `url`, trimmed, without empty ones.
+pub(super) fn seeds(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 #[cfg(test)]

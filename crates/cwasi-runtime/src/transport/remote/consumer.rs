@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use redis::Value;
 
 use super::codec::{ack, answer, answer_pipe, entries, now_ms, Entry, Payload, Refused, GROUP};
-use super::conn::Broker;
+use super::conn::{Broker, SyncConn};
 use super::keys::FnKeys;
 use super::registry::sleep_unless_stopped;
 use crate::deadline::{Deadline, BROKER_OP_TIMEOUT};
@@ -72,7 +72,7 @@ pub(super) struct Consumer {
     last_reclaim: Instant,
     /// This consumer's own connection for its reads and answers; dropped
     /// after a failure and opened again on next use.
-    conn: Option<redis::Connection>,
+    conn: Option<SyncConn>,
     /// The answer to the request just run: it goes out with the next read,
     /// in one write, unless something else comes first.
     owed: Option<redis::Pipeline>,
@@ -419,10 +419,7 @@ impl Consumer {
 }
 
 /// The consumer's own connection, opened if it has none.
-fn open<'c>(
-    b: &Broker,
-    conn: &'c mut Option<redis::Connection>,
-) -> Result<&'c mut redis::Connection, CallError> {
+fn open<'c>(b: &Broker, conn: &'c mut Option<SyncConn>) -> Result<&'c mut SyncConn, CallError> {
     match conn {
         Some(c) => Ok(c),
         None => Ok(conn.insert(b.sync_conn(BROKER_OP_TIMEOUT)?)),

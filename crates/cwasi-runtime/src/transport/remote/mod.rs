@@ -2,20 +2,23 @@
 //! cluster registry of which node serves what (`docs/protocol.md`).
 //!
 //! Keys (`keys`, the one place that derives them; a call's keys come from
-//! its function and request id, never from a stream entry):
-//! - `cwasi:fn:{ns}:{name}`: the request stream of a function, read by the
-//!   consumer group `cwasi`;
-//! - `cwasi:payload:{ns}:{name}:{id}`: the payload of one large request,
+//! its function and request id, never from a stream entry). Each key of a
+//! function carries the hash tag `{<ns>/<name>}`, so that what one
+//! operation touches is in one slot of a Redis Cluster:
+//! - `cwasi:{<ns>/<name>}:stream`: the request stream of a function, read
+//!   by the consumer group `cwasi`;
+//! - `cwasi:{<ns>/<name>}:payload:<id>`: the payload of one large request,
 //!   kept out of the stream (see [`PAYLOAD_KEY_MIN`]);
-//! - `cwasi:reply:{ns}:{name}:{id}`: the reply list of one request (`LPUSH`
-//!   + expiry);
-//! - `cwasi:response:{ns}:{name}:{id}`: the response to one request, when it
-//!   is large;
-//! - `cwasi:claim:{ns}:{name}:{id}`: which consumer runs a reclaimed
+//! - `cwasi:{<ns>/<name>}:reply:<id>`: the reply list of one request
+//!   (`LPUSH` + expiry);
+//! - `cwasi:{<ns>/<name>}:response:<id>`: the response to one request,
+//!   when it is large;
+//! - `cwasi:{<ns>/<name>}:claim:<id>`: which consumer runs a reclaimed
 //!   request;
-//! - `cwasi:node:{node}`: a hash of the functions a node serves (TTL);
-//! - `cwasi:fn-nodes:{ns}:{name}`: nodes serving a function, scored by the
-//!   time their announcement expires; `cwasi:fn-ns:{name}`: its namespaces.
+//! - `cwasi:{<ns>/<name>}:nodes`: nodes serving a function, scored by the
+//!   time their announcement expires, and `cwasi:{<ns>/<name>}:records`
+//!   their endpoint records; `cwasi:{<name>}:namespaces`: the namespaces a
+//!   name is served in.
 //!
 //! The files, each importing its siblings directly (never this module):
 //! - `config`: how to reach the broker ([`BrokerConfig`]), TLS files;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::codec::{now_ms, strings};
 use super::conn::Broker;
-use super::keys::{fn_nodes_key, fn_ns_key, node_key};
+use super::keys::{fn_nodes_key, fn_ns_key, fn_records_key, v3};
 use crate::deadline::Deadline;
 use crate::error::{CallError, ErrorCode};
 use cwasi_abi::validate_name;
@@ -73,7 +73,6 @@ impl Broker {
             .query(redis::cmd("SMEMBERS").arg(fn_ns_key(name)))
             .await?;
         let mut out = Vec::new();
-        // A namespace that is not a valid name was not written by a server.
         for ns in strings(ns).into_iter().filter(|n| validate_name(n).is_ok()) {
             let nodes = self
                 .query(
@@ -87,13 +86,10 @@ impl Broker {
             if nodes.is_empty() {
                 continue;
             }
-            let mut p = redis::pipe();
-            for node in &nodes {
-                p.cmd("HGET")
-                    .arg(node_key(node))
-                    .arg(format!("{ns}/{name}"));
-            }
-            let records = match self.query_pipe(&p).await? {
+            // One key, so one slot: the records of the live nodes.
+            let mut hmget = redis::cmd("HMGET");
+            hmget.arg(fn_records_key(&ns, name)).arg(&nodes);
+            let records = match self.query(&hmget).await? {
                 redis::Value::Array(v) => v,
                 _ => Vec::new(),
             };
@@ -109,51 +105,105 @@ impl Broker {
                 });
             }
         }
+        if out.is_empty() {
+            if let Some(ns) = self.served_by_version_3(name).await? {
+                return Err(CallError::new(
+                    ErrorCode::Transport,
+                    format!(
+                        "'{name}' is served in namespace '{ns}' by a node that speaks broker \
+                         protocol version 3; this node speaks version 4 (docs/protocol.md, \
+                         \"Versions\"): upgrade the nodes together"
+                    ),
+                ));
+            }
+        }
         out.sort_by(|a, b| (&a.namespace, &a.node).cmp(&(&b.namespace, &b.node)));
         Ok(out)
     }
 
-    /// Announces that this node serves `name` in `ns`, with its endpoint
-    /// `record` (JSON), for [`ANNOUNCE_TTL`].
-    async fn announce(&self, ns: &str, name: &str, record: &str) -> Result<(), CallError> {
-        let node = self.node();
-        let expires = now_ms() + ANNOUNCE_TTL.as_millis() as u64;
-        let mut p = redis::pipe();
-        p.atomic()
-            .cmd("HSET")
-            .arg(node_key(node))
-            .arg(format!("{ns}/{name}"))
-            .arg(record)
-            .cmd("PEXPIRE")
-            .arg(node_key(node))
-            .arg(ANNOUNCE_TTL.as_millis() as u64)
-            .cmd("ZADD")
-            .arg(fn_nodes_key(ns, name))
-            .arg(expires)
-            .arg(node)
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(fn_nodes_key(ns, name))
-            .arg("-inf")
-            .arg(now_ms())
-            .cmd("SADD")
-            .arg(fn_ns_key(name))
-            .arg(ns);
-        self.query_pipe(&p).await.map(|_| ())
+    /// A namespace `name` is served in by a live node of protocol version
+    /// 3 (whose keys this version no longer reads), if there is one.
+    async fn served_by_version_3(&self, name: &str) -> Result<Option<String>, CallError> {
+        let ns = self
+            .query(redis::cmd("SMEMBERS").arg(v3::fn_ns_key(name)))
+            .await?;
+        for ns in strings(ns).into_iter().filter(|n| validate_name(n).is_ok()) {
+            let live = self
+                .query(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(v3::fn_nodes_key(&ns, name))
+                        .arg(now_ms())
+                        .arg("+inf")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(1),
+                )
+                .await?;
+            if !strings(live).is_empty() {
+                return Ok(Some(ns));
+            }
+        }
+        Ok(None)
     }
 
-    /// Withdraws this node's announcement of `name` in `ns`.
+    /// Announces this node's `name` in `ns` with `record`, for
+    /// [`ANNOUNCE_TTL`]. The function's nodes and records are updated by one
+    /// script on their one slot (which also drops the records of nodes
+    /// whose announcement expired); the name's namespaces, in another slot,
+    /// by one `SADD`.
+    async fn announce(&self, ns: &str, name: &str, record: &str) -> Result<(), CallError> {
+        let now = now_ms();
+        let ttl = ANNOUNCE_TTL.as_millis() as u64;
+        let mut script = redis::cmd("EVAL");
+        script
+            .arg(ANNOUNCE_SCRIPT)
+            .arg(2)
+            .arg(fn_records_key(ns, name))
+            .arg(fn_nodes_key(ns, name))
+            .arg(self.node())
+            .arg(record)
+            .arg(now + ttl)
+            .arg(now)
+            .arg(ttl);
+        self.query(&script).await?;
+        // Another slot: a command of its own, not one pipeline.
+        self.query(redis::cmd("SADD").arg(fn_ns_key(name)).arg(ns))
+            .await
+            .map(|_| ())
+    }
+
+    /// Withdraws this node's announcement of `name` in `ns`: one `MULTI` on
+    /// the function's slot.
     pub(super) async fn unannounce(&self, ns: &str, name: &str) -> Result<(), CallError> {
         let node = self.node();
         let mut p = redis::pipe();
-        p.cmd("HDEL")
-            .arg(node_key(node))
-            .arg(format!("{ns}/{name}"))
+        p.atomic()
+            .cmd("HDEL")
+            .arg(fn_records_key(ns, name))
+            .arg(node)
             .cmd("ZREM")
             .arg(fn_nodes_key(ns, name))
             .arg(node);
         self.query_pipe(&p).await.map(|_| ())
     }
 }
+
+/// What an announcement does, on the function's one slot: drop the records
+/// of nodes whose announcement expired, then set this node's record and
+/// expiry, and keep both keys alive as long as one node announces.
+/// KEYS: records, nodes. ARGV: node, record, expires (ms), now (ms), TTL (ms).
+const ANNOUNCE_SCRIPT: &str = r"
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+for _, node in ipairs(dead) do
+    if node ~= ARGV[1] then redis.call('HDEL', KEYS[1], node) end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 1
+";
 
 /// Announces `name` in `ns` every [`HEARTBEAT`] until `stop` (more often
 /// while the broker cannot be reached), logging when that starts and ends.

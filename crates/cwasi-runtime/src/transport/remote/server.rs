@@ -28,7 +28,7 @@ pub struct StreamServer {
 }
 
 impl StreamServer {
-    /// Starts `workers` consumers of `cwasi:fn:{ns}:{name}` running `handler`,
+    /// Starts `workers` consumers of `cwasi:{<ns>/<name>}:stream` running `handler`,
     /// announcing the function with `record` (JSON) every heartbeat. An entry
     /// pending longer than `lease` is taken over by another consumer.
     pub fn start(
