@@ -1,5 +1,7 @@
 //! `cwasi image build`: a Wasm module as an OCI image tarball for
-//! `ctr image import` (no registry or docker needed).
+//! `ctr image import --all-platforms` (no registry or docker needed; the
+//! image's platform is wasip1/wasm or wasip2/wasm, which `ctr` skips
+//! without the flag).
 
 use std::path::PathBuf;
 
@@ -56,7 +58,7 @@ fn build(args: BuildArgs) -> Result<()> {
     let summary = write_image_file(&request, &args.output)
         .with_context(|| format!("cannot build {}", args.output.display()))?;
     eprintln!(
-        "cwasi: wrote {} ({}, entrypoint {}, {} {}); load it with `ctr image import {}`",
+        "cwasi: wrote {} ({}, entrypoint {}, {} {}); load it with `ctr image import --all-platforms {}`",
         args.output.display(),
         summary.reference,
         summary.entrypoint,

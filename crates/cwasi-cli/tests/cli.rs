@@ -367,6 +367,15 @@ fn image_build_writes_an_oci_layout_and_refuses_what_is_not_wasm() {
         LIMIT,
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // The platform is wasip1/wasm: `ctr` imports it only with --all-platforms.
+    assert!(
+        out.stderr.contains(&format!(
+            "ctr image import --all-platforms {}",
+            out_tar.display()
+        )),
+        "{}",
+        out.stderr
+    );
     let listing = std::process::Command::new("tar")
         .arg("-tf")
         .arg(&out_tar)
