@@ -14,6 +14,9 @@
 //!
 //! Where: `CWASI_COMPILE_CACHE` (a directory, or `off`), else
 //! `$XDG_CACHE_HOME/cwasi/compiled`, else `$HOME/.cache/cwasi/compiled`.
+//! Under the shim, the process environment is the shim's, never the
+//! container's: the shim sets `CWASI_COMPILE_CACHE` to the node's cache
+//! (or `off`) before any container starts.
 //! Nothing is ever evicted: remove the directory to reclaim the space.
 
 use std::collections::hash_map::DefaultHasher;
@@ -171,7 +174,9 @@ fn ensure_private_dir(dir: &Path) -> Result<(), String> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| format!("cannot create it: {e}"))?;
-    let meta = fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    // The directory a link leads to is what must be private: the shim hands
+    // its containers the node's cache as `/proc/self/fd/N`.
+    let meta = fs::metadata(dir).map_err(|e| e.to_string())?;
     if !meta.is_dir() {
         return Err("it is not a directory".into());
     }

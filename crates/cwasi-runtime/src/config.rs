@@ -24,6 +24,16 @@ pub struct Limits {
     pub max_call_depth: u32,
     /// How many warm instances are kept per function.
     pub max_idle_instances: usize,
+    /// How much linear memory a pooled instance of a served function may
+    /// have grown, beyond its size when it was made, and still be kept once
+    /// the function is idle; a larger one is dropped then, and its memory
+    /// goes back to the system (`docs/operations.md`, "Memory of a served
+    /// function").
+    pub max_idle_growth_bytes: usize,
+    /// How long a served function goes without a call that grew an instance
+    /// beyond `max_idle_growth_bytes` before it counts as idle and is
+    /// trimmed.
+    pub idle_trim_after: Duration,
     /// Largest module file read, in bytes: a function's own module and a
     /// module published in the node directory.
     pub max_module_bytes: u64,
@@ -42,6 +52,8 @@ impl Default for Limits {
             entry_timeout: Duration::from_secs(300),
             max_call_depth: 32,
             max_idle_instances: 16,
+            max_idle_growth_bytes: 4 << 20,
+            idle_trim_after: Duration::from_secs(1),
             max_module_bytes: 256 << 20,
             spin_budget: crate::transport::local::DEFAULT_SPIN,
         }

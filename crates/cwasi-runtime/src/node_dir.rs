@@ -131,31 +131,32 @@ impl NodeDirectory {
         if !root.exists() {
             create_private_dir(root)?;
         }
-        let meta = std::fs::metadata(root).map_err(|e| io_err(root, e))?;
-        if !meta.is_dir() {
-            return Err(RuntimeError::Config(format!(
-                "node directory {} is not a directory",
-                root.display()
-            )));
-        }
-        let me = rustix::process::getuid().as_raw();
-        if meta.uid() != me {
-            return Err(RuntimeError::Config(format!(
-                "node directory {} belongs to uid {}, not to this process (uid {me})",
-                root.display(),
-                meta.uid()
-            )));
-        }
-        if meta.mode() & 0o077 != 0 {
-            return Err(RuntimeError::Config(format!(
-                "node directory {} has mode {:o}; it must be 0700",
-                root.display(),
-                meta.mode() & 0o777
-            )));
-        }
+        NodeDirectory::check(root, rustix::process::getuid().as_raw())?;
         Ok(NodeDirectory {
             root: root.to_path_buf(),
         })
+    }
+
+    /// Whether `root` would be accepted as a node directory by a process of
+    /// user `uid`: an existing directory of that user that nobody else can
+    /// enter. The shim asks before a container that mounts it starts, so
+    /// that a wrong directory is named instead of failing later.
+    pub fn check(root: &Path, uid: u32) -> Result<(), RuntimeError> {
+        let meta = std::fs::metadata(root).map_err(|e| io_err(root, e))?;
+        let (owner, mode) = (meta.uid(), meta.mode() & 0o777);
+        let why = if !meta.is_dir() {
+            "is not a directory".to_string()
+        } else if owner != uid {
+            format!("belongs to uid {owner}, not to its user (uid {uid})")
+        } else if mode & 0o077 != 0 {
+            format!("has mode {mode:o}; it must be 0700")
+        } else {
+            return Ok(());
+        };
+        Err(RuntimeError::Config(format!(
+            "node directory {} {why}",
+            root.display()
+        )))
     }
 
     /// The directory itself.

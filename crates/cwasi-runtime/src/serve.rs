@@ -18,6 +18,7 @@ use crate::deadline::LEASE_GRACE;
 use crate::error::{CallError, RuntimeError};
 use crate::guest::function::Function;
 use crate::guest::invoke::{serve_call, CallerExchange};
+use crate::guest::trim::IdleTrimmer;
 use crate::node_dir::{EmbedInfo, EndpointRecord, NodeDirectory, Registration, RECORD_VERSION};
 use crate::transport::direct::{DirectServer, DirectSettings};
 use crate::transport::local::server::{LocalServer, ServerSettings};
@@ -71,6 +72,8 @@ pub struct ServeHandle {
     direct: Option<DirectServer>,
     local: Option<LocalServer>,
     registration: Option<Registration>,
+    /// Gives the memory of large calls back when the function is idle.
+    trimmer: Option<IdleTrimmer>,
     record: EndpointRecord,
     /// Keeps the runtime (its engine's epoch ticker, its routes) alive while
     /// the function is served.
@@ -92,6 +95,7 @@ impl ServeHandle {
 
 impl Drop for ServeHandle {
     fn drop(&mut self) {
+        self.trimmer.take();
         self.stream.take();
         self.direct.take();
         self.local.take();
@@ -227,6 +231,7 @@ pub(crate) fn serve(
         direct,
         local: Some(local),
         registration: Some(registration),
+        trimmer: IdleTrimmer::start(function.clone()),
         record,
         _runtime: host.runtime,
     })

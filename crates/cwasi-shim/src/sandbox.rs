@@ -124,6 +124,9 @@ impl Job {
         for w in &settings.warnings {
             eprintln!("cwasi: warning: {w}");
         }
+        if let Some(w) = crate::node::compile_cache_trouble() {
+            eprintln!("cwasi: warning: {w}");
+        }
         let module = match self.module {
             Ok(m) => m,
             Err(e) => return fail(EXIT_CANNOT_RUN, &e),

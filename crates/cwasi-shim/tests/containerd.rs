@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use cwasi_oci::{write_image_file, ImageKind, ImageRequest};
+use cwasi_oci::ImageKind;
 use test_programs_artifacts as progs;
 use test_support::containerd::Containerd;
 use test_support::RedisServer;
@@ -24,16 +24,7 @@ fn start_containerd() -> Containerd {
 
 /// Builds an image of a guest program and imports it; returns its reference.
 fn image(c: &Containerd, module: &str, name: &str, kind: ImageKind) -> String {
-    let tarball = c.dir().join(format!("{name}.tar"));
-    let request = ImageRequest {
-        module: PathBuf::from(module),
-        reference: name.to_string(),
-        kind,
-        env: Vec::new(),
-    };
-    let summary = write_image_file(&request, &tarball).expect("build the image");
-    c.import(&tarball);
-    summary.reference
+    c.import_module(module, name, kind)
 }
 
 /// A node directory on the host (0700), to bind-mount at /run/cwasi.
@@ -64,6 +55,21 @@ fn run(c: &Containerd, id: &str, opts: &[&str], image: &str, args: &[&str]) -> O
 
 /// `ctr run -d` of a serving container; waits until its record is in `dir`.
 fn serve(c: &Containerd, id: &str, opts: &[&str], image: &str, dir: &Path, record: &str) {
+    serve_within(c, id, opts, image, dir, record, Duration::from_secs(20));
+}
+
+/// [`serve`], waiting up to `limit` for the record (a component that
+/// compiles first: a Python interpreter takes tens of seconds in a debug
+/// build on two busy cores).
+fn serve_within(
+    c: &Containerd,
+    id: &str,
+    opts: &[&str],
+    image: &str,
+    dir: &Path,
+    record: &str,
+    limit: Duration,
+) {
     c.track(id);
     let log = format!("file://{}", c.dir().join(format!("{id}.log")).display());
     let mut all = vec![
@@ -81,13 +87,24 @@ fn serve(c: &Containerd, id: &str, opts: &[&str], image: &str, dir: &Path, recor
     all.push(id);
     let out = c.ctr_output(&all);
     assert!(out.status.success(), "ctr run -d {id}: {}", text(&out));
-    let path = dir.join(record);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
+    // `<name>@<namespace>.json`; the node directory may name the file
+    // otherwise (a name with `_` gets a suffix), so it is asked.
+    let (name, namespace) = record
+        .trim_end_matches(".json")
+        .split_once('@')
+        .expect("a record is <name>@<namespace>.json");
+    let live = || {
+        cwasi_runtime::NodeDirectory::open(dir)
+            .ok()
+            .and_then(|d| d.lookup(name, namespace))
+            .is_some()
+    };
+    let deadline = Instant::now() + limit;
+    while !live() {
         assert!(
             Instant::now() < deadline,
-            "{id} did not register {}; its log: {}",
-            path.display(),
+            "{id} did not register {name} of {namespace} in {}; its log: {}",
+            dir.display(),
             std::fs::read_to_string(c.dir().join(format!("{id}.log"))).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -456,4 +473,132 @@ fn stopping_a_serving_container_unregisters_it() {
     );
     assert!(!record.exists(), "the stale record was not removed");
     assert!(!socket.exists(), "the stale socket was not removed");
+}
+
+/// Calls `name` of `namespace` served in the node directory `dir`, from
+/// this process, as `cwasi call` does (the served instance itself, never an
+/// embedded copy).
+fn call_served(dir: &Path, namespace: &str, name: &str, request: &[u8]) -> Vec<u8> {
+    let runtime = cwasi_runtime::Runtime::builder()
+        .embed_served(false)
+        .node_directory(cwasi_runtime::NodeDirectory::open(dir).expect("the node directory"))
+        .build()
+        .expect("a runtime");
+    runtime
+        .call(namespace, name, request)
+        .unwrap_or_else(|e| panic!("calling {name}: {e}"))
+}
+
+/// The compiled files in the node's compile cache: (name, inode).
+fn cache_entries(c: &Containerd) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = c.dir().join("compiled");
+    let mut out: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("no compile cache at {}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".cwasm"))
+        .map(|e| {
+            let ino = e.metadata().unwrap().ino();
+            (e.file_name().to_string_lossy().into_owned(), ino)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// How long the first start of a Python component may take to compile.
+const COMPILE_LIMIT: Duration = Duration::from_secs(300);
+
+/// A Python component (an interpreter of some 18 MB) compiles once per
+/// node: the shim keeps the node's compile cache outside every container
+/// (here the test containerd's `CWASI_NODE_COMPILE_CACHE`), so the second
+/// container loads what the first compiled. Prints both times from
+/// `ctr run -d` to the first answer.
+#[test]
+fn a_component_compiles_once_per_node() {
+    let c = start_containerd();
+    let py = image(
+        &c,
+        test_programs_componentize::PY_TRANSFORM,
+        "py_transform",
+        ImageKind::Plain,
+    );
+    let node = node_dir(&c, "node");
+    let m = mount(&node);
+    // The module's file name carries a build hash: the function is named.
+    let opts = [
+        "--mount",
+        m.as_str(),
+        "--env",
+        "CWASI_NAMESPACE=team-a",
+        "--env",
+        "CWASI_FUNCTION=py_transform",
+    ];
+    let request = b"compiled once".to_vec();
+    let expected: Vec<u8> = request.iter().map(|b| b ^ 0xA5).collect();
+    let mut times = Vec::new();
+    let mut entries = Vec::new();
+    for id in ["py-first", "py-second"] {
+        let started = Instant::now();
+        let record = "py_transform@team-a.json";
+        serve_within(&c, id, &opts, &py, &node, record, COMPILE_LIMIT);
+        let answer = call_served(&node, "team-a", "py_transform", &request);
+        times.push(started.elapsed());
+        assert_eq!(answer, expected, "{id}");
+        entries.push(cache_entries(&c));
+        c.remove(id);
+    }
+    eprintln!(
+        "python component, from `ctr run -d` to the first answer: first start {:?} \
+         (compiles), second start {:?} (from the node's compile cache)",
+        times[0], times[1]
+    );
+    assert_eq!(
+        entries[0].len(),
+        1,
+        "one compiled component: {:?}",
+        entries[0]
+    );
+    assert!(
+        entries[0][0].0.ends_with(".cwasm-component"),
+        "{:?}",
+        entries[0]
+    );
+    // Loaded, not compiled and stored again (a store renames a new file
+    // over the entry).
+    assert_eq!(
+        entries[1], entries[0],
+        "the second container compiled again"
+    );
+    // Nothing of it in the container: the guests see no cache.
+    assert!(!node.join("compiled").exists());
+}
+
+/// A container that mounts a node directory that does not exist, or that
+/// others can enter, is refused by the shim with the directory named,
+/// before containerd's own "failed to prepare rootfs".
+#[test]
+fn a_missing_node_directory_is_named() {
+    let c = start_containerd();
+    let hello = image(&c, progs::HELLO, "hello", ImageKind::Plain);
+    let missing = c.dir().join("no-such-node-dir");
+    let m = mount(&missing);
+    let out = run(&c, "missing-node-dir", &["--mount", &m], &hello, &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let want = format!("the node directory {} does not exist", missing.display());
+    assert!(text(&out).contains(&want), "{}", text(&out));
+    assert!(text(&out).contains("install -d -m 0700"), "{}", text(&out));
+
+    let open = c.dir().join("open-node-dir");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let m = mount(&open);
+    let out = run(&c, "open-node-dir", &["--mount", &m], &hello, &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("has mode 755; it must be 0700"),
+        "{}",
+        text(&out)
+    );
+    assert!(c.healthy(), "containerd stopped answering");
 }

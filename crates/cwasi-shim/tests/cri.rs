@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cwasi_oci::{write_image_file, ImageKind, ImageRequest};
+use cwasi_oci::ImageKind;
 use test_programs_artifacts as progs;
 use test_support::containerd::Containerd;
 use test_support::cri::{api as cri, container_config, pod_config, read_log, CriClient};
@@ -25,16 +25,7 @@ fn shim() -> &'static Path {
 
 /// Builds an image of a guest program and imports it into `k8s.io`.
 fn image(c: &Containerd, module: &str, name: &str) -> String {
-    let tarball = c.dir().join(format!("{name}.tar"));
-    let request = ImageRequest {
-        module: PathBuf::from(module),
-        reference: format!("cwasi.test/{name}"),
-        kind: ImageKind::Plain,
-        env: Vec::new(),
-    };
-    let summary = write_image_file(&request, &tarball).expect("build the image");
-    c.import(&tarball);
-    summary.reference
+    c.import_module(module, &format!("cwasi.test/{name}"), ImageKind::Plain)
 }
 
 /// One pod: its sandbox config, id and log directory.

@@ -34,63 +34,70 @@ impl Containerd {
     /// `containerd-shim-cwasi-v1`) first on its `PATH`, its CRI plugin
     /// disabled. Panics with the fix if containerd is not installed.
     pub fn start(shim_dir: &Path) -> Containerd {
-        Containerd::launch(shim_dir, false)
+        let dir = private_dir();
+        let mut node = toml::Table::new();
+        node.insert("version".into(), 2.into());
+        node.insert(
+            "disabled_plugins".into(),
+            toml::Value::Array(vec!["io.containerd.grpc.v1.cri".into()]),
+        );
+        Containerd::launch(dir, shim_dir, node, false)
     }
 
-    /// The same with the CRI plugin of a Kubernetes node: runtime handler
-    /// `cwasi` (`io.containerd.cwasi.v1`) passing the `cwasi.io/*` and
-    /// `cwasi.secondary.function` pod annotations, sandboxes from
-    /// [`crate::cri::PAUSE_IMAGE`] (import it first), no CNI (test pods use
-    /// the host network) and no AppArmor. Its namespace is `k8s.io`, where
-    /// the plugin looks for images; [`Containerd::socket`] serves CRI.
+    /// The containerd of a Kubernetes node on which `deploy/install-node.sh`
+    /// installed the binaries of `shim_dir` (the shim and
+    /// `cwasi-containerd-config`), with no containerd config before: what
+    /// [`Containerd::start_node`] starts for that node.
     pub fn start_cri(shim_dir: &Path) -> Containerd {
-        Containerd::launch(shim_dir, true)
+        let dir = private_dir();
+        let root = dir.join("host");
+        install_node(shim_dir, &root);
+        let node = installed_config(&root);
+        Containerd::launch(dir, &root.join("usr/local/bin"), node, true)
     }
 
-    fn launch(shim_dir: &Path, cri: bool) -> Containerd {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("{}-{n}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("cwasi-containerd-{tag}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("cannot create the containerd directory");
+    /// containerd as `deploy/install-node.sh` left it in the host root
+    /// `root`: the config it wrote there, unchanged but for what a test
+    /// must keep private or this machine lacks ([`private_overlay`]), and
+    /// the binaries it installed first on the `PATH`. The CRI plugin serves
+    /// on [`Containerd::socket`], its sandboxes from
+    /// [`crate::cri::PAUSE_IMAGE`] (import it first); the namespace is
+    /// `k8s.io`, where the plugin looks for images. No CNI: test pods use
+    /// the host network.
+    pub fn start_node(root: &Path) -> Containerd {
+        Containerd::launch(
+            private_dir(),
+            &root.join("usr/local/bin"),
+            installed_config(root),
+            true,
+        )
+    }
+
+    fn launch(dir: PathBuf, bin_dir: &Path, node: toml::Table, cri: bool) -> Containerd {
+        let tag = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("cwasi-containerd-"))
+            .unwrap_or("x")
+            .to_string();
         let processor = dir.join("wasm-layer-to-tar");
         std::fs::write(&processor, WASM_LAYER_PROCESSOR).expect("write the stream processor");
         set_mode(&processor, 0o755);
-        let socket = dir.join("containerd.sock");
-        let plugins = if cri {
-            cri_config(&dir)
-        } else {
-            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string()
-        };
-        let config = format!(
-            "version = 2\n\
-             root = \"{root}\"\n\
-             state = \"{state}\"\n\
-             {plugins}\
-             [grpc]\n  address = \"{sock}\"\n\
-             [ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [stream_processors]\n\
-             \x20 [stream_processors.\"io.containerd.cwasi.wasm\"]\n\
-             \x20   accepts = [\"application/wasm\"]\n\
-             \x20   returns = \"application/vnd.oci.image.layer.v1.tar\"\n\
-             \x20   path = \"{processor}\"\n",
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            sock = socket.display(),
-            processor = processor.display(),
-        );
+        let config = private_overlay(node, &dir, &processor);
         std::fs::write(dir.join("config.toml"), config).expect("write the containerd config");
         let path = format!(
             "{}:{}",
-            shim_dir.display(),
+            bin_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
         let child = crate::process::spawn_service(
             Command::new("containerd")
                 .arg("--config")
                 .arg(dir.join("config.toml"))
-                .env("PATH", path),
+                .env("PATH", path)
+                // The node's compile cache of the shims this containerd
+                // starts: private to the test.
+                .env("CWASI_NODE_COMPILE_CACHE", dir.join("compiled")),
             &dir.join("containerd.log"),
             "apt-get install containerd runc",
         );
@@ -160,6 +167,28 @@ impl Containerd {
             "ctr image import {tar} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Builds an OCI image of the Wasm module at `module` (`cwasi image
+    /// build`'s library), named `reference`, and imports it; returns the
+    /// image's full reference.
+    pub fn import_module(
+        &self,
+        module: &str,
+        reference: &str,
+        kind: cwasi_oci::ImageKind,
+    ) -> String {
+        let stem = reference.rsplit('/').next().unwrap_or(reference);
+        let tarball = self.dir().join(format!("{stem}.tar"));
+        let request = cwasi_oci::ImageRequest {
+            module: PathBuf::from(module),
+            reference: reference.to_string(),
+            kind,
+            env: Vec::new(),
+        };
+        let summary = cwasi_oci::write_image_file(&request, &tarball).expect("build the image");
+        self.import(&tarball);
+        summary.reference
     }
 
     /// Remembers a container id so that drop removes it.
@@ -247,31 +276,133 @@ impl Drop for Containerd {
     }
 }
 
-/// The CRI plugin's section of the config (containerd 1.6/1.7, version 2).
-/// `restrict_oom_score_adj` keeps a sandbox's OOM score at or above
+/// A fresh private directory for one containerd.
+fn private_dir() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("cwasi-containerd-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("cannot create the containerd directory");
+    dir
+}
+
+/// Runs `deploy/install-node.sh` for the shim and `cwasi-containerd-config`
+/// in `bin_dir`, into the host root `root`; what it printed. Panics with
+/// its output if it fails.
+pub fn install_node(bin_dir: &Path, root: &Path) -> String {
+    // The two binaries alone, as scripts/dist.sh lays them out (bin_dir
+    // may hold others, such as a debug build of `cwasi`).
+    let dist = root.with_extension("dist");
+    std::fs::create_dir_all(&dist).expect("create the dist directory");
+    std::fs::create_dir_all(root).expect("create the host root");
+    for bin in ["containerd-shim-cwasi-v1", "cwasi-containerd-config"] {
+        let link = dist.join(bin);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(bin_dir.join(bin), &link).expect("link a binary");
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/install-node.sh");
+    let out = output_within(
+        Command::new(&script).arg(&dist).arg(root),
+        Duration::from_secs(60),
+    )
+    .expect("install-node.sh did not finish within a minute");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "install-node.sh failed: {text}");
+    text
+}
+
+/// The containerd config the installer left in `root`.
+fn installed_config(root: &Path) -> toml::Table {
+    let path = root.join("etc/containerd/config.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no containerd config at {}: {e}", path.display()));
+    text.parse()
+        .unwrap_or_else(|e| panic!("{} is not TOML: {e}\n{text}", path.display()))
+}
+
+/// The node's config with what a test containerd must change: its root,
+/// state, sockets and the opt plugin's directory in `dir`; the stream
+/// processor of `application/wasm` layers (containerd 1.6, as
+/// docs/containerd.md shows); and, for the CRI plugin, the sandbox image
+/// [`crate::cri::PAUSE_IMAGE`] (no registry can be reached) and
+/// `restrict_oom_score_adj`, which keeps a sandbox's OOM score at or above
 /// containerd's own, as for rootless nodes: the CI machine, itself a
 /// container, lacks `CAP_SYS_RESOURCE`, so writing the sandbox's -998 to
-/// `/proc/self/oom_score_adj` fails (`EACCES`) and the pod could not start.
-fn cri_config(dir: &Path) -> String {
-    let cni = dir.join("cni");
-    format!(
-        "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
-         \x20 sandbox_image = \"{pause}\"\n\
-         \x20 disable_apparmor = true\n\
-         \x20 restrict_oom_score_adj = true\n\
-         \x20 stream_server_address = \"127.0.0.1\"\n\
-         \x20 stream_server_port = \"0\"\n\
-         \x20 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
-         \x20   bin_dir = \"{cni}/bin\"\n\
-         \x20   conf_dir = \"{cni}/conf\"\n\
-         \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
-         \x20   runtime_type = \"io.containerd.runc.v2\"\n\
-         \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.cwasi]\n\
-         \x20   runtime_type = \"io.containerd.cwasi.v1\"\n\
-         \x20   pod_annotations = [\"cwasi.io/*\", \"cwasi.secondary.function\"]\n",
-        pause = crate::cri::PAUSE_IMAGE,
-        cni = cni.display(),
-    )
+/// `/proc/self/oom_score_adj` fails (`EACCES`) and no pod could start.
+/// Nothing under the plugin's `containerd` table (runtimes, default
+/// runtime) is touched: that is what the installer is tested for.
+fn private_overlay(mut node: toml::Table, dir: &Path, processor: &Path) -> String {
+    assert_eq!(
+        node.get("version").and_then(toml::Value::as_integer),
+        Some(2),
+        "the test containerd (1.6) reads version 2 configs: {node:#?}"
+    );
+    let path = |p: &str| toml::Value::from(dir.join(p).display().to_string());
+    let sock = dir.join("containerd.sock").display().to_string();
+    set(&mut node, &["root"], path("root"));
+    set(&mut node, &["state"], path("state"));
+    set(&mut node, &["grpc", "address"], sock.clone().into());
+    set(
+        &mut node,
+        &["ttrpc", "address"],
+        format!("{sock}.ttrpc").into(),
+    );
+    let opt = ["plugins", "io.containerd.internal.v1.opt", "path"];
+    set(&mut node, &opt, path("opt"));
+    let wasm = ["stream_processors", "io.containerd.cwasi.wasm"];
+    set(
+        &mut node,
+        &[&wasm[..], &["accepts"]].concat(),
+        vec!["application/wasm"].into(),
+    );
+    let returns = "application/vnd.oci.image.layer.v1.tar";
+    set(
+        &mut node,
+        &[&wasm[..], &["returns"]].concat(),
+        returns.into(),
+    );
+    let processor = processor.display().to_string();
+    set(
+        &mut node,
+        &[&wasm[..], &["path"]].concat(),
+        processor.into(),
+    );
+    let cri = ["plugins", "io.containerd.grpc.v1.cri"];
+    let image = crate::cri::PAUSE_IMAGE;
+    set(
+        &mut node,
+        &[&cri[..], &["sandbox_image"]].concat(),
+        image.into(),
+    );
+    set(
+        &mut node,
+        &[&cri[..], &["disable_apparmor"]].concat(),
+        true.into(),
+    );
+    set(
+        &mut node,
+        &[&cri[..], &["restrict_oom_score_adj"]].concat(),
+        true.into(),
+    );
+    toml::to_string(&node).expect("serialise the containerd config")
+}
+
+/// Sets `value` at the dotted `path`, making tables where missing.
+fn set(table: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let (last, parents) = path.split_last().expect("a key");
+    let mut t = table;
+    for key in parents {
+        t = t
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .unwrap_or_else(|| panic!("{key} is not a table"));
+    }
+    t.insert(last.to_string(), value);
 }
 
 fn set_mode(path: &Path, mode: u32) {

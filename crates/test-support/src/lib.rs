@@ -13,6 +13,7 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod memory;
 pub mod netns;
 pub mod otlp;
 pub mod process;

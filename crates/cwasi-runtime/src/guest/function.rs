@@ -87,6 +87,10 @@ pub(crate) struct Function {
     /// an instance moves between the pool, a call and `hot` as a pointer.
     #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<WarmInstance>>>,
+    /// How many times an instance that grew beyond
+    /// `Limits::max_idle_growth_bytes` went back to the pool: the idle
+    /// trimmer's sign of activity (`guest::trim`).
+    oversized_released: AtomicU64,
     /// The calls it runs for other processes.
     pub served: ServedStats,
 }
@@ -174,6 +178,7 @@ impl Function {
             router,
             hot: AtomicPtr::new(std::ptr::null_mut()),
             idle: Mutex::new(Vec::new()),
+            oversized_released: AtomicU64::new(0),
             served: ServedStats::default(),
         }
     }
@@ -245,9 +250,12 @@ impl Function {
             seed_handler: self.seed_handler(),
             not_callable: &not_callable,
         };
-        WarmInstance::new(&recipe, state)
-            .map(Box::new)
-            .map_err(|message| self.instantiate_error(message))
+        let mut inst =
+            WarmInstance::new(&recipe, state).map_err(|message| self.instantiate_error(message))?;
+        // What instantiation grew is the instance's own size; its calls'
+        // growth counts from here.
+        inst.store.data_mut().limiter.settle();
+        Ok(Box::new(inst))
     }
 
     fn instantiate_error(&self, message: String) -> RuntimeError {
@@ -289,23 +297,83 @@ impl Function {
         if max == 0 || outcome.is_err_and(|e| !e.leaves_callee_reusable()) {
             return;
         }
-        let raw = Box::into_raw(inst);
-        let parked = self.hot.compare_exchange(
-            std::ptr::null_mut(),
-            raw,
-            Ordering::Release,
-            Ordering::Relaxed,
-        );
-        if parked.is_ok() {
-            return;
+        if self.is_oversized(&inst) {
+            self.oversized_released.fetch_add(1, Ordering::Relaxed);
         }
-        // SAFETY: `raw` came from `Box::into_raw` just above and was not
-        // stored, so this thread still owns it.
-        let inst = unsafe { Box::from_raw(raw) };
+        let Err(inst) = self.park_hot(inst) else {
+            return;
+        };
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() + 1 < max {
             idle.push(inst);
         }
+    }
+}
+
+/// Trimming the pool when the function is idle (`guest::trim`).
+impl Function {
+    /// Puts `inst` in the `hot` slot; gives it back if the slot is taken.
+    fn park_hot(&self, inst: Box<WarmInstance>) -> Result<(), Box<WarmInstance>> {
+        let raw = Box::into_raw(inst);
+        match self.hot.compare_exchange(
+            std::ptr::null_mut(),
+            raw,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => Ok(()),
+            // SAFETY: `raw` came from `Box::into_raw` just above and was
+            // not stored, so this thread still owns it.
+            Err(_) => Err(unsafe { Box::from_raw(raw) }),
+        }
+    }
+
+    /// Whether `inst` grew more than a pooled instance may keep when idle.
+    fn is_oversized(&self, inst: &WarmInstance) -> bool {
+        inst.store.data().limiter.grown() > self.limits.max_idle_growth_bytes
+    }
+
+    /// How many times an oversized instance went back to the pool so far;
+    /// unchanged over a while means no large call in that while.
+    pub fn oversized_released(&self) -> u64 {
+        self.oversized_released.load(Ordering::Relaxed)
+    }
+
+    /// Drops the pooled instances that grew more than
+    /// `Limits::max_idle_growth_bytes` (instances in a call are not in the
+    /// pool and are left alone); returns how many. The next call makes a
+    /// fresh instance where the pool has none.
+    pub fn drop_oversized_idle(&self) -> usize {
+        let mut dropped: Vec<Box<WarmInstance>> = Vec::new();
+        let hot = self.hot.swap(std::ptr::null_mut(), Ordering::Acquire);
+        let hot = if hot.is_null() {
+            None
+        } else {
+            // SAFETY: as in `acquire`: the swap made this thread its owner.
+            Some(unsafe { Box::from_raw(hot) })
+        };
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let (big, kept): (Vec<_>, Vec<_>) =
+                idle.drain(..).partition(|inst| self.is_oversized(inst));
+            *idle = kept;
+            dropped.extend(big);
+            match hot {
+                Some(inst) if self.is_oversized(&inst) => dropped.push(inst),
+                // Back where it was, or beside the one a call parked there
+                // meanwhile.
+                Some(inst) => {
+                    if let Err(inst) = self.park_hot(inst) {
+                        idle.push(inst);
+                    }
+                }
+                None => {}
+            }
+        }
+        // Dropped outside the lock: freeing a store unmaps its memory.
+        let count = dropped.len();
+        drop(dropped);
+        count
     }
 }
 

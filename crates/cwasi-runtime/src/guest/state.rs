@@ -47,6 +47,9 @@ pub(crate) struct MemoryLimiter {
     max_bytes: usize,
     /// The size a guest asked for and was refused.
     pub exceeded: Option<usize>,
+    /// Bytes of linear memory granted since [`MemoryLimiter::settle`]: what
+    /// the instance's calls added, which the pool trims when idle.
+    grown: usize,
 }
 
 impl MemoryLimiter {
@@ -55,7 +58,18 @@ impl MemoryLimiter {
         MemoryLimiter {
             max_bytes,
             exceeded: None,
+            grown: 0,
         }
+    }
+
+    /// Starts counting growth from here (an instance that was just made).
+    pub fn settle(&mut self) {
+        self.grown = 0;
+    }
+
+    /// Bytes of linear memory granted since [`MemoryLimiter::settle`].
+    pub fn grown(&self) -> usize {
+        self.grown
     }
 
     /// The memory limit.
@@ -67,7 +81,7 @@ impl MemoryLimiter {
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -75,6 +89,7 @@ impl ResourceLimiter for MemoryLimiter {
             self.exceeded = Some(desired);
             return Ok(false);
         }
+        self.grown = self.grown.saturating_add(desired.saturating_sub(current));
         Ok(true)
     }
 
