@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// The spin budget of local calls unless configured
+/// ([`Limits::spin_budget`]): about what a sleep and a wake-up cost across
+/// two vCPUs (the local transport's `spin` module says why).
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
 /// Bounds that keep one function from hurting the host or its neighbours.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -55,7 +60,7 @@ impl Default for Limits {
             max_idle_growth_bytes: 4 << 20,
             idle_trim_after: Duration::from_secs(1),
             max_module_bytes: 256 << 20,
-            spin_budget: crate::transport::local::DEFAULT_SPIN,
+            spin_budget: DEFAULT_SPIN,
         }
     }
 }

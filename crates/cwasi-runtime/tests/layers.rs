@@ -1,6 +1,7 @@
 //! The runtime's structure, checked on every test run: no circle of source
 //! files that import each other (through `crate::`, `super::` or `self::`
-//! paths), and no source file over 600 lines (docs/architecture.md,
+//! paths), none among its top-level folders and root files either, and no
+//! source file over 600 lines (docs/architecture.md,
 //! "Dependency order").
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +35,15 @@ fn without_tests(text: &str) -> &str {
         Some(i) => &text[..i],
         None => text,
     }
+}
+
+/// The text without its comment lines: comments and doc comments name
+/// paths (doc links) without importing them.
+fn without_comments(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Every path that starts with `crate`, `super` or `self`, as its segments,
@@ -113,16 +123,18 @@ fn resolve(mods: &BTreeMap<Vec<String>, PathBuf>, path: &[String]) -> Vec<String
         .unwrap_or_default()
 }
 
-#[test]
-fn no_module_imports_one_that_imports_it_back() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+/// The import graph of the runtime's files: module path -> the modules it
+/// imports (the crate root, the facade, neither imports nor is imported).
+type Graph = BTreeMap<Vec<String>, BTreeSet<Vec<String>>>;
+
+fn import_graph(root: &Path) -> (BTreeMap<Vec<String>, PathBuf>, Graph) {
     let mut mods = BTreeMap::new();
-    modules(&root, &root, &mut mods);
-    let mut graph: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    modules(root, root, &mut mods);
+    let mut graph = Graph::new();
     for (m, file) in &mods {
         let text = std::fs::read_to_string(file).unwrap();
         let mut edges = BTreeSet::new();
-        for (base, segs) in paths(without_tests(&text)) {
+        for (base, segs) in paths(&without_comments(without_tests(&text))) {
             let full: Vec<String> = match base.as_str() {
                 "crate" => segs,
                 "self" => m.iter().cloned().chain(segs).collect(),
@@ -133,28 +145,24 @@ fn no_module_imports_one_that_imports_it_back() {
                     .collect(),
             };
             let target = resolve(&mods, &full);
-            // The crate root is the facade: it imports everything and
-            // nothing imports it.
             if &target != m && !target.is_empty() && !m.is_empty() {
                 edges.insert(target);
             }
         }
         graph.insert(m.clone(), edges);
     }
-    // A file is in a circle if it reaches itself.
+    (mods, graph)
+}
+
+/// The nodes of `graph` that reach themselves.
+fn in_circles(graph: &Graph) -> Vec<&Vec<String>> {
     let mut circles = Vec::new();
     for start in graph.keys() {
         let mut seen = BTreeSet::new();
         let mut stack: Vec<&Vec<String>> = graph[start].iter().collect();
         while let Some(m) = stack.pop() {
             if m == start {
-                circles.push(
-                    mods[start]
-                        .strip_prefix(&root)
-                        .unwrap()
-                        .display()
-                        .to_string(),
-                );
+                circles.push(start);
                 break;
             }
             if seen.insert(m) {
@@ -162,9 +170,49 @@ fn no_module_imports_one_that_imports_it_back() {
             }
         }
     }
+    circles
+}
+
+#[test]
+fn no_module_imports_one_that_imports_it_back() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let (mods, graph) = import_graph(&root);
+    let circles: Vec<String> = in_circles(&graph)
+        .into_iter()
+        .map(|m| mods[m].strip_prefix(&root).unwrap().display().to_string())
+        .collect();
     assert!(
         circles.is_empty(),
         "these files import a module that imports them back: {circles:?}"
+    );
+}
+
+/// The top-level folders and root files form a line: `call/` (the caller's
+/// side and the transport contract) below `transport/` (the data paths)
+/// below the router, never a folder that imports one that imports it back
+/// (docs/architecture.md, "Dependency order").
+#[test]
+fn no_top_level_folder_imports_one_that_imports_it_back() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let (_, files) = import_graph(&root);
+    let mut folders = Graph::new();
+    for (m, targets) in &files {
+        let top = m[..m.len().min(1)].to_vec();
+        let edges = folders.entry(top.clone()).or_default();
+        edges.extend(
+            targets
+                .iter()
+                .map(|t| t[..t.len().min(1)].to_vec())
+                .filter(|t| *t != top),
+        );
+    }
+    let circles: Vec<String> = in_circles(&folders)
+        .into_iter()
+        .map(|m| m.join("/"))
+        .collect();
+    assert!(
+        circles.is_empty(),
+        "these top-level modules import one that imports them back: {circles:?}"
     );
 }
 

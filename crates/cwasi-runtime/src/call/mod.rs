@@ -1,9 +1,11 @@
 //! The caller's side of a call, whatever the transport: where the request is
 //! and where the response goes ([`CallerIo`]), what travels with every call
-//! ([`CallMeta`]), and the route that makes it ([`route`]).
+//! ([`CallMeta`]), the route that makes it ([`route`]), and the contract of the data paths
+//! it calls through ([`transport`], implemented by the `transport/` folder).
 
 pub(crate) mod route;
 pub(crate) mod stats;
+pub(crate) mod transport;
 
 use std::time::{Duration, Instant};
 

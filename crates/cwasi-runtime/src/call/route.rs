@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::stats::{HopReport, HopStats};
+use super::transport::{PendingCall, Transport};
 use super::{check_depth, CallMeta, CallerIo};
 use crate::config::{Limits, Mode};
 use crate::deadline::TickClock;
 use crate::error::{CallError, ErrorCode};
 use crate::trace::CallSpan;
-use crate::transport::{PendingCall, Transport};
 
 /// How one caller reaches one callee: chosen once, then reused.
 pub(crate) struct Route {

@@ -6,9 +6,9 @@ use std::cell::Cell;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::transport::PathCounts;
 use crate::config::Mode;
 use crate::error::ErrorCode;
-use crate::transport::PathCounts;
 
 /// Upper bounds of the latency histogram's buckets, in seconds: from a small
 /// embedded call to a call timeout, about three per decade. A call slower

@@ -17,5 +17,3 @@ pub(crate) mod shm;
 pub(crate) mod slot;
 mod spin;
 pub mod wire;
-
-pub use spin::DEFAULT_SPIN;

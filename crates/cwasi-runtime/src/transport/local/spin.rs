@@ -2,7 +2,7 @@
 //! making the machine slower.
 //!
 //! A waiter spins for at most its budget before it sleeps in `futex`. The
-//! default budget, [`DEFAULT_SPIN`], is about what a sleep and a wake-up
+//! default budget, [`DEFAULT_SPIN`](crate::config::DEFAULT_SPIN), is about what a sleep and a wake-up
 //! cost across two vCPUs (40 to 50 µs measured on the 2-vCPU machines this
 //! project runs on; see `docs/benchmarks.md`): spinning for as long as a
 //! wake-up would cost never loses more than a factor of two against the
@@ -18,10 +18,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// The spin budget used unless configured
-/// ([`Limits::spin_budget`](crate::Limits)).
-pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
 /// How often a spinner checks its socket for a hang-up.
 const LIVENESS_EVERY: Duration = Duration::from_millis(1);
