@@ -212,17 +212,14 @@ impl RuntimeRouter {
             // Another call on this edge chose first; its route is the one.
             return Ok(r);
         }
-        self.decisions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Decision {
-                caller: caller.to_string(),
-                target: target.to_string(),
-                outcome: outcome
-                    .as_ref()
-                    .map(|(s, _)| s.clone())
-                    .map_err(Clone::clone),
-            });
+        self.record_decision(Decision {
+            caller: caller.to_string(),
+            target: target.to_string(),
+            outcome: outcome
+                .as_ref()
+                .map(|(s, _)| s.clone())
+                .map_err(Clone::clone),
+        });
         let (selection, transport) = outcome?;
         tracing::info!(caller, target, mode = %selection.mode, reason = %selection.reason, "route chosen");
         let route = Arc::new(Route::new(
@@ -282,7 +279,18 @@ impl RuntimeRouter {
             .map(|(s, _)| s)
     }
 
-    /// Every routing decision made so far, in order.
+    /// Keeps `decision` for `--explain`, unless the same one was made
+    /// before: a refused edge is chosen again on every call (its callee may
+    /// appear), and a caller that retries would otherwise add one line, and
+    /// one entry, per call.
+    fn record_decision(&self, decision: Decision) {
+        let mut decisions = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        if !decisions.contains(&decision) {
+            decisions.push(decision);
+        }
+    }
+
+    /// Every distinct routing decision made so far, in order.
     pub fn decisions(&self) -> Vec<Decision> {
         self.decisions
             .lock()

@@ -400,7 +400,8 @@ impl Runtime {
         self.router.explain(caller_namespace, target)
     }
 
-    /// Every routing decision made so far, in order.
+    /// Every distinct routing decision made so far, in order (a refused edge
+    /// is listed once, however often it was tried).
     pub fn decisions(&self) -> Vec<Decision> {
         self.router.decisions()
     }

@@ -168,6 +168,26 @@ fn an_unknown_function_says_where_it_looked() {
     assert_eq!(err.code, ErrorCode::UnknownFunction);
     assert!(err.message.contains("looked in"), "{err}");
     assert!(err.message.contains("echo"), "{err}");
+
+    // A refused edge is chosen again on every call (the callee may appear),
+    // but explained once: a caller retrying a missing function does not
+    // fill `--explain` with the same line.
+    for _ in 0..50 {
+        let again = rt.call("default", "nope", b"").unwrap_err();
+        assert_eq!(again, err);
+    }
+    rt.call("default", "echo", b"x").unwrap();
+    rt.call("default", "echo", b"y").unwrap();
+    let lines: Vec<String> = rt.decisions().iter().map(|d| d.to_string()).collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("<host> -> nope: refused: "),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].starts_with("<host> -> echo: embedded ("),
+        "{lines:#?}"
+    );
 }
 
 #[test]
