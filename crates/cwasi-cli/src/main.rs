@@ -116,6 +116,10 @@ struct ServeArgs {
     /// Seconds an idle connection is kept open.
     #[arg(long, default_value_t = 30)]
     idle_timeout_secs: u64,
+    /// Seconds a stop (SIGTERM, SIGINT, SIGHUP) waits for the calls in
+    /// flight to finish, after the record is withdrawn.
+    #[arg(long, env = "CWASI_DRAIN_SECS", default_value_t = 10)]
+    drain_secs: u64,
     /// Another uid allowed to call (the server's own and root always are).
     #[arg(long = "allow-uid")]
     allow_uid: Vec<u32>,
@@ -361,6 +365,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         allowed_uids: args.allow_uid,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         listen: args.listen,
+        drain_timeout: Duration::from_secs(args.drain_secs),
     };
     let mut signals = StopSignals::install().context("cannot install signal handlers")?;
     let runtime = Arc::new(runtime);

@@ -70,6 +70,40 @@ fn functions_of_other_namespaces_are_served_and_called_locally() {
     }
 }
 
+/// A planned stop (SIGTERM) withdraws the record at once, so new callers no
+/// longer find the server, and lets the call in flight finish before the
+/// server exits.
+#[test]
+fn a_server_stopped_mid_call_finishes_the_call_first() {
+    let scratch = Scratch::new("drain");
+    let dir = scratch.0.join("node");
+    let mut server = Server::start(&dir, progs::BUSY, "busy", "b", &[], &[]);
+    let rt = caller(&dir, Duration::from_secs(20));
+    assert_eq!(rt.call("a", "busy", b"1").unwrap(), b"1");
+
+    let (answer, status, withdrawn) = std::thread::scope(|s| {
+        let call = s.spawn(|| rt.call("a", "busy", b"1500"));
+        std::thread::sleep(Duration::from_millis(300));
+        let stop = s.spawn(|| server.terminate_within(Duration::from_secs(20)));
+        // The record goes first, while the call still runs.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while dir.join("busy@b.json").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let withdrawn = !dir.join("busy@b.json").exists() && !call.is_finished();
+        (call.join().unwrap(), stop.join().unwrap(), withdrawn)
+    });
+    assert_eq!(
+        answer.as_deref(),
+        Ok(&b"1500"[..]),
+        "the call in flight failed"
+    );
+    let status = status.expect("cwasi serve did not stop after the call");
+    assert!(status.success(), "{status}");
+    assert!(withdrawn, "the record stayed while the call in flight ran");
+    assert!(!dir.join("busy@b.sock").exists());
+}
+
 #[test]
 fn a_server_killed_mid_call_fails_the_call_and_a_restart_recovers() {
     let scratch = Scratch::new("kill");

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::call::{CallMeta, VecIo};
 use crate::config::Mode;
@@ -50,6 +50,10 @@ pub struct ServeOptions {
     /// port 0 picks a free one. Needs a broker, and TLS files or plain TCP
     /// allowed (`RuntimeBuilder::direct`).
     pub listen: Option<SocketAddr>,
+    /// How long a stopping server waits for the calls in flight to finish
+    /// (`--drain-secs`): dropping the [`ServeHandle`] first withdraws the
+    /// record and stops taking new connections, then waits up to this long.
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -60,12 +64,15 @@ impl Default for ServeOptions {
             allowed_uids: Vec::new(),
             idle_timeout: Duration::from_secs(30),
             listen: None,
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// A running server; dropping it stops the broker consumers and the accept
-/// loop, unregisters the function and removes its socket.
+/// A running server. Dropping it withdraws the record (new callers no longer
+/// find it), stops the broker consumers and the accept loops, and then waits
+/// for the calls in flight to finish, for up to
+/// [`ServeOptions::drain_timeout`].
 pub struct ServeHandle {
     /// The broker consumers, when remote mode is configured.
     stream: Option<StreamServer>,
@@ -74,6 +81,9 @@ pub struct ServeHandle {
     registration: Option<Registration>,
     /// Gives the memory of large calls back when the function is idle.
     trimmer: Option<IdleTrimmer>,
+    /// The function served, whose calls in flight a stop waits for.
+    function: Arc<Function>,
+    drain_timeout: Duration,
     record: EndpointRecord,
     /// Keeps the runtime (its engine's epoch ticker, its routes) alive while
     /// the function is served.
@@ -95,11 +105,25 @@ impl ServeHandle {
 
 impl Drop for ServeHandle {
     fn drop(&mut self) {
+        // Withdrawn first, so that no new caller picks this server while it
+        // stops; callers with open connections still get answers.
+        self.registration.take();
         self.trimmer.take();
         self.stream.take();
         self.direct.take();
         self.local.take();
-        self.registration.take();
+        let until = Instant::now() + self.drain_timeout;
+        let mut waited = false;
+        while self.function.served.in_flight() > 0 && Instant::now() < until {
+            waited = true;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let left = self.function.served.in_flight();
+        if left > 0 {
+            tracing::warn!(function = %self.function.spec.name, left, "stopped with calls in flight after the drain time");
+        } else if waited {
+            tracing::info!(function = %self.function.spec.name, "the calls in flight finished");
+        }
     }
 }
 
@@ -232,6 +256,8 @@ pub(crate) fn serve(
         local: Some(local),
         registration: Some(registration),
         trimmer: IdleTrimmer::start(function.clone()),
+        function: function.clone(),
+        drain_timeout: opts.drain_timeout,
         record,
         _runtime: host.runtime,
     })

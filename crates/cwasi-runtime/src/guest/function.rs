@@ -109,6 +109,11 @@ pub(crate) struct ServedStats {
 const SERVED_MODES: [Mode; 3] = [Mode::Local, Mode::RemoteDirect, Mode::RemoteBroker];
 
 impl ServedStats {
+    /// Calls from other processes running now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Counts a call that starts; the guard counts its end.
     pub fn enter(&self, via: Mode) -> ServedCall<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
