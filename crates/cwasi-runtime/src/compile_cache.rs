@@ -167,8 +167,10 @@ fn default_dir() -> Option<PathBuf> {
 }
 
 /// Creates `dir` (mode 0700) if needed, and checks that only this user can
-/// reach it.
-fn ensure_private_dir(dir: &Path) -> Result<(), String> {
+/// reach it: what the runtime requires of a compile cache before it loads
+/// native code from it. The shim asks it of the node's cache at start, to
+/// name the problem once for every container.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -69,7 +69,9 @@ pub mod wire {
 }
 
 pub use call::stats::{HopReport, LATENCY_BUCKETS_SECONDS};
-pub use compile_cache::CACHE_ENV as COMPILE_CACHE_ENV;
+pub use compile_cache::{
+    ensure_private_dir as ensure_compile_cache_dir, CACHE_ENV as COMPILE_CACHE_ENV,
+};
 pub use composition::{validate_name, validate_namespace, Composition};
 pub use config::{
     FunctionSpec, Limits, Mode, ModeOverride, Preopen, SeedConfig, DEFAULT_NAMESPACE,

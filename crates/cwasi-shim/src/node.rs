@@ -19,11 +19,10 @@
 //!   runtime at another cache.
 
 use std::os::fd::IntoRawFd as _;
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use cwasi_runtime::{NodeDirectory, COMPILE_CACHE_ENV};
+use cwasi_runtime::{ensure_compile_cache_dir, NodeDirectory, COMPILE_CACHE_ENV};
 
 use crate::settings::{DEFAULT_NODE_DIR, ENV_RUNTIME_DIR};
 
@@ -180,15 +179,11 @@ fn set_cache(value: &str) {
     std::env::set_var(COMPILE_CACHE_ENV, value);
 }
 
-/// Creates `dir` (and missing parents) 0700, checks it is this user's and
-/// private, and opens it; the descriptor stays open for the process's life.
+/// Creates `dir` (and missing parents) 0700, checks it as the runtime checks
+/// a compile cache, and opens it; the descriptor stays open for the
+/// process's life.
 fn open_private_dir(dir: &Path) -> Result<i32, String> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("cannot create it: {e}"))?;
-    NodeDirectory::check(dir, rustix::process::geteuid().as_raw()).map_err(|e| e.to_string())?;
+    ensure_compile_cache_dir(dir)?;
     let file = std::fs::File::open(dir).map_err(|e| format!("cannot open it: {e}"))?;
     Ok(file.into_raw_fd())
 }

@@ -272,14 +272,9 @@ impl Function {
 
     /// Takes a warm instance, or creates one, armed for `call`.
     pub fn acquire(&self, call: CallMeta) -> Result<Box<WarmInstance>, CallError> {
-        let hot = self.hot.swap(std::ptr::null_mut(), Ordering::Acquire);
-        let idle = if hot.is_null() {
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
-        } else {
-            // SAFETY: a non-null `hot` came from `Box::into_raw` in
-            // `release`, and the swap made this thread its only owner.
-            Some(unsafe { Box::from_raw(hot) })
-        };
+        let idle = self
+            .take_hot()
+            .or_else(|| self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop());
         match idle {
             Some(mut inst) => {
                 inst.arm(call);
@@ -317,6 +312,14 @@ impl Function {
 
 /// Trimming the pool when the function is idle (`guest::trim`).
 impl Function {
+    /// Takes the instance in the `hot` slot, if there is one.
+    fn take_hot(&self) -> Option<Box<WarmInstance>> {
+        let hot = self.hot.swap(std::ptr::null_mut(), Ordering::Acquire);
+        // SAFETY: a non-null `hot` came from `Box::into_raw` in `park_hot`,
+        // and the swap made this thread its only owner.
+        (!hot.is_null()).then(|| unsafe { Box::from_raw(hot) })
+    }
+
     /// Puts `inst` in the `hot` slot; gives it back if the slot is taken.
     fn park_hot(&self, inst: Box<WarmInstance>) -> Result<(), Box<WarmInstance>> {
         let raw = Box::into_raw(inst);
@@ -350,13 +353,7 @@ impl Function {
     /// fresh instance where the pool has none.
     pub fn drop_oversized_idle(&self) -> usize {
         let mut dropped: Vec<Box<WarmInstance>> = Vec::new();
-        let hot = self.hot.swap(std::ptr::null_mut(), Ordering::Acquire);
-        let hot = if hot.is_null() {
-            None
-        } else {
-            // SAFETY: as in `acquire`: the swap made this thread its owner.
-            Some(unsafe { Box::from_raw(hot) })
-        };
+        let hot = self.take_hot();
         {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             let (big, kept): (Vec<_>, Vec<_>) =
@@ -386,7 +383,7 @@ impl Drop for Function {
     fn drop(&mut self) {
         let hot = std::mem::replace(self.hot.get_mut(), std::ptr::null_mut());
         if !hot.is_null() {
-            // SAFETY: as in `acquire`; `&mut self` makes this the only owner.
+            // SAFETY: as in `take_hot`; `&mut self` makes this the only owner.
             drop(unsafe { Box::from_raw(hot) });
         }
     }
