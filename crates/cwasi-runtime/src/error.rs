@@ -17,6 +17,9 @@ pub struct CallError {
     pub code: ErrorCode,
     /// What went wrong, for a person.
     pub message: String,
+    /// Whether the call failed before any callee took it (see
+    /// [`CallError::nothing_ran`]).
+    nothing_ran: bool,
 }
 
 impl CallError {
@@ -25,7 +28,26 @@ impl CallError {
         CallError {
             code,
             message: message.into(),
+            nothing_ran: false,
         }
+    }
+
+    /// The same error, marked as one that came before any callee took the
+    /// call: the callee could not be reached, refused the connection, hung
+    /// up before it took the request, or said it was draining. Such a call
+    /// may be made again on another path.
+    pub(crate) fn before_taken(self) -> Self {
+        CallError {
+            nothing_ran: true,
+            ..self
+        }
+    }
+
+    /// Whether nothing ran: the call failed before any callee took it, so
+    /// that making it again elsewhere cannot run it twice. A route makes
+    /// such a call again on its next path, within the caller's deadline.
+    pub fn nothing_ran(&self) -> bool {
+        self.nothing_ran
     }
 
     /// Whether the call failed because time ran out (its own timeout, or a

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::call::route::Route;
+use crate::call::route::{Edge, Route};
 use crate::call::stats::HopReport;
 use crate::call::{CallMeta, VecIo};
 use crate::composition::Composition;
@@ -378,13 +378,20 @@ impl Runtime {
             limits.max_payload_bytes,
             limits.spin_budget,
         );
+        let edge = Edge {
+            caller: HOST_CALLER.to_string(),
+            namespace: String::new(),
+            target: target.to_string(),
+        };
+        let key = format!("local {}", socket.display());
         let route = Route::new(
-            HOST_CALLER,
-            target,
+            edge,
             Mode::Local,
+            key,
             Box::new(client),
             limits,
             self.router.clock().clone(),
+            None,
         );
         let mut io = VecIo {
             request,
@@ -415,9 +422,16 @@ impl Runtime {
         out
     }
 
-    /// Per-edge call counters and timings.
+    /// Per-edge call counters and timings: one report per edge and mode it
+    /// used (an edge whose callee moved has several; `current` marks the
+    /// path it takes now).
     pub fn hops(&self) -> Vec<HopReport> {
-        let mut out: Vec<HopReport> = self.router.routes().iter().map(|r| r.report()).collect();
+        let mut out: Vec<HopReport> = self
+            .router
+            .routes()
+            .iter()
+            .flat_map(|r| r.reports())
+            .collect();
         out.sort_by(|a, b| (&a.caller, &a.target).cmp(&(&b.caller, &b.target)));
         out
     }

@@ -1,52 +1,185 @@
 //! The one caller-side call path. A [`Route`] is how one caller reaches one
-//! callee, chosen once: it checks the call against the limits, derives what
-//! the callee gets (depth, deadline), calls its transport and records its own
-//! counters and span. The guest's `cwasi.call`, `call_start`/`call_wait` and
-//! `func_connect`, and the host's `Runtime::call`, are thin adapters over it.
+//! callee: it checks the call against the limits, derives what the callee
+//! gets (depth, deadline), calls its current [`Path`]'s transport and
+//! records the counters and span of the path actually taken. The guest's
+//! `cwasi.call`, `call_start`/`call_wait` and `func_connect`, and the host's
+//! `Runtime::call`, are thin adapters over it.
+//!
+//! A route's path can change: whoever chose it (the router) re-selects off
+//! the hot path when the callee's placement changes, and publishes the new
+//! path atomically ([`Route::switch_to`]); a warm call reads it without a
+//! lock. A call that failed before any callee took it
+//! ([`CallError::nothing_ran`]) asks for a re-selection ([`Reselect`]) and
+//! is made again on the new path, within its deadline.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use super::stats::{HopReport, HopStats};
 use super::transport::{PendingCall, Transport};
 use super::{check_depth, CallMeta, CallerIo};
 use crate::config::{Limits, Mode};
-use crate::deadline::TickClock;
+use crate::deadline::{Deadline, TickClock};
 use crate::error::{CallError, ErrorCode};
 use crate::trace::CallSpan;
 
-/// How one caller reaches one callee: chosen once, then reused.
-pub(crate) struct Route {
+/// How many times one call is made again on another path after nothing
+/// ran: enough for a callee that moved twice while the call was made.
+pub(crate) const MAX_REROUTES: u32 = 2;
+
+/// The edge a route serves: who calls whom, from which namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Edge {
+    /// The calling function (or the host).
+    pub caller: String,
+    /// The caller's namespace.
+    pub namespace: String,
+    /// The called function.
+    pub target: String,
+}
+
+/// One way to reach the callee: a transport, its mode, and which endpoint
+/// it reaches.
+pub(crate) struct Path {
+    /// What this path reaches (its mode and endpoint, such as a socket or
+    /// a set of nodes), so that a new selection of the same path keeps
+    /// the transport and its connections.
+    pub key: String,
+    /// The mode it is.
+    pub mode: Mode,
     transport: Box<dyn Transport>,
+    stats: Arc<HopStats>,
+}
+
+/// What chose a route's path and can choose again: the seam through which
+/// a route, which knows neither the selector nor where functions are,
+/// asks for a new path.
+pub(crate) trait Reselect: Send + Sync {
+    /// Looks again at where `route`'s callee is, after a call on the path
+    /// `failed_key` failed with `why` before anything ran, by `deadline`;
+    /// true if the route now has another path to try.
+    fn reselect_after_failure(
+        &self,
+        route: &Route,
+        failed_key: &str,
+        why: &CallError,
+        deadline: Deadline,
+    ) -> bool;
+}
+
+/// How one caller reaches one callee: one path at a time, which can change.
+pub(crate) struct Route {
+    edge: Edge,
+    current: ArcSwap<Path>,
+    /// The counters of every mode this route has used, so that a switch
+    /// keeps what the earlier paths counted.
+    stats: Mutex<Vec<Arc<HopStats>>>,
     limits: Arc<Limits>,
     /// What an untimed call reads the time from.
     clock: TickClock,
-    stats: HopStats,
+    /// Who chooses a new path when a call found nothing at the current one.
+    reselect: Option<Weak<dyn Reselect>>,
+    /// What the current path was chosen from (a fingerprint of the
+    /// placement facts), held while a new path is chosen, so that one
+    /// re-selection runs at a time.
+    placement: Mutex<u64>,
+    /// Path changes so far.
+    switches: AtomicU64,
+    /// Calls made again on another path after nothing ran.
+    rerouted: AtomicU64,
 }
 
 impl Route {
-    /// A route through `transport`, for the edge `caller` → `target`.
+    /// A route for `edge` that starts on `transport` (a `mode` path to
+    /// `key`), and asks `reselect`, if any, for a new path when a call
+    /// finds none; the number with it is the fingerprint of the placement
+    /// the path was chosen from.
     pub fn new(
-        caller: &str,
-        target: &str,
+        edge: Edge,
         mode: Mode,
+        key: String,
         transport: Box<dyn Transport>,
         limits: Arc<Limits>,
         clock: TickClock,
+        reselect: Option<(Weak<dyn Reselect>, u64)>,
     ) -> Route {
-        Route {
+        let stats = Arc::new(HopStats::new(&edge.caller, &edge.target, mode));
+        let path = Path {
+            key,
+            mode,
             transport,
+            stats: stats.clone(),
+        };
+        let (reselect, placement) = match reselect {
+            Some((r, placement)) => (Some(r), placement),
+            None => (None, 0),
+        };
+        Route {
+            edge,
+            current: ArcSwap::from_pointee(path),
+            stats: Mutex::new(vec![stats]),
             limits,
             clock,
-            stats: HopStats::new(caller, target, mode),
+            reselect,
+            placement: Mutex::new(placement),
+            switches: AtomicU64::new(0),
+            rerouted: AtomicU64::new(0),
         }
     }
 
-    /// The caller's span of a call, if this process traces.
-    fn span(&self, from: &CallMeta, request_len: usize) -> Option<CallSpan> {
-        let (caller, target, mode) = self.stats.edge();
-        CallSpan::client(&from.trace, caller, target, mode, request_len)
+    /// The edge this route serves.
+    pub fn edge(&self) -> &Edge {
+        &self.edge
+    }
+
+    /// The path calls take now.
+    pub fn path(&self) -> Arc<Path> {
+        self.current.load_full()
+    }
+
+    /// The fingerprint of the placement the current path was chosen from,
+    /// locked: whoever holds it is the one re-selecting.
+    pub fn placement(&self) -> MutexGuard<'_, u64> {
+        self.placement.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `transport` (a `mode` path to `key`) the path of the calls
+    /// from now on; calls under way finish on the old one, which is
+    /// dropped after them.
+    pub fn switch_to(&self, mode: Mode, key: String, transport: Box<dyn Transport>) {
+        let stats = {
+            let mut all = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            match all.iter().find(|s| s.edge().2 == mode) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Arc::new(HopStats::new(&self.edge.caller, &self.edge.target, mode));
+                    all.push(s.clone());
+                    s
+                }
+            }
+        };
+        self.current.store(Arc::new(Path {
+            key,
+            mode,
+            transport,
+            stats,
+        }));
+        self.switches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The caller's span of a call on `path`, if this process traces.
+    fn span(&self, path: &Path, from: &CallMeta, request_len: usize) -> Option<CallSpan> {
+        CallSpan::client(
+            &from.trace,
+            &self.edge.caller,
+            &self.edge.target,
+            path.mode,
+            request_len,
+        )
     }
 
     /// What the callee of a call made by a caller running under `from` gets:
@@ -73,70 +206,124 @@ impl Route {
         })
     }
 
+    /// Whether a call on `path` that failed with `e` is to be made again:
+    /// nothing ran, it has tries and time left, and a re-selection found
+    /// another path.
+    fn reroute(&self, path: &Path, e: &CallError, tries: u32, deadline: Deadline) -> bool {
+        if !e.nothing_ran() || tries >= MAX_REROUTES || deadline.is_expired() {
+            return false;
+        }
+        let Some(reselect) = self.reselect.as_ref().and_then(Weak::upgrade) else {
+            return false;
+        };
+        let moved = reselect.reselect_after_failure(self, &path.key, e, deadline);
+        if moved {
+            self.rerouted.fetch_add(1, Ordering::Relaxed);
+        }
+        moved
+    }
+
     /// Makes a blocking call on behalf of a caller running under `from`.
     pub fn call(&self, io: &mut dyn CallerIo, from: &CallMeta) -> Result<(), CallError> {
-        let timed = self.stats.time_this_call();
-        let now = if timed {
-            Instant::now()
-        } else {
-            self.clock.now()
-        };
-        let request_len = io.request().len();
-        let span = self.span(from, request_len);
-        let meta = match self.callee_meta(from, request_len, now, span.as_ref()) {
-            Ok(meta) => meta,
-            Err(e) => return Err(end_span(span, 0, e)),
-        };
-        let mut counting = CountingIo { io, len: 0 };
-        let result = self
-            .transport
-            .call(&mut counting, &meta)
-            .map_err(|e| past_deadline(e, &meta));
-        let started = timed.then_some(now);
-        self.stats
-            .record(started, request_len, counting.len, outcome(&result));
-        if let Some(span) = span {
-            span.end(counting.len, result.as_ref().map(|_| ()));
+        let mut tries = 0;
+        loop {
+            let path = self.current.load();
+            let timed = tries > 0 || path.stats.time_this_call();
+            let now = if timed {
+                Instant::now()
+            } else {
+                self.clock.now()
+            };
+            let request_len = io.request().len();
+            let span = self.span(&path, from, request_len);
+            let meta = match self.callee_meta(from, request_len, now, span.as_ref()) {
+                Ok(meta) => meta,
+                Err(e) => return Err(end_span(span, 0, e)),
+            };
+            let mut counting = CountingIo {
+                io: &mut *io,
+                len: 0,
+            };
+            let result = path
+                .transport
+                .call(&mut counting, &meta)
+                .map_err(|e| past_deadline(e, &meta));
+            let response_len = counting.len;
+            if let Err(e) = &result {
+                if self.reroute(&path, e, tries, meta.deadline) {
+                    end_span(span, 0, e.clone());
+                    tries += 1;
+                    continue;
+                }
+            }
+            let started = timed.then_some(now);
+            path.stats
+                .record(started, request_len, response_len, outcome(&result));
+            if let Some(span) = span {
+                span.end(response_len, result.as_ref().map(|_| ()));
+            }
+            return result;
         }
-        result
     }
 
     /// Starts a call that runs while the caller goes on; the request is
     /// taken before this returns.
-    pub fn start(
-        self: &Arc<Self>,
-        io: &mut dyn CallerIo,
-        from: &CallMeta,
-    ) -> Result<StartedCall, CallError> {
-        let started = Instant::now();
-        let request_len = io.request().len();
-        let span = self.span(from, request_len);
-        let meta = match self.callee_meta(from, request_len, started, span.as_ref()) {
-            Ok(meta) => meta,
-            Err(e) => return Err(end_span(span, 0, e)),
-        };
-        match self.transport.start(io, &meta) {
-            Ok(pending) => Ok(StartedCall {
-                pending,
-                route: self.clone(),
-                meta,
-                started,
-                request_len,
-                span,
-            }),
-            Err(e) => {
-                self.stats
-                    .record(Some(started), request_len, 0, Err(e.code));
-                Err(end_span(span, 0, past_deadline(e, &meta)))
+    pub fn start(&self, io: &mut dyn CallerIo, from: &CallMeta) -> Result<StartedCall, CallError> {
+        let mut tries = 0;
+        loop {
+            let path = self.current.load_full();
+            let started = Instant::now();
+            let request_len = io.request().len();
+            let span = self.span(&path, from, request_len);
+            let meta = match self.callee_meta(from, request_len, started, span.as_ref()) {
+                Ok(meta) => meta,
+                Err(e) => return Err(end_span(span, 0, e)),
+            };
+            match path.transport.start(io, &meta) {
+                Ok(pending) => {
+                    return Ok(StartedCall {
+                        pending,
+                        path,
+                        meta,
+                        started,
+                        request_len,
+                        span,
+                    })
+                }
+                Err(e) if self.reroute(&path, &e, tries, meta.deadline) => {
+                    end_span(span, 0, e);
+                    tries += 1;
+                }
+                Err(e) => {
+                    path.stats
+                        .record(Some(started), request_len, 0, Err(e.code));
+                    return Err(end_span(span, 0, past_deadline(e, &meta)));
+                }
             }
         }
     }
 
-    /// A snapshot of this edge's counters.
-    pub fn report(&self) -> HopReport {
-        let mut r = self.stats.report();
-        r.paths = self.transport.paths();
-        r
+    /// A snapshot of this edge's counters: one report per mode it used,
+    /// the current one first.
+    pub fn reports(&self) -> Vec<HopReport> {
+        let current = self.current.load();
+        let all = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out: Vec<HopReport> = all
+            .iter()
+            .map(|s| {
+                let mut r = s.report();
+                r.current = Arc::ptr_eq(s, &current.stats);
+                if r.current {
+                    r.path = Some(current.key.clone());
+                    r.paths = current.transport.paths();
+                    r.switches = self.switches.load(Ordering::Relaxed);
+                    r.rerouted = self.rerouted.load(Ordering::Relaxed);
+                }
+                r
+            })
+            .collect();
+        out.sort_by_key(|r| !r.current);
+        out
     }
 }
 
@@ -169,7 +356,8 @@ fn past_deadline(e: CallError, meta: &CallMeta) -> CallError {
 /// A call started with [`Route::start`], waited with [`StartedCall::wait`].
 pub(crate) struct StartedCall {
     pending: Box<dyn PendingCall>,
-    route: Arc<Route>,
+    /// The path it was started on, whose counters it goes to.
+    path: Arc<Path>,
     meta: CallMeta,
     started: Instant,
     request_len: usize,
@@ -184,7 +372,7 @@ impl StartedCall {
             .pending
             .wait(&mut counting)
             .map_err(|e| past_deadline(e, &self.meta));
-        self.route.stats.record(
+        self.path.stats.record(
             Some(self.started),
             self.request_len,
             counting.len,

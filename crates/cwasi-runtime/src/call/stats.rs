@@ -1,5 +1,6 @@
 //! What a route counts of its calls: calls, failures by code, bytes each
-//! way, and a latency histogram, per edge (caller → callee) and mode. The
+//! way, and a latency histogram, per edge (caller → callee) and mode (a
+//! route whose path changes keeps one set per mode it used). The
 //! per-hop timings of `cwasi run` and the Prometheus metrics read them.
 
 use std::cell::Cell;
@@ -192,6 +193,10 @@ impl HopStats {
             bytes_in: c.bytes_in,
             bytes_out: c.bytes_out,
             paths: PathCounts::default(),
+            current: true,
+            path: None,
+            switches: 0,
+            rerouted: 0,
         }
     }
 }
@@ -231,6 +236,17 @@ pub struct HopReport {
     /// Calls retried on another node, and calls that fell back to the
     /// broker (remote-direct routes only).
     pub paths: PathCounts,
+    /// Whether this is the edge's path now: an edge whose callee moved has
+    /// one report per mode it used, and only the current one is `true`.
+    pub current: bool,
+    /// What the current path reaches (`local <socket>`, `remote-direct
+    /// '<node>' at <address>`, ...), on the current report.
+    pub path: Option<String>,
+    /// How often the edge's path changed (on its current report).
+    pub switches: u64,
+    /// Calls that failed before any callee took them and were made again
+    /// on another path (on its current report).
+    pub rerouted: u64,
 }
 
 impl HopReport {

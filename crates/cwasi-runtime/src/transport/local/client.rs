@@ -165,6 +165,8 @@ impl LocalClient {
 }
 
 impl Endpoint {
+    /// A new connection to the callee; an error means that no request
+    /// reached it (nothing ran).
     fn connect(&self) -> Result<Connection, CallError> {
         Connection::open(&self.socket).map_err(|(e, stream)| {
             stream
@@ -179,6 +181,7 @@ impl Endpoint {
                         ),
                     )
                 })
+                .before_taken()
         })
     }
 
@@ -242,9 +245,11 @@ impl Endpoint {
                 PostError::Closed(why) => io::Error::other(why),
                 PostError::Io(e) => e,
             };
-            return Err(self
-                .refusal(&mut fresh.stream)
-                .unwrap_or_else(|| self.transport_error("cannot send the request", e)));
+            return Err(match self.refusal(&mut fresh.stream) {
+                // The server said why it would not take the call.
+                Some(refused) => refused.before_taken(),
+                None => self.transport_error("cannot send the request", e),
+            });
         }
         Ok((fresh, answer_by(call)))
     }
@@ -503,7 +508,10 @@ impl Transport for LocalClient {
                 // or died) before it saw the request: once more, afresh.
                 tracing::debug!(target = %self.0.target, "request not taken ({e}); posting it again");
                 let (conn, until) = self.0.send_fresh(io, call)?;
-                self.0.receive(conn, until, io).map_err(Failure::into_error)
+                match self.0.receive(conn, until, io) {
+                    Err(Failure::NotTaken(e)) => Err(e.before_taken()),
+                    other => other.map_err(Failure::into_error),
+                }
             }
             other => other.map_err(Failure::into_error),
         }

@@ -1,0 +1,395 @@
+//! Adaptive paths (docs/architecture.md, "How a route changes"): a route
+//! follows its callee's placement while a steady caller calls, and a call
+//! that nothing ran is made again on the next path.
+//!
+//! Two nodes on one machine: node directories `n1` (the caller's) and `n2`,
+//! one real Redis, direct calls over plain TCP on loopback. The caller is a
+//! runtime in this process, calling `f` (`echo`) every 2 ms from a thread;
+//! the replicas are real `cwasi serve` processes, started, stopped with
+//! SIGTERM (a planned stop) and killed with SIGKILL (a crash) while it
+//! calls. Every call's answer is checked, and the counts per path and the
+//! switch delays are printed (they are measured in `cwasi bench`, not
+//! asserted here).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::guests::private_dir;
+use common::{Scratch, Server};
+use cwasi_runtime::broker::{Broker, BrokerConfig};
+use cwasi_runtime::{DirectConfig, ErrorCode, Mode, NodeDirectory, Runtime, HOST_CALLER};
+use test_programs_artifacts as progs;
+use test_support::RedisServer;
+
+/// What every call sends; `echo` answers it unchanged.
+const REQUEST: &[u8] = b"adaptive paths: the same answer on every path";
+
+/// How long a test waits for something that takes milliseconds.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// One call of the steady caller.
+#[derive(Debug, Clone)]
+struct Call {
+    /// When it returned.
+    at: Instant,
+    /// Its error code, if it failed (a wrong answer is a failure too).
+    failed: Option<(ErrorCode, String)>,
+    /// The edge's path right after it.
+    mode: Option<Mode>,
+}
+
+/// Two nodes on this machine, sharing one Redis.
+struct Cluster {
+    redis: RedisServer,
+    scratch: Scratch,
+    n1: PathBuf,
+    n2: PathBuf,
+}
+
+impl Cluster {
+    fn new(tag: &str) -> Cluster {
+        let redis = RedisServer::start();
+        let scratch = Scratch::new(tag);
+        let n1 = private_dir(&scratch, "n1");
+        let n2 = private_dir(&scratch, "n2");
+        Cluster {
+            redis,
+            scratch,
+            n1,
+            n2,
+        }
+    }
+
+    /// The environment of a server on `node`.
+    fn env(&self, node: &str) -> Vec<(String, String)> {
+        vec![
+            ("CWASI_REDIS_URL".into(), self.redis.url()),
+            ("CWASI_NODE".into(), node.into()),
+            ("CWASI_DIRECT_PLAIN".into(), "1".into()),
+        ]
+    }
+
+    /// `f` served on `node` with node directory `dir`, taking direct calls
+    /// on a loopback port when `direct`.
+    fn serve(&self, node: &str, dir: &Path, direct: bool) -> Server {
+        let env = self.env(node);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (&**k, &**v)).collect();
+        let extra: &[&str] = if direct {
+            &["--listen", "127.0.0.1:0", "--drain-secs", "5"]
+        } else {
+            &["--drain-secs", "5"]
+        };
+        Server::start(dir, progs::ECHO, "f", "a", extra, &env)
+    }
+
+    /// The caller: a runtime of node n1, with its node directory, the
+    /// registry, and plain TCP to other nodes. It does not embed the
+    /// functions served on its node, so that a replica there is called in
+    /// local mode (embedding it, as it would by default in the same
+    /// namespace, leaves nothing to move between).
+    fn caller(&self) -> Runtime {
+        self.caller_on("n1", &self.n1)
+    }
+
+    /// A caller like [`Cluster::caller`] on `node`, with node directory
+    /// `dir`.
+    fn caller_on(&self, node: &str, dir: &Path) -> Runtime {
+        Runtime::builder()
+            .node(node)
+            .embed_served(false)
+            .node_directory(NodeDirectory::open(dir).unwrap())
+            .broker(Broker::new(BrokerConfig::new(self.redis.url(), node)).unwrap())
+            .direct(DirectConfig {
+                tls: None,
+                allow_plain: true,
+            })
+            .build()
+            .unwrap()
+    }
+}
+
+/// The path the caller's edge to `f` takes now.
+fn current_mode(rt: &Runtime) -> Option<Mode> {
+    rt.hops()
+        .into_iter()
+        .find(|h| h.caller == HOST_CALLER && h.target == "f" && h.current)
+        .map(|h| h.mode)
+}
+
+/// A caller calling `f` every 2 ms until stopped, logging every call.
+struct Steady {
+    stop: AtomicBool,
+    calls: Mutex<Vec<Call>>,
+}
+
+impl Steady {
+    fn new() -> Arc<Steady> {
+        Arc::new(Steady {
+            stop: AtomicBool::new(false),
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn run(&self, rt: &Runtime) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let failed = match rt.call_within("a", "f", REQUEST, Duration::from_secs(5)) {
+                Ok(answer) if answer == REQUEST => None,
+                Ok(answer) => Some((ErrorCode::Transport, format!("wrong answer: {answer:?}"))),
+                Err(e) => Some((e.code, e.message)),
+            };
+            let call = Call {
+                at: Instant::now(),
+                failed,
+                mode: current_mode(rt),
+            };
+            self.calls.lock().unwrap().push(call);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn snapshot(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Waits until a call after `since` took `mode`; returns how long after
+    /// `since` the first such call returned.
+    fn wait_for_mode(&self, mode: Mode, since: Instant, what: &str) -> Duration {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(c) = self
+                .snapshot()
+                .iter()
+                .find(|c| c.at >= since && c.failed.is_none() && c.mode == Some(mode))
+            {
+                return c.at - since;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no call moved to {mode} within {PATIENCE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until `n` more calls returned.
+    fn wait_calls(&self, n: usize) {
+        let start = self.snapshot().len();
+        let deadline = Instant::now() + PATIENCE;
+        while self.snapshot().len() < start + n {
+            assert!(Instant::now() < deadline, "the caller stalled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The failed calls between `from` and `to`.
+    fn failures(&self, from: Instant, to: Instant) -> Vec<Call> {
+        self.snapshot()
+            .into_iter()
+            .filter(|c| c.at >= from && c.at <= to && c.failed.is_some())
+            .collect()
+    }
+}
+
+/// Prints the calls per path and failure code, as the hop table counts
+/// them.
+fn print_counts(rt: &Runtime, calls: &[Call]) {
+    for h in rt.hops().iter().filter(|h| h.target == "f") {
+        println!(
+            "path {}{}: {} calls, {} failed {:?}; switches {}, rerouted {}",
+            h.mode,
+            if h.current { " (current)" } else { "" },
+            h.calls,
+            h.failures,
+            h.failures_by_code,
+            h.switches,
+            h.rerouted
+        );
+    }
+    let failed = calls.iter().filter(|c| c.failed.is_some()).count();
+    println!("steady caller: {} calls, {failed} failed", calls.len());
+}
+
+#[test]
+fn a_route_follows_its_callee_between_nodes_and_planned_stops_fail_no_call() {
+    let cluster = Cluster::new("adaptive-moves");
+    let _remote = cluster.serve("n2", &cluster.n2, true);
+    let rt = cluster.caller();
+    let steady = Steady::new();
+    std::thread::scope(|s| {
+        s.spawn(|| steady.run(&rt));
+        let begin = Instant::now();
+        // Served on n2 only: the route is remote-direct.
+        steady.wait_for_mode(Mode::RemoteDirect, begin, "served on n2 only");
+        steady.wait_calls(50);
+
+        // A replica appears on the caller's node: calls move to it.
+        let mut local = cluster.serve("n1", &cluster.n1, false);
+        let appeared = Instant::now();
+        let delay = steady.wait_for_mode(Mode::Local, appeared, "a replica on n1");
+        println!("node directory: a new local replica took calls {delay:?} after its record");
+        steady.wait_calls(50);
+
+        // A planned stop of the local replica: no call fails, they move to n2.
+        let stopping = Instant::now();
+        let status = local.terminate_within(Duration::from_secs(10));
+        assert!(status.is_some_and(|s| s.success()), "SIGTERM: {status:?}");
+        let delay = steady.wait_for_mode(Mode::RemoteDirect, stopping, "after SIGTERM");
+        println!("planned stop: calls were on n2 {delay:?} after SIGTERM");
+        steady.wait_calls(50);
+        let failed = steady.failures(stopping, Instant::now());
+        assert!(
+            failed.is_empty(),
+            "calls failed on a planned stop: {failed:?}"
+        );
+
+        // A local replica returns: calls come back to it.
+        let mut local = cluster.serve("n1", &cluster.n1, false);
+        let back = Instant::now();
+        steady.wait_for_mode(Mode::Local, back, "a replica back on n1");
+        steady.wait_calls(50);
+        let failed = steady.failures(begin, Instant::now());
+        assert!(
+            failed.is_empty(),
+            "calls failed while replicas came and went: {failed:?}"
+        );
+
+        // A crash of the replica in use: only the calls in flight at the
+        // kill may fail (TRANSPORT); every later one is served by n2.
+        local.sigkill();
+        let killed = Instant::now();
+        steady.wait_for_mode(Mode::RemoteDirect, killed, "after SIGKILL");
+        steady.wait_calls(50);
+        let failed = steady.failures(killed, Instant::now());
+        println!("SIGKILL: {} calls failed after the kill", failed.len());
+        assert!(
+            failed.len() <= 1,
+            "more than the call in flight failed after a SIGKILL: {failed:?}"
+        );
+        for c in &failed {
+            assert_eq!(c.failed.as_ref().unwrap().0, ErrorCode::Transport, "{c:?}");
+        }
+        steady.stop.store(true, Ordering::Relaxed);
+    });
+    let calls = steady.snapshot();
+    print_counts(&rt, &calls);
+    let hops = rt.hops();
+    let on = |m: Mode| {
+        hops.iter()
+            .filter(|h| h.target == "f" && h.mode == m)
+            .map(|h| h.calls)
+            .sum::<u64>()
+    };
+    assert!(
+        on(Mode::Local) > 0 && on(Mode::RemoteDirect) > 0,
+        "{hops:?}"
+    );
+    let explained: Vec<String> = rt.decisions().iter().map(|d| d.to_string()).collect();
+    println!("--explain:\n{}", explained.join("\n"));
+    assert!(
+        explained
+            .iter()
+            .any(|d| d.contains("-> f: local (switched from remote-direct")),
+        "no switch to local in --explain: {explained:#?}"
+    );
+    assert!(
+        explained
+            .iter()
+            .any(|d| d.contains("-> f: remote-direct (switched from local")),
+        "no switch to remote-direct in --explain: {explained:#?}"
+    );
+}
+
+#[test]
+fn a_route_on_the_broker_moves_to_a_data_address_when_one_is_announced_and_back() {
+    let cluster = Cluster::new("adaptive-broker");
+    // n2 announces no data address: the broker is the only way there.
+    let _n2 = cluster.serve("n2", &cluster.n2, false);
+    let rt = cluster.caller();
+    let steady = Steady::new();
+    let n3 = private_dir(&cluster.scratch, "n3");
+    std::thread::scope(|s| {
+        s.spawn(|| steady.run(&rt));
+        let begin = Instant::now();
+        steady.wait_for_mode(Mode::RemoteBroker, begin, "no data address");
+        steady.wait_calls(20);
+
+        // Node n3 serves f with a data address.
+        let mut direct = cluster.serve("n3", &n3, true);
+        let announced = Instant::now();
+        let delay = steady.wait_for_mode(Mode::RemoteDirect, announced, "n3's address");
+        println!("registry: a data address took calls {delay:?} after its server registered");
+        steady.wait_calls(20);
+
+        // n3 stops (withdrawing its announcement): back to the broker.
+        let stopping = Instant::now();
+        let status = direct.terminate_within(Duration::from_secs(10));
+        assert!(status.is_some_and(|s| s.success()), "SIGTERM: {status:?}");
+        steady.wait_for_mode(Mode::RemoteBroker, stopping, "n3 withdrawn");
+        steady.wait_calls(20);
+        let failed = steady.failures(begin, Instant::now());
+        assert!(failed.is_empty(), "calls failed: {failed:?}");
+        steady.stop.store(true, Ordering::Relaxed);
+    });
+    print_counts(&rt, &steady.snapshot());
+}
+
+#[test]
+fn a_rolling_restart_of_three_replicas_under_two_callers_fails_no_call() {
+    let cluster = Cluster::new("adaptive-rolling");
+    let n3 = private_dir(&cluster.scratch, "n3");
+    let nodes: [(&str, &Path); 3] = [("n1", &cluster.n1), ("n2", &cluster.n2), ("n3", &n3)];
+    let mut replicas: Vec<Server> = nodes
+        .iter()
+        .map(|(node, dir)| cluster.serve(node, dir, true))
+        .collect();
+    // One caller on n1 and one on n2, each with a replica on its node.
+    let callers = [
+        cluster.caller_on("n1", &cluster.n1),
+        cluster.caller_on("n2", &cluster.n2),
+    ];
+    let steady = [Steady::new(), Steady::new()];
+    std::thread::scope(|s| {
+        for (rt, st) in callers.iter().zip(&steady) {
+            s.spawn(move || st.run(rt));
+        }
+        let begin = Instant::now();
+        for st in &steady {
+            st.wait_for_mode(Mode::Local, begin, "a replica on the caller's node");
+        }
+        for (i, (node, dir)) in nodes.iter().enumerate() {
+            let status = replicas[i].terminate_within(Duration::from_secs(10));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "SIGTERM of {node}: {status:?}"
+            );
+            for st in &steady {
+                st.wait_calls(30);
+            }
+            replicas[i] = cluster.serve(node, dir, true);
+            let back = Instant::now();
+            for st in &steady {
+                st.wait_calls(30);
+            }
+            println!("{node} restarted");
+            if i < 2 {
+                steady[i].wait_for_mode(Mode::Local, back, "the caller's replica back");
+            }
+        }
+        for st in &steady {
+            st.stop.store(true, Ordering::Relaxed);
+        }
+    });
+    for (rt, st) in callers.iter().zip(&steady) {
+        let calls = st.snapshot();
+        print_counts(rt, &calls);
+        let failed: Vec<&Call> = calls.iter().filter(|c| c.failed.is_some()).collect();
+        assert!(
+            failed.is_empty(),
+            "calls failed in a rolling restart: {failed:?}"
+        );
+    }
+}

@@ -1,0 +1,389 @@
+//! Choosing a path for one edge: gathering where the callee is (the node
+//! directory, the cluster registry), asking the pure selector, probing the
+//! direct data plane, adopting a served module, and building the chosen
+//! path's client.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Weak};
+
+use super::{Decision, RuntimeRouter, HOST_CALLER};
+use crate::call::transport::Transport;
+use crate::config::{FunctionSpec, Mode, ModeOverride};
+use crate::deadline::Deadline;
+use crate::engine::load_module_bytes;
+use crate::error::{CallError, ErrorCode, RuntimeError};
+use crate::guest::function::{Function, LinkedModule};
+use crate::guest::state::Router;
+use crate::node_dir::EndpointRecord;
+use crate::selector::{select, Choice, DirectProbe, Loaded, Placement, Selection};
+use crate::transport::direct::client::{DirectClient, PathReport};
+use crate::transport::direct::peer::{ClientSetup, Failure, Peer, CONNECT_TIMEOUT};
+use crate::transport::embedded::EmbeddedClient;
+use crate::transport::local::client::LocalClient;
+use crate::transport::remote::{RemoteClient, RemoteEndpoint};
+
+/// Where a callee is, as one look at the node directory and the registry
+/// found it: what a path is chosen from.
+pub(super) struct Facts {
+    /// Its live records on this node, the caller's namespace first.
+    pub local: Vec<EndpointRecord>,
+    /// Its announcements on other nodes (asked only when nothing on this
+    /// node serves the call), the caller's namespace first.
+    pub remote: Vec<RemoteEndpoint>,
+    /// Why the registry could not be asked, if it could not.
+    pub registry_error: Option<CallError>,
+}
+
+impl Facts {
+    /// A digest of the facts a choice depends on: the same digest, the
+    /// same choice, so a route whose callee did not move is not chosen
+    /// again (and its peers are not probed again).
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        for r in &self.local {
+            (&r.namespace, &r.socket, &r.digest, r.embed.is_some()).hash(&mut h);
+        }
+        0xff_u8.hash(&mut h);
+        for r in &self.remote {
+            (&r.namespace, &r.node, &r.data_addr).hash(&mut h);
+        }
+        self.registry_error
+            .as_ref()
+            .map(|e| e.code as i32)
+            .hash(&mut h);
+        h.finish()
+    }
+}
+
+/// A chosen path, ready to install in a route.
+pub(super) struct Chosen {
+    /// The mode and why.
+    pub selection: Selection,
+    /// What the path reaches (see `Path::key`).
+    pub key: String,
+    /// Its client.
+    pub transport: Box<dyn Transport>,
+    /// The fingerprint of the facts it was chosen from.
+    pub placement: u64,
+}
+
+impl RuntimeRouter {
+    /// Gathers where `target` is, asks the selector, and builds the client
+    /// of the chosen path.
+    pub(super) fn choose(
+        &self,
+        caller: Option<&str>,
+        caller_namespace: &str,
+        target: &str,
+        lookup_by: Deadline,
+    ) -> Result<Chosen, CallError> {
+        let facts = self.gather(caller_namespace, target, lookup_by)?;
+        self.decide(caller, caller_namespace, target, facts, lookup_by)
+    }
+
+    /// Where `target` is, as seen from `caller_namespace`: its live records
+    /// in the node directory, the caller's namespace first, and, when
+    /// nothing on this node can serve the call, its announcements on other
+    /// nodes, as the registry says by `lookup_by`.
+    pub(super) fn gather(
+        &self,
+        caller_namespace: &str,
+        target: &str,
+        lookup_by: Deadline,
+    ) -> Result<Facts, CallError> {
+        if let Some(reason) = self.unloadable.get(target) {
+            return Err(CallError::new(
+                ErrorCode::NotCallable,
+                format!("function '{target}' cannot be called: {reason}"),
+            ));
+        }
+        let mut local = match &self.node_dir {
+            Some(d) => d.lookup_any(target),
+            None => Vec::new(),
+        };
+        // The caller's own namespace first.
+        local.sort_by_key(|r| r.namespace != caller_namespace);
+        let embeddable_here = self
+            .functions
+            .get(target)
+            .is_some_and(|f| f.spec.namespace == caller_namespace);
+        let (remote, registry_error) = if local.is_empty() && !embeddable_here {
+            match self.announced_elsewhere(caller_namespace, target, lookup_by) {
+                Ok(remote) => (remote, None),
+                Err(e) => (Vec::new(), Some(e)),
+            }
+        } else {
+            (Vec::new(), None)
+        };
+        Ok(Facts {
+            local,
+            remote,
+            registry_error,
+        })
+    }
+
+    /// Asks the selector about `facts` and builds the client of the chosen
+    /// path (probing the direct data plane and adopting a served module on
+    /// the way, where the facts call for it).
+    pub(super) fn decide(
+        &self,
+        caller: Option<&str>,
+        caller_namespace: &str,
+        target: &str,
+        facts: Facts,
+        lookup_by: Deadline,
+    ) -> Result<Chosen, CallError> {
+        let fingerprint = facts.fingerprint();
+        let Facts {
+            local,
+            remote,
+            registry_error,
+        } = facts;
+        let mut loaded_names: Vec<&str> = self.functions.keys().map(String::as_str).collect();
+        loaded_names.sort_unstable();
+        let here = self.functions.get(target);
+        let (probe, peers) = match remote.first() {
+            Some(r) if self.mode.allows(Mode::RemoteDirect) => {
+                let (probe, peers) = self.probe_direct(&remote, &r.namespace, lookup_by);
+                (Some(probe), peers)
+            }
+            _ => (None, Vec::new()),
+        };
+        let adopted = self.adopt_served(caller_namespace, target, here, &local);
+        let function = adopted.as_ref().map(|(f, _)| f).or(here);
+        let placement = Placement {
+            caller_namespace,
+            target,
+            loaded: function.map(|f| Loaded {
+                namespace: &f.spec.namespace,
+                adopted_from: adopted.as_ref().map(|(_, r)| r),
+            }),
+            loaded_names: &loaded_names,
+            local: &local,
+            node_dir: self.node_dir.as_ref().map(|d| d.root()),
+            remote: &remote,
+            registry_error: registry_error.as_ref(),
+            broker: self.broker.as_ref().map(|b| (b.display(), b.node())),
+            direct: probe.as_ref(),
+            mode: self.mode,
+        };
+        let (selection, choice) = select(&placement)?;
+        let max = self.limits.max_payload_bytes;
+        let from_host = caller == Some(HOST_CALLER);
+        let (key, transport): (String, Box<dyn Transport>) = match (choice, function, &self.broker)
+        {
+            (Choice::Embedded, Some(f), _) => {
+                let key = match &adopted {
+                    Some((_, r)) => {
+                        format!("embedded {} (served at {})", r.digest, r.socket.display())
+                    }
+                    None => "embedded".to_string(),
+                };
+                let client = if from_host {
+                    EmbeddedClient::held(f)
+                } else {
+                    EmbeddedClient::new(f)
+                };
+                (key, Box::new(client))
+            }
+            (Choice::Local(r), ..) => (
+                format!("local {}", r.socket.display()),
+                Box::new(LocalClient::new(
+                    target.to_string(),
+                    r.socket.clone(),
+                    max,
+                    self.limits.spin_budget,
+                )),
+            ),
+            (Choice::RemoteDirect(r), _, Some(broker)) => (
+                format!(
+                    "remote-direct {}",
+                    peers
+                        .iter()
+                        .map(|p| format!("'{}' at {}", p.node, p.addr))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Box::new(DirectClient::new(
+                    target.to_string(),
+                    r.namespace.clone(),
+                    max,
+                    self.client_setup(),
+                    broker.clone(),
+                    peers,
+                    self.path_report(caller.unwrap_or(HOST_CALLER), target),
+                )),
+            ),
+            (Choice::RemoteBroker(r), _, Some(broker)) => (
+                format!("remote-broker {} via {}", r.namespace, broker.display()),
+                Box::new(RemoteClient::new(
+                    broker.clone(),
+                    r.namespace.clone(),
+                    target.to_string(),
+                    max,
+                )),
+            ),
+            _ => unreachable!("the selector chooses only among the candidates it was given"),
+        };
+        Ok(Chosen {
+            selection,
+            key,
+            transport,
+            placement: fingerprint,
+        })
+    }
+
+    /// How this node connects to others directly.
+    fn client_setup(&self) -> ClientSetup {
+        ClientSetup {
+            tls: self.direct.tls.as_ref().map(|t| t.client.clone()),
+            allow_plain: self.direct.allow_plain,
+        }
+    }
+
+    /// Where a route's transport says that it changed paths: the log, and
+    /// the decisions `--explain` prints.
+    fn path_report(&self, caller: &str, target: &str) -> PathReport {
+        let decisions = Arc::downgrade(&self.decisions);
+        let (caller, target) = (caller.to_string(), target.to_string());
+        Arc::new(move |what: String| {
+            tracing::warn!(caller = %caller, target = %target, "{what}");
+            let Some(decisions) = decisions.upgrade() else {
+                return;
+            };
+            let mode = if what.starts_with("remote-direct") {
+                Mode::RemoteDirect
+            } else {
+                Mode::RemoteBroker
+            };
+            decisions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Decision {
+                    caller: caller.clone(),
+                    target: target.clone(),
+                    outcome: Ok(Selection { mode, reason: what }),
+                });
+        })
+    }
+
+    /// Tries the direct data plane to every node of `namespace` in
+    /// `remote`, by `deadline`: the reachable ones, with a pooled
+    /// connection each, and why the others are not.
+    fn probe_direct(
+        &self,
+        remote: &[RemoteEndpoint],
+        namespace: &str,
+        deadline: Deadline,
+    ) -> (DirectProbe, Vec<Arc<Peer>>) {
+        let setup = self.client_setup();
+        let mut probe = DirectProbe::default();
+        let mut peers = Vec::new();
+        for r in remote.iter().filter(|r| r.namespace == namespace) {
+            let peer = match Peer::new(&r.node, r.data_addr.as_deref(), &setup) {
+                Ok(p) => p,
+                Err(why) => {
+                    probe.unreachable.push(why);
+                    continue;
+                }
+            };
+            match peer.warm_up(deadline.nested(CONNECT_TIMEOUT * 3)) {
+                Ok(()) => {
+                    probe
+                        .reachable
+                        .push(format!("node '{}' at {}", peer.node, peer.addr));
+                    peers.push(Arc::new(peer));
+                }
+                Err(Failure::Final(e)) if e.code == ErrorCode::Denied => {
+                    probe.denied.get_or_insert(e);
+                }
+                Err(f) => probe.unreachable.push(f.into_error().message),
+            }
+        }
+        (probe, peers)
+    }
+
+    /// Announcements of `target` on other nodes, the caller's namespace
+    /// first (none without a broker), as the registry says by `deadline`.
+    fn announced_elsewhere(
+        &self,
+        caller_namespace: &str,
+        target: &str,
+        deadline: Deadline,
+    ) -> Result<Vec<RemoteEndpoint>, CallError> {
+        let Some(b) = &self.broker else {
+            return Ok(Vec::new());
+        };
+        let mut remote = b.find(target, deadline).inspect_err(|e| {
+            tracing::warn!("cannot ask the cluster registry: {e}");
+        })?;
+        remote.retain(|r| r.node != b.node());
+        remote.sort_by_key(|r| r.namespace != caller_namespace);
+        Ok(remote)
+    }
+
+    /// A same-namespace function another process of this node serves and
+    /// published, loaded here to be embedded (when allowed and possible).
+    fn adopt_served(
+        &self,
+        caller_namespace: &str,
+        target: &str,
+        here: Option<&Arc<Function>>,
+        local: &[EndpointRecord],
+    ) -> Option<(Arc<Function>, EndpointRecord)> {
+        let wants_embedded = matches!(
+            self.mode,
+            ModeOverride::Auto | ModeOverride::Force(Mode::Embedded)
+        );
+        if !self.embed_served
+            || !wants_embedded
+            || here.is_some_and(|f| f.spec.namespace == caller_namespace)
+        {
+            return None;
+        }
+        let record = local
+            .iter()
+            .find(|r| r.namespace == caller_namespace && r.embed.is_some())?;
+        match self.adopt(record) {
+            Ok(f) => Some((f, record.clone())),
+            Err(e) => {
+                tracing::warn!(
+                    target,
+                    "cannot embed the served function, calling it locally: {e}"
+                );
+                None
+            }
+        }
+    }
+
+    /// Loads the module a same-namespace server of this node published, and
+    /// links it here, once per name, namespace and digest.
+    fn adopt(&self, record: &EndpointRecord) -> Result<Arc<Function>, RuntimeError> {
+        let key = (
+            record.name.clone(),
+            record.namespace.clone(),
+            record.digest.clone(),
+        );
+        let mut adopted = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = adopted.get(&key) {
+            return Ok(f.clone());
+        }
+        let (Some(dir), Some(embed)) = (&self.node_dir, &record.embed) else {
+            return Err(RuntimeError::Config("nothing to embed".into()));
+        };
+        let bytes = dir.read_module(embed, &record.digest, self.limits.max_module_bytes)?;
+        let label = dir.root().join(&embed.module_file);
+        let module = load_module_bytes(&self.engine, bytes.into(), &label)?;
+        let mut spec = FunctionSpec::new(&record.name, &record.namespace, label);
+        spec.args = embed.args.clone();
+        spec.env = embed.env.clone();
+        spec.seed.handler = embed.seed_handler.clone();
+        let linked = LinkedModule::link(&self.linkers, spec, module)?;
+        let router: Weak<dyn Router> = self.me.clone();
+        let f = Arc::new(Function::new(linked, self.limits.clone(), router));
+        tracing::info!(name = %record.name, namespace = %record.namespace, digest = %record.digest, "embedding a function served on this node");
+        adopted.insert(key, f.clone());
+        Ok(f)
+    }
+}
