@@ -19,9 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::guests::private_dir;
-use common::{Scratch, Server};
+use common::{wait_announced, Scratch, Server};
 use cwasi_runtime::broker::{Broker, BrokerConfig};
-use cwasi_runtime::{DirectConfig, ErrorCode, Mode, NodeDirectory, Runtime, HOST_CALLER};
+use cwasi_runtime::{
+    DirectConfig, ErrorCode, HopReport, Limits, Mode, NodeDirectory, Runtime, HOST_CALLER,
+};
 use test_programs_artifacts as progs;
 use test_support::RedisServer;
 
@@ -76,14 +78,19 @@ impl Cluster {
     /// `f` served on `node` with node directory `dir`, taking direct calls
     /// on a loopback port when `direct`.
     fn serve(&self, node: &str, dir: &Path, direct: bool) -> Server {
-        let env = self.env(node);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (&**k, &**v)).collect();
         let extra: &[&str] = if direct {
             &["--listen", "127.0.0.1:0", "--drain-secs", "5"]
         } else {
             &["--drain-secs", "5"]
         };
-        Server::start(dir, progs::ECHO, "f", "a", extra, &env)
+        self.serve_module(node, dir, progs::ECHO, extra)
+    }
+
+    /// `module` served as `f` on `node`, with extra arguments.
+    fn serve_module(&self, node: &str, dir: &Path, module: &str, extra: &[&str]) -> Server {
+        let env = self.env(node);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (&**k, &**v)).collect();
+        Server::start(dir, module, "f", "a", extra, &env)
     }
 
     /// The caller: a runtime of node n1, with its node directory, the
@@ -98,7 +105,13 @@ impl Cluster {
     /// A caller like [`Cluster::caller`] on `node`, with node directory
     /// `dir`.
     fn caller_on(&self, node: &str, dir: &Path) -> Runtime {
+        self.caller_with(node, dir, Limits::default())
+    }
+
+    /// A caller like [`Cluster::caller_on`], with `limits`.
+    fn caller_with(&self, node: &str, dir: &Path, limits: Limits) -> Runtime {
         Runtime::builder()
+            .limits(limits)
             .node(node)
             .embed_served(false)
             .node_directory(NodeDirectory::open(dir).unwrap())
@@ -392,4 +405,83 @@ fn a_rolling_restart_of_three_replicas_under_two_callers_fails_no_call() {
             "calls failed in a rolling restart: {failed:?}"
         );
     }
+}
+
+/// Four callers on one runtime make `calls` calls of `f` (`busy`, 40 ms
+/// each) together; returns the calls per second.
+fn four_callers(rt: &Runtime, calls: usize) -> f64 {
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..calls {
+                    let answer = rt.call_within("a", "f", b"40", Duration::from_secs(20));
+                    assert_eq!(answer.as_deref(), Ok(&b"40"[..]));
+                }
+            });
+        }
+    });
+    (4 * calls) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The caller's counters of `f` on `mode`.
+fn hop(rt: &Runtime, mode: Mode) -> Option<HopReport> {
+    rt.hops()
+        .into_iter()
+        .find(|h| h.target == "f" && h.mode == mode)
+}
+
+#[test]
+fn calls_spill_from_a_full_local_replica_to_another_node_and_come_back() {
+    let cluster = Cluster::new("adaptive-spill");
+    // n1 serves f with one call slot; n2 serves it too, idle, directly.
+    let _local = cluster.serve_module("n1", &cluster.n1, progs::BUSY, &["--max-concurrent", "1"]);
+    let _remote =
+        cluster.serve_module("n2", &cluster.n2, progs::BUSY, &["--listen", "127.0.0.1:0"]);
+    wait_announced(&cluster.redis.url(), "f", "a");
+
+    // The local replica alone: a caller that does not spill.
+    let alone = cluster.caller_with(
+        "n1",
+        &cluster.n1,
+        Limits {
+            spill_over: false,
+            ..Limits::default()
+        },
+    );
+    let alone_rate = four_callers(&alone, 5);
+    let local = hop(&alone, Mode::Local).expect("no local calls");
+    assert_eq!(local.calls, 20, "{local:?}");
+    assert!(hop(&alone, Mode::RemoteDirect).is_none());
+
+    // Spilling: the calls that would wait for the slot go to n2.
+    let rt = cluster.caller();
+    let decision = rt.explain("a", "f").unwrap();
+    assert!(
+        decision
+            .reason
+            .contains("further calls spill to remote-direct"),
+        "{decision}"
+    );
+    let spill_rate = four_callers(&rt, 5);
+    let local = hop(&rt, Mode::Local).expect("no local calls");
+    let remote = hop(&rt, Mode::RemoteDirect).expect("no call spilled to n2");
+    println!(
+        "four callers, 40 ms calls: {alone_rate:.1} calls/s on the local replica alone, \
+         {spill_rate:.1} calls/s spilling ({} local, {} on n2, {} spilled)",
+        local.calls, remote.calls, local.spilled
+    );
+    assert_eq!(local.calls + remote.calls, 20);
+    assert!(
+        local.calls > 0 && local.spilled == remote.calls,
+        "{local:?}"
+    );
+
+    // When the load stops, calls are local again.
+    for _ in 0..3 {
+        assert_eq!(rt.call("a", "f", b"1").unwrap(), b"1");
+    }
+    let after = hop(&rt, Mode::Local).unwrap();
+    assert_eq!(after.calls, local.calls + 3, "{after:?}");
+    assert!(after.current);
 }

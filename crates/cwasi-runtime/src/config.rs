@@ -46,6 +46,11 @@ pub struct Limits {
     /// other's answer before it sleeps (`docs/protocol.md`, "The call
     /// slot"); zero never spins.
     pub spin_budget: Duration,
+    /// Whether a caller spills calls from a local server whose call slots
+    /// its own calls fill to the next path (another node), and back when
+    /// one frees (docs/architecture.md, "Spill-over"). Embedded calls
+    /// never spill.
+    pub spill_over: bool,
 }
 
 impl Default for Limits {
@@ -61,6 +66,7 @@ impl Default for Limits {
             idle_trim_after: Duration::from_secs(1),
             max_module_bytes: 256 << 20,
             spin_budget: DEFAULT_SPIN,
+            spill_over: true,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::call::route::{Edge, Route};
+use crate::call::route::{Edge, PathSpec, Route};
 use crate::call::stats::HopReport;
 use crate::call::{CallMeta, VecIo};
 use crate::composition::Composition;
@@ -383,16 +383,13 @@ impl Runtime {
             namespace: String::new(),
             target: target.to_string(),
         };
-        let key = format!("local {}", socket.display());
-        let route = Route::new(
-            edge,
-            Mode::Local,
-            key,
-            Box::new(client),
-            limits,
-            self.router.clock().clone(),
-            None,
-        );
+        let path = PathSpec {
+            mode: Mode::Local,
+            key: format!("local {}", socket.display()),
+            transport: Box::new(client),
+            capacity: None,
+        };
+        let route = Route::new(edge, path, None, limits, self.router.clock().clone(), None);
         let mut io = VecIo {
             request,
             response: Vec::new(),

@@ -297,6 +297,7 @@ mod tests {
             pid: 42,
             embed: None,
             data_addr: None,
+            slots: None,
         }
     }
 

@@ -234,6 +234,7 @@ pub(crate) fn serve(
         pid: std::process::id(),
         embed: embed_info(function, dir),
         data_addr: direct.as_ref().map(|d| d.data_addr().to_string()),
+        slots: u32::try_from(opts.max_concurrent_calls.max(1)).ok(),
     };
     let registration = dir.register(&record)?;
     let stream = match host.broker {

@@ -10,14 +10,16 @@
 //! path atomically ([`Route::switch_to`]); a warm call reads it without a
 //! lock. A call that failed before any callee took it
 //! ([`CallError::nothing_ran`]) asks for a re-selection ([`Reselect`]) and
-//! is made again on the new path, within its deadline.
+//! is made again on the new path, within its deadline. A route may also
+//! hold a spill path: where calls go while the current path's call slots
+//! are all taken by this route's own calls.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::stats::{HopReport, HopStats};
 use super::transport::{PendingCall, Transport};
@@ -42,17 +44,79 @@ pub(crate) struct Edge {
     pub target: String,
 }
 
-/// One way to reach the callee: a transport, its mode, and which endpoint
-/// it reaches.
+/// A path for a route, as whoever chose it built it.
+pub(crate) struct PathSpec {
+    /// The mode it is.
+    pub mode: Mode,
+    /// What it reaches (its mode and endpoint, such as a socket or a set of
+    /// nodes), so that a new selection of the same path keeps the
+    /// transport and its connections.
+    pub key: String,
+    /// Its client.
+    pub transport: Box<dyn Transport>,
+    /// How many of the route's calls it takes at once before further ones
+    /// spill to the route's spill path (its server's call slots); `None`:
+    /// no bound.
+    pub capacity: Option<usize>,
+}
+
+/// One way to reach the callee, installed in a route.
 pub(crate) struct Path {
-    /// What this path reaches (its mode and endpoint, such as a socket or
-    /// a set of nodes), so that a new selection of the same path keeps
-    /// the transport and its connections.
+    /// See [`PathSpec::key`].
     pub key: String,
     /// The mode it is.
     pub mode: Mode,
     transport: Box<dyn Transport>,
     stats: Arc<HopStats>,
+    capacity: Option<usize>,
+    /// The route's calls on this path now (counted only with a capacity).
+    in_flight: AtomicUsize,
+}
+
+impl Path {
+    /// Whether the route's own calls fill this path's capacity.
+    fn is_full(&self) -> bool {
+        self.capacity
+            .is_some_and(|c| self.in_flight.load(Ordering::Relaxed) >= c)
+    }
+
+    /// Counts a call on this path until the returned token is dropped.
+    fn enter(self: &Arc<Self>) -> InFlight {
+        if self.capacity.is_none() {
+            return InFlight(None);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Some(self.clone()))
+    }
+}
+
+/// The path a call takes, as [`Route::next_path`] read it.
+enum NextPath {
+    /// The current path, borrowed from the route.
+    Current(arc_swap::Guard<Arc<Path>>),
+    /// The spill path.
+    Spill(Arc<Path>),
+}
+
+impl std::ops::Deref for NextPath {
+    type Target = Arc<Path>;
+    fn deref(&self) -> &Arc<Path> {
+        match self {
+            NextPath::Current(p) => p,
+            NextPath::Spill(p) => p,
+        }
+    }
+}
+
+/// A call counted on a path with a capacity, until dropped.
+struct InFlight(Option<Arc<Path>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            p.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What chose a route's path and can choose again: the seam through which
@@ -75,6 +139,8 @@ pub(crate) trait Reselect: Send + Sync {
 pub(crate) struct Route {
     edge: Edge,
     current: ArcSwap<Path>,
+    /// Where calls go while the current path is full, if anywhere.
+    spill: ArcSwapOption<Path>,
     /// The counters of every mode this route has used, so that a switch
     /// keeps what the earlier paths counted.
     stats: Mutex<Vec<Arc<HopStats>>>,
@@ -91,36 +157,39 @@ pub(crate) struct Route {
     switches: AtomicU64,
     /// Calls made again on another path after nothing ran.
     rerouted: AtomicU64,
+    /// Calls that went to the spill path.
+    spilled: AtomicU64,
 }
 
 impl Route {
-    /// A route for `edge` that starts on `transport` (a `mode` path to
-    /// `key`), and asks `reselect`, if any, for a new path when a call
+    /// A route for `edge` that starts on `path` (spilling to `spill` while
+    /// it is full), and asks `reselect`, if any, for a new path when a call
     /// finds none; the number with it is the fingerprint of the placement
-    /// the path was chosen from.
+    /// the paths were chosen from.
     pub fn new(
         edge: Edge,
-        mode: Mode,
-        key: String,
-        transport: Box<dyn Transport>,
+        path: PathSpec,
+        spill: Option<PathSpec>,
         limits: Arc<Limits>,
         clock: TickClock,
         reselect: Option<(Weak<dyn Reselect>, u64)>,
     ) -> Route {
-        let stats = Arc::new(HopStats::new(&edge.caller, &edge.target, mode));
-        let path = Path {
-            key,
-            mode,
-            transport,
-            stats: stats.clone(),
-        };
         let (reselect, placement) = match reselect {
             Some((r, placement)) => (Some(r), placement),
             None => (None, 0),
         };
-        Route {
+        let stats = Arc::new(HopStats::new(&edge.caller, &edge.target, path.mode));
+        let route = Route {
+            current: ArcSwap::from_pointee(Path {
+                key: path.key,
+                mode: path.mode,
+                transport: path.transport,
+                stats: stats.clone(),
+                capacity: path.capacity,
+                in_flight: AtomicUsize::new(0),
+            }),
+            spill: ArcSwapOption::empty(),
             edge,
-            current: ArcSwap::from_pointee(path),
             stats: Mutex::new(vec![stats]),
             limits,
             clock,
@@ -128,7 +197,10 @@ impl Route {
             placement: Mutex::new(placement),
             switches: AtomicU64::new(0),
             rerouted: AtomicU64::new(0),
-        }
+            spilled: AtomicU64::new(0),
+        };
+        route.set_spill(spill);
+        route
     }
 
     /// The edge this route serves.
@@ -147,28 +219,64 @@ impl Route {
         self.placement.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `transport` (a `mode` path to `key`) the path of the calls
-    /// from now on; calls under way finish on the old one, which is
-    /// dropped after them.
-    pub fn switch_to(&self, mode: Mode, key: String, transport: Box<dyn Transport>) {
+    /// The path calls spill to while the current one is full, if any.
+    pub fn spill_path(&self) -> Option<Arc<Path>> {
+        self.spill.load_full()
+    }
+
+    /// Installs `spec` with the counters of its mode (kept across switches).
+    fn install(&self, spec: PathSpec) -> Arc<Path> {
         let stats = {
             let mut all = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-            match all.iter().find(|s| s.edge().2 == mode) {
+            match all.iter().find(|s| s.edge().2 == spec.mode) {
                 Some(s) => s.clone(),
                 None => {
-                    let s = Arc::new(HopStats::new(&self.edge.caller, &self.edge.target, mode));
+                    let s = Arc::new(HopStats::new(
+                        &self.edge.caller,
+                        &self.edge.target,
+                        spec.mode,
+                    ));
                     all.push(s.clone());
                     s
                 }
             }
         };
-        self.current.store(Arc::new(Path {
-            key,
-            mode,
-            transport,
+        Arc::new(Path {
+            key: spec.key,
+            mode: spec.mode,
+            transport: spec.transport,
             stats,
-        }));
+            capacity: spec.capacity,
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    /// Makes `spec` the path of the calls from now on; calls under way
+    /// finish on the old one, which is dropped after them.
+    pub fn switch_to(&self, spec: PathSpec) {
+        self.current.store(self.install(spec));
         self.switches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Makes `spec` the path calls spill to while the current one is full
+    /// (`None`: they wait for it instead).
+    pub fn set_spill(&self, spec: Option<PathSpec>) {
+        self.spill.store(spec.map(|s| self.install(s)));
+    }
+
+    /// The path the next call takes: the current one, or the spill path
+    /// while the current one is full.
+    /// The common case (the current path) is read without touching its
+    /// reference count.
+    fn next_path(&self) -> NextPath {
+        let current = self.current.load();
+        if current.is_full() {
+            if let Some(spill) = self.spill.load_full() {
+                self.spilled.fetch_add(1, Ordering::Relaxed);
+                return NextPath::Spill(spill);
+            }
+        }
+        NextPath::Current(current)
     }
 
     /// The caller's span of a call on `path`, if this process traces.
@@ -227,7 +335,8 @@ impl Route {
     pub fn call(&self, io: &mut dyn CallerIo, from: &CallMeta) -> Result<(), CallError> {
         let mut tries = 0;
         loop {
-            let path = self.current.load();
+            let path = self.next_path();
+            let _counted = path.enter();
             let timed = tries > 0 || path.stats.time_this_call();
             let now = if timed {
                 Instant::now()
@@ -271,7 +380,8 @@ impl Route {
     pub fn start(&self, io: &mut dyn CallerIo, from: &CallMeta) -> Result<StartedCall, CallError> {
         let mut tries = 0;
         loop {
-            let path = self.current.load_full();
+            let path = Arc::clone(&self.next_path());
+            let counted = path.enter();
             let started = Instant::now();
             let request_len = io.request().len();
             let span = self.span(&path, from, request_len);
@@ -283,6 +393,7 @@ impl Route {
                 Ok(pending) => {
                     return Ok(StartedCall {
                         pending,
+                        _counted: counted,
                         path,
                         meta,
                         started,
@@ -318,6 +429,7 @@ impl Route {
                     r.paths = current.transport.paths();
                     r.switches = self.switches.load(Ordering::Relaxed);
                     r.rerouted = self.rerouted.load(Ordering::Relaxed);
+                    r.spilled = self.spilled.load(Ordering::Relaxed);
                 }
                 r
             })
@@ -358,6 +470,8 @@ pub(crate) struct StartedCall {
     pending: Box<dyn PendingCall>,
     /// The path it was started on, whose counters it goes to.
     path: Arc<Path>,
+    /// Counts it on that path until it is waited for.
+    _counted: InFlight,
     meta: CallMeta,
     started: Instant,
     request_len: usize,

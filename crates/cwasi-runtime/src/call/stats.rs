@@ -197,6 +197,7 @@ impl HopStats {
             path: None,
             switches: 0,
             rerouted: 0,
+            spilled: 0,
         }
     }
 }
@@ -247,6 +248,9 @@ pub struct HopReport {
     /// Calls that failed before any callee took them and were made again
     /// on another path (on its current report).
     pub rerouted: u64,
+    /// Calls sent to the spill path because the current one was full (on
+    /// its current report; they are counted under the spill path's mode).
+    pub spilled: u64,
 }
 
 impl HopReport {

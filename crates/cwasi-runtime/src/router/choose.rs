@@ -8,6 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 
 use super::{Decision, RuntimeRouter, HOST_CALLER};
+use crate::call::route::PathSpec;
 use crate::call::transport::Transport;
 use crate::config::{FunctionSpec, Mode, ModeOverride};
 use crate::deadline::Deadline;
@@ -60,12 +61,37 @@ impl Facts {
 pub(super) struct Chosen {
     /// The mode and why.
     pub selection: Selection,
-    /// What the path reaches (see `Path::key`).
-    pub key: String,
-    /// Its client.
-    pub transport: Box<dyn Transport>,
+    /// The path.
+    pub path: PathSpec,
+    /// Where calls spill while the path is full, if anywhere.
+    pub spill: Option<PathSpec>,
     /// The fingerprint of the facts it was chosen from.
     pub placement: u64,
+}
+
+/// Where calls to the local server `local` spill while this caller's calls
+/// fill its call slots: the path the selector picks among the other nodes
+/// (the next tier), if the server says how many slots it has and the
+/// callee is served on another node of the same namespace. Pure policy:
+/// the same placement with this node's tier left out.
+fn spill_tier<'a>(
+    placement: &Placement<'a>,
+    local: &EndpointRecord,
+) -> Option<(Selection, Choice<'a>)> {
+    local.slots?;
+    let next = Placement {
+        loaded: None,
+        local: &[],
+        ..*placement
+    };
+    match select(&next) {
+        Ok((s, c @ (Choice::RemoteDirect(r) | Choice::RemoteBroker(r))))
+            if r.namespace == local.namespace =>
+        {
+            Some((s, c))
+        }
+        _ => None,
+    }
 }
 
 impl RuntimeRouter {
@@ -108,7 +134,11 @@ impl RuntimeRouter {
             .functions
             .get(target)
             .is_some_and(|f| f.spec.namespace == caller_namespace);
-        let (remote, registry_error) = if local.is_empty() && !embeddable_here {
+        // The next tier is looked up too where calls may spill to it.
+        let may_spill = self.limits.spill_over
+            && self.mode == ModeOverride::Auto
+            && local.first().is_some_and(|r| r.slots.is_some());
+        let (remote, registry_error) = if (local.is_empty() || may_spill) && !embeddable_here {
             match self.announced_elsewhere(caller_namespace, target, lookup_by) {
                 Ok(remote) => (remote, None),
                 Err(e) => (Vec::new(), Some(e)),
@@ -169,12 +199,65 @@ impl RuntimeRouter {
             mode: self.mode,
         };
         let (selection, choice) = select(&placement)?;
+        let spill = match &choice {
+            Choice::Local(r) if self.limits.spill_over => spill_tier(&placement, r),
+            _ => None,
+        };
+        let mut peers = Some(peers);
+        // A local path with a known number of call slots counts this
+        // caller's calls on it, so that a spill path (now, or found by a
+        // later look) takes the calls that would wait for a slot.
+        let capacity = match &choice {
+            Choice::Local(r) if self.limits.spill_over => r.slots.map(|n| n as usize),
+            _ => None,
+        };
+        let built = self.client(choice, function, &adopted, &mut peers, caller, target);
+        let path = PathSpec {
+            mode: selection.mode,
+            key: built.0,
+            transport: built.1,
+            capacity,
+        };
+        let mut selection = selection;
+        let spill = spill.map(|(s, choice)| {
+            let (key, transport) = self.client(choice, None, &None, &mut peers, caller, target);
+            selection.reason = format!(
+                "{}; while this caller's calls fill its {} call slot(s), further calls spill to {key}",
+                selection.reason,
+                path.capacity.unwrap_or(0)
+            );
+            PathSpec {
+                mode: s.mode,
+                key,
+                transport,
+                capacity: None,
+            }
+        });
+        Ok(Chosen {
+            selection,
+            path,
+            spill,
+            placement: fingerprint,
+        })
+    }
+
+    /// The client of `choice` (with `function`, the callee loaded here,
+    /// and `adopted`, the record it was adopted from, for an embedded
+    /// one; `peers`, taken by the first direct client), and its key.
+    fn client(
+        &self,
+        choice: Choice<'_>,
+        function: Option<&Arc<Function>>,
+        adopted: &Option<(Arc<Function>, EndpointRecord)>,
+        peers: &mut Option<Vec<Arc<Peer>>>,
+        caller: Option<&str>,
+        target: &str,
+    ) -> (String, Box<dyn Transport>) {
         let max = self.limits.max_payload_bytes;
         let from_host = caller == Some(HOST_CALLER);
-        let (key, transport): (String, Box<dyn Transport>) = match (choice, function, &self.broker)
-        {
+        match (choice, function, &self.broker) {
             (Choice::Embedded, Some(f), _) => {
-                let key = match &adopted {
+                let key = match adopted {
                     Some((_, r)) => {
                         format!("embedded {} (served at {})", r.digest, r.socket.display())
                     }
@@ -196,16 +279,17 @@ impl RuntimeRouter {
                     self.limits.spin_budget,
                 )),
             ),
-            (Choice::RemoteDirect(r), _, Some(broker)) => (
-                format!(
+            (Choice::RemoteDirect(r), _, Some(broker)) => {
+                let peers = peers.take().unwrap_or_default();
+                let key = format!(
                     "remote-direct {}",
                     peers
                         .iter()
                         .map(|p| format!("'{}' at {}", p.node, p.addr))
                         .collect::<Vec<_>>()
                         .join(", ")
-                ),
-                Box::new(DirectClient::new(
+                );
+                let client = DirectClient::new(
                     target.to_string(),
                     r.namespace.clone(),
                     max,
@@ -213,8 +297,9 @@ impl RuntimeRouter {
                     broker.clone(),
                     peers,
                     self.path_report(caller.unwrap_or(HOST_CALLER), target),
-                )),
-            ),
+                );
+                (key, Box::new(client))
+            }
             (Choice::RemoteBroker(r), _, Some(broker)) => (
                 format!("remote-broker {} via {}", r.namespace, broker.display()),
                 Box::new(RemoteClient::new(
@@ -225,13 +310,7 @@ impl RuntimeRouter {
                 )),
             ),
             _ => unreachable!("the selector chooses only among the candidates it was given"),
-        };
-        Ok(Chosen {
-            selection,
-            key,
-            transport,
-            placement: fingerprint,
-        })
+        }
     }
 
     /// How this node connects to others directly.

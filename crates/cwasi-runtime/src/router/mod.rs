@@ -255,9 +255,8 @@ impl RuntimeRouter {
         };
         Route::new(
             edge,
-            chosen.selection.mode,
-            chosen.key,
-            chosen.transport,
+            chosen.path,
+            chosen.spill,
             self.limits.clone(),
             self.clock().clone(),
             Some((reselect, chosen.placement)),
@@ -291,8 +290,10 @@ impl RuntimeRouter {
     ) -> bool {
         let mut placement = route.placement();
         let current = route.path();
+        let spill = route.spill_path();
+        let spill_key = spill.as_ref().map(|p| p.key.as_str());
         match failed {
-            Some((key, _)) if current.key != key => return true,
+            Some((key, _)) if current.key != key && spill_key != Some(key) => return true,
             None if current.mode == Mode::Embedded => return false,
             _ => {}
         }
@@ -311,36 +312,38 @@ impl RuntimeRouter {
         *placement = fingerprint;
         let caller = Some(edge.caller.as_str());
         let chosen = match self.decide(caller, &edge.namespace, &edge.target, facts, deadline) {
-            Ok(chosen) if chosen.key != current.key => chosen,
-            Ok(_) => return false,
+            Ok(chosen) => chosen,
             Err(e) => {
                 tracing::info!(caller = %edge.caller, target = %edge.target, path = %current.key, "no other path: {e}");
                 return false;
             }
         };
+        let new_spill = chosen.spill.as_ref().map(|p| p.key.as_str());
+        let moved = chosen.path.key != current.key;
+        if !moved && new_spill == spill_key {
+            return false;
+        }
         let why = match failed {
             Some((_, e)) => format!("a call found nothing there: {}", e.message),
             None => "the callee's placement changed".to_string(),
         };
-        tracing::info!(caller = %edge.caller, target = %edge.target, from = %current.key, to = %chosen.key, why = %why, "route switched");
+        let from = match spill_key {
+            Some(s) => format!("{} (spilling to {s})", current.key),
+            None => current.key.clone(),
+        };
+        tracing::info!(caller = %edge.caller, target = %edge.target, from = %from, to = %chosen.path.key, spill = ?new_spill, why = %why, "route switched");
         self.record_decision(Decision {
             caller: edge.caller.clone(),
             target: edge.target.clone(),
             outcome: Ok(Selection {
                 mode: chosen.selection.mode,
-                reason: format!(
-                    "switched from {} ({why}): {}",
-                    current.key, chosen.selection.reason
-                ),
+                reason: format!("switched from {from} ({why}): {}", chosen.selection.reason),
             }),
         });
-        let Chosen {
-            selection,
-            key,
-            transport,
-            ..
-        } = chosen;
-        route.switch_to(selection.mode, key, transport);
+        if moved {
+            route.switch_to(chosen.path);
+        }
+        route.set_spill(chosen.spill);
         true
     }
 

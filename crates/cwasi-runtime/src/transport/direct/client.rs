@@ -5,10 +5,11 @@
 //! node or through the broker; when no node can be reached directly, calls
 //! go through the broker, and that is logged and reported.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::balance::two_choices;
 use super::peer::{ClientSetup, Failure, Peer};
 use crate::call::{CallMeta, CallerIo, VecIo};
 use crate::deadline::Deadline;
@@ -36,7 +37,6 @@ struct Inner {
     broker: Arc<Broker>,
     fallback: RemoteClient,
     peers: Mutex<Peers>,
-    next: AtomicUsize,
     on_broker: AtomicBool,
     report: PathReport,
     retried: AtomicU64,
@@ -95,7 +95,6 @@ impl DirectClient {
                 list: peers.into(),
                 refreshed: Instant::now(),
             }),
-            next: AtomicUsize::new(0),
             on_broker: AtomicBool::new(false),
             report,
             retried: AtomicU64::new(0),
@@ -105,24 +104,19 @@ impl DirectClient {
 }
 
 impl Inner {
-    /// The next live peer not yet tried, round robin; the list is looked
-    /// up again when it is old. Down peers are tried too when nothing else
-    /// is left: down is only a guess, and trying costs no more than a
-    /// connect.
-    fn pick(&self, tried: &[Arc<Peer>], deadline: Deadline) -> Option<Arc<Peer>> {
+    /// A live peer not yet tried, the less loaded of two drawn with the
+    /// random number `draw` (see `balance`); the list is looked up again
+    /// when it is old. Down peers are tried too when nothing else is left:
+    /// down is only a guess, and trying costs no more than a connect.
+    fn pick(&self, tried: &[Arc<Peer>], deadline: Deadline, draw: u64) -> Option<Arc<Peer>> {
         let list = self.live_list(deadline);
-        let n = list.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let untried = |p: &&Arc<Peer>| !tried.iter().any(|t| Arc::ptr_eq(t, p));
-        let in_turn = || (0..n).map(|k| &list[(start + k) % n]);
-        in_turn()
-            .filter(untried)
-            .find(|p| !p.is_down())
-            .or_else(|| in_turn().find(untried))
-            .cloned()
+        let untried: Vec<&Arc<Peer>> = list
+            .iter()
+            .filter(|p| !tried.iter().any(|t| Arc::ptr_eq(t, p)))
+            .collect();
+        let up: Vec<&Arc<Peer>> = untried.iter().copied().filter(|p| !p.is_down()).collect();
+        let pool = if up.is_empty() { &untried } else { &up };
+        two_choices(pool, |p| p.load.score(), draw).map(|p| Arc::clone(p))
     }
 
     /// The peers, refreshed from the cluster registry when older than
@@ -181,11 +175,17 @@ impl Inner {
         let mut retried = false;
         let mut why_not: Vec<String> = Vec::new();
         loop {
-            let Some(peer) = self.pick(&tried, call.deadline) else {
+            let draw = id.rotate_left(tried.len() as u32 * 7);
+            let Some(peer) = self.pick(&tried, call.deadline, draw) else {
                 return self.through_broker(io, call, &why_not);
             };
-            match peer.call(id, &self.target, io, call, self.max_payload) {
+            let busy = peer.load.begin();
+            let started = Instant::now();
+            let result = peer.call(id, &self.target, io, call, self.max_payload);
+            drop(busy);
+            match result {
                 Ok(()) => {
+                    peer.load.record(started.elapsed());
                     if self.on_broker.swap(false, Ordering::Relaxed) {
                         (self.report)(format!(
                             "remote-direct again: node '{}' at {} answers directly",

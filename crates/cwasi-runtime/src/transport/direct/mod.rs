@@ -14,9 +14,12 @@
 //! - `server`: [`DirectServer`], the accept loop and one connection's
 //!   requests;
 //! - `peer`: one node serving the callee, with its pool of connections;
+//! - `balance`: a node's load as the caller sees it, and the choice of the
+//!   less loaded of two nodes;
 //! - `client`: the caller's side over every node that serves the callee.
 
 mod answered;
+mod balance;
 pub(crate) mod client;
 mod config;
 pub(crate) mod peer;

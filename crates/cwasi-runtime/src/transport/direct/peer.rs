@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
+use super::balance::Load;
 use super::config::DataAddr;
 use super::socket::{arm, is_own_timeout, tune, DataStream};
 use super::tls::{is_authentication_failure, server_name};
@@ -75,6 +76,8 @@ pub(crate) struct Peer {
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     idle: Mutex<Vec<(ClientConn, Instant)>>,
     down_until: Mutex<Option<Instant>>,
+    /// This caller's calls in flight there, and their average latency.
+    pub load: Load,
 }
 
 /// An open connection to a peer.
@@ -116,6 +119,7 @@ impl Peer {
             tls,
             idle: Mutex::new(Vec::new()),
             down_until: Mutex::new(None),
+            load: Load::default(),
         })
     }
 

@@ -26,63 +26,13 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{flock, FlockOperation};
-use serde::{Deserialize, Serialize};
 
 use crate::composition::{validate_name, validate_namespace};
 use crate::error::RuntimeError;
 use crate::regular_file::{open_regular, read_capped, read_regular, Links};
 
-/// Version of the record format.
-pub const RECORD_VERSION: u32 = 1;
-
-/// Largest record file read, in bytes; a larger one is skipped unread (a
-/// real record is well under a kilobyte, its WASI args and env included).
-pub const RECORD_MAX_BYTES: u64 = 64 << 10;
-
-/// What a served function publishes about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointRecord {
-    /// Record format version.
-    pub version: u32,
-    /// The function's name.
-    pub name: String,
-    /// Its trust domain.
-    pub namespace: String,
-    /// The node it runs on.
-    pub node: String,
-    /// The module it runs, as the server sees the path.
-    pub module: PathBuf,
-    /// `sha256:<hex>` of the module.
-    pub digest: String,
-    /// The Unix socket it listens on.
-    pub socket: PathBuf,
-    /// The server's pid, as the server sees it (for people, not liveness).
-    pub pid: u32,
-    /// How a caller of the same namespace can embed this function; absent
-    /// when it cannot be embedded elsewhere (it has preopened directories).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub embed: Option<EmbedInfo>,
-    /// Where other nodes reach this function directly (`tls://IP:PORT`,
-    /// or `tcp://IP:PORT` when plain TCP was asked for); absent when it
-    /// listens on no network address, and then other nodes call it through
-    /// the broker.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_addr: Option<String>,
-}
-
-/// What a caller needs to run a served function in its own VM: the module
-/// published in the node directory and the WASI setup the server gives it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EmbedInfo {
-    /// The module, relative to the node directory (`modules/<hex>.wasm`).
-    pub module_file: PathBuf,
-    /// WASI arguments after the program name.
-    pub args: Vec<String>,
-    /// WASI environment.
-    pub env: Vec<(String, String)>,
-    /// The seed handler export, for prototype-style callees.
-    pub seed_handler: Option<String>,
-}
+mod record;
+pub use record::{EmbedInfo, EndpointRecord, RECORD_MAX_BYTES, RECORD_VERSION};
 
 /// Subdirectory of the node directory holding published modules.
 const MODULES: &str = "modules";
@@ -547,6 +497,7 @@ mod tests {
             socket: dir.socket_path(name, ns),
             embed: None,
             data_addr: None,
+            slots: None,
             pid: std::process::id(),
         }
     }
