@@ -243,8 +243,22 @@ fn serve(runtime: &Arc<Runtime>, settings: &ContainerSettings, dir: Option<&Node
         Ok(a) => a,
         Err(e) => return fail(EXIT_CANNOT_RUN, &e),
     };
+    let drain_timeout = match settings
+        .var(crate::settings::ENV_DRAIN_SECS)
+        .map(|v| v.trim().parse::<u64>())
+    {
+        None => ServeOptions::default().drain_timeout,
+        Some(Ok(secs)) => Duration::from_secs(secs),
+        Some(Err(e)) => {
+            return fail(
+                EXIT_CANNOT_RUN,
+                &format!("CWASI_DRAIN_SECS must be a number of seconds: {e}"),
+            )
+        }
+    };
     let opts = ServeOptions {
         listen,
+        drain_timeout,
         ..ServeOptions::default()
     };
     let handle = match runtime.serve(&settings.function, dir, opts) {

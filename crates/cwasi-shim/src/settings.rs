@@ -37,6 +37,8 @@ pub const ENV_SPIN_US: &str = "CWASI_SPIN_US";
 pub const ENV_LISTEN: &str = "CWASI_LISTEN";
 /// With serve: serve Prometheus metrics on `http://IP:PORT/metrics`.
 pub const ENV_METRICS_ADDR: &str = "CWASI_METRICS_ADDR";
+/// With serve: seconds a stop waits for the calls in flight (default 10).
+pub const ENV_DRAIN_SECS: &str = "CWASI_DRAIN_SECS";
 
 /// The settings a pod may give as annotations: each pair is the variable and
 /// the annotation that stands for it. The node-wide ones (broker, TLS files,
@@ -50,6 +52,7 @@ pub const ANNOTATED: &[(&str, &str)] = &[
     (ENV_SPIN_US, "cwasi.io/spin-us"),
     (ENV_LISTEN, "cwasi.io/listen"),
     (ENV_METRICS_ADDR, "cwasi.io/metrics-addr"),
+    (ENV_DRAIN_SECS, "cwasi.io/drain-secs"),
     (ENV_EXPLAIN, "cwasi.io/explain"),
     (ENV_LOG, "cwasi.io/log"),
 ];
@@ -289,6 +292,7 @@ mod tests {
         (ENV_SPIN_US, "7", "9"),
         (ENV_LISTEN, "10.0.0.1:7000", "10.0.0.2:7000"),
         (ENV_METRICS_ADDR, "0.0.0.0:9464", "127.0.0.1:9464"),
+        (ENV_DRAIN_SECS, "25", "3"),
         (ENV_EXPLAIN, "true", "false"),
         (ENV_LOG, "debug", "info"),
     ];
