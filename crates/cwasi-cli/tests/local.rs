@@ -72,16 +72,23 @@ fn functions_of_other_namespaces_are_served_and_called_locally() {
 
 /// A planned stop (SIGTERM) withdraws the record at once, so new callers no
 /// longer find the server, and lets the call in flight finish before the
-/// server exits.
+/// server exits; a request on another open connection meanwhile is not
+/// taken (the draining answer), and fails as one that nothing ran.
 #[test]
 fn a_server_stopped_mid_call_finishes_the_call_first() {
     let scratch = Scratch::new("drain");
     let dir = scratch.0.join("node");
     let mut server = Server::start(&dir, progs::BUSY, "busy", "b", &[], &[]);
     let rt = caller(&dir, Duration::from_secs(20));
-    assert_eq!(rt.call("a", "busy", b"1").unwrap(), b"1");
+    // Two calls at once leave two pooled connections.
+    std::thread::scope(|s| {
+        let calls = [(); 2].map(|_| s.spawn(|| rt.call("a", "busy", b"200")));
+        for c in calls {
+            assert_eq!(c.join().unwrap().unwrap(), b"200");
+        }
+    });
 
-    let (answer, status, withdrawn) = std::thread::scope(|s| {
+    let (answer, status, withdrawn, refused) = std::thread::scope(|s| {
         let call = s.spawn(|| rt.call("a", "busy", b"1500"));
         std::thread::sleep(Duration::from_millis(300));
         let stop = s.spawn(|| server.terminate_within(Duration::from_secs(20)));
@@ -91,8 +98,20 @@ fn a_server_stopped_mid_call_finishes_the_call_first() {
             std::thread::sleep(Duration::from_millis(5));
         }
         let withdrawn = !dir.join("busy@b.json").exists() && !call.is_finished();
-        (call.join().unwrap(), stop.join().unwrap(), withdrawn)
+        // The other pooled connection's next request, during the drain.
+        let refused = rt.call("a", "busy", b"1");
+        let refused_mid_call = !call.is_finished();
+        (
+            call.join().unwrap(),
+            stop.join().unwrap(),
+            withdrawn,
+            refused.map_err(|e| (e, refused_mid_call)),
+        )
     });
+    let (refused, mid_call) = refused.expect_err("a draining server took a new request");
+    assert!(mid_call, "the refusal came only after the call in flight");
+    assert!(refused.nothing_ran(), "{refused}");
+    assert_eq!(refused.code, ErrorCode::Transport, "{refused}");
     assert_eq!(
         answer.as_deref(),
         Ok(&b"1500"[..]),

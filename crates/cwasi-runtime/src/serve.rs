@@ -21,7 +21,7 @@ use crate::guest::invoke::{serve_call, CallerExchange};
 use crate::guest::trim::IdleTrimmer;
 use crate::node_dir::{EmbedInfo, EndpointRecord, NodeDirectory, Registration, RECORD_VERSION};
 use crate::transport::direct::{DirectServer, DirectSettings};
-use crate::transport::local::server::{LocalServer, ServerSettings};
+use crate::transport::local::server::{LocalServer, ServerSettings, Taking};
 use crate::transport::remote::{Broker, Handler, RequestMeta, StreamServer};
 
 /// Most consumers of a function's request stream on one server. A server
@@ -78,6 +78,8 @@ pub struct ServeHandle {
     stream: Option<StreamServer>,
     direct: Option<DirectServer>,
     local: Option<LocalServer>,
+    /// The requests its local connections took and have not answered.
+    local_taking: Taking,
     registration: Option<Registration>,
     /// Gives the memory of large calls back when the function is idle.
     trimmer: Option<IdleTrimmer>,
@@ -106,7 +108,9 @@ impl ServeHandle {
 impl Drop for ServeHandle {
     fn drop(&mut self) {
         // Withdrawn first, so that no new caller picks this server while it
-        // stops; callers with open connections still get answers.
+        // stops. Then the servers stop: open local connections finish the
+        // call they took and take no other (the caller makes it
+        // elsewhere), and the stop waits for the calls taken.
         self.registration.take();
         self.trimmer.take();
         self.stream.take();
@@ -114,7 +118,8 @@ impl Drop for ServeHandle {
         self.local.take();
         let until = Instant::now() + self.drain_timeout;
         let mut waited = false;
-        while self.function.served.in_flight() > 0 && Instant::now() < until {
+        let busy = |h: &Self| h.function.served.in_flight() > 0 || h.local_taking.count() > 0;
+        while busy(self) && Instant::now() < until {
             waited = true;
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -251,7 +256,9 @@ pub(crate) fn serve(
         idle_timeout: opts.idle_timeout,
     };
     let local = LocalServer::start(listener, function.clone(), settings)?;
+    let local_taking = local.taking();
     Ok(ServeHandle {
+        local_taking,
         stream,
         direct,
         local: Some(local),

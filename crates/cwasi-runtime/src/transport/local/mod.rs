@@ -6,9 +6,11 @@
 //! start of that region ([`slot`]), with bounded spinning ([`spin`]) and
 //! futex wake-ups, and a watcher thread that wakes a sleeper whose peer
 //! hung up ([`hangup`]). [`client`] is the caller's side, [`server`] the
-//! served function's, reading requests through [`request`].
+//! served function's, reading requests through [`request`] and checking
+//! who connected with [`credentials`].
 
 pub(crate) mod client;
+mod credentials;
 mod exchange;
 mod hangup;
 pub(crate) mod request;

@@ -14,10 +14,11 @@
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::credentials::peer_credentials;
 use super::exchange::{Answer, ConnExchange, Incoming};
 use super::hangup::Watch;
 use super::request::{Request, RequestError, RequestReader};
@@ -51,10 +52,31 @@ pub(crate) struct ServerSettings {
     pub idle_timeout: Duration,
 }
 
-/// A running local server; dropping it stops accepting and joins the accept
-/// thread (connections in progress finish on their own threads).
+/// A running local server; dropping it stops accepting, joins the accept
+/// thread, and makes the open connections drain: a call already taken
+/// finishes, and the next request on a connection is not taken (the
+/// connection closes, and the caller makes the call elsewhere, see
+/// `docs/protocol.md`, "The node directory").
 pub(crate) struct LocalServer {
+    shared: Arc<Shared>,
     _accept: AcceptThread,
+}
+
+/// The requests a draining local server's connections are still serving.
+#[derive(Clone)]
+pub(crate) struct Taking(Arc<Shared>);
+
+impl Taking {
+    /// How many requests were taken and are not answered yet.
+    pub fn count(&self) -> usize {
+        self.0.taking.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+    }
 }
 
 impl LocalServer {
@@ -71,11 +93,22 @@ impl LocalServer {
             warnings: WarnBudget::default(),
             function,
             settings,
+            draining: AtomicBool::new(false),
+            taking: AtomicUsize::new(0),
         });
+        let accepting = shared.clone();
         let accept = AcceptThread::spawn(name, listener, move |listener, stop| {
-            accept_loop(listener, shared, stop)
+            accept_loop(listener, accepting, stop)
         })?;
-        Ok(LocalServer { _accept: accept })
+        Ok(LocalServer {
+            shared,
+            _accept: accept,
+        })
+    }
+
+    /// What a stop waits for after dropping this server.
+    pub fn taking(&self) -> Taking {
+        Taking(self.shared.clone())
     }
 }
 
@@ -86,6 +119,33 @@ struct Shared {
     connections: Connections,
     warnings: WarnBudget,
     settings: ServerSettings,
+    /// Set when the server stops: requests are no longer taken.
+    draining: AtomicBool,
+    /// Requests taken and not answered yet (checked against `draining`
+    /// in the order that lets no request slip past a stop).
+    taking: AtomicUsize,
+}
+
+impl Shared {
+    /// Counts a request about to be taken, unless the server is draining
+    /// (`None`: close the connection without taking it).
+    fn take(&self) -> Option<TakenRequest<'_>> {
+        self.taking.fetch_add(1, Ordering::SeqCst);
+        if self.draining.load(Ordering::SeqCst) {
+            self.taking.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(TakenRequest(self))
+    }
+}
+
+/// A request taken by a connection, until it is answered.
+struct TakenRequest<'a>(&'a Shared);
+
+impl Drop for TakenRequest<'_> {
+    fn drop(&mut self) {
+        self.0.taking.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
@@ -162,37 +222,6 @@ impl From<io::Error> for ConnError {
     fn from(e: io::Error) -> Self {
         ConnError::Wire(WireError::Io(e))
     }
-}
-
-/// The peer's uid and pid (`SO_PEERCRED`). The pid is 0 when the peer runs
-/// in another PID namespace (another container), which is why this reads
-/// the raw structure: only the uid decides, the pid is for logs.
-fn peer_credentials(stream: &UnixStream) -> io::Result<(u32, i32)> {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: u32::MAX,
-        gid: u32::MAX,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and
-    // the fd is a live socket borrowed for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if len as usize != std::mem::size_of::<libc::ucred>() {
-        return Err(io::Error::other("SO_PEERCRED returned a short structure"));
-    }
-    Ok((cred.uid, cred.pid))
 }
 
 fn serve_connection(stream: UnixStream, shared: &Shared) -> Result<(), ConnError> {
@@ -321,6 +350,15 @@ impl ServerConn {
                     Waited::Socket if self.watch.readable_now() => Next::Frame,
                     Waited::Socket => Next::Nothing,
                 }
+            };
+            if !matches!(next, Next::Nothing) && shared.draining.load(Ordering::Relaxed) {
+                // Not taken: the caller sees the connection close before
+                // its request was taken, and makes the call elsewhere.
+                tracing::debug!("draining: a connection closes without taking its request");
+                return Ok(());
+            }
+            let Some(_taken) = shared.take() else {
+                return Ok(());
             };
             match next {
                 Next::Slot(seq) => {
