@@ -13,6 +13,7 @@
 //!
 //! See docs/benchmarks.md for the method.
 
+pub mod churn;
 mod contender;
 mod error;
 mod measure;
@@ -53,6 +54,9 @@ pub enum Experiment {
     /// Nothing is called for [`Config::idle_window`]: the CPU that A and a
     /// served B use while idle.
     Idle,
+    /// A steady caller while replicas of B come and go ([`churn`]); run
+    /// only when asked for (`--only churn`), not among [`Experiment::ALL`].
+    Churn,
 }
 
 /// How long B is left idle before each call of the after-idle experiment.
@@ -78,6 +82,7 @@ impl Experiment {
             Experiment::Throughput => "throughput",
             Experiment::AfterIdle => "after-idle",
             Experiment::Idle => "idle",
+            Experiment::Churn => "churn",
         }
     }
 
@@ -86,10 +91,11 @@ impl Experiment {
         let t = text.trim();
         Experiment::ALL
             .into_iter()
+            .chain([Experiment::Churn])
             .find(|e| e.name() == t)
             .ok_or_else(|| {
                 BenchError::BadInput(format!(
-                    "unknown experiment '{t}' (expected: sequential, fan-out, fan-in, throughput, after-idle, idle)"
+                    "unknown experiment '{t}' (expected: sequential, fan-out, fan-in, throughput, after-idle, idle, churn)"
                 ))
             })
     }
@@ -245,6 +251,8 @@ impl Config {
                     size: 0,
                     n: 1,
                 }),
+                // Run by itself (`churn::run`), not as points.
+                Experiment::Churn => {}
             }
         }
         out

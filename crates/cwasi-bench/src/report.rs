@@ -230,6 +230,8 @@ pub fn summary(results: &Results, svgs: &[PathBuf]) -> String {
                 "Idle: CPU used while nothing is called",
                 "CPU of B (of A) over the window, in % of one core",
             ),
+            // Has no points: its own churn.md.
+            Experiment::Churn => continue,
         };
         let _ = writeln!(md, "## {title}\n");
         let _ = writeln!(md, "Cells: {metric}.\n");

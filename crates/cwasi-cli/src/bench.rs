@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use cwasi_bench::churn::ChurnConfig;
 use cwasi_bench::{Config, Experiment, Kind};
 
 /// The exit status of an interrupted run (128 + SIGINT, as shells report it).
@@ -22,7 +23,9 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Experiments to run: sequential, fan-out, fan-in, throughput,
-    /// after-idle, idle (comma-separated; default: all).
+    /// after-idle, idle (comma-separated; default: all of these), and
+    /// churn (a steady caller while replicas of B start, stop and crash;
+    /// only when named).
     #[arg(long, value_name = "LIST", value_parser = |s: &str| Experiment::parse_list(s).map_err(|e| e.to_string()))]
     only: Option<List<Experiment>>,
     /// What to compare: embedded, local, remote-direct, remote-direct-tls,
@@ -149,6 +152,37 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         c.profile,
         c.out.display()
     );
+    // The churn experiment runs by itself, before the others (if any).
+    let churn = c.experiments.contains(&Experiment::Churn);
+    c.experiments.retain(|e| *e != Experiment::Churn);
+    if churn {
+        if c.netns {
+            eprintln!(
+                "cwasi bench: churn runs its nodes on loopback; --netns applies to the other experiments only"
+            );
+        }
+        let mut config = ChurnConfig::new(c.cwasi_exe.clone(), c.out.clone(), c.stop.clone());
+        if args.quick {
+            config.phase = std::time::Duration::from_secs(1);
+        }
+        let phases = match cwasi_bench::churn::run(&config) {
+            Ok(p) => p,
+            Err(e @ cwasi_bench::BenchError::Interrupted) => {
+                eprintln!("cwasi bench: {e}");
+                return Ok(ExitCode::from(INTERRUPTED as u8));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        println!("{}", cwasi_bench::churn::markdown(&phases));
+        if c.experiments.is_empty() {
+            eprintln!(
+                "cwasi bench: churn.md and churn.csv in {} ({:.1} s)",
+                c.out.display(),
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let written = match cwasi_bench::run(&c) {
         Ok((_, written)) => written,
         Err(e @ cwasi_bench::BenchError::Interrupted) => {

@@ -517,3 +517,53 @@ fn interrupt(child: &mut std::process::Child, pid: u32, what: &str) -> std::proc
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// `cwasi bench --only churn --quick`: the steady caller follows B through
+/// every change (the run has its own Redis and `cwasi serve` replicas on
+/// three node directories), the files are written, and no call fails on a
+/// planned change. The switch delays are printed, not asserted.
+#[test]
+fn bench_churn_follows_the_callee_through_every_change() {
+    let scratch = Scratch::new("bench-churn");
+    let out = scratch.0.join("out");
+    let run = cwasi(
+        &[
+            "bench",
+            "--only",
+            "churn",
+            "--quick",
+            "--no-progress",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    println!("{}", run.stdout);
+    let (header, rows) = read_csv(&out.join("churn.csv"));
+    assert_eq!(header[0], "change");
+    let expected = [
+        ("B on n2, without a data address", "remote-broker"),
+        ("B starts on n3, with a data address", "remote-direct"),
+        ("B starts on n1 (the caller's node)", "local"),
+        ("SIGTERM to B on n1 (planned stop)", "remote-direct"),
+        ("B starts on n1 again", "local"),
+        ("SIGKILL to B on n1 (crash)", "remote-direct"),
+        ("SIGTERM to B on n3 (planned stop)", "remote-broker"),
+    ];
+    assert_eq!(rows.len(), expected.len(), "{rows:?}");
+    for (row, (change, cheapest)) in rows.iter().zip(expected) {
+        assert_eq!((row[0].as_str(), row[1].as_str()), (change, cheapest));
+        assert!(!row[3].is_empty(), "no call ever took {cheapest}: {row:?}");
+        let calls: u64 = row[2].parse().unwrap();
+        assert!(calls > 0, "{row:?}");
+        if !change.contains("SIGKILL") {
+            assert_eq!(row[5], "0", "calls failed on a planned change: {row:?}");
+        }
+    }
+    let md = std::fs::read_to_string(out.join("churn.md")).unwrap();
+    assert!(
+        md.contains("| 0 failed calls on planned changes | 0 | met |"),
+        "{md}"
+    );
+}

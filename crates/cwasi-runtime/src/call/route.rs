@@ -91,17 +91,20 @@ impl Path {
 }
 
 /// The path a call takes, as [`Route::next_path`] read it.
-enum NextPath {
+enum NextPath<'a> {
+    /// The route's embedded path, which never changes.
+    Fixed(&'a Arc<Path>),
     /// The current path, borrowed from the route.
     Current(arc_swap::Guard<Arc<Path>>),
     /// The spill path.
     Spill(Arc<Path>),
 }
 
-impl std::ops::Deref for NextPath {
+impl std::ops::Deref for NextPath<'_> {
     type Target = Arc<Path>;
     fn deref(&self) -> &Arc<Path> {
         match self {
+            NextPath::Fixed(p) => p,
             NextPath::Current(p) => p,
             NextPath::Spill(p) => p,
         }
@@ -138,6 +141,10 @@ pub(crate) trait Reselect: Send + Sync {
 /// How one caller reaches one callee: one path at a time, which can change.
 pub(crate) struct Route {
     edge: Edge,
+    /// The path of a route that starts embedded: the callee runs in this
+    /// process, so the path never changes, and a call reads it without
+    /// the atomic swap's bookkeeping (a sixth of a small embedded call).
+    fixed: Option<Arc<Path>>,
     current: ArcSwap<Path>,
     /// Where calls go while the current path is full, if anywhere.
     spill: ArcSwapOption<Path>,
@@ -179,15 +186,17 @@ impl Route {
             None => (None, 0),
         };
         let stats = Arc::new(HopStats::new(&edge.caller, &edge.target, path.mode));
+        let first = Arc::new(Path {
+            key: path.key,
+            mode: path.mode,
+            transport: path.transport,
+            stats: stats.clone(),
+            capacity: path.capacity,
+            in_flight: AtomicUsize::new(0),
+        });
         let route = Route {
-            current: ArcSwap::from_pointee(Path {
-                key: path.key,
-                mode: path.mode,
-                transport: path.transport,
-                stats: stats.clone(),
-                capacity: path.capacity,
-                in_flight: AtomicUsize::new(0),
-            }),
+            fixed: (first.mode == Mode::Embedded).then(|| first.clone()),
+            current: ArcSwap::new(first),
             spill: ArcSwapOption::empty(),
             edge,
             stats: Mutex::new(vec![stats]),
@@ -252,8 +261,13 @@ impl Route {
     }
 
     /// Makes `spec` the path of the calls from now on; calls under way
-    /// finish on the old one, which is dropped after them.
+    /// finish on the old one, which is dropped after them. A route that
+    /// started embedded keeps its path.
     pub fn switch_to(&self, spec: PathSpec) {
+        if self.fixed.is_some() {
+            tracing::warn!(caller = %self.edge.caller, target = %self.edge.target, "an embedded route keeps its path; not switched to {}", spec.key);
+            return;
+        }
         self.current.store(self.install(spec));
         self.switches.fetch_add(1, Ordering::Relaxed);
     }
@@ -268,7 +282,10 @@ impl Route {
     /// while the current one is full.
     /// The common case (the current path) is read without touching its
     /// reference count.
-    fn next_path(&self) -> NextPath {
+    fn next_path(&self) -> NextPath<'_> {
+        if let Some(fixed) = &self.fixed {
+            return NextPath::Fixed(fixed);
+        }
         let current = self.current.load();
         if current.is_full() {
             if let Some(spill) = self.spill.load_full() {

@@ -108,15 +108,23 @@ impl StreamServer {
 }
 
 impl Drop for StreamServer {
+    /// Withdraws the announcement first, so that callers on other nodes
+    /// move while the consumers finish their entries (a consumer may be
+    /// blocked reading the stream for a while), and once more after the
+    /// threads ended, in case a heartbeat under way announced it again.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        let unannounce = |b: &Broker| {
+            let _ = b.block_on(async {
+                tokio::time::timeout(BROKER_OP_TIMEOUT, b.unannounce(&self.namespace, &self.name))
+                    .await
+            });
+        };
+        unannounce(&self.broker);
+        tracing::info!(name = %self.name, namespace = %self.namespace, "unannounced");
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        let b = &self.broker;
-        let _ = b.block_on(async {
-            tokio::time::timeout(BROKER_OP_TIMEOUT, b.unannounce(&self.namespace, &self.name)).await
-        });
-        tracing::info!(name = %self.name, namespace = %self.namespace, "unannounced");
+        unannounce(&self.broker);
     }
 }
