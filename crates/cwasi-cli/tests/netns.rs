@@ -490,3 +490,102 @@ fn failover_soak_across_namespaces_never_returns_a_wrong_or_second_result() {
         "no call was retried: the chaos never hit a call in flight?"
     );
 }
+
+/// Adaptive paths across network stacks (docs/architecture.md, "How a
+/// route changes"): a steady caller on node1 while B moves. B starts on
+/// node2; a replica starts on node3 and node2's gets SIGTERM (a planned
+/// stop: the route moves to node3 through the registry); then a replica
+/// starts on node1, the caller's node (the route moves to local mode).
+/// No call fails, and the counts per path are printed.
+#[test]
+fn a_route_follows_its_callee_across_network_namespaces_and_no_call_fails() {
+    let Some(nodes) = Nodes::start("netns-adaptive", 3) else {
+        return;
+    };
+    let listen = |i: usize| data_addr(nodes.node(i));
+    let mut b2 = nodes.serve(2, progs::ECHO, "f", listen(2), &plain());
+    let url = nodes.redis.url();
+    let dir1 = nodes.dir(1);
+    std::fs::create_dir_all(&dir1).unwrap();
+    std::fs::set_permissions(&dir1, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    nodes.node(1).run(|| {
+        let rt = Runtime::builder()
+            .node("node1")
+            .node_directory(cwasi_runtime::NodeDirectory::open(&dir1).unwrap())
+            .broker(Broker::new(BrokerConfig::new(url, "node1")).unwrap())
+            .direct(PLAIN)
+            .build()
+            .unwrap();
+        wait_routed(&rt, "f", Mode::RemoteDirect);
+        let stop = AtomicBool::new(false);
+        let failed = Mutex::new(Vec::new());
+        let calls = AtomicU64::new(0);
+        let path = || {
+            rt.hops()
+                .into_iter()
+                .find(|h| h.target == "f" && h.current)
+                .and_then(|h| h.path)
+                .unwrap_or_default()
+        };
+        let wait_path = |what: &str, wanted: &str| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !path().starts_with(wanted) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: the route never took {wanted}: {}",
+                    path()
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    match rt.call("a", "f", b"across namespaces") {
+                        Ok(r) if r == b"across namespaces" => {}
+                        other => failed.lock().unwrap().push(format!("{other:?}")),
+                    }
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+            wait_path("B on node2", "remote-direct 'node2'");
+            let _b3 = nodes.serve(3, progs::ECHO, "f", listen(3), &plain());
+            let moved = Instant::now();
+            assert!(b2
+                .terminate_within(Duration::from_secs(20))
+                .is_some_and(|s| s.success()));
+            wait_path("node2 stopped", "remote-direct 'node3'");
+            println!(
+                "registry: the route left node2 {:?} after its SIGTERM",
+                moved.elapsed()
+            );
+            let _b1 = nodes.serve(1, progs::ECHO, "f", listen(1), &plain());
+            let appeared = Instant::now();
+            wait_path("a replica on node1", "local ");
+            println!(
+                "node directory: the route took node1's replica {:?} after its record",
+                appeared.elapsed()
+            );
+            let before = calls.load(Ordering::Relaxed);
+            while calls.load(Ordering::Relaxed) < before + 50 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        for h in rt.hops().iter().filter(|h| h.target == "f") {
+            println!(
+                "path {}{}: {} calls, {} failed; switches {}, rerouted {}",
+                h.mode,
+                if h.current { " (current)" } else { "" },
+                h.calls,
+                h.failures,
+                h.switches,
+                h.rerouted
+            );
+        }
+        let failed = failed.into_inner().unwrap();
+        assert!(failed.is_empty(), "calls failed while B moved: {failed:?}");
+        println!("{} calls, none failed", calls.load(Ordering::Relaxed));
+    });
+}
