@@ -87,6 +87,8 @@ pub struct PhaseReport {
     pub on_cheapest: f64,
     /// Failed calls by code.
     pub failed: Vec<(ErrorCode, usize)>,
+    /// The first failure's message, if a call failed.
+    pub first_failure: Option<String>,
     /// The median and the 99th percentile of the calls' latency.
     pub p50: Duration,
     /// See `p50`.
@@ -94,12 +96,12 @@ pub struct PhaseReport {
 }
 
 /// One call of the steady caller.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct CallRecord {
     at: Instant,
     took: Duration,
     mode: Option<Mode>,
-    failed: Option<ErrorCode>,
+    failed: Option<(ErrorCode, String)>,
 }
 
 /// A phase's change and the path it leaves cheapest.
@@ -297,7 +299,7 @@ fn steady(caller: &Runtime, interval: Duration, done: &AtomicBool, calls: &Mutex
             at,
             took,
             mode,
-            failed: result.err().map(|e| e.code),
+            failed: result.err().map(|e| (e.code, e.message)),
         });
         std::thread::sleep(interval);
     }
@@ -329,7 +331,10 @@ fn report(marks: &[PhaseMark], calls: &[CallRecord]) -> Vec<PhaseReport> {
                 on as f64 / after.len() as f64
             };
             let mut failed: Vec<(ErrorCode, usize)> = Vec::new();
-            for code in in_phase.iter().filter_map(|c| c.failed) {
+            for code in in_phase
+                .iter()
+                .filter_map(|c| c.failed.as_ref().map(|f| f.0))
+            {
                 match failed.iter_mut().find(|(c, _)| *c == code) {
                     Some((_, n)) => *n += 1,
                     None => failed.push((code, 1)),
@@ -342,7 +347,12 @@ fn report(marks: &[PhaseMark], calls: &[CallRecord]) -> Vec<PhaseReport> {
                     .copied()
                     .unwrap_or_default()
             };
+            let first_failure = in_phase
+                .iter()
+                .find_map(|c| c.failed.as_ref())
+                .map(|(code, message)| format!("{code}: {message}"));
             PhaseReport {
+                first_failure,
                 name: m.name,
                 planned: m.planned,
                 via_registry: m.via_registry,
@@ -392,6 +402,11 @@ pub fn markdown(phases: &[PhaseReport]) -> String {
     }
     // The first phase is the start, not a change.
     let changes = phases.get(1..).unwrap_or_default();
+    for p in phases {
+        if let Some(f) = &p.first_failure {
+            let _ = writeln!(out, "\nFirst failure in \"{}\": {f}", p.name);
+        }
+    }
     let worst = |registry: bool| {
         changes
             .iter()

@@ -125,12 +125,31 @@ impl Cluster {
     }
 }
 
+/// Waits until `rt` finds `f` (a server registers in its node directory
+/// before it announces itself in the cluster registry).
+fn wait_findable(rt: &Runtime) {
+    let deadline = Instant::now() + PATIENCE;
+    while let Err(e) = rt.explain("a", "f") {
+        assert!(Instant::now() < deadline, "f is never found: {e}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The path the caller's edge to `f` takes now.
 fn current_mode(rt: &Runtime) -> Option<Mode> {
     rt.hops()
         .into_iter()
         .find(|h| h.caller == HOST_CALLER && h.target == "f" && h.current)
         .map(|h| h.mode)
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A caller calling `f` every 2 ms until stopped, logging every call.
@@ -145,6 +164,12 @@ impl Steady {
             stop: AtomicBool::new(false),
             calls: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Stops the caller when dropped, also when the test panics (a
+    /// scope would otherwise wait for the caller forever).
+    fn stop_on_drop(&self) -> StopOnDrop<'_> {
+        StopOnDrop(&self.stop)
     }
 
     fn run(&self, rt: &Runtime) {
@@ -232,8 +257,10 @@ fn a_route_follows_its_callee_between_nodes_and_planned_stops_fail_no_call() {
     let _remote = cluster.serve("n2", &cluster.n2, true);
     let rt = cluster.caller();
     let steady = Steady::new();
+    wait_findable(&rt);
     std::thread::scope(|s| {
         s.spawn(|| steady.run(&rt));
+        let _stop = steady.stop_on_drop();
         let begin = Instant::now();
         // Served on n2 only: the route is remote-direct.
         steady.wait_for_mode(Mode::RemoteDirect, begin, "served on n2 only");
@@ -324,8 +351,10 @@ fn a_route_on_the_broker_moves_to_a_data_address_when_one_is_announced_and_back(
     let rt = cluster.caller();
     let steady = Steady::new();
     let n3 = private_dir(&cluster.scratch, "n3");
+    wait_findable(&rt);
     std::thread::scope(|s| {
         s.spawn(|| steady.run(&rt));
+        let _stop = steady.stop_on_drop();
         let begin = Instant::now();
         steady.wait_for_mode(Mode::RemoteBroker, begin, "no data address");
         steady.wait_calls(20);
@@ -365,10 +394,12 @@ fn a_rolling_restart_of_three_replicas_under_two_callers_fails_no_call() {
         cluster.caller_on("n2", &cluster.n2),
     ];
     let steady = [Steady::new(), Steady::new()];
+    callers.iter().for_each(wait_findable);
     std::thread::scope(|s| {
         for (rt, st) in callers.iter().zip(&steady) {
             s.spawn(move || st.run(rt));
         }
+        let _stop = [steady[0].stop_on_drop(), steady[1].stop_on_drop()];
         let begin = Instant::now();
         for st in &steady {
             st.wait_for_mode(Mode::Local, begin, "a replica on the caller's node");

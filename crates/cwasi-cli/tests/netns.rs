@@ -538,7 +538,15 @@ fn a_route_follows_its_callee_across_network_namespaces_and_no_call_fails() {
                 std::thread::sleep(Duration::from_millis(5));
             }
         };
+        /// Stops the caller also when the test panics.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
         std::thread::scope(|s| {
+            let _stop = StopOnDrop(&stop);
             s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
                     match rt.call("a", "f", b"across namespaces") {

@@ -241,11 +241,9 @@ pub(crate) fn serve(
         data_addr: direct.as_ref().map(|d| d.data_addr().to_string()),
         slots: u32::try_from(opts.max_concurrent_calls.max(1)).ok(),
     };
-    let registration = dir.register(&record)?;
-    let stream = match host.broker {
-        Some(broker) => Some(serve_stream(function, broker, &record, &opts)?),
-        None => None,
-    };
+    // Accepting before the record is published: a caller that finds the
+    // record is served at once (it would otherwise wait in the socket's
+    // backlog while the broker's consumers start).
     let mut allowed_uids = opts.allowed_uids.clone();
     allowed_uids.push(rustix::process::getuid().as_raw());
     allowed_uids.push(0);
@@ -257,6 +255,11 @@ pub(crate) fn serve(
     };
     let local = LocalServer::start(listener, function.clone(), settings)?;
     let local_taking = local.taking();
+    let registration = dir.register(&record)?;
+    let stream = match host.broker {
+        Some(broker) => Some(serve_stream(function, broker, &record, &opts)?),
+        None => None,
+    };
     Ok(ServeHandle {
         local_taking,
         stream,

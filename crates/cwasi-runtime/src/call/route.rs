@@ -223,9 +223,19 @@ impl Route {
     }
 
     /// The fingerprint of the placement the current path was chosen from,
-    /// locked: whoever holds it is the one re-selecting.
-    pub fn placement(&self) -> MutexGuard<'_, u64> {
-        self.placement.lock().unwrap_or_else(|p| p.into_inner())
+    /// locked: whoever holds it is the one re-selecting. Waits for another
+    /// re-selection until `deadline` at most (`None` then).
+    pub fn placement_by(&self, deadline: Deadline) -> Option<MutexGuard<'_, u64>> {
+        loop {
+            match self.placement.try_lock() {
+                Ok(guard) => return Some(guard),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) if deadline.is_expired() => return None,
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
     }
 
     /// The path calls spill to while the current one is full, if any.

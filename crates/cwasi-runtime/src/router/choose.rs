@@ -26,6 +26,7 @@ use crate::transport::remote::{RemoteClient, RemoteEndpoint};
 
 /// Where a callee is, as one look at the node directory and the registry
 /// found it: what a path is chosen from.
+#[derive(Clone)]
 pub(super) struct Facts {
     /// Its live records on this node, the caller's namespace first.
     pub local: Vec<EndpointRecord>,

@@ -28,7 +28,7 @@ use crate::node_dir::NodeDirectory;
 use crate::selector::Selection;
 use crate::transport::direct::DirectTls;
 use crate::transport::remote::Broker;
-use choose::Chosen;
+use choose::{Chosen, Facts};
 
 /// Name under which calls made by the host itself (CLI, tests) are recorded.
 pub const HOST_CALLER: &str = "<host>";
@@ -282,13 +282,20 @@ impl RuntimeRouter {
     /// otherwise only if the callee's placement changed since the route's
     /// path was chosen. A route on an embedded path keeps it. True if the
     /// route has a new path (or another call gave it one meanwhile).
+    /// `look` finds the callee's placement (the node directory and the
+    /// registry, or what a look at them for another route found).
     fn reselect(
         &self,
         route: &Route,
         failed: Option<(&str, &CallError)>,
         deadline: Deadline,
+        look: &mut dyn FnMut(&str, &str) -> Result<Facts, CallError>,
     ) -> bool {
-        let mut placement = route.placement();
+        // Another re-selection of this route may be under way (a look at
+        // the registry): wait for it no longer than this one may take.
+        let Some(mut placement) = route.placement_by(deadline) else {
+            return false;
+        };
         let current = route.path();
         let spill = route.spill_path();
         let spill_key = spill.as_ref().map(|p| p.key.as_str());
@@ -298,7 +305,7 @@ impl RuntimeRouter {
             _ => {}
         }
         let edge = route.edge();
-        let facts = match self.gather(&edge.namespace, &edge.target, deadline) {
+        let facts = match look(&edge.namespace, &edge.target) {
             Ok(facts) => facts,
             Err(e) => {
                 tracing::debug!(caller = %edge.caller, target = %edge.target, "cannot look at the callee's placement: {e}");
@@ -349,10 +356,17 @@ impl RuntimeRouter {
 
     /// Looks again at the placement of every callee with a route that can
     /// change, and switches those whose best path is another now.
+    /// One look per callee and caller namespace serves all its routes.
     fn reconcile(&self) {
+        let mut seen: HashMap<(String, String), Result<Facts, CallError>> = HashMap::new();
         for route in self.routes() {
             let deadline = Deadline::after(self.limits.call_timeout.min(watch::LOOKUP_TIMEOUT));
-            self.reselect(&route, None, deadline);
+            let mut look = |ns: &str, target: &str| {
+                seen.entry((ns.to_string(), target.to_string()))
+                    .or_insert_with(|| self.gather(ns, target, deadline))
+                    .clone()
+            };
+            self.reselect(&route, None, deadline, &mut look);
         }
     }
 
@@ -455,6 +469,7 @@ impl Reselect for RuntimeRouter {
         why: &CallError,
         deadline: Deadline,
     ) -> bool {
-        self.reselect(route, Some((failed_key, why)), deadline)
+        let mut look = |ns: &str, target: &str| self.gather(ns, target, deadline);
+        self.reselect(route, Some((failed_key, why)), deadline, &mut look)
     }
 }
