@@ -3,10 +3,9 @@
 //! direct data plane, adopting a served module, and building the chosen
 //! path's client.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 
+use super::facts::{spill_tier, Facts};
 use super::{Decision, RuntimeRouter, HOST_CALLER};
 use crate::call::route::PathSpec;
 use crate::call::transport::Transport;
@@ -24,40 +23,6 @@ use crate::transport::embedded::EmbeddedClient;
 use crate::transport::local::client::LocalClient;
 use crate::transport::remote::{RemoteClient, RemoteEndpoint};
 
-/// Where a callee is, as one look at the node directory and the registry
-/// found it: what a path is chosen from.
-#[derive(Clone)]
-pub(super) struct Facts {
-    /// Its live records on this node, the caller's namespace first.
-    pub local: Vec<EndpointRecord>,
-    /// Its announcements on other nodes (asked only when nothing on this
-    /// node serves the call), the caller's namespace first.
-    pub remote: Vec<RemoteEndpoint>,
-    /// Why the registry could not be asked, if it could not.
-    pub registry_error: Option<CallError>,
-}
-
-impl Facts {
-    /// A digest of the facts a choice depends on: the same digest, the
-    /// same choice, so a route whose callee did not move is not chosen
-    /// again (and its peers are not probed again).
-    pub fn fingerprint(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        for r in &self.local {
-            (&r.namespace, &r.socket, &r.digest, r.embed.is_some()).hash(&mut h);
-        }
-        0xff_u8.hash(&mut h);
-        for r in &self.remote {
-            (&r.namespace, &r.node, &r.data_addr).hash(&mut h);
-        }
-        self.registry_error
-            .as_ref()
-            .map(|e| e.code as i32)
-            .hash(&mut h);
-        h.finish()
-    }
-}
-
 /// A chosen path, ready to install in a route.
 pub(super) struct Chosen {
     /// The mode and why.
@@ -68,31 +33,6 @@ pub(super) struct Chosen {
     pub spill: Option<PathSpec>,
     /// The fingerprint of the facts it was chosen from.
     pub placement: u64,
-}
-
-/// Where calls to the local server `local` spill while this caller's calls
-/// fill its call slots: the path the selector picks among the other nodes
-/// (the next tier), if the server says how many slots it has and the
-/// callee is served on another node of the same namespace. Pure policy:
-/// the same placement with this node's tier left out.
-fn spill_tier<'a>(
-    placement: &Placement<'a>,
-    local: &EndpointRecord,
-) -> Option<(Selection, Choice<'a>)> {
-    local.slots?;
-    let next = Placement {
-        loaded: None,
-        local: &[],
-        ..*placement
-    };
-    match select(&next) {
-        Ok((s, c @ (Choice::RemoteDirect(r) | Choice::RemoteBroker(r))))
-            if r.namespace == local.namespace =>
-        {
-            Some((s, c))
-        }
-        _ => None,
-    }
 }
 
 impl RuntimeRouter {

@@ -7,6 +7,7 @@
 //! call finds nothing at the chosen path ([`Reselect`]).
 
 mod choose;
+mod facts;
 mod watch;
 
 use std::cell::RefCell;
@@ -28,7 +29,8 @@ use crate::node_dir::NodeDirectory;
 use crate::selector::Selection;
 use crate::transport::direct::DirectTls;
 use crate::transport::remote::Broker;
-use choose::{Chosen, Facts};
+use choose::Chosen;
+use facts::Facts;
 
 /// Name under which calls made by the host itself (CLI, tests) are recorded.
 pub const HOST_CALLER: &str = "<host>";
