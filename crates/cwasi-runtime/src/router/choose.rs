@@ -6,7 +6,7 @@
 use std::sync::{Arc, Weak};
 
 use super::facts::{spill_tier, Facts};
-use super::{Decision, RuntimeRouter, HOST_CALLER};
+use super::{keep_decision, Decision, RuntimeRouter, HOST_CALLER};
 use crate::call::route::PathSpec;
 use crate::call::transport::Transport;
 use crate::config::{FunctionSpec, Mode, ModeOverride};
@@ -277,14 +277,14 @@ impl RuntimeRouter {
             } else {
                 Mode::RemoteBroker
             };
-            decisions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Decision {
+            keep_decision(
+                &decisions,
+                Decision {
                     caller: caller.clone(),
                     target: target.clone(),
                     outcome: Ok(Selection { mode, reason: what }),
-                });
+                },
+            );
         })
     }
 

@@ -417,10 +417,7 @@ impl RuntimeRouter {
     /// appear), and a caller that retries would otherwise add one line, and
     /// one entry, per call.
     fn record_decision(&self, decision: Decision) {
-        let mut decisions = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
-        if !decisions.contains(&decision) {
-            decisions.push(decision);
-        }
+        keep_decision(&self.decisions, decision);
     }
 
     /// Every distinct routing decision made so far, in order.
@@ -450,6 +447,24 @@ impl RuntimeRouter {
             .flat_map(|by_target| by_target.values().cloned())
             .collect()
     }
+}
+
+/// How many decisions a runtime keeps for `--explain`: a long-lived process
+/// whose callees restart keeps making new ones (each names a pid), and the
+/// oldest go first.
+const MAX_DECISIONS: usize = 1024;
+
+/// Adds `decision` to `decisions` unless it is there already, dropping the
+/// oldest beyond [`MAX_DECISIONS`].
+fn keep_decision(decisions: &Mutex<Vec<Decision>>, decision: Decision) {
+    let mut decisions = decisions.lock().unwrap_or_else(|p| p.into_inner());
+    if decisions.contains(&decision) {
+        return;
+    }
+    if decisions.len() >= MAX_DECISIONS {
+        decisions.remove(0);
+    }
+    decisions.push(decision);
 }
 
 impl Router for RuntimeRouter {
