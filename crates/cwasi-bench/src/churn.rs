@@ -7,8 +7,9 @@
 //! stopped with SIGTERM, killed with SIGKILL, and announced on other nodes,
 //! one change per phase. Three nodes share this machine and one Redis: `n1`
 //! (A's node directory), `n2` (B without a data address: reachable through
-//! the broker only) and `n3` (B with a plain-TCP data address on
-//! loopback). Every phase has a cheapest live path; for each, the report
+//! the broker only) and `n3` (B with a plain-TCP data address). On
+//! loopback, or with [`ChurnConfig::netns`] `n2`, `n3` and Redis in one
+//! network namespace and A and `n1` in another, joined by veth pairs. Every phase has a cheapest live path; for each, the report
 //! gives the calls, the time from the change to the first call on that
 //! path (the switch delay), the share of calls on it after that first call,
 //! the failed calls by code, and the latency's median and p99.
@@ -25,7 +26,7 @@ use cwasi_runtime::{DirectConfig, ErrorCode, Mode, NodeDirectory, Runtime};
 use redis_launcher::RedisServer;
 use rustix::process::{kill_process, Pid, Signal};
 
-use crate::contender::lock;
+use crate::contender::{lock, Net, Placement};
 use crate::BenchError;
 
 /// The callee's name, namespace and module.
@@ -51,6 +52,9 @@ pub struct ChurnConfig {
     pub interval: Duration,
     /// Set to stop early (Ctrl-C).
     pub stop: Arc<AtomicBool>,
+    /// Whether the other nodes and Redis run in a network namespace of
+    /// their own (root and iproute2 needed).
+    pub netns: bool,
 }
 
 impl ChurnConfig {
@@ -62,6 +66,7 @@ impl ChurnConfig {
             phase: Duration::from_secs(2),
             interval: Duration::from_millis(2),
             stop,
+            netns: false,
         }
     }
 }
@@ -118,15 +123,29 @@ struct PhaseMark {
 pub fn run(config: &ChurnConfig) -> Result<Vec<PhaseReport>, BenchError> {
     let scratch = std::env::temp_dir().join(format!("cwasi-churn-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
-    let result = run_in(config, &scratch);
+    let result = if config.netns {
+        let net = Net::create()?;
+        let place = net.placement()?;
+        net.in_a(|| run_in(config, &scratch, &place))
+    } else {
+        run_in(config, &scratch, &Placement::Here)
+    };
     let _ = std::fs::remove_dir_all(&scratch);
     let phases = result?;
     write(config, &phases)?;
     Ok(phases)
 }
 
-fn run_in(config: &ChurnConfig, scratch: &Path) -> Result<Vec<PhaseReport>, BenchError> {
-    let redis = RedisServer::start()?;
+/// Runs the phases with the other nodes and Redis placed by `place`.
+fn run_in(
+    config: &ChurnConfig,
+    scratch: &Path,
+    place: &Placement,
+) -> Result<Vec<PhaseReport>, BenchError> {
+    let redis = match place {
+        Placement::Here => RedisServer::start()?,
+        Placement::Node { b, .. } => RedisServer::start_in(b.name(), b.addr(), &[])?,
+    };
     let url = redis.url();
     let dir = |node: &str| -> Result<PathBuf, BenchError> {
         let d = scratch.join(node);
@@ -137,8 +156,14 @@ fn run_in(config: &ChurnConfig, scratch: &Path) -> Result<Vec<PhaseReport>, Benc
     let module = scratch.join("discard.wasm");
     std::fs::write(&module, test_programs_artifacts::wasm_bytes!(DISCARD))
         .map_err(|e| BenchError::output(&module, e))?;
+    // n1 is the caller's node; the others are where B is placed.
     let replica = |node: &str, dir: &Path, listen: bool| {
-        Replica::start(&config.cwasi_exe, &module, node, dir, &url, listen)
+        let cmd = match node {
+            "n1" => Command::new(&config.cwasi_exe),
+            _ => place.command(&config.cwasi_exe),
+        };
+        let listen = listen.then(|| format!("{}:0", place.b_ip()));
+        Replica::start(cmd, &module, node, dir, &url, listen.as_deref())
     };
 
     let _broker_only = replica("n2", &n2, false)?;
@@ -452,7 +477,13 @@ pub fn markdown(phases: &[PhaseReport]) -> String {
 fn write(config: &ChurnConfig, phases: &[PhaseReport]) -> Result<(), BenchError> {
     std::fs::create_dir_all(&config.out).map_err(|e| BenchError::output(&config.out, e))?;
     let md = config.out.join("churn.md");
-    std::fs::write(&md, markdown(phases)).map_err(|e| BenchError::output(&md, e))?;
+    let placed = if config.netns {
+        "n2, n3 and Redis in one network namespace, the caller and n1 in another (--netns)"
+    } else {
+        "every node and Redis on loopback"
+    };
+    let text = format!("Churn: {placed}.\n\n{}", markdown(phases));
+    std::fs::write(&md, text).map_err(|e| BenchError::output(&md, e))?;
     let path = config.out.join("churn.csv");
     let mut w = csv::Writer::from_path(&path).map_err(|e| BenchError::output(&path, e))?;
     let header = [
@@ -496,14 +527,13 @@ impl Replica {
     /// registry at `url`, with a loopback data address when `listen`;
     /// returns once its record is in `dir`.
     fn start(
-        exe: &Path,
+        mut cmd: Command,
         module: &Path,
         node: &str,
         dir: &Path,
         url: &str,
-        listen: bool,
+        listen: Option<&str>,
     ) -> Result<Replica, BenchError> {
-        let mut cmd = Command::new(exe);
         cmd.arg("serve")
             .arg(module)
             .args(["--name", CALLEE, "--namespace", CALLEE_NS])
@@ -518,13 +548,13 @@ impl Replica {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if listen {
-            cmd.args(["--listen", "127.0.0.1:0"]);
+        if let Some(addr) = listen {
+            cmd.args(["--listen", addr]);
         }
         redis_launcher::kill_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|e| {
-            BenchError::setup("churn", format!("cannot run {} serve: {e}", exe.display()))
-        })?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| BenchError::setup("churn", format!("cannot run cwasi serve: {e}")))?;
         let mut replica = Replica {
             child,
             record: dir.join(format!("{CALLEE}@{CALLEE_NS}.json")),

@@ -156,12 +156,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let churn = c.experiments.contains(&Experiment::Churn);
     c.experiments.retain(|e| *e != Experiment::Churn);
     if churn {
-        if c.netns {
-            eprintln!(
-                "cwasi bench: churn runs its nodes on loopback; --netns applies to the other experiments only"
-            );
-        }
         let mut config = ChurnConfig::new(c.cwasi_exe.clone(), c.out.clone(), c.stop.clone());
+        config.netns = c.netns;
         if args.quick {
             config.phase = std::time::Duration::from_secs(1);
         }

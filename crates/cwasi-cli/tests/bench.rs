@@ -518,26 +518,31 @@ fn interrupt(child: &mut std::process::Child, pid: u32, what: &str) -> std::proc
     }
 }
 
-/// `cwasi bench --only churn --quick`: the steady caller follows B through
-/// every change (the run has its own Redis and `cwasi serve` replicas on
-/// three node directories), the files are written, and no call fails on a
-/// planned change. The switch delays are printed, not asserted.
+/// `cwasi bench --only churn --quick`, on loopback and with `--netns`: the
+/// steady caller follows B through every change (the run has its own Redis
+/// and `cwasi serve` replicas on three node directories), the files are
+/// written, and no call fails on a planned change. The switch delays are
+/// printed, not asserted.
 #[test]
 fn bench_churn_follows_the_callee_through_every_change() {
+    churn_run(&[]);
+    churn_run(&["--netns"]);
+}
+
+fn churn_run(extra: &[&str]) {
     let scratch = Scratch::new("bench-churn");
     let out = scratch.0.join("out");
-    let run = cwasi(
-        &[
-            "bench",
-            "--only",
-            "churn",
-            "--quick",
-            "--no-progress",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        LIMIT,
-    );
+    let mut args = vec![
+        "bench",
+        "--only",
+        "churn",
+        "--quick",
+        "--no-progress",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let run = cwasi(&args, LIMIT);
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     println!("{}", run.stdout);
     let (header, rows) = read_csv(&out.join("churn.csv"));
