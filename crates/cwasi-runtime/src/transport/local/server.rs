@@ -351,13 +351,11 @@ impl ServerConn {
                     Waited::Socket => Next::Nothing,
                 }
             };
-            if !matches!(next, Next::Nothing) && shared.draining.load(Ordering::Relaxed) {
-                // Not taken: the caller sees the connection close before
-                // its request was taken, and makes the call elsewhere.
-                tracing::debug!("draining: a connection closes without taking its request");
-                return Ok(());
-            }
             let Some(_taken) = shared.take() else {
+                // Draining, so not taken: the caller sees the connection
+                // close before its request was taken, and makes the call
+                // elsewhere.
+                tracing::debug!("draining: a connection closes without taking its request");
                 return Ok(());
             };
             match next {
