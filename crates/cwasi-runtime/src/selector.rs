@@ -283,22 +283,9 @@ fn looked_in(p: &Placement<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node_dir::RECORD_VERSION;
 
     fn record(ns: &str) -> EndpointRecord {
-        EndpointRecord {
-            version: RECORD_VERSION,
-            name: "b".into(),
-            namespace: ns.into(),
-            node: "n1".into(),
-            module: "/b.wasm".into(),
-            digest: "sha256:ab".into(),
-            socket: format!("/run/cwasi/b@{ns}.sock").into(),
-            pid: 42,
-            embed: None,
-            data_addr: None,
-            slots: None,
-        }
+        EndpointRecord::sample(ns)
     }
 
     fn remote(ns: &str) -> RemoteEndpoint {

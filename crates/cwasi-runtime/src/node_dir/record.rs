@@ -62,3 +62,24 @@ pub struct EmbedInfo {
     /// The seed handler export, for prototype-style callees.
     pub seed_handler: Option<String>,
 }
+
+#[cfg(test)]
+impl EndpointRecord {
+    /// A record of function `b` served in namespace `ns` on node `n1`, for
+    /// the tests of what reads records (the selector, the placement facts).
+    pub(crate) fn sample(ns: &str) -> EndpointRecord {
+        EndpointRecord {
+            version: RECORD_VERSION,
+            name: "b".into(),
+            namespace: ns.into(),
+            node: "n1".into(),
+            module: "/b.wasm".into(),
+            digest: "sha256:ab".into(),
+            socket: format!("/run/cwasi/b@{ns}.sock").into(),
+            pid: 42,
+            embed: None,
+            data_addr: None,
+            slots: None,
+        }
+    }
+}

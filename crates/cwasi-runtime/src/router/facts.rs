@@ -76,22 +76,12 @@ mod tests {
     use super::*;
     use crate::config::{Mode, ModeOverride};
     use crate::error::ErrorCode;
-    use crate::node_dir::RECORD_VERSION;
     use crate::selector::DirectProbe;
 
     fn record(ns: &str, slots: Option<u32>) -> EndpointRecord {
         EndpointRecord {
-            version: RECORD_VERSION,
-            name: "b".into(),
-            namespace: ns.into(),
-            node: "n1".into(),
-            module: "/b.wasm".into(),
-            digest: "sha256:ab".into(),
-            socket: format!("/run/cwasi/b@{ns}.sock").into(),
-            pid: 42,
-            embed: None,
-            data_addr: None,
             slots,
+            ..EndpointRecord::sample(ns)
         }
     }
 
