@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::guests::private_dir;
-use common::{wait_announced, Scratch, Server};
+use common::{wait_announced, Scratch, Server, StopOnDrop};
 use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::{
     DirectConfig, ErrorCode, HopReport, Limits, Mode, NodeDirectory, Runtime, HOST_CALLER,
@@ -141,15 +141,6 @@ fn current_mode(rt: &Runtime) -> Option<Mode> {
         .into_iter()
         .find(|h| h.caller == HOST_CALLER && h.target == "f" && h.current)
         .map(|h| h.mode)
-}
-
-/// Sets its flag when dropped.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// A caller calling `f` every 2 ms until stopped, logging every call.

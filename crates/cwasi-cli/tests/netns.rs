@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{assert_producer_ok, function, run_with_timeout, Scratch, Server, LIMIT};
+use common::{assert_producer_ok, function, run_with_timeout, Scratch, Server, StopOnDrop, LIMIT};
 use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::{DirectConfig, ErrorCode, Limits, Mode, Runtime, TlsFiles};
 use test_programs_artifacts as progs;
@@ -538,13 +538,6 @@ fn a_route_follows_its_callee_across_network_namespaces_and_no_call_fails() {
                 std::thread::sleep(Duration::from_millis(5));
             }
         };
-        /// Stops the caller also when the test panics.
-        struct StopOnDrop<'a>(&'a AtomicBool);
-        impl Drop for StopOnDrop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::Relaxed);
-            }
-        }
         std::thread::scope(|s| {
             let _stop = StopOnDrop(&stop);
             s.spawn(|| {

@@ -284,3 +284,14 @@ pub fn refusal(s: std::os::unix::net::UnixStream) -> (i32, String) {
     assert_eq!(got[0].kind, Kind::Error);
     (got[0].status, got[0].message.clone())
 }
+
+/// Sets its flag when dropped: a test that stops a caller thread with a
+/// flag holds one, so that a failed assertion also stops the caller (a
+/// thread scope would otherwise wait for it forever).
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
