@@ -5,7 +5,7 @@
 //! README's test command installs them).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -14,111 +14,11 @@ use test_programs_artifacts as progs;
 use test_support::containerd::Containerd;
 use test_support::RedisServer;
 
-const RUNTIME: &str = "io.containerd.cwasi.v1";
+mod common;
+
+use common::{image, mount, node_dir, run, serve, serve_within, start_containerd, text};
+
 const TEN_MIB: &str = "10485760";
-
-fn start_containerd() -> Containerd {
-    let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1"));
-    Containerd::start(shim.parent().expect("the shim has a directory"))
-}
-
-/// Builds an image of a guest program and imports it; returns its reference.
-fn image(c: &Containerd, module: &str, name: &str, kind: ImageKind) -> String {
-    c.import_module(module, name, kind)
-}
-
-/// A node directory on the host (0700), to bind-mount at /run/cwasi.
-fn node_dir(c: &Containerd, name: &str) -> PathBuf {
-    let dir = c.dir().join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    dir
-}
-
-fn mount(dir: &Path) -> String {
-    format!(
-        "type=bind,src={},dst=/run/cwasi,options=rbind:rw",
-        dir.display()
-    )
-}
-
-/// `ctr run --rm` in the foreground: its output and exit status.
-fn run(c: &Containerd, id: &str, opts: &[&str], image: &str, args: &[&str]) -> Output {
-    c.track(id);
-    let mut all = vec!["run", "--rm", "--runtime", RUNTIME];
-    all.extend_from_slice(opts);
-    all.push(image);
-    all.push(id);
-    all.extend_from_slice(args);
-    c.ctr_output(&all)
-}
-
-/// `ctr run -d` of a serving container; waits until its record is in `dir`.
-fn serve(c: &Containerd, id: &str, opts: &[&str], image: &str, dir: &Path, record: &str) {
-    serve_within(c, id, opts, image, dir, record, Duration::from_secs(20));
-}
-
-/// [`serve`], waiting up to `limit` for the record (a component that
-/// compiles first: a Python interpreter takes tens of seconds in a debug
-/// build on two busy cores).
-fn serve_within(
-    c: &Containerd,
-    id: &str,
-    opts: &[&str],
-    image: &str,
-    dir: &Path,
-    record: &str,
-    limit: Duration,
-) {
-    c.track(id);
-    let log = format!("file://{}", c.dir().join(format!("{id}.log")).display());
-    let mut all = vec![
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--log-uri",
-        &log,
-        "--env",
-        "CWASI_SERVE=true",
-    ];
-    all.extend_from_slice(opts);
-    all.push(image);
-    all.push(id);
-    let out = c.ctr_output(&all);
-    assert!(out.status.success(), "ctr run -d {id}: {}", text(&out));
-    // `<name>@<namespace>.json`; the node directory may name the file
-    // otherwise (a name with `_` gets a suffix), so it is asked.
-    let (name, namespace) = record
-        .trim_end_matches(".json")
-        .split_once('@')
-        .expect("a record is <name>@<namespace>.json");
-    let live = || {
-        cwasi_runtime::NodeDirectory::open(dir)
-            .ok()
-            .and_then(|d| d.lookup(name, namespace))
-            .is_some()
-    };
-    let deadline = Instant::now() + limit;
-    while !live() {
-        assert!(
-            Instant::now() < deadline,
-            "{id} did not register {name} of {namespace} in {}; its log: {}",
-            dir.display(),
-            std::fs::read_to_string(c.dir().join(format!("{id}.log"))).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Asserts a producer container sent 10 MiB and got it back intact, over
 /// `mode` as the shim's explain output says.

@@ -7,18 +7,17 @@
 //! them. Needs root and the Debian packages containerd and runc, as the
 //! other shim tests: without them the test fails.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cwasi_oci::ImageKind;
 use test_programs_artifacts as progs;
-use test_support::containerd::Containerd;
 use test_support::memory::{largest_mappings, pss_of_all, shim_family, task_pid, Memory};
 
-const RUNTIME: &str = "io.containerd.cwasi.v1";
+mod common;
+
+use common::{image, mount, node_dir, serve, start_containerd, text, RUNTIME};
+
 const TEN_MIB: &str = "10485760";
 const CALLS: &str = "100";
 /// How far above its idle resident set before the calls the server may
@@ -26,45 +25,6 @@ const CALLS: &str = "100";
 const SLACK_KIB: u64 = 10 << 10;
 /// How long the server is left idle after the calls.
 const IDLE: Duration = Duration::from_secs(5);
-
-/// Builds an image of a guest program and imports it; returns its reference.
-fn image(c: &Containerd, module: &str, name: &str) -> String {
-    c.import_module(module, name, ImageKind::Plain)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// `ctr run -d` of a container serving `image`; waits until its record is
-/// in `dir`.
-fn serve(c: &Containerd, id: &str, opts: &[&str], image: &str, dir: &Path, record: &str) {
-    c.track(id);
-    let log = format!("file://{}", c.dir().join(format!("{id}.log")).display());
-    let mut all = vec!["run", "-d", "--runtime", RUNTIME, "--log-uri", &log];
-    all.extend_from_slice(&["--env", "CWASI_SERVE=true"]);
-    all.extend_from_slice(opts);
-    all.push(image);
-    all.push(id);
-    let out = c.ctr_output(&all);
-    assert!(out.status.success(), "ctr run -d {id}: {}", text(&out));
-    let path = dir.join(record);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{id} did not register {}; its log: {}",
-            path.display(),
-            std::fs::read_to_string(c.dir().join(format!("{id}.log"))).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Reads the memory of `pid` until `done`, every 20 ms; returns the reading
 /// with the largest resident set.
@@ -82,17 +42,11 @@ fn sample_peak(pid: u32, done: &AtomicBool) -> Memory {
 
 #[test]
 fn a_served_function_gives_its_memory_back_when_idle() {
-    let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-cwasi-v1"));
-    let c = Containerd::start(shim.parent().expect("the shim has a directory"));
-    let echo = image(&c, progs::ECHO, "echo");
-    let producer = image(&c, progs::PRODUCER, "producer");
-    let node = c.dir().join("node");
-    std::fs::create_dir_all(&node).unwrap();
-    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let m = format!(
-        "type=bind,src={},dst=/run/cwasi,options=rbind:rw",
-        node.display()
-    );
+    let c = start_containerd();
+    let echo = image(&c, progs::ECHO, "echo", ImageKind::Plain);
+    let producer = image(&c, progs::PRODUCER, "producer", ImageKind::Plain);
+    let node = node_dir(&c, "node");
+    let m = mount(&node);
 
     let opts = ["--mount", &m, "--env", "CWASI_NAMESPACE=team-a"];
     serve(&c, "echo-mem", &opts, &echo, &node, "echo@team-a.json");
