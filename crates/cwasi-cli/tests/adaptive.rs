@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::guests::private_dir;
-use common::{wait_announced, Scratch, Server, StopOnDrop};
+use common::{print_paths, wait_announced, Scratch, Server, StopOnDrop};
 use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::{
     DirectConfig, ErrorCode, HopReport, Limits, Mode, NodeDirectory, Runtime, HOST_CALLER,
@@ -226,18 +226,7 @@ impl Steady {
 /// Prints the calls per path and failure code, as the hop table counts
 /// them.
 fn print_counts(rt: &Runtime, calls: &[Call]) {
-    for h in rt.hops().iter().filter(|h| h.target == "f") {
-        println!(
-            "path {}{}: {} calls, {} failed {:?}; switches {}, rerouted {}",
-            h.mode,
-            if h.current { " (current)" } else { "" },
-            h.calls,
-            h.failures,
-            h.failures_by_code,
-            h.switches,
-            h.rerouted
-        );
-    }
+    print_paths(rt, "f");
     let failed = calls.iter().filter(|c| c.failed.is_some()).count();
     println!("steady caller: {} calls, {failed} failed", calls.len());
 }

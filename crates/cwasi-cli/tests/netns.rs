@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{assert_producer_ok, function, run_with_timeout, Scratch, Server, StopOnDrop, LIMIT};
+use common::{
+    assert_producer_ok, function, print_paths, run_with_timeout, Scratch, Server, StopOnDrop, LIMIT,
+};
 use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::{DirectConfig, ErrorCode, Limits, Mode, Runtime, TlsFiles};
 use test_programs_artifacts as progs;
@@ -574,17 +576,7 @@ fn a_route_follows_its_callee_across_network_namespaces_and_no_call_fails() {
             }
             stop.store(true, Ordering::Relaxed);
         });
-        for h in rt.hops().iter().filter(|h| h.target == "f") {
-            println!(
-                "path {}{}: {} calls, {} failed; switches {}, rerouted {}",
-                h.mode,
-                if h.current { " (current)" } else { "" },
-                h.calls,
-                h.failures,
-                h.switches,
-                h.rerouted
-            );
-        }
+        print_paths(&rt, "f");
         let failed = failed.into_inner().unwrap();
         assert!(failed.is_empty(), "calls failed while B moved: {failed:?}");
         println!("{} calls, none failed", calls.load(Ordering::Relaxed));

@@ -16,7 +16,7 @@ use test_support::memory::{largest_mappings, pss_of_all, shim_family, task_pid, 
 
 mod common;
 
-use common::{image, mount, node_dir, serve, start_containerd, text, RUNTIME};
+use common::{image, mount, node_dir, run, serve, start_containerd, text};
 
 const TEN_MIB: &str = "10485760";
 const CALLS: &str = "100";
@@ -67,29 +67,23 @@ fn a_served_function_gives_its_memory_back_when_idle() {
 
     // Another namespace: every call goes through the socket and the shared
     // region (local mode), into the served container's instance.
-    c.track("caller-mem");
     let done = AtomicBool::new(false);
     let (out, peak) = std::thread::scope(|s| {
         let sampler = s.spawn(|| sample_peak(pid, &done));
-        let out = c.ctr_output(&[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--mount",
-            &m,
-            "--env",
-            "CWASI_NAMESPACE=team-b",
-            "--env",
-            "CWASI_EXPLAIN=1",
-            &producer,
+        let out = run(
+            &c,
             "caller-mem",
-            "/producer.wasm",
-            TEN_MIB,
-            "echo",
-            "echo",
-            CALLS,
-        ]);
+            &[
+                "--mount",
+                &m,
+                "--env",
+                "CWASI_NAMESPACE=team-b",
+                "--env",
+                "CWASI_EXPLAIN=1",
+            ],
+            &producer,
+            &["/producer.wasm", TEN_MIB, "echo", "echo", CALLS],
+        );
         done.store(true, Ordering::Relaxed);
         (out, sampler.join().expect("the sampler"))
     });
@@ -130,22 +124,12 @@ fn a_served_function_gives_its_memory_back_when_idle() {
         largest_mappings(pid, 12)
     );
     // The server still answers after its instances were trimmed.
-    c.track("caller-mem-again");
-    let out = c.ctr_output(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--mount",
-        &m,
-        "--env",
-        "CWASI_NAMESPACE=team-b",
-        &producer,
+    let out = run(
+        &c,
         "caller-mem-again",
-        "/producer.wasm",
-        "1024",
-        "echo",
-        "echo",
-    ]);
+        &["--mount", &m, "--env", "CWASI_NAMESPACE=team-b"],
+        &producer,
+        &["/producer.wasm", "1024", "echo", "echo"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

@@ -295,3 +295,21 @@ impl Drop for StopOnDrop<'_> {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// Prints `rt`'s calls of `target` per path (mode), as the hop table counts
+/// them: what a test of a moving callee shows of where its calls went.
+pub fn print_paths(rt: &Runtime, target: &str) {
+    for h in rt.hops().iter().filter(|h| h.target == target) {
+        println!(
+            "path {}{}: {} calls, {} failed {:?}; switches {}, rerouted {}, spilled {}",
+            h.mode,
+            if h.current { " (current)" } else { "" },
+            h.calls,
+            h.failures,
+            h.failures_by_code,
+            h.switches,
+            h.rerouted,
+            h.spilled
+        );
+    }
+}
