@@ -542,7 +542,7 @@ fn a_route_follows_its_callee_across_network_namespaces_and_no_call_fails() {
         };
         std::thread::scope(|s| {
             let _stop = StopOnDrop(&stop);
-            s.spawn(|| {
+            let caller = s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
                     match rt.call("a", "f", b"across namespaces") {
                         Ok(r) if r == b"across namespaces" => {}
@@ -574,7 +574,10 @@ fn a_route_follows_its_callee_across_network_namespaces_and_no_call_fails() {
             while calls.load(Ordering::Relaxed) < before + 50 {
                 std::thread::sleep(Duration::from_millis(5));
             }
+            // The caller ends before the replicas are dropped (killed): its
+            // last call must not meet a server killed under it.
             stop.store(true, Ordering::Relaxed);
+            caller.join().unwrap();
         });
         print_paths(&rt, "f");
         let failed = failed.into_inner().unwrap();
