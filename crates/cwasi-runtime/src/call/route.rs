@@ -74,6 +74,18 @@ pub(crate) struct Path {
 }
 
 impl Path {
+    /// `spec`, counted in `stats` (its mode's counters on the route).
+    fn installed(spec: PathSpec, stats: Arc<HopStats>) -> Arc<Path> {
+        Arc::new(Path {
+            key: spec.key,
+            mode: spec.mode,
+            transport: spec.transport,
+            stats,
+            capacity: spec.capacity,
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
     /// Whether the route's own calls fill this path's capacity.
     fn is_full(&self) -> bool {
         self.capacity
@@ -186,14 +198,7 @@ impl Route {
             None => (None, 0),
         };
         let stats = Arc::new(HopStats::new(&edge.caller, &edge.target, path.mode));
-        let first = Arc::new(Path {
-            key: path.key,
-            mode: path.mode,
-            transport: path.transport,
-            stats: stats.clone(),
-            capacity: path.capacity,
-            in_flight: AtomicUsize::new(0),
-        });
+        let first = Path::installed(path, stats.clone());
         let route = Route {
             fixed: (first.mode == Mode::Embedded).then(|| first.clone()),
             current: ArcSwap::new(first),
@@ -260,14 +265,7 @@ impl Route {
                 }
             }
         };
-        Arc::new(Path {
-            key: spec.key,
-            mode: spec.mode,
-            transport: spec.transport,
-            stats,
-            capacity: spec.capacity,
-            in_flight: AtomicUsize::new(0),
-        })
+        Path::installed(spec, stats)
     }
 
     /// Makes `spec` the path of the calls from now on; calls under way
