@@ -108,10 +108,14 @@ impl ServeHandle {
 impl Drop for ServeHandle {
     fn drop(&mut self) {
         // Withdrawn first, so that no new caller picks this server while it
-        // stops. Then the servers stop: open local connections finish the
-        // call they took and take no other (the caller makes it
-        // elsewhere), and the stop waits for the calls taken.
+        // stops, and at once the open local connections take no further
+        // request (each finishes the call it took; the caller makes the
+        // next one elsewhere). Then the servers stop, and the stop waits
+        // for the calls taken.
         self.registration.take();
+        if let Some(local) = &self.local {
+            local.drain();
+        }
         self.trimmer.take();
         self.stream.take();
         self.direct.take();

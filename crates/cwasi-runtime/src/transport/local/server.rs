@@ -75,7 +75,7 @@ impl Taking {
 
 impl Drop for LocalServer {
     fn drop(&mut self) {
-        self.shared.draining.store(true, Ordering::SeqCst);
+        self.drain();
     }
 }
 
@@ -104,6 +104,13 @@ impl LocalServer {
             shared,
             _accept: accept,
         })
+    }
+
+    /// Takes no further request on the open connections (each finishes
+    /// the call it took and closes at its next request); it still accepts
+    /// until dropped.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
     }
 
     /// What a stop waits for after dropping this server.
