@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -80,6 +81,7 @@ impl Http {
     pub fn start(place: &Placement) -> Result<Http, BenchError> {
         let server_tids = Arc::new(Mutex::new(Vec::new()));
         let tids = server_tids.clone();
+        let tids_started = server_tids.clone();
         let bind = place.b_ip();
         // Built where B belongs, so that its worker threads and listener
         // are there.
@@ -95,6 +97,12 @@ impl Http {
                 .enable_all()
                 .build()
                 .map_err(|e| BenchError::setup(NAME, e))?;
+            // The workers record their thread ids as they start, which
+            // may be after `build` returns: the placement check reads them.
+            let started = Instant::now();
+            while lock(&tids_started).len() < 2 && started.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let listener = server
                 .block_on(tokio::net::TcpListener::bind((bind, 0)))
                 .map_err(|e| BenchError::setup(NAME, e))?;
@@ -234,7 +242,7 @@ impl Drop for Http {
     fn drop(&mut self) {
         self.clients.clear();
         if let Some(rt) = self.server.take() {
-            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            rt.shutdown_timeout(Duration::from_secs(2));
         }
     }
 }
