@@ -2,10 +2,11 @@
 //! callee's placement changes (docs/architecture.md, "How a route
 //! changes").
 //!
-//! A steady caller A, a runtime on node `n1`, calls B (`discard`, 64 B)
-//! every [`ChurnConfig::interval`] while replicas of B are started,
-//! stopped with SIGTERM, killed with SIGKILL, and announced on other nodes,
-//! one change per phase. Three nodes share this machine and one Redis: `n1`
+//! A steady caller A, a runtime on node `n1`, calls B (`busy`, 64 B, which
+//! answers at once) every [`ChurnConfig::interval`] while replicas of B
+//! are started, stopped with SIGTERM, killed with SIGKILL, announced on
+//! other nodes, and made slow (other callers keep the one call slot of the
+//! replica on `n1` busy with 20 ms calls), one change per phase. Three nodes share this machine and one Redis: `n1`
 //! (A's node directory), `n2` (B without a data address: reachable through
 //! the broker only) and `n3` (B with a plain-TCP data address). On
 //! loopback, or with [`ChurnConfig::netns`] `n2`, `n3` and Redis in one
@@ -30,14 +31,35 @@ use crate::contender::{lock, Net, Placement};
 use crate::BenchError;
 
 /// The callee's name, namespace and module.
-const CALLEE: &str = "discard";
+const CALLEE: &str = "busy";
 const CALLEE_NS: &str = "churn-b";
 /// The caller's namespace (another than B's, so B is never embedded).
 const CALLER_NS: &str = "churn-a";
 /// How long a replica may take to register.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// The payload of every call.
-const PAYLOAD: [u8; 64] = [7; 64];
+/// The payload of every call: `busy` spins for "0" ms (the spaces are
+/// trimmed) and answers with it.
+const PAYLOAD: [u8; 64] = {
+    let mut p = [b' '; 64];
+    p[0] = b'0';
+    p
+};
+/// What the other callers of the slow phase send: 20 ms each.
+const SLOW_CALL: &[u8] = b"20";
+/// How many other callers make the replica on `n1` slow; with its one
+/// call slot, one of them always waits.
+const SLOW_CALLERS: usize = 2;
+
+/// How a phase's change reaches the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A record in the node directory (inotify).
+    NodeDirectory,
+    /// An announcement in the cluster registry (its placement events).
+    Registry,
+    /// The load on a replica, from its answers (spill-over).
+    Load,
+}
 
 /// What the churn experiment runs.
 #[derive(Debug, Clone)]
@@ -79,9 +101,8 @@ pub struct PhaseReport {
     /// Whether the change was planned (a start or a SIGTERM), so that no
     /// call may fail.
     pub planned: bool,
-    /// Whether the change is seen through the cluster registry (else the
-    /// node directory).
-    pub via_registry: bool,
+    /// How the change reaches the caller.
+    pub seen: Seen,
     /// The cheapest path live in the phase.
     pub cheapest: Mode,
     /// Calls made in the phase.
@@ -114,7 +135,7 @@ struct PhaseMark {
     name: &'static str,
     at: Instant,
     planned: bool,
-    via_registry: bool,
+    seen: Seen,
     cheapest: Mode,
 }
 
@@ -153,8 +174,8 @@ fn run_in(
         Ok(d)
     };
     let (n1, n2, n3) = (dir("n1")?, dir("n2")?, dir("n3")?);
-    let module = scratch.join("discard.wasm");
-    std::fs::write(&module, test_programs_artifacts::wasm_bytes!(DISCARD))
+    let module = scratch.join("busy.wasm");
+    std::fs::write(&module, test_programs_artifacts::wasm_bytes!(BUSY))
         .map_err(|e| BenchError::output(&module, e))?;
     // n1 is the caller's node; the others are where B is placed.
     let replica = |node: &str, dir: &Path, listen: bool| {
@@ -163,7 +184,12 @@ fn run_in(
             _ => place.command(&config.cwasi_exe),
         };
         let listen = listen.then(|| format!("{}:0", place.b_ip()));
-        Replica::start(cmd, &module, node, dir, &url, listen.as_deref())
+        // One call slot on the caller's node, which the slow phase fills.
+        let slots: &[&str] = match node {
+            "n1" => &["--max-concurrent", "1"],
+            _ => &[],
+        };
+        Replica::start(cmd, &module, (node, dir, slots), &url, listen.as_deref())
     };
 
     let _broker_only = replica("n2", &n2, false)?;
@@ -182,12 +208,28 @@ fn run_in(
         .map_err(|e| BenchError::setup("churn", e))?;
     wait_for(&caller, Mode::RemoteBroker)?;
 
+    // The other callers of the slow phase: a runtime of n1 that does not
+    // spill, so that its calls stay on the replica there.
+    let others = Runtime::builder()
+        .node("n1")
+        .limits(cwasi_runtime::Limits {
+            spill_over: false,
+            ..cwasi_runtime::Limits::default()
+        })
+        .node_directory(NodeDirectory::open(&n1).map_err(|e| BenchError::setup("churn", e))?)
+        .build()
+        .map_err(|e| BenchError::setup("churn", e))?;
+
     let calls = Mutex::new(Vec::new());
     let done = AtomicBool::new(false);
+    let slow = AtomicBool::new(false);
     let mut marks = Vec::new();
     std::thread::scope(|s| -> Result<(), BenchError> {
         s.spawn(|| steady(&caller, config.interval, &done, &calls));
-        let result = schedule(config, &mut marks, &replica, (&n1, &n3));
+        for _ in 0..SLOW_CALLERS {
+            s.spawn(|| slow_caller(&others, &slow, &done));
+        }
+        let result = schedule(config, &mut marks, &replica, &slow, (&n1, &n3));
         done.store(true, Ordering::Relaxed);
         result
     })?;
@@ -195,27 +237,29 @@ fn run_in(
     Ok(report(&marks, &calls))
 }
 
-/// The changes, one per phase.
+/// The changes, one per phase; `slow` set makes the replica on n1 slow.
 fn schedule(
     config: &ChurnConfig,
     marks: &mut Vec<PhaseMark>,
     replica: &dyn Fn(&str, &Path, bool) -> Result<Replica, BenchError>,
+    slow: &AtomicBool,
     (n1, n3): (&Path, &Path),
 ) -> Result<(), BenchError> {
-    let mut phase = |name, planned, via_registry, cheapest, at: Instant| {
+    let mut phase = |name, planned, seen, cheapest, at: Instant| {
         marks.push(PhaseMark {
             name,
             at,
             planned,
-            via_registry,
+            seen,
             cheapest,
         });
         sleep_phase(config)
     };
+    use Seen::{Load, NodeDirectory, Registry};
     phase(
         "B on n2, without a data address",
         true,
-        true,
+        Registry,
         Mode::RemoteBroker,
         Instant::now(),
     )?;
@@ -224,7 +268,7 @@ fn schedule(
     phase(
         "B starts on n3, with a data address",
         true,
-        true,
+        Registry,
         Mode::RemoteDirect,
         at,
     )?;
@@ -233,7 +277,7 @@ fn schedule(
     phase(
         "B starts on n1 (the caller's node)",
         true,
-        false,
+        NodeDirectory,
         Mode::Local,
         at,
     )?;
@@ -242,19 +286,37 @@ fn schedule(
     phase(
         "SIGTERM to B on n1 (planned stop)",
         true,
-        false,
+        NodeDirectory,
         Mode::RemoteDirect,
         at,
     )?;
     let mut local = replica("n1", n1, false)?;
     let at = local.registered_at();
-    phase("B starts on n1 again", true, false, Mode::Local, at)?;
+    phase("B starts on n1 again", true, NodeDirectory, Mode::Local, at)?;
+    let at = Instant::now();
+    slow.store(true, Ordering::Relaxed);
+    phase(
+        "B on n1 gets slow (other callers fill its call slot)",
+        true,
+        Load,
+        Mode::RemoteDirect,
+        at,
+    )?;
+    let at = Instant::now();
+    slow.store(false, Ordering::Relaxed);
+    phase(
+        "B on n1 recovers (the other callers stop)",
+        true,
+        Load,
+        Mode::Local,
+        at,
+    )?;
     let at = local.signal(Signal::KILL);
     local.wait();
     phase(
         "SIGKILL to B on n1 (crash)",
         false,
-        false,
+        NodeDirectory,
         Mode::RemoteDirect,
         at,
     )?;
@@ -263,7 +325,7 @@ fn schedule(
     phase(
         "SIGTERM to B on n3 (planned stop)",
         true,
-        true,
+        Registry,
         Mode::RemoteBroker,
         at,
     )?;
@@ -330,6 +392,19 @@ fn steady(caller: &Runtime, interval: Duration, done: &AtomicBool, calls: &Mutex
     }
 }
 
+/// One of the other callers of the slow phase: calls B on n1 back to back
+/// with 20 ms calls while `slow` is set, until `done`.
+fn slow_caller(others: &Runtime, slow: &AtomicBool, done: &AtomicBool) {
+    while !done.load(Ordering::Relaxed) {
+        if !slow.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        // A failure is the slow phase's own business, not the caller's.
+        let _ = others.call_within(CALLER_NS, CALLEE, SLOW_CALL, Duration::from_secs(5));
+    }
+}
+
 /// The phases' figures from the calls.
 fn report(marks: &[PhaseMark], calls: &[CallRecord]) -> Vec<PhaseReport> {
     marks
@@ -380,7 +455,7 @@ fn report(marks: &[PhaseMark], calls: &[CallRecord]) -> Vec<PhaseReport> {
                 first_failure,
                 name: m.name,
                 planned: m.planned,
-                via_registry: m.via_registry,
+                seen: m.seen,
                 cheapest: m.cheapest,
                 calls: in_phase.len(),
                 switch_delay,
@@ -432,10 +507,10 @@ pub fn markdown(phases: &[PhaseReport]) -> String {
             let _ = writeln!(out, "\nFirst failure in \"{}\": {f}", p.name);
         }
     }
-    let worst = |registry: bool| {
+    let worst = |seen: Seen| {
         changes
             .iter()
-            .filter(|p| p.via_registry == registry)
+            .filter(|p| p.seen == seen)
             .filter_map(|p| p.switch_delay)
             .max()
     };
@@ -454,19 +529,21 @@ pub fn markdown(phases: &[PhaseReport]) -> String {
         })
     };
     let met = |ok: bool| if ok { "met" } else { "**missed**" };
-    let node = worst(false);
-    let registry = worst(true);
+    let node = worst(Seen::NodeDirectory);
+    let registry = worst(Seen::Registry);
     let _ = write!(
         out,
         "\n| target | this run | |\n|---|---:|---|\n\
          | switch delay on the node directory <= 100 ms | {} | {} |\n\
          | switch delay through the registry <= 1 s | {} | {} |\n\
+         | switch delay on load (spill, and back after a recheck) | {} | no target |\n\
          | >= 95 % of calls on the cheapest live path after the switch | {:.1} % | {} |\n\
          | 0 failed calls on planned changes | {planned_failed} | {} |\n",
         ms(node),
         met(node.is_some_and(|d| d <= Duration::from_millis(100))),
         ms(registry),
         met(registry.is_some_and(|d| d <= Duration::from_secs(1))),
+        ms(worst(Seen::Load)),
         share * 100.0,
         met(share >= 0.95),
         met(planned_failed == 0),
@@ -523,19 +600,19 @@ struct Replica {
 }
 
 impl Replica {
-    /// Serves B on `node` with node directory `dir`, announced in the
-    /// registry at `url`, with a loopback data address when `listen`;
-    /// returns once its record is in `dir`.
+    /// Serves B on `node` with node directory `dir` and the arguments
+    /// `extra`, announced in the registry at `url`, with a data address
+    /// when `listen`; returns once its record is in `dir`.
     fn start(
         mut cmd: Command,
         module: &Path,
-        node: &str,
-        dir: &Path,
+        (node, dir, extra): (&str, &Path, &[&str]),
         url: &str,
         listen: Option<&str>,
     ) -> Result<Replica, BenchError> {
         cmd.arg("serve")
             .arg(module)
+            .args(extra)
             .args(["--name", CALLEE, "--namespace", CALLEE_NS])
             .arg("--runtime-dir")
             .arg(dir)

@@ -156,6 +156,15 @@ struct LimitArgs {
     /// sleeps, in microseconds (0: never spin; default 50).
     #[arg(long, env = "CWASI_SPIN_US")]
     spin_us: Option<u64>,
+    /// Never spill calls from a local server that is full to the next path
+    /// (another node); by default they spill, and come back when it frees.
+    #[arg(long, env = "CWASI_NO_SPILL")]
+    no_spill: bool,
+    /// How long a local server's answers may say their requests waited for
+    /// one of its call slots before calls spill from it, in microseconds
+    /// (default 1000).
+    #[arg(long, env = "CWASI_SPILL_QUEUE_US")]
+    spill_queue_us: Option<u64>,
 }
 
 impl LimitArgs {
@@ -171,6 +180,12 @@ impl LimitArgs {
         }
         if let Some(us) = self.spin_us {
             l.spin_budget = Duration::from_micros(us);
+        }
+        if self.no_spill {
+            l.spill_over = false;
+        }
+        if let Some(us) = self.spill_queue_us {
+            l.spill_queue = Duration::from_micros(us);
         }
         l
     }

@@ -496,3 +496,67 @@ fn calls_spill_from_a_full_local_replica_to_another_node_and_come_back() {
     assert_eq!(after.calls, local.calls + 3, "{after:?}");
     assert!(after.current);
 }
+
+#[test]
+fn calls_spill_from_a_local_replica_that_other_callers_keep_busy_and_come_back() {
+    let cluster = Cluster::new("adaptive-queue");
+    // n1 serves f with one call slot; n2 serves it too, idle, directly.
+    let _local = cluster.serve_module("n1", &cluster.n1, progs::BUSY, &["--max-concurrent", "1"]);
+    let _remote =
+        cluster.serve_module("n2", &cluster.n2, progs::BUSY, &["--listen", "127.0.0.1:0"]);
+    wait_announced(&cluster.redis.url(), "f", "a");
+    let rt = cluster.caller();
+    assert_eq!(rt.call("a", "f", b"1").unwrap(), b"1");
+    assert_eq!(hop(&rt, Mode::Local).map(|h| h.calls), Some(1));
+
+    // Another process's callers keep the one slot busy (its own calls
+    // never fill it: it calls one at a time). Its answers say how long
+    // they queued, and it spills.
+    let hog = cluster.caller_with(
+        "n1",
+        &cluster.n1,
+        Limits {
+            spill_over: false,
+            ..Limits::default()
+        },
+    );
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = hog.call_within("a", "f", b"30", Duration::from_secs(20));
+                    assert_eq!(answer.as_deref(), Ok(&b"30"[..]));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..40 {
+            assert_eq!(rt.call("a", "f", b"2").unwrap(), b"2");
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let local = hop(&rt, Mode::Local).expect("no local calls");
+    let remote = hop(&rt, Mode::RemoteDirect).expect("no call spilled to n2");
+    println!(
+        "one caller against a local replica kept busy by another process: {} local, {} on n2, \
+         {} spilled",
+        local.calls - 1,
+        remote.calls,
+        local.spilled
+    );
+    assert_eq!(local.calls - 1 + remote.calls, 40);
+    assert!(
+        remote.calls >= 20 && local.spilled == remote.calls,
+        "{local:?} {remote:?}"
+    );
+
+    // The other callers stopped: after a recheck, calls are local again.
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        assert_eq!(rt.call("a", "f", b"1").unwrap(), b"1");
+    }
+    let after = hop(&rt, Mode::Local).unwrap();
+    assert_eq!(after.calls, local.calls + 3, "{after:?}");
+}

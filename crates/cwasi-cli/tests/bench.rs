@@ -519,8 +519,9 @@ fn interrupt(child: &mut std::process::Child, pid: u32, what: &str) -> std::proc
 }
 
 /// `cwasi bench --only churn --quick`, on loopback and with `--netns`: the
-/// steady caller follows B through every change (the run has its own Redis
-/// and `cwasi serve` replicas on three node directories), the files are
+/// steady caller follows B through every change, of placement and of load
+/// (the run has its own Redis and `cwasi serve` replicas on three node
+/// directories), the files are
 /// written, and no call fails on a planned change. The switch delays are
 /// printed, not asserted.
 #[test]
@@ -553,6 +554,11 @@ fn churn_run(extra: &[&str]) {
         ("B starts on n1 (the caller's node)", "local"),
         ("SIGTERM to B on n1 (planned stop)", "remote-direct"),
         ("B starts on n1 again", "local"),
+        (
+            "B on n1 gets slow (other callers fill its call slot)",
+            "remote-direct",
+        ),
+        ("B on n1 recovers (the other callers stop)", "local"),
         ("SIGKILL to B on n1 (crash)", "remote-direct"),
         ("SIGTERM to B on n3 (planned stop)", "remote-broker"),
     ];

@@ -14,6 +14,12 @@ use serde::Deserialize;
 /// two vCPUs (the local transport's `spin` module says why).
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
+/// The queueing delay over which a caller spills from a local server unless
+/// configured ([`Limits::spill_queue`]): 1 ms, about ten times what a call
+/// to another node costs on top of a local one, so that a spill pays for
+/// itself.
+pub const DEFAULT_SPILL_QUEUE: Duration = Duration::from_millis(1);
+
 /// Bounds that keep one function from hurting the host or its neighbours.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -51,6 +57,12 @@ pub struct Limits {
     /// one frees (docs/architecture.md, "Spill-over"). Embedded calls
     /// never spill.
     pub spill_over: bool,
+    /// With `spill_over`: how long a local server's answers may say their
+    /// requests waited for one of its call slots before the caller counts
+    /// it as saturated and spills to the next path, checking on it again
+    /// every 100 ms (docs/architecture.md, "Spill-over and load"). This
+    /// sees the load other callers put on the server.
+    pub spill_queue: Duration,
 }
 
 impl Default for Limits {
@@ -67,6 +79,7 @@ impl Default for Limits {
             max_module_bytes: 256 << 20,
             spin_budget: DEFAULT_SPIN,
             spill_over: true,
+            spill_queue: DEFAULT_SPILL_QUEUE,
         }
     }
 }

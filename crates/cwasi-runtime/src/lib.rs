@@ -29,6 +29,7 @@ mod compile_cache;
 mod composition;
 mod config;
 mod deadline;
+mod discovery;
 mod engine;
 mod error;
 mod guest;
@@ -47,8 +48,9 @@ mod transport;
 /// stream server, and the cluster registry (`docs/protocol.md`).
 pub mod broker {
     pub use crate::transport::remote::{
-        Broker, BrokerConfig, Handler, RemoteEndpoint, RequestMeta, StreamServer, ANNOUNCE_TTL,
-        GROUP, HEARTBEAT, PAYLOAD_KEY_MIN, STREAM_MAXLEN,
+        Broker, BrokerConfig, Handler, PlacementFollower, RemoteEndpoint, RequestMeta,
+        StreamServer, ANNOUNCE_TTL, GROUP, HEARTBEAT, PAYLOAD_KEY_MIN, PLACEMENT_CHANNEL,
+        STREAM_MAXLEN,
     };
 }
 

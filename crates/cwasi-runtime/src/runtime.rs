@@ -23,7 +23,7 @@ use crate::selector::Selection;
 use crate::serve::{Host, ServeHandle, ServeOptions};
 use crate::trace::{CallSpan, TraceContext};
 use crate::transport::direct::{DirectConfig, DirectTls};
-use crate::transport::local::client::LocalClient;
+use crate::transport::local::client::{LocalClient, LocalSettings};
 use crate::transport::remote::Broker;
 
 /// Builds a [`Runtime`]: limits, mode override and the functions to load.
@@ -375,8 +375,11 @@ impl Runtime {
         let client = LocalClient::new(
             target.to_string(),
             socket.to_path_buf(),
-            limits.max_payload_bytes,
-            limits.spin_budget,
+            LocalSettings {
+                max_payload: limits.max_payload_bytes,
+                spin: limits.spin_budget,
+                spill_queue: None,
+            },
         );
         let edge = Edge {
             caller: HOST_CALLER.to_string(),

@@ -10,15 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cwasi_runtime::broker::{
-    Broker, BrokerConfig, Handler, RequestMeta, StreamServer, PAYLOAD_KEY_MIN,
-};
+use cwasi_runtime::broker::{Broker, BrokerConfig, RequestMeta, StreamServer, PAYLOAD_KEY_MIN};
 use cwasi_runtime::{
     CallError, Deadline, ErrorCode, FunctionSpec, Limits, NodeDirectory, Runtime, ServeOptions,
 };
 use test_programs_artifacts as progs;
 use test_support::tls::TestCertificates;
 use test_support::RedisServer;
+
+mod common;
+use common::echo_stream_server;
 
 const STREAM: &str = "cwasi:{ns/echo}:stream";
 
@@ -29,31 +30,7 @@ fn echo_server(url: &str, runs: Arc<AtomicU64>) -> StreamServer {
 
 /// The same, reaching the broker as `config` says.
 fn echo_server_with(config: BrokerConfig, runs: Arc<AtomicU64>) -> StreamServer {
-    echo_server_seeing(config, runs, Arc::default())
-}
-
-/// The same, keeping what the handler is told of each request in `seen`.
-fn echo_server_seeing(
-    config: BrokerConfig,
-    runs: Arc<AtomicU64>,
-    seen: Arc<Mutex<Vec<RequestMeta>>>,
-) -> StreamServer {
-    let broker = Broker::new(config).unwrap();
-    let handler: Handler = Arc::new(move |req: &[u8], meta: RequestMeta| {
-        runs.fetch_add(1, Ordering::SeqCst);
-        seen.lock().unwrap().push(meta);
-        Ok(req.to_vec())
-    });
-    StreamServer::start(
-        broker,
-        "ns",
-        "echo",
-        "{}".into(),
-        1,
-        Duration::from_secs(10),
-        handler,
-    )
-    .unwrap()
+    echo_stream_server(config, runs, Arc::default())
 }
 
 fn deadline_in(d: Duration) -> u64 {
@@ -282,7 +259,7 @@ fn tls_brokers_need_the_ca_and_a_client_certificate() {
 fn deadline_and_depth_travel_with_the_request() {
     let redis = RedisServer::start();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let _server = echo_server_seeing(
+    let _server = echo_stream_server(
         BrokerConfig::new(redis.url(), "node2"),
         Arc::new(AtomicU64::new(0)),
         seen.clone(),

@@ -159,23 +159,27 @@ impl Job {
             Ok(d) => d,
             Err(e) => return fail(EXIT_CANNOT_RUN, &format!("direct data plane: {e}")),
         };
-        let spin_budget = match settings
-            .var(crate::settings::ENV_SPIN_US)
-            .map(|v| v.trim().parse::<u64>())
-        {
-            None => cwasi_runtime::Limits::default().spin_budget,
-            Some(Ok(us)) => Duration::from_micros(us),
-            Some(Err(e)) => {
-                return fail(
-                    EXIT_CANNOT_RUN,
-                    &format!("CWASI_SPIN_US must be a number of microseconds: {e}"),
-                )
-            }
+        let defaults = cwasi_runtime::Limits::default();
+        let micros =
+            |var: &str, default: Duration| match settings.var(var).map(|v| v.trim().parse::<u64>())
+            {
+                None => Ok(default),
+                Some(Ok(us)) => Ok(Duration::from_micros(us)),
+                Some(Err(e)) => Err(format!("{var} must be a number of microseconds: {e}")),
+            };
+        let spin_budget = match micros(crate::settings::ENV_SPIN_US, defaults.spin_budget) {
+            Ok(d) => d,
+            Err(e) => return fail(EXIT_CANNOT_RUN, &e),
+        };
+        let spill_queue = match micros(crate::settings::ENV_SPILL_QUEUE_US, defaults.spill_queue) {
+            Ok(d) => d,
+            Err(e) => return fail(EXIT_CANNOT_RUN, &e),
         };
         let mut builder = Runtime::builder()
             .limits(cwasi_runtime::Limits {
                 spin_budget,
-                ..cwasi_runtime::Limits::default()
+                spill_queue,
+                ..defaults
             })
             .mode(settings.mode)
             .direct(direct)

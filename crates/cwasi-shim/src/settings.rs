@@ -33,6 +33,9 @@ pub const ENV_EXPLAIN: &str = "CWASI_EXPLAIN";
 pub const ENV_LOG: &str = "CWASI_LOG";
 /// Microseconds a local call spins before it sleeps.
 pub const ENV_SPIN_US: &str = "CWASI_SPIN_US";
+/// Microseconds a local server's answers may say their requests queued for
+/// a call slot before calls spill from it to the next path.
+pub const ENV_SPILL_QUEUE_US: &str = "CWASI_SPILL_QUEUE_US";
 /// With serve: also take direct calls from other nodes on this `IP:PORT`.
 pub const ENV_LISTEN: &str = "CWASI_LISTEN";
 /// With serve: serve Prometheus metrics on `http://IP:PORT/metrics`.
@@ -50,6 +53,7 @@ pub const ANNOTATED: &[(&str, &str)] = &[
     (ENV_MODE, annotations::MODE),
     (ENV_FUNCTION, annotations::FUNCTION),
     (ENV_SPIN_US, "cwasi.io/spin-us"),
+    (ENV_SPILL_QUEUE_US, "cwasi.io/spill-queue-us"),
     (ENV_LISTEN, "cwasi.io/listen"),
     (ENV_METRICS_ADDR, "cwasi.io/metrics-addr"),
     (ENV_DRAIN_SECS, "cwasi.io/drain-secs"),
@@ -290,6 +294,7 @@ mod tests {
         (ENV_MODE, "local", "remote"),
         (ENV_FUNCTION, "resize", "thumbnail"),
         (ENV_SPIN_US, "7", "9"),
+        (ENV_SPILL_QUEUE_US, "2000", "500"),
         (ENV_LISTEN, "10.0.0.1:7000", "10.0.0.2:7000"),
         (ENV_METRICS_ADDR, "0.0.0.0:9464", "127.0.0.1:9464"),
         (ENV_DRAIN_SECS, "25", "3"),

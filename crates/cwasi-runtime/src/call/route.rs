@@ -86,10 +86,13 @@ impl Path {
         })
     }
 
-    /// Whether the route's own calls fill this path's capacity.
+    /// Whether the route's own calls fill this path's capacity, or its
+    /// callee said it is saturated (calls from others fill it). Only a
+    /// path with a capacity spills, so only such a path asks.
     fn is_full(&self) -> bool {
-        self.capacity
-            .is_some_and(|c| self.in_flight.load(Ordering::Relaxed) >= c)
+        self.capacity.is_some_and(|c| {
+            self.in_flight.load(Ordering::Relaxed) >= c || self.transport.saturated()
+        })
     }
 
     /// Counts a call on this path until the returned token is dropped.

@@ -5,7 +5,7 @@
 
 use std::sync::mpsc;
 
-use super::{deliver, CallMeta, CallerIo};
+use super::{deliver, CallMeta, CallerIo, VecIo};
 use crate::deadline::ANSWER_GRACE;
 use crate::error::{CallError, ErrorCode};
 
@@ -21,6 +21,13 @@ pub(crate) trait Transport: Send + Sync {
         io: &mut dyn CallerIo,
         call: &CallMeta,
     ) -> Result<Box<dyn PendingCall>, CallError>;
+    /// Whether the callee said it is saturated (its last answers waited
+    /// for a call slot longer than this caller's threshold): a route with
+    /// somewhere to spill sends its next calls there. Never, for
+    /// transports whose callee says nothing of its queue.
+    fn saturated(&self) -> bool {
+        false
+    }
     /// How often calls left their first path (retries, the broker as a
     /// fallback); nothing for transports with one path.
     fn paths(&self) -> PathCounts {
@@ -65,6 +72,25 @@ pub(crate) fn on_worker(
             )
         })?;
     Ok(Box::new(WorkerPending { rx, meta }))
+}
+
+/// Starts `call` on a worker thread named `name`, with its own copy of the
+/// request in `io`: how a transport starts a call that it may make more
+/// than once (on another node, or on another path).
+pub(crate) fn start_copied(
+    name: String,
+    io: &mut dyn CallerIo,
+    meta: CallMeta,
+    call: impl FnOnce(&mut dyn CallerIo, &CallMeta) -> Result<(), CallError> + Send + 'static,
+) -> Result<Box<dyn PendingCall>, CallError> {
+    let request = io.request().to_vec();
+    on_worker(name, meta, move || {
+        let mut io = VecIo {
+            request: &request,
+            response: Vec::new(),
+        };
+        call(&mut io, &meta).map(|()| io.response)
+    })
 }
 
 /// A call running on a worker thread; its answer is taken when the caller

@@ -17,10 +17,11 @@ use crate::guest::function::{Function, LinkedModule};
 use crate::guest::state::Router;
 use crate::node_dir::EndpointRecord;
 use crate::selector::{select, Choice, DirectProbe, Loaded, Placement, Selection};
-use crate::transport::direct::client::{DirectClient, PathReport};
+use crate::transport::direct::client::DirectClient;
 use crate::transport::direct::peer::{ClientSetup, Failure, Peer, CONNECT_TIMEOUT};
 use crate::transport::embedded::EmbeddedClient;
-use crate::transport::local::client::LocalClient;
+use crate::transport::fallback::{Fallback, PathReport};
+use crate::transport::local::client::{LocalClient, LocalSettings};
 use crate::transport::remote::{RemoteClient, RemoteEndpoint};
 
 /// A chosen path, ready to install in a route.
@@ -65,8 +66,8 @@ impl RuntimeRouter {
                 format!("function '{target}' cannot be called: {reason}"),
             ));
         }
-        let mut local = match &self.node_dir {
-            Some(d) => d.lookup_any(target),
+        let mut local = match &self.sources.here {
+            Some(here) => here.find(target, lookup_by)?,
             None => Vec::new(),
         };
         // The caller's own namespace first.
@@ -216,8 +217,11 @@ impl RuntimeRouter {
                 Box::new(LocalClient::new(
                     target.to_string(),
                     r.socket.clone(),
-                    max,
-                    self.limits.spin_budget,
+                    LocalSettings {
+                        max_payload: max,
+                        spin: self.limits.spin_budget,
+                        spill_queue: self.limits.spill_over.then_some(self.limits.spill_queue),
+                    },
                 )),
             ),
             (Choice::RemoteDirect(r), _, Some(broker)) => {
@@ -230,13 +234,16 @@ impl RuntimeRouter {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                let client = DirectClient::new(
-                    target.to_string(),
-                    r.namespace.clone(),
-                    max,
-                    self.client_setup(),
-                    broker.clone(),
-                    peers,
+                // Direct, else the broker: a call that reaches no node goes
+                // through the broker until the next look finds nodes again.
+                let direct = DirectClient::new(target.to_string(), max, peers);
+                let via_broker =
+                    RemoteClient::new(broker.clone(), r.namespace.clone(), target.to_string(), max);
+                let client = Fallback::new(
+                    target,
+                    Box::new(direct),
+                    Box::new(via_broker),
+                    ("remote-direct", "remote-broker"),
                     self.path_report(caller.unwrap_or(HOST_CALLER), target),
                 );
                 (key, Box::new(client))
@@ -325,20 +332,19 @@ impl RuntimeRouter {
     }
 
     /// Announcements of `target` on other nodes, the caller's namespace
-    /// first (none without a broker), as the registry says by `deadline`.
+    /// first (none without a registry), as the registry says by `deadline`.
     fn announced_elsewhere(
         &self,
         caller_namespace: &str,
         target: &str,
         deadline: Deadline,
     ) -> Result<Vec<RemoteEndpoint>, CallError> {
-        let Some(b) = &self.broker else {
+        let Some(elsewhere) = &self.sources.elsewhere else {
             return Ok(Vec::new());
         };
-        let mut remote = b.find(target, deadline).inspect_err(|e| {
-            tracing::warn!("cannot ask the cluster registry: {e}");
+        let mut remote = elsewhere.find(target, deadline).inspect_err(|e| {
+            tracing::warn!("cannot ask {}: {e}", elsewhere.describe());
         })?;
-        remote.retain(|r| r.node != b.node());
         remote.sort_by_key(|r| r.namespace != caller_namespace);
         Ok(remote)
     }

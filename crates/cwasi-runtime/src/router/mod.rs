@@ -20,15 +20,16 @@ use wasmtime::Engine;
 use crate::call::route::{Edge, Reselect, Route};
 use crate::config::{Limits, Mode, ModeOverride};
 use crate::deadline::{Deadline, TickClock};
+use crate::discovery::{ClusterRegistry, Discovery};
 use crate::engine::EpochTicker;
 use crate::error::CallError;
 use crate::guest::function::{Function, LinkedModule};
 use crate::guest::linkers::Linkers;
 use crate::guest::state::{CallerId, Router};
-use crate::node_dir::NodeDirectory;
+use crate::node_dir::{EndpointRecord, NodeDirectory};
 use crate::selector::Selection;
 use crate::transport::direct::DirectTls;
-use crate::transport::remote::Broker;
+use crate::transport::remote::{Broker, RemoteEndpoint};
 use choose::Chosen;
 use facts::Facts;
 
@@ -99,6 +100,14 @@ pub(crate) struct RouterParts {
     pub direct: DirectParts,
 }
 
+/// The two discovery sources of a runtime, each optional.
+pub(crate) struct Sources {
+    /// This node's live records (the node directory).
+    pub here: Option<Arc<dyn Discovery<Found = EndpointRecord>>>,
+    /// Other nodes' announcements (the cluster registry).
+    pub elsewhere: Option<Arc<dyn Discovery<Found = RemoteEndpoint>>>,
+}
+
 /// This node's side of the direct data plane.
 pub(crate) struct DirectParts {
     /// Mutual TLS, if configured.
@@ -119,6 +128,9 @@ pub(crate) struct RuntimeRouter {
     /// Functions whose module failed to load, with the reason.
     unloadable: HashMap<String, String>,
     node_dir: Option<NodeDirectory>,
+    /// Where functions are served: this node (the node directory) and
+    /// other nodes (the cluster registry).
+    sources: Sources,
     embed_served: bool,
     /// This node's name, as records and announcements give it.
     pub node: String,
@@ -164,6 +176,16 @@ impl RuntimeRouter {
                 mode: parts.mode,
                 functions,
                 unloadable: parts.unloadable,
+                sources: Sources {
+                    here: parts
+                        .node_dir
+                        .clone()
+                        .map(|d| Arc::new(d) as Arc<dyn Discovery<Found = EndpointRecord>>),
+                    elsewhere: parts.broker.clone().map(|b| {
+                        Arc::new(ClusterRegistry::new(b))
+                            as Arc<dyn Discovery<Found = RemoteEndpoint>>
+                    }),
+                },
                 node_dir: parts.node_dir,
                 embed_served: parts.embed_served,
                 node: parts.node,
@@ -268,12 +290,11 @@ impl RuntimeRouter {
     /// Starts the placement watcher, once, if there is a node directory or
     /// a registry to watch.
     fn watch_placement(&self) {
-        if self.node_dir.is_none() && self.broker.is_none() {
+        if self.sources.here.is_none() && self.sources.elsewhere.is_none() {
             return;
         }
         self.watching.get_or_init(|| {
-            let dir = self.node_dir.as_ref().map(|d| d.root().to_path_buf());
-            if let Err(e) = watch::spawn(self.me.clone(), dir) {
+            if let Err(e) = watch::spawn(self.me.clone(), &self.sources) {
                 tracing::warn!("cannot start the placement watcher: {e}; routes change only when a call finds nothing at their path");
             }
         });

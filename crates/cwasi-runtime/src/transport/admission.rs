@@ -158,10 +158,14 @@ impl Slots {
         }
     }
 
-    /// Takes a slot, waiting for one at most `wait`; `false` if none freed.
-    pub fn acquire(&self, wait: Duration) -> bool {
+    /// Takes a slot, waiting for one at most `wait`: how long it waited
+    /// (zero when a slot was free, and then the clock is not read), or
+    /// `None` if none freed.
+    pub fn acquire(&self, wait: Duration) -> Option<Duration> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waited = Duration::ZERO;
         if s.free == 0 {
+            let started = Instant::now();
             s.waiting += 1;
             s = self
                 .cv
@@ -170,11 +174,12 @@ impl Slots {
                 .0;
             s.waiting -= 1;
             if s.free == 0 {
-                return false;
+                return None;
             }
+            waited = started.elapsed();
         }
         s.free -= 1;
-        true
+        Some(waited)
     }
 
     /// Gives a slot back.

@@ -2,15 +2,17 @@
 //! of its own: [`embedded`] (the callee runs in this process, so the client
 //! is the whole path), [`local`] (Unix socket and shared memory),
 //! [`direct`] (TCP to another node, mutual TLS) and [`remote`] (the
-//! broker). A route holds one client; servers answer with the one
+//! broker). A route holds one client, or a [`fallback`] of two (direct,
+//! else the broker); servers answer with the one
 //! callee-side path of `guest::invoke`, admitting calls through
 //! [`admission`].
 
 pub(crate) mod admission;
 pub mod direct;
 pub(crate) mod embedded;
+pub(crate) mod fallback;
 pub(crate) mod local;
 pub mod remote;
 
 pub use crate::call::transport::PathCounts;
-pub(crate) use crate::call::transport::{on_worker, PendingCall, Transport};
+pub(crate) use crate::call::transport::{on_worker, start_copied, PendingCall, Transport};

@@ -3,6 +3,37 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cwasi_runtime::broker::{Broker, BrokerConfig, Handler, RequestMeta, StreamServer};
+
+/// Serves an echo handler as `ns/echo` through the broker that `config`
+/// reaches, counting its runs in `runs` and keeping what it is told of
+/// each request in `seen`.
+pub fn echo_stream_server(
+    config: BrokerConfig,
+    runs: Arc<AtomicU64>,
+    seen: Arc<Mutex<Vec<RequestMeta>>>,
+) -> StreamServer {
+    let broker = Broker::new(config).unwrap();
+    let handler: Handler = Arc::new(move |req: &[u8], meta: RequestMeta| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        seen.lock().unwrap().push(meta);
+        Ok(req.to_vec())
+    });
+    StreamServer::start(
+        broker,
+        "ns",
+        "echo",
+        "{}".into(),
+        1,
+        Duration::from_secs(10),
+        handler,
+    )
+    .unwrap()
+}
 
 /// A path under the system's temporary directory, unique to this process
 /// and `tag`, removed (with everything in it) when dropped. It is not

@@ -425,7 +425,7 @@ fn handle_request(
         }
         return Ok(());
     }
-    if !shared.slots.acquire(call.deadline.remaining()) {
+    if shared.slots.acquire(call.deadline.remaining()).is_none() {
         shared.answered.finish(key, Answer::NotKept);
         let e = CallError::new(
             ErrorCode::ResourceLimit,

@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::hangup::Watch;
+use super::queueing::QueueSignal;
 use super::shm::{is_peer_gone, is_timeout, recv_payload, send_frame, send_with_fd, SharedRegion};
-use super::slot::layout::{REQ_SEQ, REQ_TAKEN, SLOT_MAX_PAYLOAD};
+use super::slot::layout::{REQ_SEQ, REQ_TAKEN, RESP_QUEUED_US, SLOT_MAX_PAYLOAD};
 use super::slot::{
     next_seq, SlotRequest, SocketWatch, Waited, CALLER, REQUEST_INLINE, REQUEST_ON_SOCKET,
     RESPONSE_ERROR, RESPONSE_INLINE,
@@ -148,18 +149,31 @@ struct Endpoint {
     /// How long to spin for an answer before sleeping.
     spin: Duration,
     idle: Mutex<Vec<Connection>>,
+    /// How long the server's answers said their requests queued.
+    queue: QueueSignal,
+}
+
+/// How a local client is set up, besides its callee.
+pub(crate) struct LocalSettings {
+    /// The longest response accepted.
+    pub max_payload: usize,
+    /// How long to spin for an answer before sleeping.
+    pub spin: Duration,
+    /// The queueing delay over which the server counts as saturated
+    /// (`None`: never).
+    pub spill_queue: Option<Duration>,
 }
 
 impl LocalClient {
-    /// A client of `target`, served at `socket`, accepting responses of up
-    /// to `max_payload` bytes, spinning for up to `spin` for an answer.
-    pub fn new(target: String, socket: PathBuf, max_payload: usize, spin: Duration) -> LocalClient {
+    /// A client of `target`, served at `socket`, set up as `settings` say.
+    pub fn new(target: String, socket: PathBuf, settings: LocalSettings) -> LocalClient {
         LocalClient(Arc::new(Endpoint {
             target,
             socket,
-            max_payload,
-            spin,
+            max_payload: settings.max_payload,
+            spin: settings.spin,
             idle: Mutex::new(Vec::new()),
+            queue: QueueSignal::new(settings.spill_queue),
         }))
     }
 }
@@ -314,6 +328,10 @@ impl Endpoint {
         let answer = control
             .take_response(self.max_payload)
             .map_err(|e| Failure::from(self.transport_error("bad answer", e)))?;
+        if answer.kind != RESPONSE_ERROR {
+            self.queue
+                .heard(control.word(RESP_QUEUED_US).load(Ordering::Relaxed));
+        }
         match answer.kind {
             RESPONSE_INLINE => {
                 let dst = io.response_buffer(answer.len).map_err(Failure::from)?;
@@ -515,6 +533,10 @@ impl Transport for LocalClient {
             }
             other => other.map_err(Failure::into_error),
         }
+    }
+
+    fn saturated(&self) -> bool {
+        self.0.queue.saturated()
     }
 
     fn start(

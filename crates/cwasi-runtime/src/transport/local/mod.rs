@@ -5,7 +5,9 @@
 //! guest memory and the region. Small calls go through the call slot at the
 //! start of that region ([`slot`]), with bounded spinning ([`spin`]) and
 //! futex wake-ups, and a watcher thread that wakes a sleeper whose peer
-//! hung up ([`hangup`]). [`client`] is the caller's side, [`server`] the
+//! hung up ([`hangup`]). Each answer says how long its request queued for a
+//! call slot, which a caller spills on ([`queueing`]). [`client`] is the
+//! caller's side, [`server`] the
 //! served function's, reading requests through [`request`] and checking
 //! who connected with [`credentials`].
 
@@ -13,6 +15,7 @@ pub(crate) mod client;
 mod credentials;
 mod exchange;
 mod hangup;
+mod queueing;
 pub(crate) mod request;
 pub(crate) mod server;
 pub(crate) mod shm;

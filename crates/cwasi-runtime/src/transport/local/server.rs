@@ -23,7 +23,7 @@ use super::exchange::{Answer, ConnExchange, Incoming};
 use super::hangup::Watch;
 use super::request::{Request, RequestError, RequestReader};
 use super::shm::{is_peer_gone, recv_with_fd, SharedRegion};
-use super::slot::layout::{CLOSED, REQ_SEQ, REQ_TAKEN};
+use super::slot::layout::{CLOSED, REQ_SEQ, REQ_TAKEN, RESP_QUEUED_US};
 use super::slot::{next_seq, ControlBlock, Waited, REQUEST_ON_SOCKET, SERVER};
 use super::spin::SpinHabit;
 use super::wire::{self, Header, Kind, WireError, HEADER_LEN, MAX_TARGET_LEN};
@@ -542,7 +542,7 @@ fn handle_request(
     let caller_deadline =
         (budget_us > 0).then(|| Deadline::after(Duration::from_micros(budget_us)));
     let call = CallMeta::incoming(u32::from(depth), caller_deadline, trace, f.limits())?;
-    if !shared.slots.acquire(call.deadline.remaining()) {
+    let Some(queued) = shared.slots.acquire(call.deadline.remaining()) else {
         return Err(CallError::new(
             ErrorCode::ResourceLimit,
             format!(
@@ -550,7 +550,13 @@ fn handle_request(
                 f.spec.name
             ),
         ));
-    }
+    };
+    // The caller's spill-over reads it with the answer.
+    let queued_us = u32::try_from(queued.as_micros()).unwrap_or(u32::MAX);
+    exchange
+        .control
+        .word(RESP_QUEUED_US)
+        .store(queued_us, Ordering::Relaxed);
     let result = serve_call(f, call.reissued(), Mode::Local, exchange);
     shared.slots.release();
     result

@@ -82,6 +82,10 @@ pub mod layout {
     pub const RESP_STATUS: usize = 388;
     /// Response: bytes of answer (or error message) in the inline area.
     pub const RESP_LEN: usize = 392;
+    /// Response: microseconds the request waited for one of the server's
+    /// call slots (0: none; saturating): the load signal a caller spills
+    /// on. Older servers leave it 0.
+    pub const RESP_QUEUED_US: usize = 396;
     /// Start of the inline area.
     pub const INLINE_AT: usize = 448;
     /// Size of the inline area.

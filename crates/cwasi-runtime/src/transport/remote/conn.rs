@@ -332,6 +332,19 @@ impl Broker {
         }
     }
 
+    /// A client of each server a subscriber may listen on: the one Redis,
+    /// or each seed node of the cluster (a cluster forwards every `PUBLISH`
+    /// to all its nodes, so any one of them hears every message).
+    pub(super) fn node_clients(&self) -> Vec<Client> {
+        match &self.backend {
+            Backend::Single(client) => vec![client.clone()],
+            Backend::Cluster(_) => seeds(&self.config.url)
+                .into_iter()
+                .filter_map(|url| node_client(&self.config, url).ok())
+                .collect(),
+        }
+    }
+
     /// A request id unique in the cluster: `{node}-{pid}-{time}-{counter}`
     /// (numbers in hex), which a server accepts: the node name's bytes
     /// that a name may not have become `_`, and it is cut to 64 bytes.
@@ -396,11 +409,17 @@ pub(super) fn exchange(
 
 /// The client of one Redis at `config.url`, with its credentials and TLS.
 fn single_client(config: &BrokerConfig) -> Result<Client, RuntimeError> {
-    let info = connection_info(config, &config.url)?;
+    node_client(config, &config.url)
+}
+
+/// The client of the one Redis at `url` (the broker's, or one node of its
+/// cluster), with the configured credentials and TLS.
+fn node_client(config: &BrokerConfig, url: &str) -> Result<Client, RuntimeError> {
+    let info = connection_info(config, url)?;
     match tls_files(config)? {
         None => Client::open(info),
         Some(certs) => {
-            require_rediss(config, &config.url)?;
+            require_rediss(config, url)?;
             Client::build_with_tls(info, certs)
         }
     }

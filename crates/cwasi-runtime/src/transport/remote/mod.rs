@@ -27,6 +27,8 @@
 //! - `codec`: the stream entry and the reply envelope;
 //! - `client`: the caller's side ([`Broker::call`], the remote transport);
 //! - `registry`: the cluster registry ([`Broker::find`], announcements);
+//! - `events`: its placement events (`PUBLISH` on a change, and the
+//!   subscriber, [`Broker::follow_placement`]);
 //! - `server`: [`StreamServer`], which serves a function from its stream;
 //! - `consumer`: one consumer of a stream, and the [`Handler`] it runs.
 
@@ -35,6 +37,7 @@ mod codec;
 mod config;
 mod conn;
 mod consumer;
+mod events;
 mod keys;
 mod registry;
 mod server;
@@ -47,5 +50,6 @@ pub use codec::{GROUP, PAYLOAD_KEY_MIN, STREAM_MAXLEN};
 pub use config::BrokerConfig;
 pub use conn::Broker;
 pub use consumer::{Handler, RequestMeta};
+pub use events::{PlacementFollower, PLACEMENT_CHANNEL};
 pub use registry::{RemoteEndpoint, ANNOUNCE_TTL, HEARTBEAT};
 pub use server::StreamServer;

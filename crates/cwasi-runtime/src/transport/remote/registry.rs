@@ -165,11 +165,14 @@ impl Broker {
             .arg(now + ttl)
             .arg(now)
             .arg(ttl);
-        self.query(&script).await?;
+        let changed = self.query(&script).await?;
         // Another slot: a command of its own, not one pipeline.
         self.query(redis::cmd("SADD").arg(fn_ns_key(name)).arg(ns))
-            .await
-            .map(|_| ())
+            .await?;
+        if changed == redis::Value::Int(1) {
+            self.publish_placement(ns, name).await;
+        }
+        Ok(())
     }
 
     /// Withdraws this node's announcement of `name` in `ns`: one `MULTI` on
@@ -184,25 +187,37 @@ impl Broker {
             .cmd("ZREM")
             .arg(fn_nodes_key(ns, name))
             .arg(node);
-        self.query_pipe(&p).await.map(|_| ())
+        self.query_pipe(&p).await?;
+        self.publish_placement(ns, name).await;
+        Ok(())
     }
 }
 
 /// What an announcement does, on the function's one slot: drop the records
 /// of nodes whose announcement expired, then set this node's record and
-/// expiry, and keep both keys alive as long as one node announces.
+/// expiry, and keep both keys alive as long as one node announces. It
+/// returns 1 when the placement changed (this node was not announced, its
+/// record changed, or another node's expired announcement was dropped),
+/// else 0: a heartbeat that only renews publishes nothing.
 /// KEYS: records, nodes. ARGV: node, record, expires (ms), now (ms), TTL (ms).
 const ANNOUNCE_SCRIPT: &str = r"
+local changed = 0
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
 for _, node in ipairs(dead) do
-    if node ~= ARGV[1] then redis.call('HDEL', KEYS[1], node) end
+    if node ~= ARGV[1] then
+        redis.call('HDEL', KEYS[1], node)
+        changed = 1
+    end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+local live = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if (not live) or old ~= ARGV[2] then changed = 1 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-return 1
+return changed
 ";
 
 /// Announces `name` in `ns` every [`HEARTBEAT`] until `stop` (more often
