@@ -2,14 +2,20 @@
 //! follows its callee's placement while a steady caller calls, and a call
 //! that nothing ran is made again on the next path.
 //!
-//! Two nodes on one machine: node directories `n1` (the caller's) and `n2`,
-//! one real Redis, direct calls over plain TCP on loopback. The caller is a
-//! runtime in this process, calling `f` (`echo`) every 2 ms from a thread;
-//! the replicas are real `cwasi serve` processes, started, stopped with
-//! SIGTERM (a planned stop) and killed with SIGKILL (a crash) while it
-//! calls. Every call's answer is checked, and the counts per path and the
-//! switch delays are printed (they are measured in `cwasi bench`, not
-//! asserted here).
+//! Three nodes on one machine, each in a network namespace of its own
+//! (`test_support::netns`: veth pairs and a bridge) with its own address,
+//! node directory (`n1`, the caller's; `n2`; `n3`) and `CWASI_NODE`; one
+//! real Redis in n1's namespace; direct calls over plain TCP between the
+//! nodes' addresses. The caller is a runtime in this process, on threads
+//! that entered n1's namespace, calling `f` every 2 ms; the replicas are
+//! real `cwasi serve` processes in their nodes' namespaces, started,
+//! stopped with SIGTERM (a planned stop) and killed with SIGKILL (a crash)
+//! while it calls. Every call's answer is checked, and the counts per path
+//! and the switch delays are printed (they are measured in `cwasi bench`,
+//! not asserted here).
+//!
+//! These tests need root and iproute2 (CI has both): where namespaces
+//! cannot be made they fail under CI and print a loud SKIPPED elsewhere.
 
 mod common;
 
@@ -25,6 +31,7 @@ use cwasi_runtime::{
     DirectConfig, ErrorCode, HopReport, Limits, Mode, NodeDirectory, Runtime, HOST_CALLER,
 };
 use test_programs_artifacts as progs;
+use test_support::netns::{cluster_or_skip, NetCluster, NetNode};
 use test_support::RedisServer;
 
 /// What every call sends; `echo` answers it unchanged.
@@ -44,26 +51,54 @@ struct Call {
     mode: Option<Mode>,
 }
 
-/// Two nodes on this machine, sharing one Redis.
+/// Three nodes on this machine, each in its own network namespace,
+/// sharing one Redis (in n1's).
 struct Cluster {
     redis: RedisServer,
     scratch: Scratch,
     n1: PathBuf,
     n2: PathBuf,
+    net: NetCluster,
 }
 
 impl Cluster {
-    fn new(tag: &str) -> Cluster {
-        let redis = RedisServer::start();
+    /// The nodes, or `None` when network namespaces cannot be made here
+    /// (after a loud SKIPPED; under CI, a panic).
+    fn new(tag: &str) -> Option<Cluster> {
+        let net = cluster_or_skip(3)?;
+        let redis = RedisServer::start_in(net.node(0).name(), net.node(0).addr(), &[]);
         let scratch = Scratch::new(tag);
         let n1 = private_dir(&scratch, "n1");
         let n2 = private_dir(&scratch, "n2");
-        Cluster {
+        Some(Cluster {
             redis,
             scratch,
             n1,
             n2,
-        }
+            net,
+        })
+    }
+
+    /// The network node `node` (`n1`, `n2` or `n3`).
+    fn node(&self, node: &str) -> &NetNode {
+        let i = match node {
+            "n1" => 0,
+            "n2" => 1,
+            "n3" => 2,
+            other => panic!("no node {other}"),
+        };
+        self.net.node(i)
+    }
+
+    /// Where `node` takes direct calls: its address, any free port.
+    fn listen(&self, node: &str) -> String {
+        format!("{}:0", self.node(node).addr())
+    }
+
+    /// Runs `f` on a thread of `node`'s network namespace (threads it
+    /// starts are there too).
+    fn on<T: Send>(&self, node: &str, f: impl FnOnce() -> T + Send) -> T {
+        self.node(node).run(f)
     }
 
     /// The environment of a server on `node`.
@@ -76,25 +111,32 @@ impl Cluster {
     }
 
     /// `f` served on `node` with node directory `dir`, taking direct calls
-    /// on a loopback port when `direct`.
+    /// on the node's address when `direct`.
     fn serve(&self, node: &str, dir: &Path, direct: bool) -> Server {
+        let listen = self.listen(node);
         let extra: &[&str] = if direct {
-            &["--listen", "127.0.0.1:0", "--drain-secs", "5"]
+            &["--listen", &listen, "--drain-secs", "5"]
         } else {
             &["--drain-secs", "5"]
         };
         self.serve_module(node, dir, progs::ECHO, extra)
     }
 
-    /// `module` served as `f` on `node`, with extra arguments.
+    /// `module` served as `f` on `node` (in its network namespace), with
+    /// extra arguments.
     fn serve_module(&self, node: &str, dir: &Path, module: &str, extra: &[&str]) -> Server {
-        let env = self.env(node);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (&**k, &**v)).collect();
-        Server::start(dir, module, "f", "a", extra, &env)
+        let mut cmd = self.node(node).command(env!("CARGO_BIN_EXE_cwasi"));
+        cmd.args(["serve", module, "--name", "f", "--namespace", "a"])
+            .arg("--runtime-dir")
+            .arg(dir)
+            .args(extra)
+            .envs(self.env(node));
+        Server::from_command(cmd, dir, "f", "a")
     }
 
     /// The caller: a runtime of node n1, with its node directory, the
-    /// registry, and plain TCP to other nodes. It does not embed the
+    /// registry, and plain TCP to other nodes; to be built and used on a
+    /// thread of n1's namespace ([`Cluster::on`]). It does not embed the
     /// functions served on its node, so that a replica there is called in
     /// local mode (embedding it, as it would by default in the same
     /// namespace, leaves nothing to move between).
@@ -233,8 +275,15 @@ fn print_counts(rt: &Runtime, calls: &[Call]) {
 
 #[test]
 fn a_route_follows_its_callee_between_nodes_and_planned_stops_fail_no_call() {
-    let cluster = Cluster::new("adaptive-moves");
+    let Some(cluster) = Cluster::new("adaptive-moves") else {
+        return;
+    };
     let _remote = cluster.serve("n2", &cluster.n2, true);
+    cluster.on("n1", || follows_between_nodes(&cluster));
+}
+
+/// The body of the test above, on a thread of n1's namespace.
+fn follows_between_nodes(cluster: &Cluster) {
     let rt = cluster.caller();
     let steady = Steady::new();
     wait_findable(&rt);
@@ -325,9 +374,16 @@ fn a_route_follows_its_callee_between_nodes_and_planned_stops_fail_no_call() {
 
 #[test]
 fn a_route_on_the_broker_moves_to_a_data_address_when_one_is_announced_and_back() {
-    let cluster = Cluster::new("adaptive-broker");
+    let Some(cluster) = Cluster::new("adaptive-broker") else {
+        return;
+    };
     // n2 announces no data address: the broker is the only way there.
     let _n2 = cluster.serve("n2", &cluster.n2, false);
+    cluster.on("n1", || broker_and_back(&cluster));
+}
+
+/// The body of the test above, on a thread of n1's namespace.
+fn broker_and_back(cluster: &Cluster) {
     let rt = cluster.caller();
     let steady = Steady::new();
     let n3 = private_dir(&cluster.scratch, "n3");
@@ -361,25 +417,39 @@ fn a_route_on_the_broker_moves_to_a_data_address_when_one_is_announced_and_back(
 
 #[test]
 fn a_rolling_restart_of_three_replicas_under_two_callers_fails_no_call() {
-    let cluster = Cluster::new("adaptive-rolling");
+    let Some(cluster) = Cluster::new("adaptive-rolling") else {
+        return;
+    };
     let n3 = private_dir(&cluster.scratch, "n3");
     let nodes: [(&str, &Path); 3] = [("n1", &cluster.n1), ("n2", &cluster.n2), ("n3", &n3)];
     let mut replicas: Vec<Server> = nodes
         .iter()
         .map(|(node, dir)| cluster.serve(node, dir, true))
         .collect();
-    // One caller on n1 and one on n2, each with a replica on its node.
-    let callers = [
-        cluster.caller_on("n1", &cluster.n1),
-        cluster.caller_on("n2", &cluster.n2),
-    ];
+    // One caller on n1 and one on n2, each with a replica on its node, each
+    // on a thread of its node's namespace.
     let steady = [Steady::new(), Steady::new()];
-    callers.iter().for_each(wait_findable);
     std::thread::scope(|s| {
-        for (rt, st) in callers.iter().zip(&steady) {
-            s.spawn(move || st.run(rt));
-        }
         let _stop = [steady[0].stop_on_drop(), steady[1].stop_on_drop()];
+        let callers: Vec<_> = nodes[..2]
+            .iter()
+            .zip(&steady)
+            .map(|(&(node, dir), st)| {
+                let cluster = &cluster;
+                s.spawn(move || {
+                    cluster.on(node, || {
+                        let rt = cluster.caller_on(node, dir);
+                        wait_findable(&rt);
+                        st.run(&rt);
+                        // One caller's lines together.
+                        static PRINTING: Mutex<()> = Mutex::new(());
+                        let _one = PRINTING.lock().unwrap_or_else(|p| p.into_inner());
+                        println!("caller on {node}:");
+                        print_counts(&rt, &st.snapshot());
+                    })
+                })
+            })
+            .collect();
         let begin = Instant::now();
         for st in &steady {
             st.wait_for_mode(Mode::Local, begin, "a replica on the caller's node");
@@ -403,13 +473,16 @@ fn a_rolling_restart_of_three_replicas_under_two_callers_fails_no_call() {
                 steady[i].wait_for_mode(Mode::Local, back, "the caller's replica back");
             }
         }
+        // The callers end before the replicas are dropped (killed).
         for st in &steady {
             st.stop.store(true, Ordering::Relaxed);
         }
+        for c in callers {
+            c.join().unwrap();
+        }
     });
-    for (rt, st) in callers.iter().zip(&steady) {
+    for st in &steady {
         let calls = st.snapshot();
-        print_counts(rt, &calls);
         let failed: Vec<&Call> = calls.iter().filter(|c| c.failed.is_some()).collect();
         assert!(
             failed.is_empty(),
@@ -444,11 +517,18 @@ fn hop(rt: &Runtime, mode: Mode) -> Option<HopReport> {
 
 #[test]
 fn calls_spill_from_a_full_local_replica_to_another_node_and_come_back() {
-    let cluster = Cluster::new("adaptive-spill");
+    let Some(cluster) = Cluster::new("adaptive-spill") else {
+        return;
+    };
     // n1 serves f with one call slot; n2 serves it too, idle, directly.
     let _local = cluster.serve_module("n1", &cluster.n1, progs::BUSY, &["--max-concurrent", "1"]);
-    let _remote =
-        cluster.serve_module("n2", &cluster.n2, progs::BUSY, &["--listen", "127.0.0.1:0"]);
+    let listen = cluster.listen("n2");
+    let _remote = cluster.serve_module("n2", &cluster.n2, progs::BUSY, &["--listen", &listen]);
+    cluster.on("n1", || spill_and_back(&cluster));
+}
+
+/// The body of the test above, on a thread of n1's namespace.
+fn spill_and_back(cluster: &Cluster) {
     wait_announced(&cluster.redis.url(), "f", "a");
 
     // The local replica alone: a caller that does not spill.
@@ -499,11 +579,18 @@ fn calls_spill_from_a_full_local_replica_to_another_node_and_come_back() {
 
 #[test]
 fn calls_spill_from_a_local_replica_that_other_callers_keep_busy_and_come_back() {
-    let cluster = Cluster::new("adaptive-queue");
+    let Some(cluster) = Cluster::new("adaptive-queue") else {
+        return;
+    };
     // n1 serves f with one call slot; n2 serves it too, idle, directly.
     let _local = cluster.serve_module("n1", &cluster.n1, progs::BUSY, &["--max-concurrent", "1"]);
-    let _remote =
-        cluster.serve_module("n2", &cluster.n2, progs::BUSY, &["--listen", "127.0.0.1:0"]);
+    let listen = cluster.listen("n2");
+    let _remote = cluster.serve_module("n2", &cluster.n2, progs::BUSY, &["--listen", &listen]);
+    cluster.on("n1", || spill_on_queueing(&cluster));
+}
+
+/// The body of the test above, on a thread of n1's namespace.
+fn spill_on_queueing(cluster: &Cluster) {
     wait_announced(&cluster.redis.url(), "f", "a");
     let rt = cluster.caller();
     assert_eq!(rt.call("a", "f", b"1").unwrap(), b"1");
