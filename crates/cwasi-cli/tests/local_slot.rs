@@ -217,6 +217,16 @@ fn garbage_in_the_slot_from_a_caller_ends_its_connection_and_the_server_keeps_se
     region.word(REQ_SEQ).store(1, Ordering::SeqCst);
     refused_for(s, &region, "inline payload");
 
+    // A well-formed inline request with a flag this server does not know.
+    let (s, region) = hostile_caller(&socket);
+    region.word(REQ_KIND).store(1, Ordering::SeqCst);
+    region.word(REQ_TARGET_LEN).store(4, Ordering::SeqCst);
+    region
+        .word(REQ_FLAGS)
+        .store(NO_QUEUE | 0x80, Ordering::SeqCst);
+    region.word(REQ_SEQ).store(1, Ordering::SeqCst);
+    refused_for(s, &region, "unknown request flags");
+
     // A request sequence bumped past the next one.
     let (s, region) = hostile_caller(&socket);
     region.word(REQ_SEQ).store(5, Ordering::SeqCst);

@@ -34,7 +34,8 @@ impl CallError {
 
     /// The same error, marked as one that came before any callee took the
     /// call: the callee could not be reached, refused the connection, hung
-    /// up before it took the request, or said it was draining. Such a call
+    /// up before it took the request, said it was draining, or declined a
+    /// request that asked not to wait for a call slot. Such a call
     /// may be made again on another path.
     pub(crate) fn before_taken(self) -> Self {
         CallError {

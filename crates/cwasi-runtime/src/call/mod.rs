@@ -3,6 +3,7 @@
 //! ([`CallMeta`]), the route that makes it ([`route`]), and the contract of the data paths
 //! it calls through ([`transport`], implemented by the `transport/` folder).
 
+pub(crate) mod path;
 pub(crate) mod route;
 pub(crate) mod stats;
 pub(crate) mod transport;

@@ -15,14 +15,16 @@
 //! are all taken by this route's own calls.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+use super::path::{Again, InFlight, NextPath};
+pub(crate) use super::path::{Path, PathSpec};
 use super::stats::{HopReport, HopStats};
-use super::transport::{PendingCall, Transport};
+use super::transport::PendingCall;
 use super::{check_depth, CallMeta, CallerIo};
 use crate::config::{Limits, Mode};
 use crate::deadline::{Deadline, TickClock};
@@ -42,99 +44,6 @@ pub(crate) struct Edge {
     pub namespace: String,
     /// The called function.
     pub target: String,
-}
-
-/// A path for a route, as whoever chose it built it.
-pub(crate) struct PathSpec {
-    /// The mode it is.
-    pub mode: Mode,
-    /// What it reaches (its mode and endpoint, such as a socket or a set of
-    /// nodes), so that a new selection of the same path keeps the
-    /// transport and its connections.
-    pub key: String,
-    /// Its client.
-    pub transport: Box<dyn Transport>,
-    /// How many of the route's calls it takes at once before further ones
-    /// spill to the route's spill path (its server's call slots); `None`:
-    /// no bound.
-    pub capacity: Option<usize>,
-}
-
-/// One way to reach the callee, installed in a route.
-pub(crate) struct Path {
-    /// See [`PathSpec::key`].
-    pub key: String,
-    /// The mode it is.
-    pub mode: Mode,
-    transport: Box<dyn Transport>,
-    stats: Arc<HopStats>,
-    capacity: Option<usize>,
-    /// The route's calls on this path now (counted only with a capacity).
-    in_flight: AtomicUsize,
-}
-
-impl Path {
-    /// `spec`, counted in `stats` (its mode's counters on the route).
-    fn installed(spec: PathSpec, stats: Arc<HopStats>) -> Arc<Path> {
-        Arc::new(Path {
-            key: spec.key,
-            mode: spec.mode,
-            transport: spec.transport,
-            stats,
-            capacity: spec.capacity,
-            in_flight: AtomicUsize::new(0),
-        })
-    }
-
-    /// Whether the route's own calls fill this path's capacity, or its
-    /// callee said it is saturated (calls from others fill it). Only a
-    /// path with a capacity spills, so only such a path asks.
-    fn is_full(&self) -> bool {
-        self.capacity.is_some_and(|c| {
-            self.in_flight.load(Ordering::Relaxed) >= c || self.transport.saturated()
-        })
-    }
-
-    /// Counts a call on this path until the returned token is dropped.
-    fn enter(self: &Arc<Self>) -> InFlight {
-        if self.capacity.is_none() {
-            return InFlight(None);
-        }
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(Some(self.clone()))
-    }
-}
-
-/// The path a call takes, as [`Route::next_path`] read it.
-enum NextPath<'a> {
-    /// The route's embedded path, which never changes.
-    Fixed(&'a Arc<Path>),
-    /// The current path, borrowed from the route.
-    Current(arc_swap::Guard<Arc<Path>>),
-    /// The spill path.
-    Spill(Arc<Path>),
-}
-
-impl std::ops::Deref for NextPath<'_> {
-    type Target = Arc<Path>;
-    fn deref(&self) -> &Arc<Path> {
-        match self {
-            NextPath::Fixed(p) => p,
-            NextPath::Current(p) => p,
-            NextPath::Spill(p) => p,
-        }
-    }
-}
-
-/// A call counted on a path with a capacity, until dropped.
-struct InFlight(Option<Arc<Path>>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            p.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
 }
 
 /// What chose a route's path and can choose again: the seam through which
@@ -298,10 +207,16 @@ impl Route {
             return NextPath::Fixed(fixed);
         }
         let current = self.current.load();
-        if current.is_full() {
-            if let Some(spill) = self.spill.load_full() {
-                self.spilled.fetch_add(1, Ordering::Relaxed);
-                return NextPath::Spill(spill);
+        // Only a path with a capacity spills, and it asks whether it is
+        // full only when there is somewhere to spill to: asking may claim
+        // a recheck of a saturated server, which only a route that can
+        // spill the declined call may send.
+        if current.capacity.is_some() {
+            if let Some(spill) = &*self.spill.load() {
+                if current.is_full() {
+                    self.spilled.fetch_add(1, Ordering::Relaxed);
+                    return NextPath::Spill(Arc::clone(spill));
+                }
             }
         }
         NextPath::Current(current)
@@ -342,28 +257,47 @@ impl Route {
         })
     }
 
-    /// Whether a call on `path` that failed with `e` is to be made again:
-    /// nothing ran, it has tries and time left, and a re-selection found
-    /// another path.
-    fn reroute(&self, path: &Path, e: &CallError, tries: u32, deadline: Deadline) -> bool {
+    /// Where a call on `path` that failed with `e` is made again, if it
+    /// is: nothing ran, it has tries and time left, and either the path
+    /// was full (`RESOURCE_LIMIT`: a declined recheck, a connection over
+    /// the server's cap) and the route has a spill path, or a
+    /// re-selection found another path.
+    fn reroute(&self, path: &Path, e: &CallError, tries: u32, deadline: Deadline) -> Option<Again> {
         if !e.nothing_ran() || tries >= MAX_REROUTES || deadline.is_expired() {
-            return false;
+            return None;
         }
-        let Some(reselect) = self.reselect.as_ref().and_then(Weak::upgrade) else {
-            return false;
+        let full = e.code == ErrorCode::ResourceLimit;
+        let again = match &*self.spill.load() {
+            Some(spill) if full && !std::ptr::eq(&**spill, path) => Again::Spill,
+            _ => {
+                let reselect = self.reselect.as_ref().and_then(Weak::upgrade)?;
+                reselect
+                    .reselect_after_failure(self, &path.key, e, deadline)
+                    .then_some(Again::Anywhere)?
+            }
         };
-        let moved = reselect.reselect_after_failure(self, &path.key, e, deadline);
-        if moved {
-            self.rerouted.fetch_add(1, Ordering::Relaxed);
+        self.rerouted.fetch_add(1, Ordering::Relaxed);
+        Some(again)
+    }
+
+    /// The path a call made again takes: the spill path, or whichever
+    /// [`Route::next_path`] gives.
+    fn path_again(&self, again: Option<Again>) -> NextPath<'_> {
+        match (again, self.spill.load_full()) {
+            (Some(Again::Spill), Some(spill)) => {
+                self.spilled.fetch_add(1, Ordering::Relaxed);
+                NextPath::Spill(spill)
+            }
+            _ => self.next_path(),
         }
-        moved
     }
 
     /// Makes a blocking call on behalf of a caller running under `from`.
     pub fn call(&self, io: &mut dyn CallerIo, from: &CallMeta) -> Result<(), CallError> {
         let mut tries = 0;
+        let mut again = None;
         loop {
-            let path = self.next_path();
+            let path = self.path_again(again);
             let _counted = path.enter();
             let timed = tries > 0 || path.stats.time_this_call();
             let now = if timed {
@@ -387,7 +321,8 @@ impl Route {
                 .map_err(|e| past_deadline(e, &meta));
             let response_len = counting.len;
             if let Err(e) = &result {
-                if self.reroute(&path, e, tries, meta.deadline) {
+                again = self.reroute(&path, e, tries, meta.deadline);
+                if again.is_some() {
                     end_span(span, 0, e.clone());
                     tries += 1;
                     continue;
@@ -407,8 +342,9 @@ impl Route {
     /// taken before this returns.
     pub fn start(&self, io: &mut dyn CallerIo, from: &CallMeta) -> Result<StartedCall, CallError> {
         let mut tries = 0;
+        let mut again = None;
         loop {
-            let path = Arc::clone(&self.next_path());
+            let path = Arc::clone(&self.path_again(again));
             let counted = path.enter();
             let started = Instant::now();
             let request_len = io.request().len();
@@ -429,11 +365,13 @@ impl Route {
                         span,
                     })
                 }
-                Err(e) if self.reroute(&path, &e, tries, meta.deadline) => {
-                    end_span(span, 0, e);
-                    tries += 1;
-                }
                 Err(e) => {
+                    again = self.reroute(&path, &e, tries, meta.deadline);
+                    if again.is_some() {
+                        end_span(span, 0, e);
+                        tries += 1;
+                        continue;
+                    }
                     path.stats
                         .record(Some(started), request_len, 0, Err(e.code));
                     return Err(end_span(span, 0, past_deadline(e, &meta)));

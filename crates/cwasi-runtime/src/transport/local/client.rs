@@ -20,7 +20,7 @@ use super::shm::{is_peer_gone, is_timeout, recv_payload, send_frame, send_with_f
 use super::slot::layout::{REQ_SEQ, REQ_TAKEN, RESP_QUEUED_US, SLOT_MAX_PAYLOAD};
 use super::slot::{
     next_seq, SlotRequest, SocketWatch, Waited, CALLER, REQUEST_INLINE, REQUEST_ON_SOCKET,
-    RESPONSE_ERROR, RESPONSE_INLINE,
+    RESPONSE_DECLINED, RESPONSE_ERROR, RESPONSE_INLINE,
 };
 use super::spin::SpinHabit;
 use super::wire::{self, Header, Kind, WireError};
@@ -218,14 +218,21 @@ impl Endpoint {
         &self,
         io: &mut dyn CallerIo,
         call: &CallMeta,
+        may_decline: bool,
     ) -> Result<(Connection, Instant), CallError> {
+        // The call that checks on a saturated server asks it not to queue
+        // the request: a blocking one (`may_decline`, which can be made
+        // again elsewhere; a started call's request is gone by the time
+        // it is answered) with an inline request (answered in the slot).
+        let no_queue =
+            may_decline && io.request().len() <= SLOT_MAX_PAYLOAD && self.queue.take_recheck();
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let reused = pooled.and_then(|mut conn| {
             if conn.last_used.elapsed() > CHECK_IF_IDLE && conn.watch.hung_up_now() {
                 tracing::debug!(target = %self.target, "pooled connection was closed; reconnecting");
                 return None;
             }
-            match post_request(&mut conn, &self.target, io.request(), call) {
+            match post_request(&mut conn, &self.target, io.request(), call, no_queue) {
                 Ok(()) => Some(Ok(conn)),
                 Err(PostError::Closed(why)) => {
                     tracing::debug!(target = %self.target, "pooled connection: {why}; reconnecting");
@@ -241,7 +248,7 @@ impl Endpoint {
         });
         match reused {
             Some(conn) => Ok((conn?, answer_by(call))),
-            None => self.send_fresh(io, call),
+            None => self.send_fresh(io, call, no_queue),
         }
     }
 
@@ -250,9 +257,10 @@ impl Endpoint {
         &self,
         io: &mut dyn CallerIo,
         call: &CallMeta,
+        no_queue: bool,
     ) -> Result<(Connection, Instant), CallError> {
         let mut fresh = self.connect()?;
-        if let Err(e) = post_request(&mut fresh, &self.target, io.request(), call) {
+        if let Err(e) = post_request(&mut fresh, &self.target, io.request(), call, no_queue) {
             // A server that refuses a connection (over its cap, a peer it
             // does not admit) says why before it closes.
             let e = match e {
@@ -328,7 +336,7 @@ impl Endpoint {
         let answer = control
             .take_response(self.max_payload)
             .map_err(|e| Failure::from(self.transport_error("bad answer", e)))?;
-        if answer.kind != RESPONSE_ERROR {
+        if answer.kind != RESPONSE_ERROR && answer.kind != RESPONSE_DECLINED {
             self.queue
                 .heard(control.word(RESP_QUEUED_US).load(Ordering::Relaxed));
         }
@@ -339,12 +347,18 @@ impl Endpoint {
                 self.give_back(conn);
                 Ok(())
             }
-            RESPONSE_ERROR => {
+            RESPONSE_ERROR | RESPONSE_DECLINED => {
                 let mut msg = vec![0u8; answer.len];
                 control.read_inline(0, &mut msg);
                 self.give_back(conn);
                 let code = ErrorCode::from_raw(answer.status).unwrap_or(ErrorCode::Transport);
-                Err(CallError::new(code, String::from_utf8_lossy(&msg).into_owned()).into())
+                let e = CallError::new(code, String::from_utf8_lossy(&msg).into_owned());
+                if answer.kind == RESPONSE_ERROR {
+                    return Err(e.into());
+                }
+                // Still full: nothing ran, and the route spills the call.
+                self.queue.heard(u32::MAX);
+                Err(e.before_taken().into())
             }
             _ => Ok(self.receive_frame(conn, u64::from(expected), until, io)?),
         }
@@ -465,6 +479,7 @@ fn post_request(
     target: &str,
     request: &[u8],
     call: &CallMeta,
+    no_queue: bool,
 ) -> Result<(), PostError> {
     let control = conn.shm.control();
     let inline = request.len() <= SLOT_MAX_PAYLOAD;
@@ -485,6 +500,7 @@ fn post_request(
         depth,
         budget_us,
         trace: call.trace,
+        no_queue,
     });
     let seq = next_seq(conn.seq);
     if let Err(now) =
@@ -519,13 +535,13 @@ fn post_request(
 
 impl Transport for LocalClient {
     fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError> {
-        let (conn, until) = self.0.send(io, call)?;
+        let (conn, until) = self.0.send(io, call, true)?;
         match self.0.receive(conn, until, io) {
             Err(Failure::NotTaken(e)) => {
                 // A server that closed a pooled connection (it restarted,
                 // or died) before it saw the request: once more, afresh.
                 tracing::debug!(target = %self.0.target, "request not taken ({e}); posting it again");
-                let (conn, until) = self.0.send_fresh(io, call)?;
+                let (conn, until) = self.0.send_fresh(io, call, false)?;
                 match self.0.receive(conn, until, io) {
                     Err(Failure::NotTaken(e)) => Err(e.before_taken()),
                     other => other.map_err(Failure::into_error),
@@ -545,7 +561,7 @@ impl Transport for LocalClient {
         call: &CallMeta,
     ) -> Result<Box<dyn PendingCall>, CallError> {
         // The request leaves now; the server works while the caller goes on.
-        let (conn, until) = self.0.send(io, call)?;
+        let (conn, until) = self.0.send(io, call, false)?;
         Ok(Box::new(LocalPending {
             endpoint: self.0.clone(),
             conn,

@@ -8,8 +8,8 @@ use super::request::{Request, RequestReader};
 use super::shm::{recv_payload, send_frame, SharedRegion};
 use super::slot::layout::{INLINE_LEN, RESP_SEQ, SLOT_MAX_PAYLOAD};
 use super::slot::{
-    ControlBlock, SlotRequest, SlotResponse, RESPONSE_ERROR, RESPONSE_INLINE, RESPONSE_ON_SOCKET,
-    SERVER,
+    ControlBlock, SlotRequest, SlotResponse, RESPONSE_DECLINED, RESPONSE_ERROR, RESPONSE_INLINE,
+    RESPONSE_ON_SOCKET, SERVER,
 };
 use super::wire::{self, Header, Kind};
 use crate::error::{CallError, ErrorCode};
@@ -83,8 +83,15 @@ impl ConnExchange<'_> {
                 let msg = e.message.as_bytes();
                 let msg = &msg[..msg.len().min(INLINE_LEN)];
                 self.control.write_inline(0, msg);
+                // Only a request that asked not to wait is declined before
+                // it ran (handle_request marks it so).
+                let kind = if e.nothing_ran() {
+                    RESPONSE_DECLINED
+                } else {
+                    RESPONSE_ERROR
+                };
                 self.control.put_response(&SlotResponse {
-                    kind: RESPONSE_ERROR,
+                    kind,
                     status: e.code.as_raw(),
                     len: msg.len(),
                 });

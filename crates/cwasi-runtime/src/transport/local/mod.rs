@@ -8,12 +8,14 @@
 //! hung up ([`hangup`]). Each answer says how long its request queued for a
 //! call slot, which a caller spills on ([`queueing`]). [`client`] is the
 //! caller's side, [`server`] the
-//! served function's, reading requests through [`request`] and checking
+//! served function's, reading requests through [`request`], running each
+//! through [`handle`], and checking
 //! who connected with [`credentials`].
 
 pub(crate) mod client;
 mod credentials;
 mod exchange;
+mod handle;
 mod hangup;
 mod queueing;
 pub(crate) mod request;

@@ -8,9 +8,11 @@
 //!
 //! A saturated server gets no calls from this caller, so it would never be
 //! heard again: every [`RECHECK`], one call (the first to claim it) goes to
-//! it anyway, and its answer says whether the queue has drained.
+//! it anyway, asking not to be queued. A server that is still full
+//! declines it at once (nothing ran, and the route spills the call); one
+//! with a free slot runs it, and its answer says the queue has drained.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,8 @@ pub(crate) struct QueueSignal {
     /// [`now_us`]'s clock; kept only while the server queues, so a warm
     /// call that did not queue reads no clock.
     heard_at: AtomicU64,
+    /// A recheck was claimed and no call has been sent as one yet.
+    recheck: AtomicBool,
 }
 
 /// Microseconds since the first use of this clock in this process.
@@ -47,6 +51,7 @@ impl QueueSignal {
             threshold_us,
             last_us: AtomicU32::new(0),
             heard_at: AtomicU64::new(0),
+            recheck: AtomicBool::new(false),
         }
     }
 
@@ -76,9 +81,20 @@ impl QueueSignal {
         if now.saturating_sub(at) < RECHECK.as_micros() as u64 {
             return true;
         }
-        self.heard_at
+        let claimed = self
+            .heard_at
             .compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
+            .is_ok();
+        if claimed {
+            self.recheck.store(true, Ordering::Relaxed);
+        }
+        !claimed
+    }
+
+    /// Whether the next call is the recheck (which asks the server not to
+    /// queue it); true once per claimed recheck.
+    pub fn take_recheck(&self) -> bool {
+        self.recheck.load(Ordering::Relaxed) && self.recheck.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -96,9 +112,16 @@ mod tests {
         s.heard(1_001);
         assert!(s.saturated(), "over the threshold");
         assert!(s.saturated(), "still, within the recheck interval");
+        assert!(!s.take_recheck(), "no recheck claimed yet");
         std::thread::sleep(RECHECK + Duration::from_millis(5));
         assert!(!s.saturated(), "one call claims the recheck");
         assert!(s.saturated(), "the others keep away meanwhile");
+        assert!(s.take_recheck(), "the next call is the recheck");
+        assert!(!s.take_recheck(), "once");
+        s.heard(u32::MAX);
+        assert!(s.saturated(), "declined: still full");
+        std::thread::sleep(RECHECK + Duration::from_millis(5));
+        assert!(!s.saturated(), "the next recheck");
         s.heard(0);
         assert!(!s.saturated(), "the recheck found the queue drained");
     }

@@ -20,20 +20,17 @@ use std::time::{Duration, Instant};
 
 use super::credentials::peer_credentials;
 use super::exchange::{Answer, ConnExchange, Incoming};
+use super::handle::{handle_request, RequestInfo};
 use super::hangup::Watch;
 use super::request::{Request, RequestError, RequestReader};
 use super::shm::{is_peer_gone, recv_with_fd, SharedRegion};
-use super::slot::layout::{CLOSED, REQ_SEQ, REQ_TAKEN, RESP_QUEUED_US};
+use super::slot::layout::{CLOSED, REQ_SEQ, REQ_TAKEN};
 use super::slot::{next_seq, ControlBlock, Waited, REQUEST_ON_SOCKET, SERVER};
 use super::spin::SpinHabit;
 use super::wire::{self, Header, Kind, WireError, HEADER_LEN, MAX_TARGET_LEN};
-use crate::call::CallMeta;
-use crate::config::Mode;
-use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
+use crate::deadline::{LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
-use crate::guest::invoke::serve_call;
-use crate::trace::TraceContext;
 use crate::transport::admission::{accept_until, AcceptThread, Connections, Slots, WarnBudget};
 
 /// How long a refused connection is drained before it is closed.
@@ -429,8 +426,9 @@ impl ServerConn {
             depth: slot.depth,
             budget_us: slot.budget_us,
             trace: slot.trace,
+            no_queue: slot.no_queue,
         };
-        let result = handle_request(target, info, &mut exchange, shared);
+        let result = handle_request(target, info, &mut exchange, &shared.function, &shared.slots);
         finish(exchange, result, 0, shared)
     }
 
@@ -457,8 +455,15 @@ impl ServerConn {
             depth: h.depth,
             budget_us: h.budget_us,
             trace: h.trace,
+            no_queue: false,
         };
-        let result = handle_request(&target, info, &mut exchange, shared);
+        let result = handle_request(
+            &target,
+            info,
+            &mut exchange,
+            &shared.function,
+            &shared.slots,
+        );
         finish(exchange, result, h.id, shared)
     }
 }
@@ -504,62 +509,6 @@ fn drain_and_close(stream: &UnixStream) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let _ = stream.set_read_timeout(Some(DRAIN_TIMEOUT));
     let _ = io::copy(&mut stream.take(1 << 20), &mut io::sink());
-}
-
-/// What a request says about its call, from the slot or its frame.
-struct RequestInfo {
-    /// The callee's depth.
-    depth: u16,
-    /// Microseconds left of the caller's deadline (0: none).
-    budget_us: u64,
-    /// The caller's span.
-    trace: TraceContext,
-}
-
-/// Runs one request: checks its target, depth and a call slot, then
-/// invokes the function.
-fn handle_request(
-    target: &[u8],
-    RequestInfo {
-        depth,
-        budget_us,
-        trace,
-    }: RequestInfo,
-    exchange: &mut ConnExchange<'_>,
-    shared: &Shared,
-) -> Result<(), CallError> {
-    let f = &shared.function;
-    if target != f.spec.name.as_bytes() {
-        return Err(CallError::new(
-            ErrorCode::UnknownFunction,
-            format!(
-                "this server hosts '{}', not '{}'",
-                f.spec.name,
-                String::from_utf8_lossy(target)
-            ),
-        ));
-    }
-    let caller_deadline =
-        (budget_us > 0).then(|| Deadline::after(Duration::from_micros(budget_us)));
-    let call = CallMeta::incoming(u32::from(depth), caller_deadline, trace, f.limits())?;
-    let Some(queued) = shared.slots.acquire(call.deadline.remaining()) else {
-        return Err(CallError::new(
-            ErrorCode::ResourceLimit,
-            format!(
-                "'{}' is busy: no call slot freed within the timeout",
-                f.spec.name
-            ),
-        ));
-    };
-    // The caller's spill-over reads it with the answer.
-    let queued_us = u32::try_from(queued.as_micros()).unwrap_or(u32::MAX);
-    exchange
-        .control
-        .word(RESP_QUEUED_US)
-        .store(queued_us, Ordering::Relaxed);
-    let result = serve_call(f, call.reissued(), Mode::Local, exchange);
-    shared.slots.release();
-    result
 }
 
 /// Ends an exchange after the call returned `result`: a failed call is

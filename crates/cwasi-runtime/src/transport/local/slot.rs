@@ -75,8 +75,15 @@ pub mod layout {
     pub const REQ_SPAN_ID: usize = 360;
     /// Request: the trace flags (the low byte).
     pub const REQ_TRACE_FLAGS: usize = 368;
+    /// Request: flags; bit 0 ([`NO_QUEUE`]): do not wait for a call slot.
+    pub const REQ_FLAGS: usize = 372;
+    /// Request flag: answer at once with the declined kind (4) rather than
+    /// wait when every call slot is busy (a caller checking whether a
+    /// server it spills from has drained).
+    pub const NO_QUEUE: u32 = 1;
     /// Response: 1 inline answer, 2 inline error, 3 a frame follows on the
-    /// socket.
+    /// socket, 4 declined (every call slot was busy and the request asked
+    /// not to wait: nothing ran).
     pub const RESP_KIND: usize = 384;
     /// Response: the ABI error code of an inline error.
     pub const RESP_STATUS: usize = 388;
@@ -109,6 +116,10 @@ pub(crate) const RESPONSE_INLINE: u32 = 1;
 pub(crate) const RESPONSE_ERROR: u32 = 2;
 /// Response kind: a response or error frame follows on the socket.
 pub(crate) const RESPONSE_ON_SOCKET: u32 = 3;
+/// Response kind: declined, nothing ran: every call slot was busy, and
+/// the request asked not to wait for one ([`NO_QUEUE`]). The inline area
+/// holds a message, as for an error.
+pub(crate) const RESPONSE_DECLINED: u32 = 4;
 
 /// The next sequence number after `seq` (31 bits, wrapping).
 pub(crate) fn next_seq(seq: u32) -> u32 {
@@ -208,6 +219,8 @@ pub(crate) struct SlotRequest {
     pub budget_us: u64,
     /// The caller's span.
     pub trace: TraceContext,
+    /// Do not wait for a call slot ([`NO_QUEUE`]).
+    pub no_queue: bool,
 }
 
 /// A response as the server writes it into the slot.
@@ -249,6 +262,8 @@ impl ControlBlock {
             .store(word(&t.span_id), Ordering::Relaxed);
         self.word(REQ_TRACE_FLAGS)
             .store(u32::from(t.flags), Ordering::Relaxed);
+        self.word(REQ_FLAGS)
+            .store(if r.no_queue { NO_QUEUE } else { 0 }, Ordering::Relaxed);
     }
 
     /// Reads the request's trace context; an invalid one is none.
@@ -272,6 +287,12 @@ impl ControlBlock {
         let budget_us = self.word64(REQ_BUDGET).load(Ordering::Relaxed);
         let depth = u16::try_from(depth)
             .map_err(|_| SlotViolation(format!("call depth {depth} in the slot")))?;
+        let flags = self.word(REQ_FLAGS).load(Ordering::Relaxed);
+        if flags & !NO_QUEUE != 0 {
+            return Err(SlotViolation(format!(
+                "unknown request flags {flags:#x} in the slot"
+            )));
+        }
         match kind {
             REQUEST_ON_SOCKET => {}
             REQUEST_INLINE => {
@@ -296,6 +317,7 @@ impl ControlBlock {
             depth,
             budget_us,
             trace: self.take_trace(),
+            no_queue: flags & NO_QUEUE != 0,
         })
     }
 
@@ -317,8 +339,8 @@ impl ControlBlock {
         match kind {
             RESPONSE_ON_SOCKET => {}
             RESPONSE_INLINE if len <= SLOT_MAX_PAYLOAD && len <= max_payload => {}
-            RESPONSE_ERROR if len <= INLINE_LEN => {}
-            RESPONSE_INLINE | RESPONSE_ERROR => {
+            RESPONSE_ERROR | RESPONSE_DECLINED if len <= INLINE_LEN => {}
+            RESPONSE_INLINE | RESPONSE_ERROR | RESPONSE_DECLINED => {
                 return Err(SlotViolation(format!(
                     "inline answer of {len} bytes in the slot"
                 )))
