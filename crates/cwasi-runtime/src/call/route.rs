@@ -15,7 +15,7 @@
 //! are all taken by this route's own calls.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
@@ -72,6 +72,9 @@ pub(crate) struct Route {
     current: ArcSwap<Path>,
     /// Where calls go while the current path is full, if anywhere.
     spill: ArcSwapOption<Path>,
+    /// Whether `spill` holds a path: what a warm call reads (a relaxed
+    /// load, where the `ArcSwapOption` costs a guard).
+    spills: AtomicBool,
     /// The counters of every mode this route has used, so that a switch
     /// keeps what the earlier paths counted.
     stats: Mutex<Vec<Arc<HopStats>>>,
@@ -115,6 +118,7 @@ impl Route {
             fixed: (first.mode == Mode::Embedded).then(|| first.clone()),
             current: ArcSwap::new(first),
             spill: ArcSwapOption::empty(),
+            spills: AtomicBool::new(false),
             edge,
             stats: Mutex::new(vec![stats]),
             limits,
@@ -195,6 +199,7 @@ impl Route {
     /// Makes `spec` the path calls spill to while the current one is full
     /// (`None`: they wait for it instead).
     pub fn set_spill(&self, spec: Option<PathSpec>) {
+        self.spills.store(spec.is_some(), Ordering::Relaxed);
         self.spill.store(spec.map(|s| self.install(s)));
     }
 
@@ -211,7 +216,7 @@ impl Route {
         // full only when there is somewhere to spill to: asking may claim
         // a recheck of a saturated server, which only a route that can
         // spill the declined call may send.
-        if current.capacity.is_some() {
+        if current.capacity.is_some() && self.spills.load(Ordering::Relaxed) {
             if let Some(spill) = &*self.spill.load() {
                 if current.is_full() {
                     self.spilled.fetch_add(1, Ordering::Relaxed);
@@ -283,13 +288,14 @@ impl Route {
     /// The path a call made again takes: the spill path, or whichever
     /// [`Route::next_path`] gives.
     fn path_again(&self, again: Option<Again>) -> NextPath<'_> {
-        match (again, self.spill.load_full()) {
-            (Some(Again::Spill), Some(spill)) => {
+        // The first try reads nothing more than `next_path` does.
+        if let Some(Again::Spill) = again {
+            if let Some(spill) = self.spill.load_full() {
                 self.spilled.fetch_add(1, Ordering::Relaxed);
-                NextPath::Spill(spill)
+                return NextPath::Spill(spill);
             }
-            _ => self.next_path(),
         }
+        self.next_path()
     }
 
     /// Makes a blocking call on behalf of a caller running under `from`.
