@@ -412,9 +412,15 @@ fn report(marks: &[PhaseMark], calls: &[CallRecord]) -> Vec<PhaseReport> {
         .enumerate()
         .map(|(i, m)| {
             let end = marks.get(i + 1).map(|n| n.at);
+            // A call belongs to the phase in which it returned: one in
+            // flight at a SIGKILL fails in the crash's phase, where a
+            // failure is allowed, not in the phase before it.
             let in_phase: Vec<&CallRecord> = calls
                 .iter()
-                .filter(|c| c.at >= m.at && end.is_none_or(|e| c.at < e))
+                .filter(|c| {
+                    let returned = c.at + c.took;
+                    returned >= m.at && end.is_none_or(|e| returned < e)
+                })
                 .collect();
             let first = in_phase
                 .iter()
