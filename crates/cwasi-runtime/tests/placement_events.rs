@@ -5,7 +5,7 @@
 //! channels; on a Redis Cluster, an event published on any node reaches a
 //! follower of one seed node.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,22 +63,35 @@ fn a_server_publishes_its_announcement_and_withdrawal_and_not_its_heartbeats() {
     );
 }
 
-/// Follows the placement events of `config`'s broker: how often it woke,
-/// and the flag that ends it.
-fn follow(config: BrokerConfig) -> (Arc<AtomicU64>, Arc<std::sync::atomic::AtomicBool>) {
-    let woken = Arc::new(AtomicU64::new(0));
-    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+/// A follower's state as a test sees it.
+struct Followed {
+    /// How often it woke.
+    woken: Arc<AtomicU64>,
+    /// What it last said of the subscription.
+    following: Arc<AtomicBool>,
+    /// Set to end it.
+    closed: Arc<AtomicBool>,
+}
+
+/// Follows the placement events of `config`'s broker.
+fn follow(config: BrokerConfig) -> Followed {
+    let f = Followed {
+        woken: Arc::default(),
+        following: Arc::default(),
+        closed: Arc::default(),
+    };
     let broker = Broker::new(config).unwrap();
-    let (w, c) = (woken.clone(), closed.clone());
+    let (w, s, c) = (f.woken.clone(), f.following.clone(), f.closed.clone());
     broker
         .follow_placement(PlacementFollower {
             wake: Box::new(move || {
                 w.fetch_add(1, Ordering::SeqCst);
             }),
+            following: Box::new(move |now| s.store(now, Ordering::SeqCst)),
             closed: Box::new(move || c.load(Ordering::SeqCst)),
         })
         .unwrap();
-    (woken, closed)
+    f
 }
 
 /// Publishes an event by hand until the follower wakes more than `before`
@@ -99,8 +112,13 @@ fn wakes(redis: &RedisServer, woken: &AtomicU64, within: Duration) -> bool {
 #[test]
 fn a_follower_wakes_on_events_and_follows_again_after_redis_restarts() {
     let mut redis = RedisServer::start();
-    let (woken, closed) = follow(BrokerConfig::new(redis.url(), "node1"));
+    let Followed {
+        woken,
+        following,
+        closed,
+    } = follow(BrokerConfig::new(redis.url(), "node1"));
     assert!(wakes(&redis, &woken, Duration::from_secs(10)), "no wake-up");
+    assert!(following.load(Ordering::SeqCst));
     redis.kill();
     std::thread::sleep(Duration::from_millis(300));
     redis.restart();
@@ -134,7 +152,11 @@ fn without_channel_rights_servers_still_announce_and_callers_still_find() {
     let config = |node: &str| {
         BrokerConfig::new(format!("redis://cwasi:pw@127.0.0.1:{}", redis.port()), node)
     };
-    let (woken, closed) = follow(config("node1"));
+    let Followed {
+        woken,
+        following,
+        closed,
+    } = follow(config("node1"));
     let _server = echo_server(config("node2"));
     let caller = Broker::new(config("node1")).unwrap();
     let until = Instant::now() + Duration::from_secs(10);
@@ -149,13 +171,17 @@ fn without_channel_rights_servers_still_announce_and_callers_still_find() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(woken.load(Ordering::SeqCst), 0, "woken without a channel");
+    assert!(
+        !following.load(Ordering::SeqCst),
+        "following without a channel"
+    );
     closed.store(true, Ordering::SeqCst);
 }
 
 #[test]
 fn on_a_cluster_a_follower_of_one_node_hears_an_announcement_made_on_another() {
     let cluster = RedisCluster::start(3, 0);
-    let (woken, closed) = follow(BrokerConfig::new(cluster.url(), "node1"));
+    let Followed { woken, closed, .. } = follow(BrokerConfig::new(cluster.url(), "node1"));
     let subscribed = Instant::now() + Duration::from_secs(10);
     while woken.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < subscribed, "the follower never subscribed");

@@ -33,6 +33,10 @@ pub(crate) trait Discovery: Send + Sync {
     /// Where `name` is served now, as the source says by `deadline`.
     fn find(&self, name: &str, deadline: Deadline) -> Result<Vec<Self::Found>, CallError>;
 
+    /// Drops what the source remembers about `name`, so that the next
+    /// `find` asks afresh: a call found nothing where it said.
+    fn forget(&self, _name: &str) {}
+
     /// Starts waking `events` whenever where functions are served may have
     /// changed, until `events` is closed. An error says that this source
     /// cannot send events; its changes are then seen by periodic looks.

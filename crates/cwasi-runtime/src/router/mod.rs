@@ -507,6 +507,10 @@ impl Reselect for RuntimeRouter {
         why: &CallError,
         deadline: Deadline,
     ) -> bool {
+        // A call found nothing there: look afresh, not at a reused answer.
+        if let Some(elsewhere) = &self.sources.elsewhere {
+            elsewhere.forget(&route.edge().target);
+        }
         let mut look = |ns: &str, target: &str| self.gather(ns, target, deadline);
         self.reselect(route, Some((failed_key, why)), deadline, &mut look)
     }

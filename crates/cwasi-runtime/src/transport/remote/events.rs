@@ -35,6 +35,9 @@ pub struct PlacementFollower {
     /// Called for every event, and once after each (re)subscription, since
     /// events may have been missed meanwhile.
     pub wake: Box<dyn Fn() + Send>,
+    /// Told `true` once subscribed (before that first wake-up), `false`
+    /// when the subscription failed: whether events reach this node now.
+    pub following: Box<dyn Fn(bool) + Send>,
     /// True once the subscriber should end.
     pub closed: Box<dyn Fn() -> bool + Send>,
 }
@@ -82,11 +85,13 @@ fn follow(clients: &[Client], at: &str, f: &PlacementFollower) {
             }
             failing = false;
             backoff = BACKOFF_MIN;
+            (f.following)(true);
             (f.wake)();
         };
         match listen(client, f, &mut subscribed) {
             Ok(()) => return,
             Err(e) => {
+                (f.following)(false);
                 if !failing {
                     tracing::warn!(
                         "cannot follow the placement events of the cluster registry at {at}: \
