@@ -148,7 +148,7 @@ impl Consumer {
         );
         self.group_ready = false;
         self.conn = None;
-        sleep_unless_stopped(self.backoff, &self.stop);
+        sleep_unless_stopped(self.backoff, || self.stop.load(Ordering::Relaxed));
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 

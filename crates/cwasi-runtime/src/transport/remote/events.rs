@@ -15,6 +15,7 @@ use std::time::Duration;
 use redis::Client;
 
 use super::conn::Broker;
+use super::registry::sleep_unless_stopped;
 use crate::deadline::{BROKER_CONNECT_TIMEOUT, BROKER_OP_TIMEOUT};
 
 /// The channel placement events go to. Classic `PUBLISH`: a Redis Cluster
@@ -101,7 +102,7 @@ fn follow(clients: &[Client], at: &str, f: &PlacementFollower) {
                 failing = true;
             }
         }
-        sleep_unless_closed(backoff, f);
+        sleep_unless_stopped(backoff, || (f.closed)());
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
@@ -134,14 +135,4 @@ fn listen(
         }
     }
     Ok(())
-}
-
-/// Sleeps for `d`, or until the follower is closed.
-fn sleep_unless_closed(d: Duration, f: &PlacementFollower) {
-    let mut left = d;
-    while !(f.closed)() && !left.is_zero() {
-        let s = left.min(LISTEN_POLL);
-        std::thread::sleep(s);
-        left -= s;
-    }
 }

@@ -237,14 +237,16 @@ pub(super) fn heartbeat(b: &Broker, ns: &str, name: &str, record: &str, stop: &A
             }
             Err(_) => {}
         }
-        sleep_unless_stopped(if failing { HEARTBEAT_RETRY } else { HEARTBEAT }, stop);
+        let d = if failing { HEARTBEAT_RETRY } else { HEARTBEAT };
+        sleep_unless_stopped(d, || stop.load(Ordering::Relaxed));
     }
 }
 
-/// Sleeps for `d`, or until `stop` is set (the consumers' backoff too).
-pub(super) fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+/// Sleeps for `d`, or until `stopped()` says to stop: the heartbeat's
+/// pause, and the backoff of the consumers and of the placement follower.
+pub(super) fn sleep_unless_stopped(d: Duration, stopped: impl Fn() -> bool) {
     let mut left = d;
-    while !stop.load(Ordering::Relaxed) && !left.is_zero() {
+    while !stopped() && !left.is_zero() {
         let s = left.min(STOP_POLL);
         std::thread::sleep(s);
         left -= s;
