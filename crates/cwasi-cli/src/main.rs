@@ -121,8 +121,20 @@ struct ServeArgs {
     #[arg(long, env = "CWASI_DRAIN_SECS", default_value_t = 10)]
     drain_secs: u64,
     /// Another uid allowed to call (the server's own and root always are).
+    /// Its calls come from the caller `uid.<uid>/@<node>`, whatever they
+    /// claim.
     #[arg(long = "allow-uid")]
     allow_uid: Vec<u32>,
+    /// A caller allowed to call this function (repeatable):
+    /// `<namespace>/<function>[@<node>]`, each part a name, `*`, or a
+    /// name's start and `*` (`team-*/*`). With none given every caller
+    /// may call; with any, only the callers they match, and the others
+    /// get DENIED (docs/operations.md, "Call policies").
+    #[arg(long = "allow-caller", value_name = "RULE", value_parser = parse_caller_rule)]
+    allow_caller: Vec<cwasi_runtime::CallerPattern>,
+    /// Allows no caller at all (a policy with no rule).
+    #[arg(long, conflicts_with = "allow_caller")]
+    allow_no_caller: bool,
     /// Also takes direct calls from other nodes on this address (IP:PORT,
     /// the address they reach this node at; port 0 picks one), announced
     /// in the cluster registry. Needs CWASI_REDIS_URL, and mutual TLS
@@ -359,6 +371,11 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
+/// A `--allow-caller` rule.
+fn parse_caller_rule(text: &str) -> std::result::Result<cwasi_runtime::CallerPattern, String> {
+    text.parse()
+}
+
 fn serve(args: ServeArgs) -> Result<()> {
     let dir = node_directory(&args.runtime_dir)?;
     let mut spec = FunctionSpec::new(&args.name, &args.namespace, args.module.clone());
@@ -368,6 +385,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         handler: args.handler,
         connect_to: None,
     };
+    if args.allow_no_caller || !args.allow_caller.is_empty() {
+        spec.policy = cwasi_runtime::CallPolicy::allowing(args.allow_caller);
+    }
     let runtime = with_broker(Runtime::builder())?
         .limits(args.limits.apply(Limits::default()))
         .node_directory(dir.clone())

@@ -130,6 +130,14 @@ fn server_command(exe: &Path, f: &FunctionSpec, dir: &NodeDirectory, limits: &Li
     for (k, v) in &f.env {
         cmd.arg("--env").arg(format!("{k}={v}"));
     }
+    if let Some(rules) = f.policy.rules() {
+        if rules.is_empty() {
+            cmd.arg("--allow-no-caller");
+        }
+        for rule in rules {
+            cmd.arg("--allow-caller").arg(rule.to_string());
+        }
+    }
     if !f.args.is_empty() {
         cmd.arg("--").args(&f.args);
     }

@@ -248,11 +248,17 @@ fn try_attach_region(s: &UnixStream, size: u64) -> std::io::Result<()> {
     common::attach_region(s, size).map(drop)
 }
 
-/// A request for `echo` whose header is `h` but for the target.
+/// The caller a hand-made request claims.
+const CLAIM: &[u8] = b"a/@n1";
+
+/// A request for `echo` whose header is `h` but for the target and the
+/// caller.
 fn request_head(mut h: Header) -> Vec<u8> {
     h.target_len = 4;
+    h.caller_len = CLAIM.len() as u16;
     let mut out = h.encode().to_vec();
     out.extend_from_slice(b"echo");
+    out.extend_from_slice(CLAIM);
     out
 }
 
@@ -306,10 +312,8 @@ fn malformed_frames_close_the_connection_and_the_server_keeps_serving() {
     let mut s = UnixStream::connect(&socket).unwrap();
     attach_frame(&s);
     let mut h = Header::new(Kind::Request, 7);
-    h.target_len = 4;
     h.payload_len = 1 << 40;
-    s.write_all(&h.encode()).unwrap();
-    s.write_all(b"echo").unwrap();
+    s.write_all(&request_head(h)).unwrap();
     assert_eq!(answers(s), vec![Kind::Error]);
 
     // A request for a function this server does not host gets an error and
@@ -319,9 +323,12 @@ fn malformed_frames_close_the_connection_and_the_server_keeps_serving() {
     for id in [1u64, 2] {
         let mut h = Header::new(Kind::Request, id);
         h.target_len = 4;
+        h.caller_len = CLAIM.len() as u16;
         h.payload_len = 2;
         s.write_all(&h.encode()).unwrap();
-        s.write_all(b"nopehi").unwrap();
+        s.write_all(b"nope").unwrap();
+        s.write_all(CLAIM).unwrap();
+        s.write_all(b"hi").unwrap();
         let mut head = [0u8; HEADER_LEN];
         s.read_exact(&mut head).unwrap();
         let h = Header::decode(&head, 1 << 20).unwrap();
@@ -481,6 +488,17 @@ fn protocol_refusals_end_with_an_error_frame() {
     (&s).write_all(b"hi").unwrap();
     let (_, message) = refusal(s);
     assert!(message.contains("must name its target"), "{message}");
+
+    // A request without a caller.
+    let s = UnixStream::connect(&socket).unwrap();
+    attach_frame(&s);
+    let mut h = Header::new(Kind::Request, 4);
+    h.target_len = 4;
+    h.payload_len = 2;
+    (&s).write_all(&h.encode()).unwrap();
+    (&s).write_all(b"echohi").unwrap();
+    let (_, message) = refusal(s);
+    assert!(message.contains("must name its caller"), "{message}");
 
     let good = caller(&dir, Duration::from_secs(20));
     assert_eq!(good.call("a", "echo", b"fine").unwrap(), b"fine");

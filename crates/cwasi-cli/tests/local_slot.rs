@@ -213,9 +213,22 @@ fn garbage_in_the_slot_from_a_caller_ends_its_connection_and_the_server_keeps_se
     let (s, region) = hostile_caller(&socket);
     region.word(REQ_KIND).store(1, Ordering::SeqCst);
     region.word(REQ_TARGET_LEN).store(4, Ordering::SeqCst);
+    region.word(REQ_CALLER_LEN).store(5, Ordering::SeqCst);
     region.word(REQ_LEN).store(1 << 20, Ordering::SeqCst);
     region.word(REQ_SEQ).store(1, Ordering::SeqCst);
     refused_for(s, &region, "inline payload");
+
+    // An inline request that names no caller, or one longer than any.
+    for caller_len in [0u32, 768, u32::MAX] {
+        let (s, region) = hostile_caller(&socket);
+        region.word(REQ_KIND).store(1, Ordering::SeqCst);
+        region.word(REQ_TARGET_LEN).store(4, Ordering::SeqCst);
+        region
+            .word(REQ_CALLER_LEN)
+            .store(caller_len, Ordering::SeqCst);
+        region.word(REQ_SEQ).store(1, Ordering::SeqCst);
+        refused_for(s, &region, "caller identity");
+    }
 
     // A well-formed inline request with a flag this server does not know.
     let (s, region) = hostile_caller(&socket);

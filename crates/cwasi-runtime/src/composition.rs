@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::config::{FunctionSpec, Limits, ModeOverride, Preopen, SeedConfig, DEFAULT_NAMESPACE};
 use crate::error::RuntimeError;
+use crate::identity::policy::CallPolicy;
 
 /// A parsed and validated composition.
 #[derive(Debug, Clone)]
@@ -62,6 +63,9 @@ struct FileFunction {
     handler: Option<String>,
     #[serde(default)]
     connect_to: Option<String>,
+    /// The callers allowed to call it; absent: everyone.
+    #[serde(default)]
+    allow_callers: Option<Vec<String>>,
 }
 
 impl Composition {
@@ -98,6 +102,12 @@ impl Composition {
                     ..p
                 })
                 .collect();
+            let policy = match &f.allow_callers {
+                Some(rules) => {
+                    CallPolicy::parse(rules).map_err(|e| format!("function '{name}': {e}"))?
+                }
+                None => CallPolicy::allow_all(),
+            };
             functions.push(FunctionSpec {
                 name,
                 namespace,
@@ -110,6 +120,7 @@ impl Composition {
                     handler: f.handler,
                     connect_to: f.connect_to,
                 },
+                policy,
             });
         }
         let comp = Composition {

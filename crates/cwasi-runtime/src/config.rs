@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::identity::policy::CallPolicy;
+
 /// The spin budget of local calls unless configured
 /// ([`Limits::spin_budget`]): about what a sleep and a wake-up cost across
 /// two vCPUs (the local transport's `spin` module says why).
@@ -216,6 +218,8 @@ pub struct FunctionSpec {
     pub preopens: Vec<Preopen>,
     /// Prototype compatibility.
     pub seed: SeedConfig,
+    /// Which callers may call it (default: everyone).
+    pub policy: CallPolicy,
 }
 
 impl FunctionSpec {
@@ -230,6 +234,7 @@ impl FunctionSpec {
             env: Vec::new(),
             preopens: Vec::new(),
             seed: SeedConfig::default(),
+            policy: CallPolicy::allow_all(),
         }
     }
 }

@@ -140,11 +140,14 @@ pub fn direct_requests(data: &[u8]) {
     let Ok(mut conn) = crate::transport::direct::Conn::plain(server, from) else {
         return;
     };
-    let mut target = [0u8; crate::transport::local::wire::MAX_TARGET_LEN];
+    use crate::transport::local::wire::{MAX_CALLER_LEN, MAX_TARGET_LEN};
+    let mut names = [0u8; MAX_TARGET_LEN + MAX_CALLER_LEN];
     while let Ok(Some(h)) =
-        conn.next_request(Duration::from_millis(50), FUZZ_MAX_PAYLOAD, &mut target)
+        conn.next_request(Duration::from_millis(50), FUZZ_MAX_PAYLOAD, &mut names)
     {
-        let _ = &target[..h.target_len as usize];
+        let (target, claim) =
+            names[..h.target_len as usize + h.caller_len as usize].split_at(h.target_len as usize);
+        let _ = (target, crate::identity::CallerIdentity::parse(claim));
         if conn.skip_payload(h.payload_len).is_err() {
             break;
         }

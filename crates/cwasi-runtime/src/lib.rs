@@ -33,6 +33,7 @@ mod discovery;
 mod engine;
 mod error;
 mod guest;
+mod identity;
 mod inspect;
 mod native_stack;
 mod node_dir;
@@ -82,6 +83,8 @@ pub use deadline::{Deadline, ANSWER_GRACE};
 pub use engine::{inspect_module, Inspection};
 pub use error::{CallError, ErrorCode, RuntimeError};
 pub use guest::function::FunctionReport;
+pub use identity::policy::{CallPolicy, CallerPattern};
+pub use identity::{CallerIdentity, IdentityError, MAX_IDENTITY_LEN};
 pub use inspect::ModuleInfo;
 pub use node_dir::{
     node_name, node_name_from, EmbedInfo, EndpointRecord, NodeDirectory, RECORD_MAX_BYTES,

@@ -10,11 +10,12 @@ use crate::call::route::{Edge, PathSpec, Route};
 use crate::call::stats::HopReport;
 use crate::call::{CallMeta, VecIo};
 use crate::composition::Composition;
-use crate::config::{FunctionSpec, Limits, Mode, ModeOverride};
+use crate::config::{FunctionSpec, Limits, Mode, ModeOverride, DEFAULT_NAMESPACE};
 use crate::engine::{load_module, load_module_bytes, new_engine};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::FunctionReport;
 use crate::guest::function::LinkedModule;
+use crate::identity::CallerIdentity;
 use crate::inspect::ModuleInfo;
 use crate::node_dir::NodeDirectory;
 use crate::router::DirectParts;
@@ -140,6 +141,9 @@ impl RuntimeBuilder {
             Some(files) => Some(DirectTls::load(files)?),
             None => None,
         };
+        if let (Some(broker), Some(tls)) = (&self.broker, &direct_tls) {
+            broker.authenticate_as(tls.identity.clone());
+        }
         let (engine, ticker) = new_engine()?;
         let linkers = crate::guest::linkers::Linkers::new(&engine)?;
         let mut functions: Vec<LinkedModule> = Vec::new();
@@ -172,6 +176,13 @@ impl RuntimeBuilder {
             .node
             .or_else(|| self.broker.as_ref().map(|b| b.node().to_string()))
             .unwrap_or_else(crate::node_dir::node_name);
+        // Every call carries this node's name in its caller's identity.
+        cwasi_abi::validate_name(&node).map_err(|e| {
+            RuntimeError::Config(format!(
+                "invalid node name '{node}' (CWASI_NODE, else the hostname): {}",
+                e.rule()
+            ))
+        })?;
         Ok(Runtime {
             host_call: CallMeta::after(0, std::time::Duration::MAX),
             router: RuntimeRouter::new(RouterParts {
@@ -357,6 +368,7 @@ impl Runtime {
             node: &self.router.node,
             broker: self.router.broker.as_ref(),
             direct_tls: self.router.direct.tls.as_ref().map(|t| t.server.clone()),
+            node_identity: self.router.direct.tls.as_ref().map(|t| t.identity.clone()),
             allow_plain: self.router.direct.allow_plain,
             runtime: self.router.clone(),
         };
@@ -372,8 +384,11 @@ impl Runtime {
         request: &[u8],
     ) -> Result<Vec<u8>, CallError> {
         let limits = self.router.limits.clone();
+        let caller = CallerIdentity::new(DEFAULT_NAMESPACE, None, &self.router.node)
+            .map_err(|e| CallError::new(ErrorCode::Denied, e.to_string()))?;
         let client = LocalClient::new(
             target.to_string(),
+            &caller,
             socket.to_path_buf(),
             LocalSettings {
                 max_payload: limits.max_payload_bytes,

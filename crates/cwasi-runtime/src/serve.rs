@@ -12,16 +12,17 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::call::{CallMeta, VecIo};
+use crate::call::{CallMeta, Incoming, VecIo};
 use crate::config::Mode;
 use crate::deadline::LEASE_GRACE;
-use crate::error::{CallError, RuntimeError};
+use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
 use crate::guest::invoke::{serve_call, CallerExchange};
 use crate::guest::trim::IdleTrimmer;
 use crate::node_dir::{EmbedInfo, EndpointRecord, NodeDirectory, Registration, RECORD_VERSION};
 use crate::transport::direct::{DirectServer, DirectSettings};
 use crate::transport::local::server::{LocalServer, ServerSettings, Taking};
+use crate::transport::node_identity::NodeIdentity;
 use crate::transport::remote::{Broker, Handler, RequestMeta, StreamServer};
 
 /// Most consumers of a function's request stream on one server. A server
@@ -173,6 +174,9 @@ pub(crate) struct Host<'a> {
     pub direct_tls: Option<Arc<rustls::ServerConfig>>,
     /// Whether plain TCP is allowed for the direct data plane.
     pub allow_plain: bool,
+    /// This node's identity (with TLS): what proves which node a direct
+    /// caller is.
+    pub node_identity: Option<Arc<NodeIdentity>>,
     /// What keeps the runtime alive while it serves.
     pub runtime: Arc<dyn Any + Send + Sync>,
 }
@@ -192,6 +196,10 @@ fn embed_info(function: &Function, dir: &NodeDirectory) -> Option<EmbedInfo> {
             args: spec.args.clone(),
             env: spec.env.clone(),
             seed_handler: spec.seed.handler.clone(),
+            allow_callers: spec
+                .policy
+                .rules()
+                .map(|rules| rules.iter().map(|r| r.to_string()).collect()),
         }),
         Err(e) => {
             tracing::warn!(function = %spec.name, "cannot publish the module for embedding: {e}");
@@ -256,6 +264,7 @@ pub(crate) fn serve(
         max_connections: opts.max_connections,
         allowed_uids,
         idle_timeout: opts.idle_timeout,
+        node: host.node.into(),
     };
     let local = LocalServer::start(listener, function.clone(), settings)?;
     let local_taking = local.taking();
@@ -313,6 +322,7 @@ fn serve_direct(
         max_concurrent_calls: opts.max_concurrent_calls,
         max_connections: opts.max_connections,
         idle_timeout: opts.idle_timeout,
+        identity: host.node_identity.clone(),
     };
     let server = DirectServer::start(
         listener,
@@ -333,7 +343,16 @@ fn serve_stream(
 ) -> Result<StreamServer, RuntimeError> {
     let f = function.clone();
     let handler: Handler = Arc::new(move |request: &[u8], meta: RequestMeta| {
-        let call = CallMeta::incoming(meta.depth, Some(meta.deadline), meta.trace, f.limits())?;
+        let caller = meta
+            .caller
+            .ok_or_else(|| CallError::new(ErrorCode::Denied, "the request names no caller"))?;
+        let incoming = Incoming {
+            depth: meta.depth,
+            deadline: Some(meta.deadline),
+            trace: meta.trace,
+            caller: &caller,
+        };
+        let call = CallMeta::incoming(incoming, &f.spec, f.limits())?;
         let mut io = VecIo {
             request,
             response: Vec::new(),

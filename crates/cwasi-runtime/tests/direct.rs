@@ -104,13 +104,17 @@ fn raw(addr: DataAddr) -> TcpStream {
     s
 }
 
-/// Sends a request frame for `target` with id `id`.
+/// Sends a request frame for `target` with id `id`, from the host of
+/// namespace `ns` on `node1`.
 fn send_request(s: &mut TcpStream, id: u64, target: &str, payload: &[u8]) {
+    let claim = b"ns/@node1";
     let mut h = Header::new(Kind::Request, id);
     h.target_len = target.len() as u16;
+    h.caller_len = claim.len() as u16;
     h.payload_len = payload.len() as u64;
     h.budget_us = 5_000_000;
-    wire::write_frame(s, &h, target.as_bytes(), payload).unwrap();
+    let names = [target.as_bytes(), claim].concat();
+    wire::write_frame(s, &h, &names, payload).unwrap();
 }
 
 /// Reads one answer: `Ok(payload)` or `Err((code, message))`.

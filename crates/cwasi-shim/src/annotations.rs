@@ -27,6 +27,9 @@ pub const SERVE: &str = "cwasi.io/serve";
 pub const MODE: &str = "cwasi.io/mode";
 /// The name callers use.
 pub const FUNCTION: &str = "cwasi.io/function";
+/// The callers allowed to call the function a pod serves (comma-separated
+/// rules, or `none`; unset: every caller).
+pub const ALLOW_CALLERS: &str = "cwasi.io/allow-callers";
 /// The prototype's serve marker.
 pub const SEED_SERVE: &str = "cwasi.secondary.function";
 /// The Kubernetes namespace of the pod, set by containerd's CRI plugin on the

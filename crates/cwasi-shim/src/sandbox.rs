@@ -155,6 +155,7 @@ impl Job {
         spec.args = self.args;
         spec.env = settings.env.clone();
         spec.preopens = container_preopens(&settings.node_dir);
+        spec.policy = settings.policy.clone();
         let direct = match DirectConfig::from_vars(&|k| settings.var(k)) {
             Ok(d) => d,
             Err(e) => return fail(EXIT_CANNOT_RUN, &format!("direct data plane: {e}")),

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use cwasi_runtime::ModeOverride;
+use cwasi_runtime::{CallPolicy, ModeOverride};
 
 use crate::annotations::{self, Annotations};
 
@@ -42,6 +42,10 @@ pub const ENV_LISTEN: &str = "CWASI_LISTEN";
 pub const ENV_METRICS_ADDR: &str = "CWASI_METRICS_ADDR";
 /// With serve: seconds a stop waits for the calls in flight (default 10).
 pub const ENV_DRAIN_SECS: &str = "CWASI_DRAIN_SECS";
+/// With serve: the callers allowed to call the function, comma-separated
+/// rules `<namespace>/<function>[@<node>]` (`cwasi.io/allow-callers`);
+/// unset: every caller. `none` allows no caller.
+pub const ENV_ALLOW_CALLERS: &str = "CWASI_ALLOW_CALLERS";
 
 /// The settings a pod may give as annotations: each pair is the variable and
 /// the annotation that stands for it. The node-wide ones (broker, TLS files,
@@ -57,6 +61,7 @@ pub const ANNOTATED: &[(&str, &str)] = &[
     (ENV_LISTEN, "cwasi.io/listen"),
     (ENV_METRICS_ADDR, "cwasi.io/metrics-addr"),
     (ENV_DRAIN_SECS, "cwasi.io/drain-secs"),
+    (ENV_ALLOW_CALLERS, annotations::ALLOW_CALLERS),
     (ENV_EXPLAIN, "cwasi.io/explain"),
     (ENV_LOG, "cwasi.io/log"),
 ];
@@ -96,6 +101,8 @@ pub struct ContainerSettings {
     pub node_dir_explicit: bool,
     /// Print routing decisions on stderr.
     pub explain: bool,
+    /// Which callers may call the function it serves.
+    pub policy: CallPolicy,
     /// Log filter.
     pub log: String,
     /// The container's environment, split into pairs, in order.
@@ -155,6 +162,7 @@ impl ContainerSettings {
             node_dir_explicit: node_dir.is_some(),
             node_dir: PathBuf::from(node_dir.unwrap_or_else(|| DEFAULT_NODE_DIR.to_string())),
             explain: flag(ENV_EXPLAIN)?,
+            policy: caller_policy(lookup(&env, &annotations, ENV_ALLOW_CALLERS))?,
             log: var(ENV_LOG).unwrap_or_else(|| "warn".to_string()),
             warnings: unknown_annotations(&annotations),
             env,
@@ -213,6 +221,32 @@ fn serve_flag(env: &[(String, String)], annotations: &Annotations) -> Result<boo
         (annotated(ENV_SERVE), annotated(ENV_SEED_SERVE))
     };
     Ok(parse_flag(serve)? || parse_flag(seed)?)
+}
+
+/// The call policy a pod sets: comma-separated caller rules, or `none`;
+/// every caller when unset.
+fn caller_policy(found: Option<Found>) -> Result<CallPolicy, SettingsError> {
+    let Some(found) = found else {
+        return Ok(CallPolicy::allow_all());
+    };
+    if found.value.trim() == "none" {
+        return Ok(CallPolicy::allowing([]));
+    }
+    let rules: Vec<&str> = found
+        .value
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .collect();
+    CallPolicy::parse(&rules).map_err(|why| {
+        tracing::warn!("{}: {why}", found.from);
+        SettingsError::Invalid {
+            name: found.from,
+            value: found.value,
+            expected: "expected comma-separated caller rules <namespace>/<function>[@<node>] \
+                       (each part a name, '*', or a name's start and '*'), or none",
+        }
+    })
 }
 
 /// A boolean setting: `true`/`1`/`yes` or `false`/`0`/`no`; unset is false.

@@ -10,9 +10,10 @@ pub(crate) mod transport;
 
 use std::time::{Duration, Instant};
 
-use crate::config::Limits;
+use crate::config::{FunctionSpec, Limits};
 use crate::deadline::Deadline;
 use crate::error::{CallError, ErrorCode};
+use crate::identity::CallerIdentity;
 use crate::trace::TraceContext;
 
 /// The caller's side of a call: where the request is and where the response
@@ -94,27 +95,53 @@ impl CallMeta {
             .saturating_duration_since(self.issued)
     }
 
-    /// What the callee of a request from another process gets: the depth
-    /// the caller sent (0, from a caller that sets none, is read as 1),
+    /// What the callee of a request from another process gets, once the
+    /// callee's policy admitted its caller ([`admit`]): the depth the
+    /// caller sent (0, from a caller that sets none, is read as 1),
     /// refused past `limits.max_call_depth`; and the earlier of this side's
     /// call timeout and the caller's deadline, if it sent one; under the
-    /// caller's span `trace`.
+    /// caller's span.
     pub fn incoming(
-        depth: u32,
-        caller_deadline: Option<Deadline>,
-        trace: TraceContext,
+        request: Incoming<'_>,
+        callee: &FunctionSpec,
         limits: &Limits,
     ) -> Result<CallMeta, CallError> {
-        let depth = check_depth(depth.max(1), limits)?;
+        admit(request.caller, callee)?;
+        let depth = check_depth(request.depth.max(1), limits)?;
         let issued = Instant::now();
         let own = Deadline::at(issued, limits.call_timeout);
         Ok(CallMeta {
             depth,
-            deadline: caller_deadline.map_or(own, |d| d.min(own)),
+            deadline: request.deadline.map_or(own, |d| d.min(own)),
             issued,
-            trace,
+            trace: request.trace,
         })
     }
+}
+
+/// What a request from another process says about its call, as its
+/// transport read and authenticated it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Incoming<'a> {
+    /// The callee's depth, as the caller sent it.
+    pub depth: u32,
+    /// The caller's deadline, if it sent one.
+    pub deadline: Option<Deadline>,
+    /// The caller's span.
+    pub trace: TraceContext,
+    /// Who calls, as far as the transport proved it.
+    pub caller: &'a CallerIdentity,
+}
+
+/// The one admission check of every call, on every path: whether the
+/// callee's policy allows `caller`. The servers make it through
+/// [`CallMeta::incoming`]; the embedded transport, whose callee runs in
+/// the caller's process, makes it directly.
+#[inline]
+pub(crate) fn admit(caller: &CallerIdentity, callee: &FunctionSpec) -> Result<(), CallError> {
+    callee.policy.admit(caller, &callee.name).inspect_err(|e| {
+        tracing::info!(caller = %caller, function = %callee.name, "call denied: {}", e.message);
+    })
 }
 
 /// `depth`, if it is within `limits.max_call_depth`: one check, for a call

@@ -60,6 +60,10 @@ pub(crate) trait Reselect: Send + Sync {
         why: &CallError,
         deadline: Deadline,
     ) -> bool;
+
+    /// Notes that the callee of `route` denied a call (`why` names the
+    /// caller and the policy), for `--explain`.
+    fn denied(&self, route: &Route, why: &CallError);
 }
 
 /// How one caller reaches one callee: one path at a time, which can change.
@@ -334,6 +338,9 @@ impl Route {
                     continue;
                 }
             }
+            if let Err(e) = &result {
+                self.note_denied(e);
+            }
             let started = timed.then_some(now);
             path.stats
                 .record(started, request_len, response_len, outcome(&result));
@@ -378,11 +385,22 @@ impl Route {
                         tries += 1;
                         continue;
                     }
+                    self.note_denied(&e);
                     path.stats
                         .record(Some(started), request_len, 0, Err(e.code));
                     return Err(end_span(span, 0, past_deadline(e, &meta)));
                 }
             }
+        }
+    }
+
+    /// Tells the router of a call its callee denied, if `e` is that.
+    fn note_denied(&self, e: &CallError) {
+        if e.code != ErrorCode::Denied {
+            return;
+        }
+        if let Some(router) = self.reselect.as_ref().and_then(Weak::upgrade) {
+            router.denied(self, e);
         }
     }
 

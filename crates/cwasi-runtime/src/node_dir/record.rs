@@ -61,6 +61,10 @@ pub struct EmbedInfo {
     pub env: Vec<(String, String)>,
     /// The seed handler export, for prototype-style callees.
     pub seed_handler: Option<String>,
+    /// The served function's call policy, which a caller that embeds it
+    /// enforces as its server would (absent: no policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_callers: Option<Vec<String>>,
 }
 
 #[cfg(test)]

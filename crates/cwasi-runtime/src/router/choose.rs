@@ -15,6 +15,8 @@ use crate::engine::load_module_bytes;
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::{Function, LinkedModule};
 use crate::guest::state::Router;
+use crate::identity::policy::CallPolicy;
+use crate::identity::CallerIdentity;
 use crate::node_dir::EndpointRecord;
 use crate::selector::{select, Choice, DirectProbe, Loaded, Placement, Selection};
 use crate::transport::direct::client::DirectClient;
@@ -153,7 +155,8 @@ impl RuntimeRouter {
             Choice::Local(r) if self.limits.spill_over => r.slots.map(|n| n as usize),
             _ => None,
         };
-        let built = self.client(choice, function, &adopted, &mut peers, caller, target);
+        let me = self.identity(caller, caller_namespace)?;
+        let built = self.client(choice, function, &adopted, &mut peers, &me, target);
         let path = PathSpec {
             mode: selection.mode,
             key: built.0,
@@ -162,7 +165,7 @@ impl RuntimeRouter {
         };
         let mut selection = selection;
         let spill = spill.map(|(s, choice)| {
-            let (key, transport) = self.client(choice, None, &None, &mut peers, caller, target);
+            let (key, transport) = self.client(choice, None, &None, &mut peers, &me, target);
             selection.reason = format!(
                 "{}; while this caller's calls fill its {} call slot(s), further calls spill to {key}",
                 selection.reason,
@@ -192,11 +195,11 @@ impl RuntimeRouter {
         function: Option<&Arc<Function>>,
         adopted: &Option<(Arc<Function>, EndpointRecord)>,
         peers: &mut Option<Vec<Arc<Peer>>>,
-        caller: Option<&str>,
+        me: &Arc<CallerIdentity>,
         target: &str,
     ) -> (String, Box<dyn Transport>) {
         let max = self.limits.max_payload_bytes;
-        let from_host = caller == Some(HOST_CALLER);
+        let from_host = me.function().is_none();
         match (choice, function, &self.broker) {
             (Choice::Embedded, Some(f), _) => {
                 let key = match adopted {
@@ -206,9 +209,9 @@ impl RuntimeRouter {
                     None => "embedded".to_string(),
                 };
                 let client = if from_host {
-                    EmbeddedClient::held(f)
+                    EmbeddedClient::held(f, me.clone())
                 } else {
-                    EmbeddedClient::new(f)
+                    EmbeddedClient::new(f, me.clone())
                 };
                 (key, Box::new(client))
             }
@@ -216,6 +219,7 @@ impl RuntimeRouter {
                 format!("local {}", r.socket.display()),
                 Box::new(LocalClient::new(
                     target.to_string(),
+                    me,
                     r.socket.clone(),
                     LocalSettings {
                         max_payload: max,
@@ -236,15 +240,20 @@ impl RuntimeRouter {
                 );
                 // Direct, else the broker: a call that reaches no node goes
                 // through the broker until the next look finds nodes again.
-                let direct = DirectClient::new(target.to_string(), max, peers);
-                let via_broker =
-                    RemoteClient::new(broker.clone(), r.namespace.clone(), target.to_string(), max);
+                let direct = DirectClient::new(target.to_string(), me, max, peers);
+                let via_broker = RemoteClient::new(
+                    broker.clone(),
+                    me.clone(),
+                    r.namespace.clone(),
+                    target.to_string(),
+                    max,
+                );
                 let client = Fallback::new(
                     target,
                     Box::new(direct),
                     Box::new(via_broker),
                     ("remote-direct", "remote-broker"),
-                    self.path_report(caller.unwrap_or(HOST_CALLER), target),
+                    self.path_report(me.function().unwrap_or(HOST_CALLER), target),
                 );
                 (key, Box::new(client))
             }
@@ -252,6 +261,7 @@ impl RuntimeRouter {
                 format!("remote-broker {} via {}", r.namespace, broker.display()),
                 Box::new(RemoteClient::new(
                     broker.clone(),
+                    me.clone(),
                     r.namespace.clone(),
                     target.to_string(),
                     max,
@@ -259,6 +269,19 @@ impl RuntimeRouter {
             ),
             _ => unreachable!("the selector chooses only among the candidates it was given"),
         }
+    }
+
+    /// The identity of `caller` (a function, or the host) of `namespace`
+    /// on this node, which its route's transport sends with every call.
+    fn identity(
+        &self,
+        caller: Option<&str>,
+        namespace: &str,
+    ) -> Result<Arc<CallerIdentity>, CallError> {
+        let function = caller.filter(|c| *c != HOST_CALLER);
+        CallerIdentity::new(namespace, function, &self.node)
+            .map(Arc::new)
+            .map_err(|e| CallError::new(ErrorCode::Denied, e.to_string()))
     }
 
     /// How this node connects to others directly.
@@ -386,10 +409,12 @@ impl RuntimeRouter {
     /// Loads the module a same-namespace server of this node published, and
     /// links it here, once per name, namespace and digest.
     fn adopt(&self, record: &EndpointRecord) -> Result<Arc<Function>, RuntimeError> {
+        let rules = record.embed.as_ref().and_then(|e| e.allow_callers.clone());
         let key = (
             record.name.clone(),
             record.namespace.clone(),
             record.digest.clone(),
+            rules.clone(),
         );
         let mut adopted = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = adopted.get(&key) {
@@ -405,6 +430,10 @@ impl RuntimeRouter {
         spec.args = embed.args.clone();
         spec.env = embed.env.clone();
         spec.seed.handler = embed.seed_handler.clone();
+        if let Some(rules) = &rules {
+            // The server's policy holds wherever its function runs.
+            spec.policy = CallPolicy::parse(rules).map_err(RuntimeError::Config)?;
+        }
         let linked = LinkedModule::link(&self.linkers, spec, module)?;
         let router: Weak<dyn Router> = self.me.clone();
         let f = Arc::new(Function::new(linked, self.limits.clone(), router));

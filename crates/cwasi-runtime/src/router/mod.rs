@@ -36,6 +36,10 @@ use facts::Facts;
 /// Name under which calls made by the host itself (CLI, tests) are recorded.
 pub const HOST_CALLER: &str = "<host>";
 
+/// A function adopted from a served record: its name, namespace, digest
+/// and call policy (the rules of its record).
+type AdoptedKey = (String, String, String, Option<Vec<String>>);
+
 /// The selector's decision for one edge, for `--explain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -139,7 +143,7 @@ pub(crate) struct RuntimeRouter {
     pub direct: DirectParts,
     /// Functions served elsewhere on this node and embedded here, by name,
     /// namespace and digest.
-    adopted: Mutex<HashMap<(String, String, String), Arc<Function>>>,
+    adopted: Mutex<HashMap<AdoptedKey, Arc<Function>>>,
     /// Routes by caller name, caller namespace and target: looked up with
     /// borrowed names, so a host call allocates nothing.
     routes: Mutex<RouteTable>,
@@ -513,5 +517,17 @@ impl Reselect for RuntimeRouter {
         }
         let mut look = |ns: &str, target: &str| self.gather(ns, target, deadline);
         self.reselect(route, Some((failed_key, why)), deadline, &mut look)
+    }
+
+    fn denied(&self, route: &Route, why: &CallError) {
+        let edge = route.edge();
+        keep_decision(
+            &self.decisions,
+            Decision {
+                caller: edge.caller.clone(),
+                target: edge.target.clone(),
+                outcome: Err(why.clone()),
+            },
+        );
     }
 }

@@ -8,19 +8,23 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 
 use super::{PendingCall, Transport};
-use crate::call::{deliver, CallMeta, CallerIo, VecIo};
+use crate::call::{admit, deliver, CallMeta, CallerIo, VecIo};
 use crate::config::Mode;
 use crate::deadline::ANSWER_GRACE;
 use crate::error::{CallError, ErrorCode};
 use crate::guest::function::Function;
 use crate::guest::instance::ResponseRange;
 use crate::guest::invoke::{invoke, CallerExchange, Invocation};
+use crate::identity::CallerIdentity;
 use crate::native_stack::{has_room_for_a_call, NESTED_STACK_SIZE};
 
 /// Calls a function loaded in this process.
 pub(crate) struct EmbeddedClient {
     callee: Callee,
     name: String,
+    /// Who calls through this client: the callee's policy admits it on
+    /// every call.
+    caller: Arc<CallerIdentity>,
 }
 
 /// How a client holds its callee.
@@ -37,18 +41,20 @@ enum Callee {
 
 impl EmbeddedClient {
     /// A client of `function` for a route of another function's.
-    pub fn new(function: &Arc<Function>) -> EmbeddedClient {
+    pub fn new(function: &Arc<Function>, caller: Arc<CallerIdentity>) -> EmbeddedClient {
         EmbeddedClient {
             callee: Callee::Weak(Arc::downgrade(function)),
             name: function.spec.name.clone(),
+            caller,
         }
     }
 
     /// A client of `function` for a route of the host's.
-    pub fn held(function: &Arc<Function>) -> EmbeddedClient {
+    pub fn held(function: &Arc<Function>, caller: Arc<CallerIdentity>) -> EmbeddedClient {
         EmbeddedClient {
             callee: Callee::Held(function.clone()),
             name: function.spec.name.clone(),
+            caller,
         }
     }
 
@@ -124,6 +130,7 @@ impl EmbeddedClient {
 impl Transport for EmbeddedClient {
     fn call(&self, io: &mut dyn CallerIo, call: &CallMeta) -> Result<(), CallError> {
         self.with_function(|function| {
+            admit(&self.caller, &function.spec)?;
             if has_room_for_a_call() {
                 invoke(function, *call, Mode::Embedded, &mut CallerExchange(io))
             } else {
@@ -140,6 +147,7 @@ impl Transport for EmbeddedClient {
         // The request is copied in on the caller's thread, so the caller may
         // reuse its buffer at once; the handler runs on a worker.
         let mut invocation = self.with_function(|function| {
+            admit(&self.caller, &function.spec)?;
             Invocation::begin(function, *call, Mode::Embedded, &mut CallerExchange(io))
         })?;
         let (tx, rx) = mpsc::sync_channel(1);

@@ -12,6 +12,7 @@ pub mod direct;
 pub(crate) mod embedded;
 pub(crate) mod fallback;
 pub(crate) mod local;
+pub(crate) mod node_identity;
 pub mod remote;
 
 pub use crate::call::transport::PathCounts;

@@ -16,6 +16,8 @@ use super::balance::two_choices;
 use super::peer::{Failure, Peer};
 use crate::call::{CallMeta, CallerIo};
 use crate::error::{CallError, ErrorCode};
+use crate::identity::CallerIdentity;
+use crate::transport::local::wire::RequestNames;
 use crate::transport::{start_copied, PathCounts, PendingCall, Transport};
 
 /// Calls one function on the nodes that serve it.
@@ -23,6 +25,8 @@ pub(crate) struct DirectClient(Arc<Inner>);
 
 struct Inner {
     target: String,
+    /// The target's name and the caller's identity, sent in every request.
+    names: RequestNames,
     max_payload: usize,
     peers: Vec<Arc<Peer>>,
     retried: AtomicU64,
@@ -47,9 +51,16 @@ fn request_id() -> u64 {
 
 impl DirectClient {
     /// A client of `target` over `peers`, the reachable nodes found when
-    /// the path was chosen (the router chooses again when they change).
-    pub fn new(target: String, max_payload: usize, peers: Vec<Arc<Peer>>) -> DirectClient {
+    /// the path was chosen (the router chooses again when they change),
+    /// for calls of `caller`.
+    pub fn new(
+        target: String,
+        caller: &CallerIdentity,
+        max_payload: usize,
+        peers: Vec<Arc<Peer>>,
+    ) -> DirectClient {
         DirectClient(Arc::new(Inner {
+            names: RequestNames::new(&target, caller),
             target,
             max_payload,
             peers,
@@ -86,7 +97,7 @@ impl Inner {
             };
             let busy = peer.load.begin();
             let started = Instant::now();
-            let result = peer.call(id, &self.target, io, call, self.max_payload);
+            let result = peer.call(id, &self.names, io, call, self.max_payload);
             drop(busy);
             match result {
                 Ok(()) => {

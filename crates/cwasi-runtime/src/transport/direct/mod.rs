@@ -20,6 +20,7 @@
 
 mod answered;
 mod balance;
+mod callers;
 pub(crate) mod client;
 mod config;
 pub(crate) mod peer;

@@ -18,7 +18,7 @@ use super::tls::{is_authentication_failure, server_name};
 use crate::call::{CallMeta, CallerIo};
 use crate::deadline::{Deadline, ANSWER_GRACE};
 use crate::error::{CallError, ErrorCode};
-use crate::transport::local::wire::{self, Header, Kind, WireError};
+use crate::transport::local::wire::{self, Header, Kind, RequestNames, WireError};
 
 /// The longest a TCP connect may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -245,7 +245,7 @@ impl Peer {
     pub fn call(
         &self,
         id: u64,
-        target: &str,
+        names: &RequestNames,
         io: &mut dyn CallerIo,
         call: &CallMeta,
         max_payload: usize,
@@ -257,6 +257,7 @@ impl Peer {
         // Every wait ends by the deadline and the grace for the server's
         // own timeout error.
         let until = call.deadline.instant() + ANSWER_GRACE;
+        let target = names.target();
         let timed_out = |what: &str| {
             Failure::Final(CallError::new(
                 ErrorCode::Timeout,
@@ -264,12 +265,12 @@ impl Peer {
             ))
         };
         let mut h = Header::new(Kind::Request, id);
-        h.target_len = target.len() as u16;
+        names.describe(&mut h);
         h.depth = call.depth.min(u16::MAX as u32) as u16;
         h.budget_us = (call.deadline.remaining().as_micros() as u64).max(1);
         h.trace = call.trace;
         h.payload_len = io.request().len() as u64;
-        if let Err(e) = send(&mut conn, &h, target.as_bytes(), io.request(), until) {
+        if let Err(e) = send(&mut conn, &h, names.bytes(), io.request(), until) {
             if is_own_timeout(&e) {
                 return Err(timed_out("take the request"));
             }

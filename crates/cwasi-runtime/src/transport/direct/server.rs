@@ -22,16 +22,21 @@ use std::time::{Duration, Instant};
 use rustls::ServerConfig;
 
 use super::answered::{Answer, Answered, Claim, RequestKey, KEEP_MAX};
+use super::callers::PeerCallers;
 use super::config::DataAddr;
 use super::socket::{is_own_timeout, tune, DataStream};
-use crate::call::CallMeta;
+use crate::call::{CallMeta, Incoming};
 use crate::config::Mode;
 use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
 use crate::guest::invoke::{serve_call, Exchange};
+use crate::identity::CallerIdentity;
 use crate::transport::admission::{accept_until, AcceptThread, Connections, Slots, WarnBudget};
-use crate::transport::local::wire::{self, Header, Kind, WireError, HEADER_LEN, MAX_TARGET_LEN};
+use crate::transport::local::wire::{
+    self, Header, Kind, WireError, HEADER_LEN, MAX_CALLER_LEN, MAX_TARGET_LEN,
+};
+use crate::transport::node_identity::NodeIdentity;
 
 /// How long a connection that is closed after an error is drained.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
@@ -45,6 +50,9 @@ pub(crate) struct DirectSettings {
     pub max_connections: usize,
     /// How long an idle connection is kept open.
     pub idle_timeout: Duration,
+    /// This node's identity, which checks the node a caller claims against
+    /// its certificate (with TLS).
+    pub identity: Option<Arc<NodeIdentity>>,
 }
 
 /// A running direct server; dropping it stops accepting and joins the
@@ -260,7 +268,7 @@ impl Conn {
         &mut self,
         idle: Duration,
         max_payload: u64,
-        target: &mut [u8; MAX_TARGET_LEN],
+        names: &mut [u8; MAX_TARGET_LEN + MAX_CALLER_LEN],
     ) -> Result<Option<Header>, ConnError> {
         let idle_since = Instant::now();
         while self.start == self.end {
@@ -276,14 +284,15 @@ impl Conn {
         let mut head = [0u8; HEADER_LEN];
         self.read_by(&mut head, phase, "header")?;
         let h = Header::decode(&head, max_payload)?;
-        if h.kind != Kind::Request || h.flags != 0 || h.target_len == 0 {
+        if h.kind != Kind::Request || h.flags != 0 || h.target_len == 0 || h.caller_len == 0 {
             return Err(ConnError::Protocol(format!(
-                "expected a request with a target and an inline payload, got {:?} (flags {:#x}, \
-                 target length {})",
-                h.kind, h.flags, h.target_len
+                "expected a request with a target, a caller and an inline payload, got {:?} \
+                 (flags {:#x}, target length {}, caller length {})",
+                h.kind, h.flags, h.target_len, h.caller_len
             )));
         }
-        self.read_by(&mut target[..h.target_len as usize], phase, "target name")?;
+        let len = h.target_len as usize + h.caller_len as usize;
+        self.read_by(&mut names[..len], phase, "target and caller")?;
         Ok(Some(h))
     }
 
@@ -357,20 +366,28 @@ fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Result
         }
         return Err(e);
     }
+    let proof = match (stream.peer_certificate(), &shared.settings.identity) {
+        (Some(cert), Some(identity)) => Some((cert, identity.clone())),
+        _ => None,
+    };
+    let mut callers = PeerCallers::new(proof);
     let mut conn = Conn::new(stream, peer)?;
     // "Ready": the caller knows it was admitted (its certificate too).
     conn.send(&Header::new(Kind::Response, 0), &[])?;
     let max_payload = shared.function.limits().max_payload_bytes as u64;
     let idle = shared.settings.idle_timeout;
-    let mut target = [0u8; MAX_TARGET_LEN];
+    let mut names = [0u8; MAX_TARGET_LEN + MAX_CALLER_LEN];
     loop {
-        let h = match conn.next_request(idle, max_payload, &mut target) {
+        let h = match conn.next_request(idle, max_payload, &mut names) {
             Ok(Some(h)) => h,
             Ok(None) => return Ok(()),
             Err(e @ ConnError::Wire(WireError::Io(_))) => return Err(e),
             Err(e) => return Err(conn.refuse(0, e, &shared.warnings)),
         };
-        handle_request(&mut conn, &h, &target[..h.target_len as usize], shared)?;
+        let (target, claim) =
+            names[..h.target_len as usize + h.caller_len as usize].split_at(h.target_len as usize);
+        let caller = callers.identify(claim);
+        handle_request(&mut conn, &h, (target, caller), shared)?;
     }
 }
 
@@ -379,7 +396,7 @@ fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Result
 fn handle_request(
     conn: &mut Conn,
     h: &Header,
-    target: &[u8],
+    (target, caller): (&[u8], Result<Arc<CallerIdentity>, CallError>),
     shared: &Shared,
 ) -> Result<(), ConnError> {
     let f = &shared.function;
@@ -401,7 +418,16 @@ fn handle_request(
     }
     let caller_deadline =
         (h.budget_us > 0).then(|| Deadline::after(Duration::from_micros(h.budget_us)));
-    let call = match CallMeta::incoming(u32::from(h.depth), caller_deadline, h.trace, f.limits()) {
+    let admitted = caller.and_then(|caller| {
+        let request = Incoming {
+            depth: u32::from(h.depth),
+            deadline: caller_deadline,
+            trace: h.trace,
+            caller: &caller,
+        };
+        CallMeta::incoming(request, &f.spec, f.limits())
+    });
+    let call = match admitted {
         Ok(c) => c,
         Err(e) => return refuse_call(conn, e),
     };

@@ -41,6 +41,15 @@ impl DataStream {
         }
     }
 
+    /// The certificate the peer presented (the end of its chain), on the
+    /// server's side of a TLS connection after the handshake.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match self {
+            DataStream::Server(s) => s.conn.peer_certificates()?.first().map(|c| c.to_vec()),
+            _ => None,
+        }
+    }
+
     /// Wraps a connected socket as the caller: TLS with `tls` (naming the
     /// server `name`), or plain. The handshake happens on first use.
     pub fn client(

@@ -13,6 +13,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::config::TlsFiles;
 use crate::error::RuntimeError;
+use crate::transport::node_identity::NodeIdentity;
 
 /// This node's TLS configurations, as client and as server, loaded once.
 #[derive(Clone)]
@@ -21,6 +22,9 @@ pub(crate) struct DirectTls {
     pub client: Arc<ClientConfig>,
     /// For accepting them.
     pub server: Arc<ServerConfig>,
+    /// The node's certificate and key, and the CA, for what it signs and
+    /// checks besides the handshake.
+    pub identity: Arc<NodeIdentity>,
 }
 
 impl std::fmt::Debug for DirectTls {
@@ -66,6 +70,7 @@ impl DirectTls {
             PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad("the key", &files.key, &e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = Arc::new(roots);
+        let identity = NodeIdentity::new(roots.clone(), &chain, &key, provider.clone())?;
         let config_err = |side: &str, e: rustls::Error| {
             RuntimeError::Config(format!("direct TLS ({side}): {e}"))
         };
@@ -87,6 +92,7 @@ impl DirectTls {
         Ok(DirectTls {
             client: Arc::new(client),
             server: Arc::new(server),
+            identity: Arc::new(identity),
         })
     }
 }

@@ -6,7 +6,7 @@
 //! large payload travels through the connection's shared data area,
 //! announced in the slot and framed on the socket.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -23,10 +23,11 @@ use super::slot::{
     RESPONSE_DECLINED, RESPONSE_ERROR, RESPONSE_INLINE,
 };
 use super::spin::SpinHabit;
-use super::wire::{self, Header, Kind, WireError};
+use super::wire::{self, Header, Kind, RequestNames, WireError};
 use crate::call::{CallMeta, CallerIo};
 use crate::deadline::{ANSWER_GRACE, LOCAL_IO_TIMEOUT};
 use crate::error::{CallError, ErrorCode};
+use crate::identity::CallerIdentity;
 use crate::transport::{PendingCall, Transport};
 
 /// How far a connection's read timeout may be off the wanted one before it
@@ -140,8 +141,10 @@ pub(crate) struct LocalClient(Arc<Endpoint>);
 
 /// The callee's socket and the pool of connections to it.
 struct Endpoint {
-    /// The callee's name, sent in every request.
+    /// The callee's name.
     target: String,
+    /// The callee's name and the caller's identity, sent in every request.
+    names: RequestNames,
     /// Its socket.
     socket: PathBuf,
     /// The longest response accepted.
@@ -165,9 +168,16 @@ pub(crate) struct LocalSettings {
 }
 
 impl LocalClient {
-    /// A client of `target`, served at `socket`, set up as `settings` say.
-    pub fn new(target: String, socket: PathBuf, settings: LocalSettings) -> LocalClient {
+    /// A client of `target`, served at `socket`, for calls of `caller`,
+    /// set up as `settings` say.
+    pub fn new(
+        target: String,
+        caller: &CallerIdentity,
+        socket: PathBuf,
+        settings: LocalSettings,
+    ) -> LocalClient {
         LocalClient(Arc::new(Endpoint {
+            names: RequestNames::new(&target, caller),
             target,
             socket,
             max_payload: settings.max_payload,
@@ -232,7 +242,7 @@ impl Endpoint {
                 tracing::debug!(target = %self.target, "pooled connection was closed; reconnecting");
                 return None;
             }
-            match post_request(&mut conn, &self.target, io.request(), call, no_queue) {
+            match post_request(&mut conn, &self.names, io.request(), call, no_queue) {
                 Ok(()) => Some(Ok(conn)),
                 Err(PostError::Closed(why)) => {
                     tracing::debug!(target = %self.target, "pooled connection: {why}; reconnecting");
@@ -260,7 +270,7 @@ impl Endpoint {
         no_queue: bool,
     ) -> Result<(Connection, Instant), CallError> {
         let mut fresh = self.connect()?;
-        if let Err(e) = post_request(&mut fresh, &self.target, io.request(), call, no_queue) {
+        if let Err(e) = post_request(&mut fresh, &self.names, io.request(), call, no_queue) {
             // A server that refuses a connection (over its cap, a peer it
             // does not admit) says why before it closes.
             let e = match e {
@@ -406,7 +416,7 @@ impl Endpoint {
         match h.kind {
             Kind::Response => {}
             Kind::Error => {
-                let (code, message) = read_error(&mut conn.stream, &h)
+                let (code, message) = wire::read_error(&mut conn.stream, &h)
                     .map_err(|e| self.transport_error("connection lost mid-call", e))?;
                 return Err(CallError::new(code, message));
             }
@@ -433,7 +443,7 @@ impl Endpoint {
 
     /// The error of a connection refused with error frame `h`.
     fn refused(&self, stream: &mut UnixStream, h: &Header) -> CallError {
-        let (code, msg) = read_error(stream, h).unwrap_or((
+        let (code, msg) = wire::read_error(stream, h).unwrap_or((
             ErrorCode::from_raw(h.status).unwrap_or(ErrorCode::Transport),
             String::new(),
         ));
@@ -460,23 +470,11 @@ impl Endpoint {
 /// frame of a server that refused the connection.
 const REFUSAL_WAIT: Duration = Duration::from_millis(200);
 
-/// Longest error message read from an error frame.
-const MAX_ERROR_MESSAGE: usize = 64 << 10;
-
-/// Reads the message of error frame `h` (at most [`MAX_ERROR_MESSAGE`]
-/// bytes) and its code.
-fn read_error(stream: &mut UnixStream, h: &Header) -> io::Result<(ErrorCode, String)> {
-    let mut msg = vec![0u8; (h.payload_len as usize).min(MAX_ERROR_MESSAGE)];
-    stream.read_exact(&mut msg)?;
-    let code = ErrorCode::from_raw(h.status).unwrap_or(ErrorCode::Transport);
-    Ok((code, String::from_utf8_lossy(&msg).into_owned()))
-}
-
 /// Posts a request on `conn`: into the slot when it fits, else announced
 /// in the slot and framed on the socket.
 fn post_request(
     conn: &mut Connection,
-    target: &str,
+    names: &RequestNames,
     request: &[u8],
     call: &CallMeta,
     no_queue: bool,
@@ -486,16 +484,19 @@ fn post_request(
     let depth = call.depth.min(u16::MAX as u32) as u16;
     let budget_us = (call.deadline.remaining().as_micros() as u64).max(1);
     if inline {
-        control.write_inline(0, target.as_bytes());
-        control.write_inline(target.len(), request);
+        control.write_inline(0, names.bytes());
+        control.write_inline(names.bytes().len(), request);
     }
+    let mut h = Header::new(Kind::Request, 0);
+    names.describe(&mut h);
     control.put_request(&SlotRequest {
         kind: if inline {
             REQUEST_INLINE
         } else {
             REQUEST_ON_SOCKET
         },
-        target_len: target.len(),
+        target_len: h.target_len as usize,
+        caller_len: h.caller_len as usize,
         len: if inline { request.len() } else { 0 },
         depth,
         budget_us,
@@ -518,8 +519,7 @@ fn post_request(
     if inline {
         return Ok(());
     }
-    let mut h = Header::new(Kind::Request, u64::from(seq));
-    h.target_len = target.len() as u16;
+    h.id = u64::from(seq);
     h.depth = depth;
     h.budget_us = budget_us;
     h.trace = call.trace;
@@ -527,7 +527,7 @@ fn post_request(
         &mut conn.stream,
         &mut conn.shm,
         &mut h,
-        target.as_bytes(),
+        names.bytes(),
         request,
     )
     .map_err(PostError::Io)

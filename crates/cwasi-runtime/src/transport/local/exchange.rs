@@ -122,7 +122,8 @@ impl Exchange for ConnExchange<'_> {
         self.request_read = true;
         match self.incoming {
             Incoming::Slot(slot) => {
-                self.control.read_inline(slot.target_len, dst);
+                self.control
+                    .read_inline(slot.target_len + slot.caller_len, dst);
                 Ok(())
             }
             Incoming::Frame(request) if !request.header.in_shm() => {

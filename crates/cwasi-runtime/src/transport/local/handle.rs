@@ -3,16 +3,18 @@
 //! for a request that asked not to wait), and the callee.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::exchange::ConnExchange;
 use super::slot::layout::RESP_QUEUED_US;
-use crate::call::CallMeta;
+use crate::call::{CallMeta, Incoming};
 use crate::config::Mode;
 use crate::deadline::Deadline;
 use crate::error::{CallError, ErrorCode};
 use crate::guest::function::Function;
 use crate::guest::invoke::serve_call;
+use crate::identity::CallerIdentity;
 use crate::trace::TraceContext;
 use crate::transport::admission::Slots;
 
@@ -26,6 +28,9 @@ pub(super) struct RequestInfo {
     pub trace: TraceContext,
     /// Declined at once, rather than queued, when every call slot is busy.
     pub no_queue: bool,
+    /// Who calls, as the peer's credentials allow (an invalid claim: the
+    /// refusal).
+    pub caller: Result<Arc<CallerIdentity>, CallError>,
 }
 
 /// Runs one request: checks its target, depth and a call slot, then
@@ -37,6 +42,7 @@ pub(super) fn handle_request(
         budget_us,
         trace,
         no_queue,
+        caller,
     }: RequestInfo,
     exchange: &mut ConnExchange<'_>,
     f: &Function,
@@ -54,7 +60,14 @@ pub(super) fn handle_request(
     }
     let caller_deadline =
         (budget_us > 0).then(|| Deadline::after(Duration::from_micros(budget_us)));
-    let call = CallMeta::incoming(u32::from(depth), caller_deadline, trace, f.limits())?;
+    let caller = caller?;
+    let request = Incoming {
+        depth: u32::from(depth),
+        deadline: caller_deadline,
+        trace,
+        caller: &caller,
+    };
+    let call = CallMeta::incoming(request, &f.spec, f.limits())?;
     let wait = if no_queue {
         Duration::ZERO
     } else {

@@ -12,6 +12,7 @@
 //! through [`handle`], and checking
 //! who connected with [`credentials`].
 
+mod callers;
 pub(crate) mod client;
 mod credentials;
 mod exchange;

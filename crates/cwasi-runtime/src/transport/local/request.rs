@@ -16,12 +16,12 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use super::shm::{is_peer_gone, is_timeout, PayloadSource, SHM_THRESHOLD};
-use super::wire::{Header, Kind, WireError, HEADER_LEN, MAX_TARGET_LEN};
+use super::wire::{Header, Kind, WireError, HEADER_LEN, MAX_CALLER_LEN, MAX_TARGET_LEN};
 use crate::deadline::{Deadline, LOCAL_PHASE_TIMEOUT};
 
 /// Room for the largest request that travels whole on the socket: header,
 /// target name and an inline payload.
-const BUFFER_LEN: usize = HEADER_LEN + MAX_TARGET_LEN + SHM_THRESHOLD;
+const BUFFER_LEN: usize = HEADER_LEN + MAX_TARGET_LEN + MAX_CALLER_LEN + SHM_THRESHOLD;
 
 /// Why a request could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,7 @@ pub(crate) struct Request {
     /// The header.
     pub header: Header,
     target: (usize, usize),
+    caller: (usize, usize),
     inline: (usize, usize),
 }
 
@@ -120,7 +121,13 @@ impl RequestReader {
                 "a request must name its target (target length 0)".into(),
             ));
         }
+        if header.caller_len == 0 {
+            return Err(RequestError::Protocol(
+                "a request must name its caller (caller length 0)".into(),
+            ));
+        }
         let target = self.take("target name", header.target_len as usize)?;
+        let caller = self.take("caller identity", header.caller_len as usize)?;
         let inline = if header.in_shm() {
             (self.start, self.start)
         } else {
@@ -136,6 +143,7 @@ impl RequestReader {
         Ok(Request {
             header,
             target,
+            caller,
             inline,
         })
     }
@@ -143,6 +151,11 @@ impl RequestReader {
     /// The target name of `request`.
     pub fn target(&self, request: &Request) -> &[u8] {
         &self.buf[request.target.0..request.target.1]
+    }
+
+    /// The caller's identity `request` claims.
+    pub fn caller(&self, request: &Request) -> &[u8] {
+        &self.buf[request.caller.0..request.caller.1]
     }
 
     /// The inline payload of `request` (empty when it is in the region).
@@ -268,9 +281,11 @@ mod tests {
     fn request(target: &[u8], payload: &[u8]) -> Vec<u8> {
         let mut h = Header::new(Kind::Request, 9);
         h.target_len = target.len() as u16;
+        h.caller_len = 8;
         h.payload_len = payload.len() as u64;
         let mut out = h.encode().to_vec();
         out.extend_from_slice(target);
+        out.extend_from_slice(b"ns/f@n1x"[..8].as_ref());
         out.extend_from_slice(payload);
         out
     }
@@ -287,6 +302,7 @@ mod tests {
             (r.target(&first), r.inline_payload(&first)),
             (&b"echo"[..], &b"one"[..])
         );
+        assert_eq!(r.caller(&first), b"ns/f@n1x");
         let second = r.next_request(1 << 20).unwrap();
         assert_eq!(r.target(&second), b"sink");
         assert_eq!(r.inline_payload(&second), &[7u8; 1000][..]);
@@ -331,9 +347,19 @@ mod tests {
         let (mut a, b) = UnixStream::pair().unwrap();
         let mut h = Header::new(Kind::Request, 1);
         h.target_len = 4;
-        h.payload_len = SHM_THRESHOLD as u64;
         a.write_all(&h.encode()).unwrap();
         a.write_all(b"echo").unwrap();
+        let mut r = RequestReader::new(b, Duration::from_secs(5));
+        let e = r.next_request(1 << 20).err().unwrap().to_string();
+        assert!(e.contains("must name its caller"), "{e}");
+
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut h = Header::new(Kind::Request, 1);
+        h.target_len = 4;
+        h.caller_len = 6;
+        h.payload_len = SHM_THRESHOLD as u64;
+        a.write_all(&h.encode()).unwrap();
+        a.write_all(b"echons/@n1").unwrap();
         let mut r = RequestReader::new(b, Duration::from_secs(5));
         let e = r.next_request(1 << 30).err().unwrap().to_string();
         assert!(e.contains("shared region"), "{e}");

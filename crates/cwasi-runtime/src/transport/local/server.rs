@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::callers::PeerCallers;
 use super::credentials::peer_credentials;
 use super::exchange::{Answer, ConnExchange, Incoming};
 use super::handle::{handle_request, RequestInfo};
@@ -27,7 +28,7 @@ use super::shm::{is_peer_gone, recv_with_fd, SharedRegion};
 use super::slot::layout::{CLOSED, REQ_SEQ, REQ_TAKEN};
 use super::slot::{next_seq, ControlBlock, Waited, REQUEST_ON_SOCKET, SERVER};
 use super::spin::SpinHabit;
-use super::wire::{self, Header, Kind, WireError, HEADER_LEN, MAX_TARGET_LEN};
+use super::wire::{self, Header, Kind, WireError, HEADER_LEN, MAX_CALLER_LEN, MAX_TARGET_LEN};
 use crate::deadline::{LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
@@ -47,6 +48,8 @@ pub(crate) struct ServerSettings {
     pub allowed_uids: Vec<u32>,
     /// How long an idle connection is kept open.
     pub idle_timeout: Duration,
+    /// This node's name: the node of every local caller.
+    pub node: Arc<str>,
 }
 
 /// A running local server; dropping it stops accepting, joins the accept
@@ -245,6 +248,19 @@ fn serve_connection(stream: UnixStream, shared: &Shared) -> Result<(), ConnError
             &shared.warnings,
         ));
     }
+    let callers = match PeerCallers::new(uid, shared.settings.node.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            let e = ConnError::Denied(e.message);
+            return Err(refuse_on(
+                &stream,
+                0,
+                ErrorCode::Denied,
+                e,
+                &shared.warnings,
+            ));
+        }
+    };
     let limits = shared.function.limits();
     stream.set_write_timeout(Some(LOCAL_IO_TIMEOUT))?;
     let max_payload = limits.max_payload_bytes as u64;
@@ -280,6 +296,7 @@ fn serve_connection(stream: UnixStream, shared: &Shared) -> Result<(), ConnError
         last: 0,
         habit: SpinHabit::new(),
         max_payload,
+        callers,
     };
     let result = conn.serve(shared);
     // The watch goes before the socket closes (see `hangup.rs`).
@@ -298,6 +315,8 @@ struct ServerConn {
     last: u32,
     habit: SpinHabit,
     max_payload: u64,
+    /// Who the peer's requests come from.
+    callers: PeerCallers,
 }
 
 /// What woke the server.
@@ -409,9 +428,11 @@ impl ServerConn {
             };
             return self.serve_frame(&request, Answer::Slot(seq), shared);
         }
-        let mut target = [0u8; MAX_TARGET_LEN];
-        let target = &mut target[..slot.target_len];
-        self.control.read_inline(0, target);
+        let mut names = [0u8; MAX_TARGET_LEN + MAX_CALLER_LEN];
+        let names = &mut names[..slot.target_len + slot.caller_len];
+        self.control.read_inline(0, names);
+        let (target, claim) = names.split_at(slot.target_len);
+        let caller = self.callers.identify(claim);
         let mut exchange = ConnExchange {
             reader: &mut self.reader,
             shm: &mut self.shm,
@@ -427,6 +448,7 @@ impl ServerConn {
             budget_us: slot.budget_us,
             trace: slot.trace,
             no_queue: slot.no_queue,
+            caller,
         };
         let result = handle_request(target, info, &mut exchange, &shared.function, &shared.slots);
         finish(exchange, result, 0, shared)
@@ -440,6 +462,7 @@ impl ServerConn {
         shared: &Shared,
     ) -> Result<(), ConnError> {
         let target = self.reader.target(request).to_vec();
+        let caller = self.callers.identify(self.reader.caller(request));
         let h = request.header;
         let mut exchange = ConnExchange {
             reader: &mut self.reader,
@@ -456,6 +479,7 @@ impl ServerConn {
             budget_us: h.budget_us,
             trace: h.trace,
             no_queue: false,
+            caller,
         };
         let result = handle_request(
             &target,

@@ -77,6 +77,9 @@ pub mod layout {
     pub const REQ_TRACE_FLAGS: usize = 368;
     /// Request: flags; bit 0 ([`NO_QUEUE`]): do not wait for a call slot.
     pub const REQ_FLAGS: usize = 372;
+    /// Request: bytes of the caller's identity after the target name in
+    /// the inline area (the payload follows it).
+    pub const REQ_CALLER_LEN: usize = 376;
     /// Request flag: answer at once with the declined kind (4) rather than
     /// wait when every call slot is busy (a caller checking whether a
     /// server it spills from has drained).
@@ -211,6 +214,8 @@ pub(crate) struct SlotRequest {
     pub kind: u32,
     /// Bytes of target name (inline requests).
     pub target_len: usize,
+    /// Bytes of the caller's identity after it (inline requests).
+    pub caller_len: usize,
     /// Bytes of payload (inline requests).
     pub len: usize,
     /// The callee's call depth.
@@ -246,6 +251,8 @@ impl ControlBlock {
         self.word(REQ_KIND).store(r.kind, Ordering::Relaxed);
         self.word(REQ_TARGET_LEN)
             .store(r.target_len as u32, Ordering::Relaxed);
+        self.word(REQ_CALLER_LEN)
+            .store(r.caller_len as u32, Ordering::Relaxed);
         self.word(REQ_LEN).store(r.len as u32, Ordering::Relaxed);
         self.word(REQ_DEPTH)
             .store(u32::from(r.depth), Ordering::Relaxed);
@@ -282,6 +289,7 @@ impl ControlBlock {
     pub fn take_request(&self, max_payload: usize) -> Result<SlotRequest, SlotViolation> {
         let kind = self.word(REQ_KIND).load(Ordering::Relaxed);
         let target_len = self.word(REQ_TARGET_LEN).load(Ordering::Relaxed) as usize;
+        let caller_len = self.word(REQ_CALLER_LEN).load(Ordering::Relaxed) as usize;
         let len = self.word(REQ_LEN).load(Ordering::Relaxed) as usize;
         let depth = self.word(REQ_DEPTH).load(Ordering::Relaxed);
         let budget_us = self.word64(REQ_BUDGET).load(Ordering::Relaxed);
@@ -301,6 +309,11 @@ impl ControlBlock {
                         "target name of {target_len} bytes in the slot"
                     )));
                 }
+                if caller_len == 0 || caller_len > super::wire::MAX_CALLER_LEN {
+                    return Err(SlotViolation(format!(
+                        "caller identity of {caller_len} bytes in the slot"
+                    )));
+                }
                 if len > SLOT_MAX_PAYLOAD || len > max_payload {
                     return Err(SlotViolation(format!(
                         "inline payload of {len} bytes (at most {} travel inline)",
@@ -313,6 +326,7 @@ impl ControlBlock {
         Ok(SlotRequest {
             kind,
             target_len,
+            caller_len,
             len,
             depth,
             budget_us,

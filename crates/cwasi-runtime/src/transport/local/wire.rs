@@ -1,11 +1,12 @@
 //! The frame format of the local transport (`docs/protocol.md`).
 //!
 //! Every frame starts with a fixed 72-byte little-endian header, followed by
-//! the target name and, unless the payload is in shared memory, the payload:
+//! the target name, the caller's identity (requests) and, unless the payload
+//! is in shared memory, the payload:
 //!
 //! ```text
 //!  0  magic        4 bytes  "CWSI"
-//!  4  version      u8       4
+//!  4  version      u8       5
 //!  5  kind         u8       1 request, 2 response, 3 error, 4 attach-shm
 //!  6  flags        u16      bit 0: the payload is in the shared region
 //!                           bit 1: chunked (progress counts follow)
@@ -19,7 +20,10 @@
 //! 40  trace id     16 bytes requests: the W3C trace context of the
 //! 56  span id      8 bytes  caller's span (all zero: untraced; an
 //! 64  trace flags  u8       invalid one is read as untraced)
-//! 65  reserved     7 bytes  zero
+//! 65  reserved     u8       zero
+//! 66  caller len   u16      requests: 1..=767 bytes of the caller's identity
+//!                           (`<namespace>/<function>@<node>`) after the target
+//! 68  reserved     4 bytes  zero
 //! ```
 
 use std::io::{self, Read, Write};
@@ -29,13 +33,17 @@ use crate::trace::{TraceContext, TRACE_CONTEXT_LEN};
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"CWSI";
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 72;
 /// Where the trace context starts in the header.
 const TRACE_AT: usize = 40;
 /// Longest target name: the ABI's name limit.
 pub const MAX_TARGET_LEN: usize = cwasi_abi::MAX_NAME_LEN;
+/// Where the caller identity's length is in the header.
+const CALLER_LEN_AT: usize = 66;
+/// Longest caller identity.
+pub const MAX_CALLER_LEN: usize = crate::identity::MAX_IDENTITY_LEN;
 /// Flag: the payload lies at offset 0 of the connection's shared region.
 pub const FLAG_SHM: u16 = 1;
 /// Flag (with `FLAG_SHM`): the payload is written into the region while the
@@ -80,6 +88,8 @@ pub struct Header {
     pub id: u64,
     /// Bytes of target name after the header.
     pub target_len: u16,
+    /// Bytes of the caller's identity after the target name (requests).
+    pub caller_len: u16,
     /// ABI code of an error frame.
     pub status: i32,
     /// Bytes of payload (inline or in the shared region).
@@ -134,6 +144,7 @@ impl Header {
             flags: 0,
             id,
             target_len: 0,
+            caller_len: 0,
             status: 0,
             payload_len: 0,
             depth: 0,
@@ -156,6 +167,7 @@ impl Header {
         b[24..32].copy_from_slice(&self.payload_len.to_le_bytes());
         b[32..40].copy_from_slice(&self.budget_us.to_le_bytes());
         b[TRACE_AT..TRACE_AT + TRACE_CONTEXT_LEN].copy_from_slice(&self.trace.encode());
+        b[CALLER_LEN_AT..CALLER_LEN_AT + 2].copy_from_slice(&self.caller_len.to_le_bytes());
         b
     }
 
@@ -184,15 +196,26 @@ impl Header {
         let trace_bytes: &[u8; TRACE_CONTEXT_LEN] = b[TRACE_AT..TRACE_AT + TRACE_CONTEXT_LEN]
             .try_into()
             .expect("a trace context's length");
+        let caller_len = u16_at(CALLER_LEN_AT);
         if kind != Kind::Request
-            && (depth != 0 || budget_us != 0 || trace_bytes.iter().any(|&x| x != 0))
+            && (depth != 0
+                || budget_us != 0
+                || caller_len != 0
+                || trace_bytes.iter().any(|&x| x != 0))
         {
             return Err(WireError::Malformed(
-                "depth, budget and trace context are for requests only",
+                "depth, budget, caller and trace context are for requests only",
             ));
         }
-        if b[TRACE_AT + TRACE_CONTEXT_LEN..].iter().any(|&x| x != 0) {
+        if b[TRACE_AT + TRACE_CONTEXT_LEN] != 0 || b[CALLER_LEN_AT + 2..].iter().any(|&x| x != 0) {
             return Err(WireError::Malformed("reserved bytes must be zero"));
+        }
+        if caller_len as usize > MAX_CALLER_LEN {
+            return Err(WireError::TooLong {
+                what: "caller identity",
+                len: caller_len as u64,
+                max: MAX_CALLER_LEN as u64,
+            });
         }
         let target_len = u16_at(16);
         if target_len as usize > MAX_TARGET_LEN {
@@ -215,6 +238,7 @@ impl Header {
             flags,
             id: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
             target_len,
+            caller_len,
             status: i32::from_le_bytes(b[20..24].try_into().expect("4 bytes")),
             payload_len,
             depth,
@@ -231,6 +255,43 @@ impl Header {
     /// Whether progress counts follow the header.
     pub fn chunked(&self) -> bool {
         self.flags & FLAG_CHUNKED != 0
+    }
+}
+
+/// The names a request carries after its header, encoded once per route:
+/// the target's, then the caller's identity.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestNames {
+    bytes: Box<[u8]>,
+    target_len: u16,
+}
+
+impl RequestNames {
+    /// The names of a call from `caller` to `target` (a checked name).
+    pub fn new(target: &str, caller: &crate::identity::CallerIdentity) -> RequestNames {
+        let mut bytes = Vec::with_capacity(target.len() + caller.as_bytes().len());
+        bytes.extend_from_slice(target.as_bytes());
+        bytes.extend_from_slice(caller.as_bytes());
+        RequestNames {
+            bytes: bytes.into(),
+            target_len: target.len() as u16,
+        }
+    }
+
+    /// The target's name.
+    pub fn target(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.target_len as usize]).unwrap_or_default()
+    }
+
+    /// Both, as they follow the header.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Puts their lengths in a request's header.
+    pub fn describe(&self, h: &mut Header) {
+        h.target_len = self.target_len;
+        h.caller_len = (self.bytes.len() - self.target_len as usize) as u16;
     }
 }
 
@@ -289,6 +350,22 @@ fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [io::IoSlice<'_>]) -> i
     Ok(())
 }
 
+/// Longest error message read from an error frame.
+const MAX_ERROR_MESSAGE: usize = 64 << 10;
+
+/// Reads the message of error frame `h` (at most 64 KiB of it) and its
+/// code (an unknown one is `TRANSPORT`).
+pub(crate) fn read_error(
+    r: &mut impl Read,
+    h: &Header,
+) -> io::Result<(crate::error::ErrorCode, String)> {
+    let mut msg = vec![0u8; (h.payload_len as usize).min(MAX_ERROR_MESSAGE)];
+    r.read_exact(&mut msg)?;
+    let code =
+        crate::error::ErrorCode::from_raw(h.status).unwrap_or(crate::error::ErrorCode::Transport);
+    Ok((code, String::from_utf8_lossy(&msg).into_owned()))
+}
+
 /// An error frame with its message.
 pub fn write_error(w: &mut impl Write, id: u64, code: i32, message: &str) -> io::Result<()> {
     let mut h = Header::new(Kind::Error, id);
@@ -306,6 +383,7 @@ mod tests {
         let mut h = Header::new(Kind::Request, 42);
         h.flags = FLAG_SHM;
         h.target_len = 5;
+        h.caller_len = 12;
         h.payload_len = 1 << 30;
         h.depth = 3;
         h.budget_us = 1_500_000;
@@ -360,6 +438,25 @@ mod tests {
         ));
         let mut b = Header::new(Kind::Response, 1).encode();
         b[18] = 1;
+        assert!(matches!(
+            Header::decode(&b, 10),
+            Err(WireError::Malformed(_))
+        ));
+        let mut b = Header::new(Kind::Response, 1).encode();
+        b[CALLER_LEN_AT] = 1;
+        assert!(matches!(
+            Header::decode(&b, 10),
+            Err(WireError::Malformed(_))
+        ));
+        let mut b = good;
+        b[CALLER_LEN_AT..CALLER_LEN_AT + 2]
+            .copy_from_slice(&(MAX_CALLER_LEN as u16 + 1).to_le_bytes());
+        assert!(matches!(
+            Header::decode(&b, 10),
+            Err(WireError::TooLong { .. })
+        ));
+        let mut b = good;
+        b[TRACE_AT + TRACE_CONTEXT_LEN] = 1;
         assert!(matches!(
             Header::decode(&b, 10),
             Err(WireError::Malformed(_))

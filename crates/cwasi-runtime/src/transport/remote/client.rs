@@ -11,9 +11,11 @@ use super::codec::{decode_reply, Reply, PAYLOAD_KEY_MIN, STREAM_MAXLEN};
 use super::conn::{exchange, Broker, SyncConn};
 use super::consumer::RequestMeta;
 use super::keys::{FnKeys, KeyError};
+use super::signed;
 use crate::call::{deliver, CallMeta, CallerIo};
 use crate::deadline::{ANSWER_GRACE, BROKER_OP_TIMEOUT, LEASE_GRACE};
 use crate::error::{CallError, ErrorCode};
+use crate::identity::CallerIdentity;
 use crate::transport::{on_worker, PendingCall, Transport};
 
 /// The first wait before a request is sent again to a cluster in failover.
@@ -39,6 +41,7 @@ impl Broker {
             deadline,
             depth,
             trace,
+            caller,
         } = meta;
         let id = self.new_request_id();
         // The server derives the same keys from the function and the id.
@@ -47,6 +50,7 @@ impl Broker {
         let keys = function.call(&id).map_err(bad)?;
         let reply = keys.reply();
         let timeout = deadline.remaining();
+        let deadline_ms = deadline.to_unix_ms();
         let mut add = redis::cmd("XADD");
         add.arg(function.stream())
             .arg("MAXLEN")
@@ -56,9 +60,26 @@ impl Broker {
             .arg("id")
             .arg(&id)
             .arg("deadline")
-            .arg(deadline.to_unix_ms())
+            .arg(deadline_ms)
             .arg("depth")
             .arg(depth);
+        if let Some(caller) = &caller {
+            let to_sign = || {
+                signed::message(
+                    &function,
+                    &id,
+                    deadline_ms,
+                    depth,
+                    caller.as_bytes(),
+                    request,
+                )
+            };
+            let fields = signed::fields(self.identity().map(|i| &**i), caller, to_sign)
+                .map_err(|e| CallError::new(ErrorCode::Denied, e))?;
+            for (field, value) in fields {
+                add.arg(field).arg(value);
+            }
+        }
         if let Some(traceparent) = trace.traceparent() {
             add.arg("traceparent").arg(traceparent);
         }
@@ -234,17 +255,26 @@ impl Broker {
 /// Calls one function served on another node.
 pub(crate) struct RemoteClient {
     broker: Arc<Broker>,
+    /// Who calls through this client, named in every request.
+    caller: Arc<CallerIdentity>,
     namespace: String,
     name: String,
     max_payload: usize,
 }
 
 impl RemoteClient {
-    /// A client of `name` in `namespace`, through `broker`, accepting
-    /// responses of up to `max_payload` bytes.
-    pub fn new(broker: Arc<Broker>, namespace: String, name: String, max_payload: usize) -> Self {
+    /// A client of `name` in `namespace`, through `broker`, for calls of
+    /// `caller`, accepting responses of up to `max_payload` bytes.
+    pub fn new(
+        broker: Arc<Broker>,
+        caller: Arc<CallerIdentity>,
+        namespace: String,
+        name: String,
+        max_payload: usize,
+    ) -> Self {
         RemoteClient {
             broker,
+            caller,
             namespace,
             name,
             max_payload,
@@ -253,11 +283,12 @@ impl RemoteClient {
 }
 
 /// What a call made under `call` sends.
-fn request_meta(call: &CallMeta) -> RequestMeta {
+fn request_meta(call: &CallMeta, caller: &Arc<CallerIdentity>) -> RequestMeta {
     RequestMeta {
         deadline: call.deadline,
         depth: call.depth,
         trace: call.trace,
+        caller: Some(caller.clone()),
     }
 }
 
@@ -267,7 +298,7 @@ impl Transport for RemoteClient {
             &self.namespace,
             &self.name,
             io.request(),
-            request_meta(call),
+            request_meta(call, &self.caller),
             self.max_payload,
         )?;
         deliver(io, &response)
@@ -286,8 +317,9 @@ impl Transport for RemoteClient {
             self.max_payload,
         );
         let meta = *call;
+        let caller = self.caller.clone();
         on_worker(format!("cwasi-remote-{name}"), meta, move || {
-            broker.call(&ns, &name, &request, request_meta(&meta), max)
+            broker.call(&ns, &name, &request, request_meta(&meta, &caller), max)
         })
     }
 }

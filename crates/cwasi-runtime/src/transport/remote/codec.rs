@@ -11,6 +11,7 @@ use super::keys::{CallKeys, FnKeys};
 use crate::deadline::REPLY_TTL;
 use crate::error::{CallError, ErrorCode};
 use crate::trace::TraceContext;
+use crate::transport::node_identity::Signature;
 
 /// The consumer group every server of a function joins.
 pub const GROUP: &str = "cwasi";
@@ -89,6 +90,12 @@ pub(super) struct Entry {
     pub trace: TraceContext,
     /// The request.
     pub payload: Payload,
+    /// The caller's identity as claimed (`caller`), unchecked.
+    pub caller: Option<Vec<u8>>,
+    /// The calling node's certificate (`cert`, DER).
+    pub cert: Option<Vec<u8>>,
+    /// The signature of the request (`sig_scheme` and `sig`).
+    pub signature: Option<Signature>,
 }
 
 /// Where a request's payload is.
@@ -159,6 +166,7 @@ fn field_map(f: &FnKeys, fields: Vec<Value>) -> Result<Entry, String> {
     // Absent: an older caller, whose callee runs at depth 1.
     let mut depth = 1;
     let mut trace = TraceContext::NONE;
+    let (mut caller, mut cert, mut scheme, mut sig) = (None, None, None, None);
     // Keys the entry names (version 2), checked once the id is known.
     type Derive = fn(&CallKeys) -> String;
     let mut named: Vec<(&str, String, Derive)> = Vec::new();
@@ -182,9 +190,18 @@ fn field_map(f: &FnKeys, fields: Vec<Value>) -> Result<Entry, String> {
                 set(&mut payload, Payload::InKey)?;
             }
             b"reply" => named.push(("reply", text("reply", v)?, CallKeys::reply)),
+            b"caller" => caller = Some(v),
+            b"cert" => cert = Some(v),
+            b"sig_scheme" => scheme = Some(number::<u16>("sig_scheme", &v)?),
+            b"sig" => sig = Some(v),
             _ => {}
         }
     }
+    let signature = match (scheme, sig) {
+        (Some(scheme), Some(bytes)) => Some(Signature { scheme, bytes }),
+        (None, None) => None,
+        _ => return Err("`sig_scheme` and `sig` come together".into()),
+    };
     let id = id.ok_or("no `id`")?;
     let keys = f.call(&id).map_err(|e| e.to_string())?;
     for (field, key, derive) in named {
@@ -204,6 +221,9 @@ fn field_map(f: &FnKeys, fields: Vec<Value>) -> Result<Entry, String> {
         depth,
         trace,
         payload: payload.ok_or("no `payload`")?,
+        caller,
+        cert,
+        signature,
     })
 }
 

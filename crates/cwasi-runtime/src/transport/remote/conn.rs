@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -18,6 +18,7 @@ use super::config::{redact, seeds, tls_files, BrokerConfig};
 use super::keys::id_part;
 use crate::deadline::{BROKER_CONNECT_TIMEOUT, BROKER_OP_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
+use crate::transport::node_identity::NodeIdentity;
 
 /// Most synchronous connections kept for reuse.
 const POOL_MAX: usize = 64;
@@ -154,6 +155,9 @@ pub struct Broker {
     /// `{node}-{pid}`, the start of this process's request ids.
     id_prefix: String,
     next_id: AtomicU64,
+    /// This node's certificate and key, once the runtime has them: the
+    /// requests it sends are signed, and the ones it serves checked.
+    identity: OnceLock<Arc<NodeIdentity>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -198,6 +202,7 @@ impl Broker {
             display,
             id_prefix,
             next_id: AtomicU64::new(0),
+            identity: OnceLock::new(),
         }))
     }
 
@@ -209,6 +214,18 @@ impl Broker {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.config.node
+    }
+
+    /// Signs the requests this broker client sends, and requires the
+    /// requests its stream servers take to be signed by a node of the
+    /// same CA, from now on (the first identity given is kept).
+    pub(crate) fn authenticate_as(&self, identity: Arc<NodeIdentity>) {
+        let _ = self.identity.set(identity);
+    }
+
+    /// This node's identity, if requests are signed and checked.
+    pub(crate) fn identity(&self) -> Option<&Arc<NodeIdentity>> {
+        self.identity.get()
     }
 
     /// How many replicas must hold a request before its caller waits for

@@ -12,8 +12,10 @@ use super::codec::{ack, answer, answer_pipe, entries, now_ms, Entry, Payload, Re
 use super::conn::{Broker, SyncConn};
 use super::keys::FnKeys;
 use super::registry::sleep_unless_stopped;
-use crate::deadline::{Deadline, BROKER_OP_TIMEOUT};
+use super::signed;
+use crate::deadline::{Deadline, BROKER_OP_TIMEOUT, LEASE_GRACE};
 use crate::error::{CallError, ErrorCode};
+use crate::identity::CallerIdentity;
 use crate::trace::TraceContext;
 
 /// How long one read waits for a request (`XREADGROUP … BLOCK`, in ms): also
@@ -28,7 +30,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const RECLAIM_COUNT: usize = 16;
 
 /// What a stream server's handler knows of a request besides its bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestMeta {
     /// When the caller stops waiting for the answer (the entry's wall-clock
     /// `deadline`): the handler's work should end by then.
@@ -38,6 +40,10 @@ pub struct RequestMeta {
     pub depth: u32,
     /// The caller's span (`traceparent`; none if absent or malformed).
     pub trace: TraceContext,
+    /// Who calls: sent by a caller, and as the server authenticated it
+    /// (`caller`, checked against the entry's signature on a node with a
+    /// cluster CA). `None`: none sent.
+    pub caller: Option<Arc<CallerIdentity>>,
 }
 
 impl RequestMeta {
@@ -47,6 +53,7 @@ impl RequestMeta {
             deadline,
             depth,
             trace: TraceContext::NONE,
+            caller: None,
         }
     }
 }
@@ -307,19 +314,21 @@ impl Consumer {
                 }
             },
         };
-        let meta = RequestMeta {
-            deadline: Deadline::from_unix_ms(e.deadline_ms),
-            depth: e.depth,
-            trace: e.trace,
-        };
-        let result = match &e.payload {
-            Payload::Inline(bytes) => (self.handler)(bytes, meta),
+        let fetched;
+        let payload: &[u8] = match &e.payload {
+            Payload::Inline(bytes) => bytes,
             Payload::InKey => match self.fetch_payload(&e.keys.payload()) {
-                Ok(Some(bytes)) => (self.handler)(&bytes, meta),
-                Ok(None) => Err(CallError::new(
-                    ErrorCode::Transport,
-                    "the request's payload is no longer in the broker (expired or evicted)",
-                )),
+                Ok(Some(bytes)) => {
+                    fetched = bytes;
+                    &fetched
+                }
+                Ok(None) => {
+                    let gone = CallError::new(
+                        ErrorCode::Transport,
+                        "the request's payload is no longer in the broker (expired or evicted)",
+                    );
+                    return Some(answer(&self.function, &e, Err(gone), reclaimed));
+                }
                 Err(err) => {
                     self.conn = None;
                     tracing::warn!(
@@ -329,6 +338,19 @@ impl Consumer {
                     return None;
                 }
             },
+        };
+        let result = match self.caller_of(&e, payload, reclaimed) {
+            Ok(Some(caller)) => {
+                let meta = RequestMeta {
+                    deadline: Deadline::from_unix_ms(e.deadline_ms),
+                    depth: e.depth,
+                    trace: e.trace,
+                    caller: Some(Arc::new(caller)),
+                };
+                (self.handler)(payload, meta)
+            }
+            Ok(None) => return None,
+            Err(refused) => Err(refused),
         };
         Some(answer(&self.function, &e, result, reclaimed))
     }
@@ -387,6 +409,60 @@ impl Consumer {
             return Ok(None);
         }
         Ok(Some(e))
+    }
+
+    /// Who sent entry `e` (with `payload`), as far as this node can prove
+    /// it: `DENIED` for an entry whose claim does not verify; `None` for a
+    /// signed fresh entry already taken once (a replayed copy: it is
+    /// acknowledged and dropped, unanswered, so that it cannot answer for
+    /// the original).
+    fn caller_of(
+        &mut self,
+        e: &Entry,
+        payload: &[u8],
+        reclaimed: bool,
+    ) -> Result<Option<CallerIdentity>, CallError> {
+        let identity = self.broker.identity().cloned();
+        let caller = signed::authenticate(identity.as_deref(), &self.function, e, payload)
+            .map_err(|why| {
+                tracing::warn!(stream = self.function.stream(), entry = %e.entry_id, id = %e.id, "refusing a request: {why}");
+                CallError::new(ErrorCode::Denied, why)
+            })?;
+        if identity.is_none() || reclaimed {
+            return Ok(Some(caller));
+        }
+        let (b, stream) = (&self.broker, self.function.stream());
+        let until_deadline =
+            e.deadline_ms.saturating_sub(now_ms()) + LEASE_GRACE.as_millis() as u64;
+        let mut take = redis::cmd("SET");
+        take.arg(e.keys.taken())
+            .arg(&e.entry_id)
+            .arg("NX")
+            .arg("PX")
+            .arg(until_deadline.max(1));
+        let first = b.block_on(async {
+            match b.query(&take).await? {
+                Value::Nil => {
+                    b.query_pipe(&ack(stream, &e.entry_id)).await?;
+                    Ok::<bool, CallError>(false)
+                }
+                _ => Ok(true),
+            }
+        });
+        match first {
+            Ok(true) => Ok(Some(caller)),
+            Ok(false) => {
+                tracing::warn!(stream, entry = %e.entry_id, id = %e.id, caller = %caller, "dropping a replayed request: its id was taken before");
+                Ok(None)
+            }
+            Err(err) => {
+                tracing::warn!(
+                    stream,
+                    "could not mark a request taken (it stays pending): {err}"
+                );
+                Ok(None)
+            }
+        }
     }
 
     /// Reads a large request's payload key on the consumer's connection.

@@ -172,6 +172,12 @@ impl CallKeys {
     pub(super) fn claim(&self) -> String {
         self.key("claim")
     }
+
+    /// Set when a signed request is first taken, until its deadline: a
+    /// copy of the entry added again (a replay) finds it and runs nothing.
+    pub(super) fn taken(&self) -> String {
+        self.key("taken")
+    }
 }
 
 #[cfg(test)]

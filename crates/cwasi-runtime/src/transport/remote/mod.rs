@@ -15,6 +15,8 @@
 //!   when it is large;
 //! - `cwasi:{<ns>/<name>}:claim:<id>`: which consumer runs a reclaimed
 //!   request;
+//! - `cwasi:{<ns>/<name>}:taken:<id>`: that a signed request was taken,
+//!   until its deadline (a replayed copy runs nothing);
 //! - `cwasi:{<ns>/<name>}:nodes`: nodes serving a function, scored by the
 //!   time their announcement expires, and `cwasi:{<ns>/<name>}:records`
 //!   their endpoint records; `cwasi:{<name>}:namespaces`: the namespaces a
@@ -25,6 +27,8 @@
 //! - `conn`: the [`Broker`] and its connections;
 //! - `keys`: every key name, and the check of request ids;
 //! - `codec`: the stream entry and the reply envelope;
+//! - `signed`: the caller an entry names, its signature, and the check of
+//!   both;
 //! - `client`: the caller's side ([`Broker::call`], the remote transport);
 //! - `registry`: the cluster registry ([`Broker::find`], announcements);
 //! - `events`: its placement events (`PUBLISH` on a change, and the
@@ -41,6 +45,7 @@ mod events;
 mod keys;
 mod registry;
 mod server;
+mod signed;
 
 pub(crate) use codec::parse_untrusted;
 pub(crate) use registry::data_addr_of;
