@@ -64,6 +64,7 @@ pub fn local_requests(data: &[u8]) {
     while let Ok(request) = reader.next_request(FUZZ_MAX_PAYLOAD) {
         let h = request.header;
         let _ = (reader.target(&request), reader.inline_payload(&request));
+        let _ = crate::identity::CallerIdentity::parse(reader.caller(&request));
         if h.in_shm() {
             let mut dst = vec![0u8; h.payload_len as usize];
             if recv_payload(&mut reader, &mut shm, &h, &mut dst).is_err() {
@@ -101,10 +102,11 @@ pub fn call_slot(data: &[u8]) {
     let max = FUZZ_MAX_PAYLOAD as usize;
     if let Ok(r) = control.take_request(max) {
         if r.kind == REQUEST_INLINE {
-            let mut target = vec![0u8; r.target_len];
-            control.read_inline(0, &mut target);
+            let mut names = vec![0u8; r.target_len + r.caller_len];
+            control.read_inline(0, &mut names);
+            let _ = crate::identity::CallerIdentity::parse(&names[r.target_len..]);
             let mut payload = vec![0u8; r.len];
-            control.read_inline(r.target_len, &mut payload);
+            control.read_inline(r.target_len + r.caller_len, &mut payload);
         }
     }
     if let Ok(r) = control.take_response(max) {
@@ -167,6 +169,8 @@ pub fn composition(data: &[u8]) {
 /// broker client could put in a function's stream or a reply list.
 pub fn remote_entries(data: &[u8]) {
     crate::transport::remote::parse_untrusted(data);
+    // The caller each entry names, as a server without a CA takes it.
+    crate::transport::remote::callers_untrusted(data);
     // A registry record, and the data address in it.
     if let Some(addr) = crate::transport::remote::data_addr_of(data) {
         let _ = addr.parse::<crate::transport::direct::DataAddr>();

@@ -141,9 +141,6 @@ impl RuntimeBuilder {
             Some(files) => Some(DirectTls::load(files)?),
             None => None,
         };
-        if let (Some(broker), Some(tls)) = (&self.broker, &direct_tls) {
-            broker.authenticate_as(tls.identity.clone());
-        }
         let (engine, ticker) = new_engine()?;
         let linkers = crate::guest::linkers::Linkers::new(&engine)?;
         let mut functions: Vec<LinkedModule> = Vec::new();
@@ -183,6 +180,9 @@ impl RuntimeBuilder {
                 e.rule()
             ))
         })?;
+        if let (Some(broker), Some(tls)) = (&self.broker, &direct_tls) {
+            sign_broker_requests(broker, tls, &node);
+        }
         Ok(Runtime {
             host_call: CallMeta::after(0, std::time::Duration::MAX),
             router: RuntimeRouter::new(RouterParts {
@@ -203,6 +203,23 @@ impl RuntimeBuilder {
                 },
             }),
         })
+    }
+}
+
+/// Makes `broker` sign the requests it sends and check the ones it serves
+/// with this node's identity, if its certificate names the node (a node
+/// certificate, `DNS:<node>`): one that does not (a Redis client
+/// certificate the direct plane fell back to, say) could not prove this
+/// node to others, so requests stay unsigned, and the log says why.
+fn sign_broker_requests(broker: &Broker, tls: &DirectTls, node: &str) {
+    let identity = &tls.identity;
+    match identity.names_node(identity.certificate(), node) {
+        Ok(()) => broker.authenticate_as(identity.clone()),
+        Err(why) => tracing::warn!(
+            node,
+            "broker requests are not signed, and unsigned ones are served: this node's \
+             certificate cannot prove its name ({why})"
+        ),
     }
 }
 

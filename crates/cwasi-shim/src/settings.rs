@@ -334,6 +334,7 @@ mod tests {
         (ENV_DRAIN_SECS, "25", "3"),
         (ENV_EXPLAIN, "true", "false"),
         (ENV_LOG, "debug", "info"),
+        (ENV_ALLOW_CALLERS, "team-a/*", "team-b/f@n1"),
     ];
 
     /// What a setting resolved to, as the shim reads it.
@@ -345,6 +346,7 @@ mod tests {
             ENV_FUNCTION => s.function.clone(),
             ENV_EXPLAIN => s.explain.to_string(),
             ENV_LOG => s.log.clone(),
+            ENV_ALLOW_CALLERS => s.policy.describe(),
             other => s.var(other).unwrap_or_default(),
         }
     }
@@ -403,6 +405,22 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_sets_its_call_policy_by_annotation_and_none_allows_no_caller() {
+        let policy = |value: &str| {
+            let ann = Annotations::from_pairs([(annotations::ALLOW_CALLERS, value)]);
+            ContainerSettings::resolve(&[], ann, None, None)
+                .unwrap()
+                .policy
+        };
+        let p = policy("team-a/*, team-b/producer@node1");
+        let rules: Vec<String> = p.rules().unwrap().iter().map(|r| r.to_string()).collect();
+        assert_eq!(rules, ["team-a/*", "team-b/producer@node1"]);
+        assert_eq!(policy("none").rules().map(<[_]>::len), Some(0));
+        let unset = ContainerSettings::resolve(&[], Annotations::default(), None, None).unwrap();
+        assert!(!unset.policy.is_set());
+    }
+
+    #[test]
     fn bad_annotations_are_refused_by_name_and_unknown_ones_reported() {
         let ann = Annotations::from_pairs([(annotations::SERVE, "maybe")]);
         let e = ContainerSettings::resolve(&[], ann, None, None)
@@ -414,6 +432,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("annotation cwasi.io/mode=fast"), "{e}");
+        let ann = Annotations::from_pairs([(annotations::ALLOW_CALLERS, "team-a/*, team-b")]);
+        let e = ContainerSettings::resolve(&[], ann, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("annotation cwasi.io/allow-callers=team-a/*, team-b"),
+            "{e}"
+        );
         let ann = Annotations::from_pairs([("cwasi.io/mdoe", "local")]);
         let s = ContainerSettings::resolve(&[], ann, None, None).unwrap();
         assert_eq!(s.warnings.len(), 1);

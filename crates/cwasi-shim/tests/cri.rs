@@ -148,6 +148,7 @@ fn pods_run_through_cri_and_annotations_choose_their_mode() {
             ("cwasi.io/namespace", "team-a"),
             ("cwasi.io/serve", "true"),
             ("cwasi.io/metrics-addr", &metrics),
+            ("cwasi.io/allow-callers", "team-a/*, team-b/producer"),
         ],
     );
     let config = container_config("echo", &echo, &[], &[], &mounts);
@@ -201,6 +202,27 @@ fn pods_run_through_cri_and_annotations_choose_their_mode() {
         containers.push(id);
         pods.push(pod);
     }
+    // A pod of team-c: the serving pod's policy (its annotation) has no
+    // rule for it, so its call is denied, naming the caller and the rules.
+    let pod = run_pod(
+        &c,
+        &mut cri,
+        "caller-denied",
+        &[("cwasi.io/namespace", "team-c")],
+    );
+    let config = container_config("producer", &producer, &["64", "echo", "echo"], &[], &mounts);
+    let id = cri.start_container(&pod.id, &config, &pod.config);
+    let status = cri.wait_exited(&id, RUN_TIMEOUT);
+    let log = log_of(&pod, "producer");
+    assert_eq!(status.exit_code, 2, "{status:?}\n{log}");
+    assert!(
+        log.contains("error code=-6")
+            && log.contains("caller team-c/producer@")
+            && log.contains("its policy allows only team-a/*, team-b/producer"),
+        "{log}"
+    );
+    containers.push(id);
+    pods.push(pod);
 
     // The serving pod's metrics (its annotation asked for them, on the host
     // network): the local call of caller-other.

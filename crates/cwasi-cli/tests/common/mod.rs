@@ -150,11 +150,23 @@ impl Server {
     /// Runs `cmd` (a `cwasi serve` of `name` in namespace `ns` with node
     /// directory `dir`, perhaps under `ip netns exec`) and waits until it
     /// has registered.
-    pub fn from_command(mut cmd: Command, dir: &Path, name: &str, ns: &str) -> Server {
+    pub fn from_command(cmd: Command, dir: &Path, name: &str, ns: &str) -> Server {
+        Server::logging_to(cmd, dir, name, ns, Stdio::null())
+    }
+
+    /// [`Server::from_command`], with the server's stderr (its log) going
+    /// to `log`.
+    pub fn logging_to(
+        mut cmd: Command,
+        dir: &Path,
+        name: &str,
+        ns: &str,
+        log: impl Into<Stdio>,
+    ) -> Server {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("cannot start cwasi serve");
         let mut server = Server(child);

@@ -340,9 +340,12 @@ pub(super) fn answer_pipe() -> redis::Pipeline {
 /// field-value pairs).
 pub(crate) fn parse_untrusted(data: &[u8]) {
     let _ = decode_reply(data.to_vec());
-    let Ok(function) = FnKeys::new("fz", "echo") else {
-        return;
-    };
+    let _ = untrusted_entries(data);
+}
+
+/// [`parse_untrusted`]'s entries of `echo@fz`, parsed, with their function.
+pub(super) fn untrusted_entries(data: &[u8]) -> Option<(FnKeys, Vec<Result<Entry, Refused>>)> {
+    let function = FnKeys::new("fz", "echo").ok()?;
     let list = data
         .split(|&b| b == 0xFE)
         .map(|entry| {
@@ -353,7 +356,8 @@ pub(crate) fn parse_untrusted(data: &[u8]) {
             Value::Array(vec![id, Value::Array(tokens.collect())])
         })
         .collect();
-    let _ = entries(&function, Value::Array(list));
+    let parsed = entries(&function, Value::Array(list));
+    Some((function, parsed))
 }
 
 #[cfg(test)]

@@ -339,7 +339,7 @@ impl Consumer {
                 }
             },
         };
-        let result = match self.caller_of(&e, payload, reclaimed) {
+        let result = match self.caller_of(&e, payload) {
             Ok(Some(caller)) => {
                 let meta = RequestMeta {
                     deadline: Deadline::from_unix_ms(e.deadline_ms),
@@ -413,14 +413,14 @@ impl Consumer {
 
     /// Who sent entry `e` (with `payload`), as far as this node can prove
     /// it: `DENIED` for an entry whose claim does not verify; `None` for a
-    /// signed fresh entry already taken once (a replayed copy: it is
-    /// acknowledged and dropped, unanswered, so that it cannot answer for
-    /// the original).
+    /// signed entry whose request id another stream entry took first (a
+    /// replayed copy: it is acknowledged and dropped, unanswered, so that
+    /// it cannot answer for the original), or when that cannot be known
+    /// yet (the entry stays pending).
     fn caller_of(
         &mut self,
         e: &Entry,
         payload: &[u8],
-        reclaimed: bool,
     ) -> Result<Option<CallerIdentity>, CallError> {
         let identity = self.broker.identity().cloned();
         let caller = signed::authenticate(identity.as_deref(), &self.function, e, payload)
@@ -428,31 +428,39 @@ impl Consumer {
                 tracing::warn!(stream = self.function.stream(), entry = %e.entry_id, id = %e.id, "refusing a request: {why}");
                 CallError::new(ErrorCode::Denied, why)
             })?;
-        if identity.is_none() || reclaimed {
+        if identity.is_none() {
             return Ok(Some(caller));
         }
+        // The request id is taken by the first stream entry that carries
+        // it, until the request's deadline; the same entry (reclaimed from
+        // a consumer that died) may run again, another may not.
         let (b, stream) = (&self.broker, self.function.stream());
-        let until_deadline =
-            e.deadline_ms.saturating_sub(now_ms()) + LEASE_GRACE.as_millis() as u64;
+        let ttl = e.deadline_ms.saturating_sub(now_ms()) + LEASE_GRACE.as_millis() as u64;
         let mut take = redis::cmd("SET");
         take.arg(e.keys.taken())
             .arg(&e.entry_id)
             .arg("NX")
+            .arg("GET")
             .arg("PX")
-            .arg(until_deadline.max(1));
-        let first = b.block_on(async {
-            match b.query(&take).await? {
-                Value::Nil => {
-                    b.query_pipe(&ack(stream, &e.entry_id)).await?;
-                    Ok::<bool, CallError>(false)
-                }
-                _ => Ok(true),
+            .arg(ttl.max(1));
+        let taken_by = b.block_on(async {
+            let taken_by = match b.query(&take).await? {
+                Value::BulkString(first) if first != e.entry_id.as_bytes() => Some(first),
+                _ => None,
+            };
+            if taken_by.is_some() {
+                b.query_pipe(&ack(stream, &e.entry_id)).await?;
             }
+            Ok::<_, CallError>(taken_by)
         });
-        match first {
-            Ok(true) => Ok(Some(caller)),
-            Ok(false) => {
-                tracing::warn!(stream, entry = %e.entry_id, id = %e.id, caller = %caller, "dropping a replayed request: its id was taken before");
+        match taken_by {
+            Ok(None) => Ok(Some(caller)),
+            Ok(Some(first)) => {
+                tracing::warn!(
+                    stream, entry = %e.entry_id, id = %e.id, caller = %caller,
+                    "dropping a replayed request: entry {} took its id first",
+                    String::from_utf8_lossy(&first)
+                );
                 Ok(None)
             }
             Err(err) => {

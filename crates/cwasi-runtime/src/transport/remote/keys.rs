@@ -173,8 +173,9 @@ impl CallKeys {
         self.key("claim")
     }
 
-    /// Set when a signed request is first taken, until its deadline: a
-    /// copy of the entry added again (a replay) finds it and runs nothing.
+    /// The stream entry that took a signed request's id first, until its
+    /// deadline: a copy of the entry added again (a replay) finds another
+    /// entry there and runs nothing.
     pub(super) fn taken(&self) -> String {
         self.key("taken")
     }

@@ -15,8 +15,9 @@
 //!   when it is large;
 //! - `cwasi:{<ns>/<name>}:claim:<id>`: which consumer runs a reclaimed
 //!   request;
-//! - `cwasi:{<ns>/<name>}:taken:<id>`: that a signed request was taken,
-//!   until its deadline (a replayed copy runs nothing);
+//! - `cwasi:{<ns>/<name>}:taken:<id>`: the stream entry that took a
+//!   signed request's id first, until its deadline (a replayed copy, another
+//!   entry with the id, runs nothing);
 //! - `cwasi:{<ns>/<name>}:nodes`: nodes serving a function, scored by the
 //!   time their announcement expires, and `cwasi:{<ns>/<name>}:records`
 //!   their endpoint records; `cwasi:{<name>}:namespaces`: the namespaces a
@@ -49,6 +50,7 @@ mod signed;
 
 pub(crate) use codec::parse_untrusted;
 pub(crate) use registry::data_addr_of;
+pub(crate) use signed::callers_untrusted;
 
 pub(crate) use client::RemoteClient;
 pub use codec::{GROUP, PAYLOAD_KEY_MIN, STREAM_MAXLEN};

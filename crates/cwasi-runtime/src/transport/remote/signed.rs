@@ -14,7 +14,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::codec::Entry;
+use super::codec::{untrusted_entries, Entry, Payload};
 use super::keys::FnKeys;
 use crate::identity::CallerIdentity;
 use crate::transport::node_identity::NodeIdentity;
@@ -101,4 +101,18 @@ pub(super) fn authenticate(
         .verify(caller.node(), cert, sig, &signed)
         .map_err(|why| format!("the request claiming {caller} is refused: {why}"))?;
     Ok(caller)
+}
+
+/// Authenticates the entries of [`super::codec::parse_untrusted`]'s input
+/// as a server without a CA does, for the fuzz target.
+pub(crate) fn callers_untrusted(data: &[u8]) {
+    let Some((function, entries)) = untrusted_entries(data) else {
+        return;
+    };
+    for e in entries.iter().flatten() {
+        if let Payload::Inline(payload) = &e.payload {
+            let _ = authenticate(None, &function, e, payload);
+            let _ = message(&function, &e.id, e.deadline_ms, e.depth, b"x", payload);
+        }
+    }
 }
