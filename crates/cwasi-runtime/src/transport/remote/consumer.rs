@@ -434,7 +434,9 @@ impl Consumer {
         // The request id is taken by the first stream entry that carries
         // it, until the request's deadline; the same entry (reclaimed from
         // a consumer that died) may run again, another may not.
-        let (b, stream) = (&self.broker, self.function.stream());
+        let broker = self.broker.clone();
+        let (b, stream) = (&*broker, self.function.stream().to_string());
+        let stream = stream.as_str();
         let ttl = e.deadline_ms.saturating_sub(now_ms()) + LEASE_GRACE.as_millis() as u64;
         let mut take = redis::cmd("SET");
         take.arg(e.keys.taken())
@@ -443,15 +445,19 @@ impl Consumer {
             .arg("GET")
             .arg("PX")
             .arg(ttl.max(1));
-        let taken_by = b.block_on(async {
-            let taken_by = match b.query(&take).await? {
+        // On the consumer's own connection: no hop through the broker's
+        // async runtime on the request's path.
+        let taken_by = open(b, &mut self.conn).and_then(|c| {
+            let taken_by = match take.query::<Value>(c).map_err(|e| b.down(e))? {
                 Value::BulkString(first) if first != e.entry_id.as_bytes() => Some(first),
                 _ => None,
             };
             if taken_by.is_some() {
-                b.query_pipe(&ack(stream, &e.entry_id)).await?;
+                ack(stream, &e.entry_id)
+                    .query::<()>(c)
+                    .map_err(|e| b.down(e))?;
             }
-            Ok::<_, CallError>(taken_by)
+            Ok(taken_by)
         });
         match taken_by {
             Ok(None) => Ok(Some(caller)),
@@ -464,6 +470,7 @@ impl Consumer {
                 Ok(None)
             }
             Err(err) => {
+                self.conn = None;
                 tracing::warn!(
                     stream,
                     "could not mark a request taken (it stays pending): {err}"
