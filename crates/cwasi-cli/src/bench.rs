@@ -1,5 +1,6 @@
 //! `cwasi bench`: the command line of the `cwasi-bench` experiments.
 
+use crate::console::note;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -147,7 +148,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             .context("cannot install the signal handlers")?;
     }
     let started = Instant::now();
-    eprintln!(
+    note!(
         "cwasi bench ({}): writing to {}",
         c.profile,
         c.out.display()
@@ -164,14 +165,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let phases = match cwasi_bench::churn::run(&config) {
             Ok(p) => p,
             Err(e @ cwasi_bench::BenchError::Interrupted) => {
-                eprintln!("cwasi bench: {e}");
+                note!("cwasi bench: {e}");
                 return Ok(ExitCode::from(INTERRUPTED as u8));
             }
             Err(e) => return Err(e.into()),
         };
-        println!("{}", cwasi_bench::churn::markdown(&phases));
+        let table = format!("{}\n", cwasi_bench::churn::markdown(&phases));
+        crate::console::output(table.as_bytes())?;
         if c.experiments.is_empty() {
-            eprintln!(
+            note!(
                 "cwasi bench: churn.md and churn.csv in {} ({:.1} s)",
                 c.out.display(),
                 started.elapsed().as_secs_f64()
@@ -182,7 +184,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let written = match cwasi_bench::run(&c) {
         Ok((_, written)) => written,
         Err(e @ cwasi_bench::BenchError::Interrupted) => {
-            eprintln!("cwasi bench: {e}");
+            note!("cwasi bench: {e}");
             return Ok(ExitCode::from(INTERRUPTED as u8));
         }
         Err(e) => return Err(e.into()),
@@ -190,8 +192,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let summary = written.dir.join("summary.md");
     let text = std::fs::read_to_string(&summary)
         .with_context(|| format!("cannot read {}", summary.display()))?;
-    println!("{text}");
-    eprintln!(
+    crate::console::output(format!("{text}\n").as_bytes())?;
+    note!(
         "cwasi bench: {} files in {} ({:.1} s)",
         written.files.len(),
         written.dir.display(),

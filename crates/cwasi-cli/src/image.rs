@@ -3,6 +3,7 @@
 //! image's platform is wasip1/wasm or wasip2/wasm, which `ctr` skips
 //! without the flag).
 
+use crate::console::note;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -57,7 +58,7 @@ fn build(args: BuildArgs) -> Result<()> {
     };
     let summary = write_image_file(&request, &args.output)
         .with_context(|| format!("cannot build {}", args.output.display()))?;
-    eprintln!(
+    note!(
         "cwasi: wrote {} ({}, entrypoint {}, {} {}); load it with `ctr image import --all-platforms {}`",
         args.output.display(),
         summary.reference,

@@ -4,12 +4,13 @@
 
 mod bench;
 mod component;
+mod console;
 mod image;
 mod prefixed;
 mod report;
 mod served;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use console::note;
 use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::{
     Composition, DirectConfig, FunctionSpec, Limits, ModeOverride, NodeDirectory, Runtime,
@@ -164,6 +166,16 @@ struct LimitArgs {
     /// Timeout of one call, in milliseconds.
     #[arg(long)]
     call_timeout_ms: Option<u64>,
+    /// Deepest chain of nested calls (default 32, at most 256); a call
+    /// deeper than it gets RESOURCE_LIMIT, here and from other processes.
+    #[arg(long)]
+    max_call_depth: Option<u32>,
+    /// Warm instances kept per function between calls (default 16).
+    #[arg(long)]
+    max_idle_instances: Option<usize>,
+    /// Largest module or component file read, in MiB (default 256).
+    #[arg(long)]
+    max_module_mib: Option<u64>,
     /// How long each side of a local call spins on shared memory before it
     /// sleeps, in microseconds (0: never spin; default 50).
     #[arg(long, env = "CWASI_SPIN_US")]
@@ -189,6 +201,15 @@ impl LimitArgs {
         }
         if let Some(ms) = self.call_timeout_ms {
             l.call_timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(d) = self.max_call_depth {
+            l.max_call_depth = d;
+        }
+        if let Some(n) = self.max_idle_instances {
+            l.max_idle_instances = n;
+        }
+        if let Some(m) = self.max_module_mib {
+            l.max_module_bytes = m.clamp(1, 4095) << 20;
         }
         if let Some(us) = self.spin_us {
             l.spin_budget = Duration::from_micros(us);
@@ -269,7 +290,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
     };
     result.unwrap_or_else(|e| {
-        eprintln!("cwasi: error: {e:#}");
+        note!("cwasi: error: {e:#}");
         ExitCode::FAILURE
     })
 }
@@ -362,10 +383,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let outcome = runtime.run_entry(&comp.entry);
     let elapsed = started.elapsed();
     if args.explain {
-        eprint!("{}", report::explain(&runtime.decisions()));
+        console::diagnostic(format_args!("{}", report::explain(&runtime.decisions())));
     }
     if !args.quiet {
-        eprint!("{}", report::hops(&comp.entry, elapsed, &runtime.hops()));
+        console::diagnostic(format_args!(
+            "{}",
+            report::hops(&comp.entry, elapsed, &runtime.hops())
+        ));
     }
     let code = outcome?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
@@ -415,13 +439,13 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     let record = handle.record();
     match &record.data_addr {
-        Some(addr) => eprintln!(
+        Some(addr) => note!(
             "cwasi: serving '{}' (namespace '{}') at {} and {addr}",
             args.name,
             args.namespace,
             record.socket.display()
         ),
-        None => eprintln!(
+        None => note!(
             "cwasi: serving '{}' (namespace '{}') at {}",
             args.name,
             args.namespace,
@@ -463,31 +487,33 @@ fn call(args: CallArgs) -> Result<()> {
         None => runtime.call(&args.namespace, &args.name, &request),
     };
     if args.explain {
-        eprint!("{}", report::explain(&runtime.decisions()));
+        console::diagnostic(format_args!("{}", report::explain(&runtime.decisions())));
     }
     let response = response?;
     match &args.out {
         Some(p) => {
             std::fs::write(p, &response).with_context(|| format!("cannot write {}", p.display()))?
         }
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&response)?;
-            out.flush()?;
-        }
+        None => console::output(&response)?,
     }
     Ok(())
 }
 
 fn inspect(path: &Path) -> Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // The same bounded read as `run` and `serve`: a FIFO, a device or a
+    // file over the module limit is refused at once.
+    let bytes = cwasi_runtime::read_module_file(path, Limits::default().max_module_bytes)?;
     if cwasi_oci::is_component(&bytes) {
-        print!("{}", component::describe(path, &bytes)?);
+        console::output(component::describe(path, &bytes)?.as_bytes())?;
         return Ok(());
     }
-    let module = cwasi_runtime::inspect_module(path)?;
-    println!("module:                {}", path.display());
-    println!("digest:                {}", module.digest);
-    println!("{}", module.info);
+    let module = cwasi_runtime::inspect_module_bytes(path, bytes.into())?;
+    let text = format!(
+        "module:                {}\ndigest:                {}\n{}\n",
+        path.display(),
+        module.digest,
+        module.info
+    );
+    console::output(text.as_bytes())?;
     Ok(())
 }

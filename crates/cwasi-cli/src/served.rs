@@ -121,6 +121,15 @@ fn server_command(exe: &Path, f: &FunctionSpec, dir: &NodeDirectory, limits: &Li
             "--call-timeout-ms",
             &limits.call_timeout.as_millis().to_string(),
         ])
+        .args(["--max-call-depth", &limits.max_call_depth.to_string()])
+        .args([
+            "--max-idle-instances",
+            &limits.max_idle_instances.to_string(),
+        ])
+        .args([
+            "--max-module-mib",
+            &(limits.max_module_bytes >> 20).max(1).to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -406,3 +406,36 @@ fn image_build_writes_an_oci_layout_and_refuses_what_is_not_wasm() {
         out.stderr
     );
 }
+
+#[test]
+fn a_full_or_closed_output_stream_is_no_panic() {
+    use std::process::{Command, Stdio};
+    // A diagnostic to a full stderr is dropped: the call fails as it
+    // would, with its exit code, and no panic.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let scratch = Scratch::new("full-stderr");
+    let dir = scratch.0.join("node");
+    let status = Command::new(env!("CARGO_BIN_EXE_cwasi"))
+        .args(["call", "nothing-serves-this", "--runtime-dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(full)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    // Data to a reader that went away: a clean failure, no panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cwasi"))
+        .args(["inspect", progs::ECHO])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}

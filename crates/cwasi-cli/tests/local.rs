@@ -542,3 +542,19 @@ fn a_call_cycle_across_processes_stops_at_the_call_depth_limit() {
         assert!(took < timeout / 2, "attempt {attempt} took {took:?}");
     }
 }
+
+#[test]
+fn a_call_taken_before_sigterm_is_answered() {
+    let scratch = Scratch::new("sigterm-taken");
+    let dir = scratch.0.join("node");
+    let mut server = Server::start(&dir, progs::BUSY, "busy", "b", &[], &[]);
+    let rt = caller(&dir, Duration::from_secs(20));
+    std::thread::scope(|s| {
+        // A 1.5 s call is running when the server is asked to stop.
+        let call = s.spawn(|| rt.call("a", "busy", b"1500"));
+        std::thread::sleep(Duration::from_millis(300));
+        let status = server.terminate_within(Duration::from_secs(15));
+        assert!(status.is_some(), "the server did not stop");
+        assert_eq!(call.join().unwrap().unwrap(), b"1500");
+    });
+}

@@ -283,3 +283,42 @@ fn sigkill_of_the_run_kills_its_servers_and_leaves_nothing_that_answers() {
     let left = endpoint_files(&dir);
     assert!(left.is_empty(), "records or sockets left behind: {left:?}");
 }
+
+#[test]
+fn a_compositions_call_depth_limit_reaches_its_served_children() {
+    // The entry calls `a` (namespace n1), which forwards to `b` (n2), which
+    // forwards to `a` again: every hop crosses processes, each a `cwasi
+    // serve` child of the run, so only the limit the children were given
+    // stops the cycle at the composition's depth.
+    let scratch = Scratch::new("depth-children");
+    let dir = scratch.0.join("node");
+    let toml = format!(
+        "entry = \"producer\"\n[limits]\nmax_call_depth = 4\n{}{}{}",
+        function(
+            "producer",
+            progs::PRODUCER,
+            "namespace = \"e\"\nargs = [\"8\", \"a\", \"echo\"]"
+        ),
+        function(
+            "a",
+            progs::TRANSFORM,
+            "namespace = \"n1\"\nenv = { CWASI_NEXT = \"b\" }"
+        ),
+        function(
+            "b",
+            progs::TRANSFORM,
+            "namespace = \"n2\"\nenv = { CWASI_NEXT = \"a\" }"
+        ),
+    );
+    let file = scratch.write("cycle.toml", &toml);
+    let out = cwasi(
+        &["run", &file, "--runtime-dir", dir.to_str().unwrap()],
+        LIMIT,
+    );
+    assert_eq!(out.code, Some(2), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("call depth 5 is over the limit of 4"),
+        "{}",
+        out.stdout
+    );
+}

@@ -340,3 +340,26 @@ fn a_failed_call_is_a_span_with_its_code() {
     });
     assert!(last.is_some(), "a root server span: {:#?}", names(&spans));
 }
+
+#[test]
+fn a_collector_that_never_answers_does_not_hold_up_an_exit() {
+    // A listener that accepts and never answers: every export hangs.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let scratch = Scratch::new("silent-collector");
+    let dir = node_dir(&scratch, "node");
+    let started = std::time::Instant::now();
+    let out = common::run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_cwasi"))
+            .args(["run", progs::HELLO, "--runtime-dir"])
+            .arg(&dir)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        LIMIT,
+    );
+    let took = started.elapsed();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    // The export's flush is bounded (0.5 s); before, it waited 5 s. A
+    // bound far above the flush, so that only an unbounded wait fails.
+    assert!(took < Duration::from_secs(4), "the exit took {took:?}");
+    drop(silent);
+}

@@ -205,6 +205,13 @@ pub fn load_module(
     load_module_bytes(engine, bytes.into(), path)
 }
 
+/// Reads a module or component file as `run` and `serve` read one: only a
+/// regular file (a FIFO or a device is refused without blocking), of at
+/// most `max_bytes`, refused before it is read whole if it is larger.
+pub fn read_module_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, RuntimeError> {
+    read_regular(path, max_bytes, Links::Follow)
+}
+
 /// Validates and compiles a module given as bytes (an OCI layer, a module
 /// published in the node directory); `label` names it in errors.
 pub fn load_module_bytes(
@@ -268,12 +275,15 @@ pub struct Inspection {
 /// Reads and compiles a module, on an engine of its own, and reports its
 /// digest and ABI surface; every failure names the file.
 pub fn inspect_module(path: &Path) -> Result<Inspection, RuntimeError> {
+    let bytes = read_module_file(path, crate::config::Limits::default().max_module_bytes)?;
+    inspect_module_bytes(path, bytes.into())
+}
+
+/// [`inspect_module`] of a module already read (with
+/// [`read_module_file`]); `label` names it in errors.
+pub fn inspect_module_bytes(label: &Path, bytes: Arc<[u8]>) -> Result<Inspection, RuntimeError> {
     let (engine, _ticker) = new_engine()?;
-    let module = load_module(
-        &engine,
-        path,
-        crate::config::Limits::default().max_module_bytes,
-    )?;
+    let module = load_module_bytes(&engine, bytes, label)?;
     Ok(Inspection {
         digest: module.digest,
         info: module.info,

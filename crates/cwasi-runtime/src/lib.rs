@@ -80,7 +80,7 @@ pub use config::{
     FunctionSpec, Limits, Mode, ModeOverride, Preopen, SeedConfig, DEFAULT_NAMESPACE,
 };
 pub use deadline::{Deadline, ANSWER_GRACE};
-pub use engine::{inspect_module, Inspection};
+pub use engine::{inspect_module, inspect_module_bytes, read_module_file, Inspection};
 pub use error::{CallError, ErrorCode, RuntimeError};
 pub use guest::function::FunctionReport;
 pub use identity::policy::{CallPolicy, CallerPattern};

@@ -41,7 +41,10 @@ pub const PROTOCOL_VARS: [&str; 2] = [
     "OTEL_EXPORTER_OTLP_PROTOCOL",
 ];
 /// How long dropping the export waits for buffered spans to be sent.
-pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Spans are best-effort: a collector that does not answer must not hold
+/// up the exit of `cwasi call` or `cwasi run`, nor outlast the 5 s a
+/// stopping `cwasi run` gives its served children before it kills them.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(500);
 /// The instrumentation scope the spans are reported under.
 pub const SCOPE: &str = "cwasi";
 
