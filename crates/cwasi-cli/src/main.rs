@@ -277,6 +277,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    raise_open_files_limit();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => traced("cwasi", || run(args)),
@@ -293,6 +294,19 @@ fn main() -> ExitCode {
         note!("cwasi: error: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// Raises the soft limit of open files to the hard one, as servers do: a
+/// served function holds a socket per caller connection and per metrics
+/// client, and a soft limit of 1024 would refuse connections long before
+/// the caps they are held to. Best-effort.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
 }
 
 /// Runs `command` with its call spans exported over OTLP if

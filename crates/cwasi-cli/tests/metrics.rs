@@ -150,3 +150,65 @@ fn prometheus_scrapes_the_calls_by_mode() {
     );
     drop(relays);
 }
+
+/// Raises this process's soft limit of open files to its hard limit, for
+/// a test that holds a thousand sockets.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    setrlimit(Resource::Nofile, limit).unwrap();
+}
+
+#[test]
+fn a_scrape_succeeds_while_a_thousand_idle_and_slow_clients_are_open() {
+    raise_open_files_limit();
+    let scratch = Scratch::new("metrics-flood");
+    let dir = scratch.0.join("node");
+    let addr = metrics_addr();
+    let m = ["--metrics".to_string(), addr.to_string()];
+    let _echo = Server::start(&dir, progs::ECHO, "echo", "b", &[&m[0], &m[1]], &[]);
+    let prometheus = Prometheus::start(&[addr]);
+    let up = || prometheus.query("up").first().map(|(_, v)| *v);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while up() != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "never scraped: {}",
+            prometheus.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A thousand idle connections and twenty that have sent only part of
+    // their request, kept open: every 1.5 s they are opened afresh, since
+    // the server closes a client that has not sent its request within 2 s.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut open: Vec<std::net::TcpStream> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                open.clear();
+                let round: Vec<_> = (0..1020)
+                    .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+                    .collect();
+                for (i, mut c) in round.iter().take(20).enumerate() {
+                    use std::io::Write as _;
+                    let _ = c.write_all(&b"GET /metrics HTTP/1.1\r\n"[..i % 10 + 1]);
+                }
+                open = round;
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+        });
+        // Every scrape of the last 4 s, all made under the flood, succeeded
+        // within Prometheus's 1 s timeout.
+        std::thread::sleep(Duration::from_secs(5));
+        let worst = prometheus.query("min_over_time(up[4s])");
+        let samples = prometheus.query("count_over_time(up[4s])");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(worst.first().map(|(_, v)| *v), Some(1.0), "{worst:?}");
+        assert!(
+            samples.first().is_some_and(|(_, n)| *n >= 2.0),
+            "{samples:?}"
+        );
+    });
+}

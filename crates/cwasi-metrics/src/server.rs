@@ -1,9 +1,10 @@
 //! The `/metrics` endpoint: HTTP/1 (hyper) on its own thread and
 //! single-threaded tokio runtime, so that it never competes with the calls.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use cwasi_runtime::{Runtime, ServeHandle};
 
@@ -21,14 +22,20 @@ use crate::encode::{encode, Snapshot};
 /// for and parses.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Scrapes served at once; another connection waits for one to end. Each
-/// connection answers one request and closes (no keep-alive), so a client
-/// holds a slot for at most one scrape, or [`HEADER_TIMEOUT`] if it sends
-/// nothing.
-const MAX_CONNECTIONS: usize = 8;
+/// Connections open at once; a connection over it is closed at once. Each
+/// is a task of the server's one event loop, not a thread or a slot that
+/// others wait for, so idle and slow clients do not delay a scrape: each
+/// connection answers one request and closes (no keep-alive), and one that
+/// has not sent its request whole within [`HEADER_TIMEOUT`] is closed.
+pub const MAX_CONNECTIONS: usize = 4096;
 
-/// How long a client may take to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once from one address; more from it are closed at
+/// once, so that one client cannot take all of [`MAX_CONNECTIONS`].
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = MAX_CONNECTIONS / 2;
+
+/// How long a client may take to send its request line and headers, from
+/// the moment it connects (a slowloris gets no longer).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -129,22 +136,24 @@ async fn serve(
             return;
         }
     };
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(OpenConnections::default());
     loop {
         let accepted = tokio::select! {
             _ = stopped.changed() => return,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "metrics: accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        // Over a cap the connection is closed at once (dropped).
+        let Some(counted) = open.admit(peer.ip()) else {
+            tracing::debug!(%peer, "metrics: over the connection cap, closed");
+            continue;
         };
         let source = source.clone();
         tokio::spawn(async move {
@@ -157,12 +166,48 @@ async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "metrics: connection ended");
             }
-            drop(slot);
+            drop(counted);
         });
     }
 }
 
-/// One request: `GET /metrics` gets the snapshot; anything else an error.
+/// The connections open now, in all and by address.
+#[derive(Default)]
+struct OpenConnections(Mutex<(usize, HashMap<IpAddr, usize>)>);
+
+impl OpenConnections {
+    /// Counts a connection from `ip` until the guard is dropped, unless a
+    /// cap is reached.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Counted> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_ip) = &mut *open;
+        let from_ip = by_ip.entry(ip).or_insert(0);
+        if *total >= MAX_CONNECTIONS || *from_ip >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *total += 1;
+        *from_ip += 1;
+        Some(Counted(self.clone(), ip))
+    }
+}
+
+/// One counted connection.
+struct Counted(Arc<OpenConnections>, IpAddr);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, by_ip) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(n) = by_ip.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.1);
+            }
+        }
+    }
+}
+
 async fn answer(
     req: Request<Incoming>,
     source: Source,
@@ -221,13 +266,36 @@ mod tests {
     fn every_connection_gets_one_answer_and_is_closed() {
         let server =
             MetricsServer::start("127.0.0.1:0".parse().unwrap(), Snapshot::default).unwrap();
-        // More clients than slots, each asking for keep-alive: none may keep
-        // a slot after its answer.
-        for _ in 0..MAX_CONNECTIONS + 2 {
+        // Clients one after the other, each asking for keep-alive: none
+        // keeps its connection after its answer.
+        for _ in 0..10 {
             let answer = scrape_and_see_it_closed(server.local_addr());
             assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
             assert!(answer.contains(CONTENT_TYPE), "{answer}");
             assert!(answer.ends_with("# EOF\n"), "{answer}");
+        }
+    }
+
+    #[test]
+    fn idle_and_slow_clients_neither_delay_a_scrape_nor_stay() {
+        let server =
+            MetricsServer::start("127.0.0.1:0".parse().unwrap(), Snapshot::default).unwrap();
+        let addr = server.local_addr();
+        let idle: Vec<TcpStream> = (0..200)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        let mut slow: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        for s in &mut slow {
+            s.write_all(b"GET /metr").unwrap();
+        }
+        let answer = scrape_and_see_it_closed(addr);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Both kinds are closed once the header timeout has passed.
+        for mut s in idle.into_iter().chain(slow) {
+            s.set_read_timeout(Some(HEADER_TIMEOUT * 3)).unwrap();
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest)
+                .expect("the server closes a client that sends no whole request");
         }
     }
 }
