@@ -12,6 +12,7 @@
 pub(crate) mod policy;
 
 use std::fmt;
+use std::sync::Arc;
 
 use cwasi_abi::MAX_NAME_LEN;
 
@@ -146,6 +147,33 @@ impl fmt::Debug for CallerIdentity {
     }
 }
 
+/// The last claim a connection's peer made and the caller it resolved
+/// to: a server resolves (parses and checks) a claim only when it differs
+/// from the one before, so a connection whose caller does not change
+/// resolves it once.
+#[derive(Debug, Default)]
+pub(crate) struct ClaimMemo(Option<(Box<[u8]>, Arc<CallerIdentity>)>);
+
+impl ClaimMemo {
+    /// The caller `claim` resolves to: the last one if the claim is the
+    /// same, else what `resolve` makes of it (remembered if it is a
+    /// caller).
+    pub fn resolve<E>(
+        &mut self,
+        claim: &[u8],
+        resolve: impl FnOnce(&[u8]) -> Result<CallerIdentity, E>,
+    ) -> Result<Arc<CallerIdentity>, E> {
+        if let Some((last, id)) = &self.0 {
+            if **last == *claim {
+                return Ok(id.clone());
+            }
+        }
+        let id = Arc::new(resolve(claim)?);
+        self.0 = Some((claim.into(), id.clone()));
+        Ok(id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +212,24 @@ mod tests {
             assert!(e.contains(why), "{bytes:?}: {e}");
         }
         assert!(CallerIdentity::parse(b"a/b/c@n").is_err());
+    }
+
+    #[test]
+    fn a_claim_is_resolved_once_while_it_does_not_change() {
+        let mut memo = ClaimMemo::default();
+        let mut resolved = 0;
+        let mut read = |memo: &mut ClaimMemo, claim: &[u8]| {
+            memo.resolve(claim, |c| {
+                resolved += 1;
+                CallerIdentity::parse(c)
+            })
+        };
+        let a = read(&mut memo, b"ns/f@n").unwrap();
+        let b = read(&mut memo, b"ns/f@n").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(read(&mut memo, b"ns/g@n").unwrap().function(), Some("g"));
+        assert!(read(&mut memo, b"bad").is_err());
+        assert_eq!(read(&mut memo, b"ns/g@n").unwrap().function(), Some("g"));
+        assert_eq!(resolved, 3);
     }
 }

@@ -53,8 +53,9 @@ pub(crate) struct NodeIdentity {
     /// Checks a certificate against the CA and a node name.
     names: Arc<WebPkiServerVerifier>,
     algorithms: WebPkiSupportedAlgorithms,
-    /// Certificates found to name a node: (certificate, node) → when.
-    checked: Mutex<HashMap<(Vec<u8>, String), Instant>>,
+    /// The certificate last found to name each node, and when: looked up
+    /// by the node's name, so a hit copies nothing.
+    checked: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
 }
 
 impl std::fmt::Debug for NodeIdentity {
@@ -132,12 +133,11 @@ impl NodeIdentity {
     /// Whether `cert` is a certificate of the cluster CA that names
     /// `node`; the reason if not.
     pub fn names_node(&self, cert: &[u8], node: &str) -> Result<(), String> {
-        let key = (cert.to_vec(), node.to_string());
         {
             let checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
             if checked
-                .get(&key)
-                .is_some_and(|at| at.elapsed() < CHECKED_FOR)
+                .get(node)
+                .is_some_and(|(known, at)| known[..] == *cert && at.elapsed() < CHECKED_FOR)
             {
                 return Ok(());
             }
@@ -157,7 +157,7 @@ impl NodeIdentity {
         if checked.len() >= MAX_CHECKED {
             checked.clear();
         }
-        checked.insert(key, Instant::now());
+        checked.insert(node.to_string(), (cert.to_vec(), Instant::now()));
         Ok(())
     }
 

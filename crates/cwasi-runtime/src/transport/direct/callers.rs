@@ -7,45 +7,44 @@
 use std::sync::Arc;
 
 use crate::error::{CallError, ErrorCode};
-use crate::identity::CallerIdentity;
+use crate::identity::{CallerIdentity, ClaimMemo};
 use crate::transport::node_identity::NodeIdentity;
 
-/// The callers of one connection, with the last claim and what it
-/// resolved to, so that a connection whose caller does not change checks
-/// its certificate once.
+/// The callers of one connection.
 pub(super) struct PeerCallers {
     /// The peer's certificate and what checks it (TLS), or `None` (plain).
     proof: Option<(Vec<u8>, Arc<NodeIdentity>)>,
-    last: Option<(Box<[u8]>, Arc<CallerIdentity>)>,
+    /// The last claim and the caller it resolved to: a connection whose
+    /// caller does not change checks its certificate once.
+    last: ClaimMemo,
 }
 
 impl PeerCallers {
     /// The callers of a peer that presented `cert`, checked by `identity`
     /// (both, over TLS), or of a plain TCP peer (neither).
     pub fn new(proof: Option<(Vec<u8>, Arc<NodeIdentity>)>) -> PeerCallers {
-        PeerCallers { proof, last: None }
+        PeerCallers {
+            proof,
+            last: ClaimMemo::default(),
+        }
     }
 
     /// The caller of a request that claims `claim`.
     pub fn identify(&mut self, claim: &[u8]) -> Result<Arc<CallerIdentity>, CallError> {
-        if let Some((bytes, id)) = &self.last {
-            if **bytes == *claim {
-                return Ok(id.clone());
+        let proof = &self.proof;
+        self.last.resolve(claim, |claim| {
+            let denied = |why: String| CallError::new(ErrorCode::Denied, why);
+            let id = CallerIdentity::parse(claim).map_err(|e| denied(e.to_string()))?;
+            if let Some((cert, identity)) = proof {
+                identity.names_node(cert, id.node()).map_err(|why| {
+                    denied(format!(
+                        "the request claims caller {id}, but the peer's certificate does not \
+                         name node '{}': {why}",
+                        id.node()
+                    ))
+                })?;
             }
-        }
-        let denied = |why: String| CallError::new(ErrorCode::Denied, why);
-        let id = CallerIdentity::parse(claim).map_err(|e| denied(e.to_string()))?;
-        if let Some((cert, identity)) = &self.proof {
-            identity.names_node(cert, id.node()).map_err(|why| {
-                denied(format!(
-                    "the request claims caller {id}, but the peer's certificate does not name \
-                     node '{}': {why}",
-                    id.node()
-                ))
-            })?;
-        }
-        let id = Arc::new(id);
-        self.last = Some((claim.into(), id.clone()));
-        Ok(id)
+            Ok(id)
+        })
     }
 }

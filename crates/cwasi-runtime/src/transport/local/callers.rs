@@ -8,50 +8,47 @@
 use std::sync::Arc;
 
 use crate::error::{CallError, ErrorCode};
-use crate::identity::CallerIdentity;
+use crate::identity::{CallerIdentity, ClaimMemo};
 
-/// The callers of one connection, with the last claim and what it
-/// resolved to, so that a connection whose caller does not change reads
-/// its identity once.
+/// The callers of one connection.
 pub(super) struct PeerCallers {
-    /// Whether the peer may assert identities.
-    asserts: bool,
     /// This node's name.
     node: Arc<str>,
-    /// The last claim's bytes and the identity it resolved to.
-    last: Option<(Box<[u8]>, Arc<CallerIdentity>)>,
+    /// The one caller of a peer that may not assert identities.
+    fixed: Option<Arc<CallerIdentity>>,
+    /// The last claim of a peer that may, and the caller it resolved to.
+    last: ClaimMemo,
 }
 
 impl PeerCallers {
     /// The callers of a peer of `uid`, on `node`.
     pub fn new(uid: u32, node: Arc<str>) -> Result<PeerCallers, CallError> {
         let asserts = uid == 0 || uid == rustix::process::getuid().as_raw();
-        let mut callers = PeerCallers {
-            asserts,
-            node,
-            last: None,
+        let fixed = if asserts {
+            None
+        } else {
+            let id =
+                CallerIdentity::new(&format!("uid.{uid}"), None, &node).map_err(|e| denied(&e))?;
+            Some(Arc::new(id))
         };
-        if !asserts {
-            let id = CallerIdentity::new(&format!("uid.{uid}"), None, &callers.node)
-                .map_err(|e| denied(&e))?;
-            callers.last = Some((Box::default(), Arc::new(id)));
-        }
-        Ok(callers)
+        Ok(PeerCallers {
+            node,
+            fixed,
+            last: ClaimMemo::default(),
+        })
     }
 
     /// The caller of a request that claims `claim`.
     pub fn identify(&mut self, claim: &[u8]) -> Result<Arc<CallerIdentity>, CallError> {
-        match &self.last {
-            Some((_, id)) if !self.asserts => return Ok(id.clone()),
-            Some((bytes, id)) if **bytes == *claim => return Ok(id.clone()),
-            _ => {}
+        if let Some(id) = &self.fixed {
+            return Ok(id.clone());
         }
-        let id = CallerIdentity::parse(claim)
-            .and_then(|id| id.on_node(&self.node))
-            .map_err(|e| denied(&e))?;
-        let id = Arc::new(id);
-        self.last = Some((claim.into(), id.clone()));
-        Ok(id)
+        let node = &self.node;
+        self.last.resolve(claim, |claim| {
+            CallerIdentity::parse(claim)
+                .and_then(|id| id.on_node(node))
+                .map_err(|e| denied(&e))
+        })
     }
 }
 

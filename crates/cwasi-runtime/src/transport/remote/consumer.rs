@@ -434,9 +434,7 @@ impl Consumer {
         // The request id is taken by the first stream entry that carries
         // it, until the request's deadline; the same entry (reclaimed from
         // a consumer that died) may run again, another may not.
-        let broker = self.broker.clone();
-        let (b, stream) = (&*broker, self.function.stream().to_string());
-        let stream = stream.as_str();
+        let (b, stream) = (&*self.broker, self.function.stream());
         let ttl = e.deadline_ms.saturating_sub(now_ms()) + LEASE_GRACE.as_millis() as u64;
         let mut take = redis::cmd("SET");
         take.arg(e.keys.taken())
@@ -447,7 +445,8 @@ impl Consumer {
             .arg(ttl.max(1));
         // On the consumer's own connection: no hop through the broker's
         // async runtime on the request's path.
-        let taken_by = open(b, &mut self.conn).and_then(|c| {
+        let conn = &mut self.conn;
+        let taken_by = open(b, conn).and_then(|c| {
             let taken_by = match take.query::<Value>(c).map_err(|e| b.down(e))? {
                 Value::BulkString(first) if first != e.entry_id.as_bytes() => Some(first),
                 _ => None,
@@ -470,7 +469,7 @@ impl Consumer {
                 Ok(None)
             }
             Err(err) => {
-                self.conn = None;
+                *conn = None;
                 tracing::warn!(
                     stream,
                     "could not mark a request taken (it stays pending): {err}"
