@@ -174,6 +174,15 @@ fn direct_requests() {
 }
 
 #[test]
+fn admission() {
+    run(
+        "admission",
+        env!("CARGO_BIN_EXE_admission"),
+        fuzzing::admission,
+    );
+}
+
+#[test]
 fn composition() {
     run(
         "composition",
@@ -219,7 +228,7 @@ fn every_fuzz_target_has_a_smoke_test_and_a_seed_corpus() {
         );
         assert!(!corpus(t).is_empty());
     }
-    assert_eq!(targets.len(), 6, "{targets:?}");
+    assert_eq!(targets.len(), 7, "{targets:?}");
 }
 
 #[test]

@@ -118,6 +118,11 @@ struct ServeArgs {
     /// Seconds an idle connection is kept open.
     #[arg(long, default_value_t = 30)]
     idle_timeout_secs: u64,
+    /// The slowest a request's payload may arrive at, in KiB per second:
+    /// a payload of N bytes that holds a call slot must be in within 2 s
+    /// plus N at this rate, or its request is cut off with an error frame.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    min_payload_kib_per_sec: u64,
     /// Seconds a stop (SIGTERM, SIGINT, SIGHUP) waits for the calls in
     /// flight to finish, after the record is withdrawn.
     #[arg(long, env = "CWASI_DRAIN_SECS", default_value_t = 10)]
@@ -439,6 +444,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         listen: args.listen,
         drain_timeout: Duration::from_secs(args.drain_secs),
+        min_payload_rate: args.min_payload_kib_per_sec.saturating_mul(1024),
     };
     let mut signals = StopSignals::install().context("cannot install signal handlers")?;
     let runtime = Arc::new(runtime);
@@ -521,7 +527,7 @@ fn inspect(path: &Path) -> Result<()> {
         console::output(component::describe(path, &bytes)?.as_bytes())?;
         return Ok(());
     }
-    let module = cwasi_runtime::inspect_module_bytes(path, bytes.into())?;
+    let module = cwasi_runtime::inspect_module_bytes(path, &bytes)?;
     let text = format!(
         "module:                {}\ndigest:                {}\n{}\n",
         path.display(),

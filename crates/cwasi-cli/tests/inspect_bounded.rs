@@ -1,7 +1,8 @@
 //! `cwasi inspect` reads a module as `run` and `serve` do (issue
 //! "Hardening, second round"): a device, a FIFO and a file over the module
 //! limit are refused at once, with a clear error, before anything large is
-//! read. One test in its own binary, so that the peak memory of this
+//! read; and a large valid module is inspected within about twice its
+//! size. One test in its own binary, so that the peak memory of this
 //! process's children is that of these `cwasi inspect` runs alone.
 
 mod common;
@@ -62,4 +63,53 @@ fn inspect_refuses_devices_fifos_and_oversized_files_at_once() {
         peak < MAX_RSS_KIB,
         "a refused inspect took {peak} KiB of memory"
     );
+
+    // A valid module of 100 MiB (one memory, and one data segment that
+    // fills it) is inspected within about twice its size: it is read and
+    // validated, not compiled.
+    const DATA: usize = 100 << 20;
+    let valid = scratch.0.join("large.wasm");
+    std::fs::write(&valid, large_module(DATA)).unwrap();
+    let out = run_with_timeout(
+        Command::new(env!("CARGO_BIN_EXE_cwasi")).args(["inspect", &valid.display().to_string()]),
+        LIMIT,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("digest:"), "{}", out.stdout);
+    let peak = children_peak_rss_kib();
+    let most = 2 * (DATA as i64 >> 10) + MAX_RSS_KIB;
+    println!("cwasi inspect of a 100 MiB module: peak RSS {peak} KiB");
+    assert!(peak < most, "the peak RSS was {peak} KiB, over {most} KiB");
+}
+
+/// A valid core module of a little over `data` bytes: a memory of that
+/// size, and an active data segment that fills it.
+fn large_module(data: usize) -> Vec<u8> {
+    fn leb(mut n: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn section(id: u8, content: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(content.len() as u64, out);
+        out.extend_from_slice(content);
+    }
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    // Memory: one, of `data` bytes in 64 KiB pages.
+    let mut memory = vec![1u8, 0];
+    leb(data.div_ceil(1 << 16) as u64, &mut memory);
+    section(5, &memory, &mut module);
+    // Data: one active segment at offset 0 (i32.const 0, end).
+    let mut segment = vec![1u8, 0, 0x41, 0, 0x0b];
+    leb(data as u64, &mut segment);
+    segment.resize(segment.len() + data, 0x5a);
+    section(11, &segment, &mut module);
+    module
 }

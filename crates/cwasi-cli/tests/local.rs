@@ -405,6 +405,127 @@ fn half_sent_requests_hold_no_call_slot_and_are_cut_off_with_an_error_frame() {
 }
 
 #[test]
+fn slow_drip_senders_hold_few_call_slots_and_are_cut_off_at_their_budget() {
+    let scratch = Scratch::new("slow-drip");
+    let dir = scratch.0.join("node");
+    // 16 call slots (the default); a payload of N bytes is due within 2 s
+    // plus N at 1 MiB/s.
+    let _server = Server::start(
+        &dir,
+        progs::ECHO,
+        "echo",
+        "b",
+        &["--min-payload-kib-per-sec", "1024"],
+        &[],
+    );
+    let socket = dir.join("echo@b.sock");
+    // Sixteen connections each announce a pipelined 2 MiB payload, then
+    // grow its progress count by one byte every 1.5 s: each count comes
+    // well within its phase, so only the payload's budget (4 s) ends them.
+    // Before the budget, they held every call slot for good.
+    const LEN: u64 = 2 << 20;
+    let drippers: Vec<_> = (0..16u64)
+        .map(|i| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(&socket).unwrap();
+                attach_region(&s, LEN);
+                let mut h = Header::new(Kind::Request, 100 + i);
+                h.flags = FLAG_SHM | FLAG_CHUNKED;
+                h.payload_len = LEN;
+                s.write_all(&request_head(h)).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(1500)))
+                    .unwrap();
+                let started = Instant::now();
+                let mut got = Vec::new();
+                for count in 1..LEN {
+                    let mut buf = [0u8; 4096];
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            assert!(started.elapsed() < Duration::from_secs(30), "never cut off");
+                            // A write after the server closed may fail; its
+                            // error frame is still there to read.
+                            let _ = s.write_all(&count.to_le_bytes());
+                        }
+                        Err(e) => panic!("dripper {i}: {e}"),
+                    }
+                    if got.len() >= HEADER_LEN {
+                        break;
+                    }
+                }
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let _ = s.read_to_end(&mut got);
+                (started.elapsed(), got)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A fresh caller in this process is served at once: the drippers, one
+    // process, hold at most a quarter of the slots.
+    let fresh = caller(&dir, Duration::from_secs(20));
+    let started = Instant::now();
+    assert_eq!(fresh.call("a", "echo", b"served").unwrap(), b"served");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the fresh call took {took:?}"
+    );
+    // So is a pipelined payload from another process: it has a share of
+    // its own among the payloads still arriving.
+    let big = scratch.0.join("big");
+    let payload: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&big, &payload).unwrap();
+    let out = scratch.0.join("out");
+    let started = Instant::now();
+    let data = format!("@{}", big.display());
+    let dir_arg = dir.display().to_string();
+    let out_arg = out.display().to_string();
+    let called = cwasi(
+        &[
+            "call",
+            "echo",
+            "--namespace",
+            "a",
+            "--runtime-dir",
+            &dir_arg,
+            "--data",
+            &data,
+            "--out",
+            &out_arg,
+        ],
+        LIMIT,
+    );
+    let took = started.elapsed();
+    assert_eq!(called.code, Some(0), "{}", called.stderr);
+    assert!(
+        std::fs::read(&out).unwrap() == payload,
+        "3 MiB came back changed"
+    );
+    // (The process's start and the module's load are in it too.)
+    assert!(
+        took < Duration::from_secs(3),
+        "the 3 MiB call took {took:?}"
+    );
+
+    // Each dripper is cut off with an error frame that says why.
+    for d in drippers {
+        let (took, got) = d.join().unwrap();
+        assert!(got.len() >= HEADER_LEN, "no error frame after {took:?}");
+        let head: [u8; HEADER_LEN] = got[..HEADER_LEN].try_into().unwrap();
+        let h = Header::decode(&head, 1 << 20).unwrap();
+        let msg = String::from_utf8_lossy(&got[HEADER_LEN..]).into_owned();
+        assert_eq!(h.kind, Kind::Error, "{msg}");
+        assert_eq!(h.status, ErrorCode::Transport.as_raw(), "{msg}");
+        assert!(msg.contains("payload did not arrive within 4"), "{msg}");
+        assert!(took < Duration::from_secs(10), "cut off after {took:?}");
+    }
+    assert_eq!(fresh.call("a", "echo", b"again").unwrap(), b"again");
+}
+
+#[test]
 fn connections_over_the_cap_are_refused_and_idle_ones_are_closed() {
     let scratch = Scratch::new("conn-cap");
     let dir = scratch.0.join("node");

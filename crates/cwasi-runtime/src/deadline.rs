@@ -140,6 +140,18 @@ pub const LOCAL_IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// that stalls this long is cut off with an error frame.
 pub const LOCAL_PHASE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The slowest a request's payload may arrive at, by default, in bytes per
+/// second (`cwasi serve --min-payload-kib-per-sec`): 256 KiB/s, 2 Mbit/s.
+pub const DEFAULT_MIN_PAYLOAD_RATE: u64 = 256 << 10;
+
+/// How long a payload of `len` bytes may take to arrive at a server, from
+/// its request's header on: one phase, plus its length at `min_rate` bytes
+/// per second. A slow sender that keeps each phase alive with a trickle is
+/// cut off at this budget.
+pub fn payload_budget(len: u64, min_rate: u64) -> Duration {
+    LOCAL_PHASE_TIMEOUT + Duration::from_secs_f64(len as f64 / min_rate.max(1) as f64)
+}
+
 /// How long past the call timeout a broker consumer holds a request before
 /// another consumer may take it over (its lease), and how long a request's
 /// payload key outlives the request's deadline: nodes' clocks may differ by

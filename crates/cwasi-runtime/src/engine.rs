@@ -272,20 +272,34 @@ pub struct Inspection {
     pub info: ModuleInfo,
 }
 
-/// Reads and compiles a module, on an engine of its own, and reports its
-/// digest and ABI surface; every failure names the file.
+/// Reads a module, on an engine of its own, and reports its digest and ABI
+/// surface; every failure names the file.
 pub fn inspect_module(path: &Path) -> Result<Inspection, RuntimeError> {
     let bytes = read_module_file(path, crate::config::Limits::default().max_module_bytes)?;
-    inspect_module_bytes(path, bytes.into())
+    inspect_module_bytes(path, &bytes)
 }
 
 /// [`inspect_module`] of a module already read (with
-/// [`read_module_file`]); `label` names it in errors.
-pub fn inspect_module_bytes(label: &Path, bytes: Arc<[u8]>) -> Result<Inspection, RuntimeError> {
+/// [`read_module_file`]); `label` names it in errors. A core module is
+/// validated and read without being compiled, so inspecting it takes
+/// little memory beyond its bytes; a component is compiled.
+pub fn inspect_module_bytes(label: &Path, bytes: &[u8]) -> Result<Inspection, RuntimeError> {
     let (engine, _ticker) = new_engine()?;
-    let module = load_module_bytes(&engine, bytes, label)?;
+    if is_component(bytes) || !bytes.starts_with(b"\0asm") {
+        let module = load_module_bytes(&engine, bytes.into(), label)?;
+        return Ok(Inspection {
+            digest: module.digest,
+            info: module.info,
+        });
+    }
+    let invalid = |message: String| RuntimeError::InvalidModule {
+        path: label.to_path_buf(),
+        message,
+    };
+    Module::validate(&engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+    let info = ModuleInfo::parse(bytes).map_err(|e| invalid(e.to_string()))?;
     Ok(Inspection {
-        digest: module.digest,
-        info: module.info,
+        digest: digest_of(bytes),
+        info,
     })
 }

@@ -60,7 +60,8 @@ pub fn local_requests(data: &[u8]) {
         return;
     }
     let writer = feed(peer, data);
-    let mut reader = RequestReader::new(server, Duration::from_millis(50));
+    // A rate slow enough that a payload's budget outlasts the feed.
+    let mut reader = RequestReader::new(server, Duration::from_millis(50), 1);
     while let Ok(request) = reader.next_request(FUZZ_MAX_PAYLOAD) {
         let h = request.header;
         let _ = (reader.target(&request), reader.inline_payload(&request));
@@ -150,6 +151,9 @@ pub fn direct_requests(data: &[u8]) {
         let (target, claim) =
             names[..h.target_len as usize + h.caller_len as usize].split_at(h.target_len as usize);
         let _ = (target, crate::identity::CallerIdentity::parse(claim));
+        // As the server starts each payload: its budget, and whether it is
+        // still arriving (which takes a place among arriving payloads).
+        let _arriving = conn.begin_payload(h.payload_len, 1);
         if conn.skip_payload(h.payload_len).is_err() {
             break;
         }
@@ -191,4 +195,73 @@ pub fn node_record(data: &[u8]) {
             let _ = crate::node_dir::decode_record(rest, name, namespace);
         }
     }
+}
+
+/// The admission of calls and handshakes by peer: `data` is a sequence of
+/// peers taking places and giving them back (what a crowd of connections
+/// does), run against the places for payloads still arriving, the places
+/// for TLS handshakes and a server's call slots. A place is given only
+/// while there is room in all and in the peer's share, and refused only
+/// when there is none; every place given back frees one.
+pub fn admission(data: &[u8]) {
+    use crate::transport::admission::{CallSlots, Shares};
+    use std::collections::HashMap;
+    let Some((&[cap, per_peer], ops)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let (cap, per_peer) = (usize::from(cap % 16) + 1, usize::from(per_peer % 16) + 1);
+    let shares: Shares<u8> = Shares::new(cap, per_peer);
+    let (cap, per_peer) = (shares.cap(), shares.per_peer());
+    let calls: CallSlots<u8> = CallSlots::new(cap);
+    let mut held = Vec::new();
+    let mut admitted = Vec::new();
+    let mut by_peer: HashMap<u8, usize> = HashMap::new();
+    for &op in ops {
+        let peer = op & 0x0f;
+        match op >> 4 {
+            // Take a place for `peer`, at once or not at all.
+            0..=7 => {
+                let mine = by_peer.get(&peer).copied().unwrap_or(0);
+                let room = held.len() < cap && mine < per_peer;
+                match shares.try_take(peer) {
+                    Some(share) => {
+                        assert!(room, "a place given past the cap or the peer's share");
+                        held.push((peer, share));
+                        *by_peer.entry(peer).or_insert(0) += 1;
+                    }
+                    None => assert!(!room, "a place refused while there was room"),
+                }
+            }
+            // Give one back.
+            8..=11 => {
+                if !held.is_empty() {
+                    let (peer, share) = held.swap_remove(usize::from(op) % held.len());
+                    drop(share);
+                    *by_peer.get_mut(&peer).expect("a holder") -= 1;
+                }
+            }
+            // Admit a call (its payload still arriving, or not) at once.
+            12 | 13 => {
+                if let Ok(call) = calls.admit(peer, op >> 4 == 12, Duration::ZERO) {
+                    admitted.push(call);
+                }
+                assert!(admitted.len() <= cap, "more calls admitted than slots");
+            }
+            // A call ends.
+            _ => {
+                if !admitted.is_empty() {
+                    admitted.swap_remove(usize::from(op) % admitted.len());
+                }
+            }
+        }
+    }
+    drop(held);
+    drop(admitted);
+    // Everything given back: every place is free again (for peers of one
+    // place each).
+    let all: Vec<_> = (0..cap).map(|i| shares.try_take(i as u8)).collect();
+    assert!(
+        all.iter().all(Option::is_some),
+        "a place was not given back"
+    );
 }

@@ -8,7 +8,7 @@ use cwasi_abi::{
     EXPORT_START, SEED_EXPORT_ALLOCATE, SEED_MODULE,
 };
 use wasmtime::component::Component;
-use wasmtime::{Engine, ExternType, FuncType, Module, ValType};
+use wasmtime::{Engine, ExternType, FuncType, Module};
 
 /// The interface a callable component exports (`wit/function.wit`), any
 /// 0.1.x version.
@@ -81,23 +81,98 @@ impl ModuleInfo {
         for exp in module.exports() {
             match exp.ty() {
                 ExternType::Memory(_) if exp.name() == EXPORT_MEMORY => info.memory = true,
-                ExternType::Func(f) => {
-                    let sig = signature(&f);
-                    match (exp.name(), sig.as_str()) {
-                        (EXPORT_START, "() -> ()") => info.start = true,
-                        (EXPORT_INITIALIZE, "() -> ()") => info.initialize = true,
-                        (EXPORT_ALLOC, "(i32) -> i32") => info.alloc = true,
-                        (EXPORT_HANDLE, "(i32, i32) -> i64") => info.handle = true,
-                        (EXPORT_ERROR, "() -> i64") => info.error = true,
-                        (SEED_EXPORT_ALLOCATE, "(i32) -> i32") => info.seed_allocate = true,
-                        _ => {}
-                    }
-                    info.function_exports.push((exp.name().to_string(), sig));
-                }
+                ExternType::Func(f) => info.export_function(exp.name(), signature(&f)),
                 _ => {}
             }
         }
         info
+    }
+
+    /// Reads the imports and exports of a core module from its bytes,
+    /// without compiling it (`cwasi inspect`: compiling a large module
+    /// takes several times its size in memory). The module must have been
+    /// validated; the result is what [`ModuleInfo::of`] reads from the
+    /// compiled module.
+    pub fn parse(bytes: &[u8]) -> Result<ModuleInfo, wasmparser::BinaryReaderError> {
+        use wasmparser::{CompositeInnerType, ExternalKind, Parser, Payload, TypeRef};
+        let mut info = ModuleInfo::default();
+        // The function types, by type index, and each function's type
+        // index, imported functions first.
+        let mut types: Vec<Option<wasmparser::FuncType>> = Vec::new();
+        let mut funcs: Vec<u32> = Vec::new();
+        let mut exports = Vec::new();
+        for payload in Parser::new(0).parse_all(bytes) {
+            match payload? {
+                Payload::TypeSection(reader) => {
+                    for group in reader {
+                        for sub in group?.into_types() {
+                            types.push(match sub.composite_type.inner {
+                                CompositeInnerType::Func(f) => Some(f),
+                                _ => None,
+                            });
+                        }
+                    }
+                }
+                Payload::ImportSection(reader) => {
+                    for import in reader.into_imports() {
+                        let import = import?;
+                        if let TypeRef::Func(t) = import.ty {
+                            funcs.push(t);
+                        }
+                        match import.module {
+                            CWASI_MODULE => info.cwasi_imports.push(import.name.to_string()),
+                            SEED_MODULE => info.seed_imports.push(import.name.to_string()),
+                            "wasi_snapshot_preview1" => info.wasi = true,
+                            other => info
+                                .unknown_imports
+                                .push(format!("{other}.{}", import.name)),
+                        }
+                    }
+                }
+                Payload::FunctionSection(reader) => {
+                    for t in reader {
+                        funcs.push(t?);
+                    }
+                }
+                Payload::ExportSection(reader) => {
+                    for export in reader {
+                        let export = export?;
+                        exports.push((export.name, export.kind, export.index));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (name, kind, index) in exports {
+            match kind {
+                ExternalKind::Memory if name == EXPORT_MEMORY => info.memory = true,
+                ExternalKind::Func => {
+                    let ty = funcs
+                        .get(index as usize)
+                        .and_then(|t| types.get(*t as usize))
+                        .and_then(Option::as_ref);
+                    let Some(ty) = ty else { continue };
+                    let sig = signature_of(ty.params(), ty.results());
+                    info.export_function(name, sig);
+                }
+                _ => {}
+            }
+        }
+        Ok(info)
+    }
+
+    /// Notes an exported function and what its name and signature make it.
+    fn export_function(&mut self, name: &str, sig: String) {
+        match (name, sig.as_str()) {
+            (EXPORT_START, "() -> ()") => self.start = true,
+            (EXPORT_INITIALIZE, "() -> ()") => self.initialize = true,
+            (EXPORT_ALLOC, "(i32) -> i32") => self.alloc = true,
+            (EXPORT_HANDLE, "(i32, i32) -> i64") => self.handle = true,
+            (EXPORT_ERROR, "() -> i64") => self.error = true,
+            (SEED_EXPORT_ALLOCATE, "(i32) -> i32") => self.seed_allocate = true,
+            _ => {}
+        }
+        self.function_exports.push((name.to_string(), sig));
     }
 
     /// Reads the imports and exports of a compiled component.
@@ -172,11 +247,21 @@ impl ModuleInfo {
 }
 
 fn signature(f: &FuncType) -> String {
-    let list = |tys: &mut dyn Iterator<Item = ValType>| {
-        tys.map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
-    };
-    let params = list(&mut f.params());
+    let params: Vec<String> = f.params().map(|t| t.to_string()).collect();
     let results: Vec<String> = f.results().map(|t| t.to_string()).collect();
+    signature_text(&params, results)
+}
+
+/// [`signature`] of a function type as the module's bytes give it.
+fn signature_of(params: &[wasmparser::ValType], results: &[wasmparser::ValType]) -> String {
+    let params: Vec<String> = params.iter().map(|t| t.to_string()).collect();
+    let results: Vec<String> = results.iter().map(|t| t.to_string()).collect();
+    signature_text(&params, results)
+}
+
+/// `(a, b) -> c`, `(a) -> ()`, `() -> (a, b)`.
+fn signature_text(params: &[String], results: Vec<String>) -> String {
+    let params = params.join(", ");
     let results = match results.len() {
         0 => "()".to_string(),
         1 => results[0].clone(),
@@ -235,5 +320,21 @@ impl fmt::Display for ModuleInfo {
             .map(|(n, s)| format!("{n} {s}"))
             .collect();
         write!(f, "ABI exports:           {}", none(&abi))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_module_read_from_its_bytes_offers_what_the_compiled_module_offers() {
+        let engine = Engine::default();
+        for (name, path) in test_programs_artifacts::ALL {
+            let bytes = std::fs::read(path).unwrap();
+            let module = Module::new(&engine, &bytes).unwrap();
+            let parsed = ModuleInfo::parse(&bytes).unwrap();
+            assert_eq!(parsed, ModuleInfo::of(&module), "{name}");
+        }
     }
 }

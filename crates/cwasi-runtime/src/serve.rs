@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::call::{CallMeta, Incoming, VecIo};
 use crate::config::Mode;
-use crate::deadline::LEASE_GRACE;
+use crate::deadline::{DEFAULT_MIN_PAYLOAD_RATE, LEASE_GRACE};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
 use crate::guest::invoke::{serve_call, CallerExchange};
@@ -55,6 +55,11 @@ pub struct ServeOptions {
     /// (`--drain-secs`): dropping the [`ServeHandle`] first withdraws the
     /// record and stops taking new connections, then waits up to this long.
     pub drain_timeout: Duration,
+    /// The slowest, in bytes per second, that a request's payload may
+    /// arrive at while it holds a call slot (`--min-payload-kib-per-sec`):
+    /// a payload of `n` bytes must be in within 2 s plus `n` at this rate,
+    /// or the request is cut off with an error frame.
+    pub min_payload_rate: u64,
 }
 
 impl Default for ServeOptions {
@@ -66,6 +71,7 @@ impl Default for ServeOptions {
             idle_timeout: Duration::from_secs(30),
             listen: None,
             drain_timeout: Duration::from_secs(10),
+            min_payload_rate: DEFAULT_MIN_PAYLOAD_RATE,
         }
     }
 }
@@ -265,6 +271,7 @@ pub(crate) fn serve(
         allowed_uids,
         idle_timeout: opts.idle_timeout,
         node: host.node.into(),
+        min_payload_rate: opts.min_payload_rate,
     };
     let local = LocalServer::start(listener, function.clone(), settings)?;
     let local_taking = local.taking();
@@ -323,6 +330,7 @@ fn serve_direct(
         max_connections: opts.max_connections,
         idle_timeout: opts.idle_timeout,
         identity: host.node_identity.clone(),
+        min_payload_rate: opts.min_payload_rate,
     };
     let server = DirectServer::start(
         listener,

@@ -11,8 +11,10 @@
 //!   failure means;
 //! - `socket`: one connection, plain or TLS, and its socket options;
 //! - `answered`: the server's memory of recent request ids;
-//! - `server`: [`DirectServer`], the accept loop and one connection's
-//!   requests;
+//! - `server`: [`DirectServer`], admission (handshakes, connections,
+//!   call slots) and one connection's requests;
+//! - `request`: the server's side of one connection, reading requests
+//!   under their deadlines;
 //! - `peer`: one node serving the callee, with its pool of connections;
 //! - `balance`: a node's load as the caller sees it, and the choice of the
 //!   less loaded of two nodes;
@@ -24,10 +26,12 @@ mod callers;
 pub(crate) mod client;
 mod config;
 pub(crate) mod peer;
+mod request;
 pub(crate) mod server;
 mod socket;
 mod tls;
 
 pub use config::{DataAddr, DirectConfig, TlsFiles};
-pub(crate) use server::{Conn, DirectServer, DirectSettings};
+pub(crate) use request::Conn;
+pub(crate) use server::{DirectServer, DirectSettings};
 pub(crate) use tls::DirectTls;

@@ -5,16 +5,25 @@
 //! the socket straight into the buffer the callee's `cwasi_alloc` returned,
 //! and the response is written from the callee's memory to the socket.
 //!
+//! Admission: a TLS connection first takes one of the places for
+//! handshakes in progress (a quarter of them per IP address), and must
+//! finish its handshake within [`HANDSHAKE_TIMEOUT`]; only then does it
+//! count toward the cap on connections. A peer that opens connections and
+//! never sends its ClientHello thus holds a few places for a second each,
+//! and never keeps authenticated peers out.
+//!
 //! Deadlines: a connection may sit idle between requests for the idle
 //! timeout; a request's header and target must arrive within
 //! [`LOCAL_PHASE_TIMEOUT`] of its first byte, and its payload must keep
-//! arriving (no read waits longer than that). A call slot is taken once
-//! the header is in, so a caller that stops sending mid-payload holds it
-//! for at most one such wait. Retries of answered requests are answered
-//! from [`Answered`].
+//! arriving (no read waits longer than that) and be in within its budget
+//! ([`payload_budget`]). A call slot is taken once the header is in; a
+//! request whose payload is not in yet also takes one of the places for
+//! payloads still arriving (half the slots, a quarter per IP address), so
+//! slow senders never hold every slot. Retries of answered requests are
+//! answered from [`Answered`].
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +33,8 @@ use rustls::ServerConfig;
 use super::answered::{Answer, Answered, Claim, RequestKey, KEEP_MAX};
 use super::callers::PeerCallers;
 use super::config::DataAddr;
-use super::socket::{is_own_timeout, tune, DataStream};
+use super::request::{Conn, ConnError};
+use super::socket::{tune, DataStream};
 use crate::call::{CallMeta, Incoming};
 use crate::config::Mode;
 use crate::deadline::{Deadline, LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
@@ -32,14 +42,20 @@ use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
 use crate::guest::invoke::{serve_call, Exchange};
 use crate::identity::CallerIdentity;
-use crate::transport::admission::{accept_until, AcceptThread, Connections, Slots, WarnBudget};
+use crate::transport::admission::{
+    accept_until, AcceptThread, Busy, CallSlots, ConnectionSlot, Connections, Share, Shares,
+    WarnBudget,
+};
 use crate::transport::local::wire::{
-    self, Header, Kind, WireError, HEADER_LEN, MAX_CALLER_LEN, MAX_TARGET_LEN,
+    self, Header, Kind, WireError, MAX_CALLER_LEN, MAX_TARGET_LEN,
 };
 use crate::transport::node_identity::NodeIdentity;
 
-/// How long a connection that is closed after an error is drained.
-const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long a TLS handshake may take from the accept on.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most TLS handshakes in progress at once (at most half the cap on
+/// connections); a quarter of them for one IP address.
+const MAX_HANDSHAKES: usize = 64;
 
 /// How a direct server admits connections and calls.
 #[derive(Debug, Clone)]
@@ -53,6 +69,9 @@ pub(crate) struct DirectSettings {
     /// This node's identity, which checks the node a caller claims against
     /// its certificate (with TLS).
     pub identity: Option<Arc<NodeIdentity>>,
+    /// The slowest a payload may arrive at, in bytes per second
+    /// (`deadline::payload_budget`).
+    pub min_payload_rate: u64,
 }
 
 /// A running direct server; dropping it stops accepting and joins the
@@ -78,9 +97,11 @@ impl DirectServer {
             })?,
         };
         let name = format!("cwasi-direct-{}", function.spec.name);
+        let handshakes = (settings.max_connections / 2).clamp(1, MAX_HANDSHAKES);
         let shared = Arc::new(Shared {
-            slots: Slots::new(settings.max_concurrent_calls),
+            calls: CallSlots::new(settings.max_concurrent_calls),
             connections: Connections::new(settings.max_connections),
+            handshakes: Shares::new(handshakes, handshakes / 4),
             warnings: WarnBudget::default(),
             answered: Answered::default(),
             function,
@@ -108,8 +129,11 @@ impl DirectServer {
 struct Shared {
     function: Arc<Function>,
     tls: Option<Arc<ServerConfig>>,
-    slots: Slots,
+    calls: CallSlots<IpAddr>,
+    /// Connections past their handshake (all of them, in plain TCP).
     connections: Connections,
+    /// TLS handshakes in progress, per IP address.
+    handshakes: Shares<IpAddr>,
     warnings: WarnBudget,
     answered: Answered,
     settings: DirectSettings,
@@ -120,16 +144,24 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
         let Ok(peer) = tcp.peer_addr() else {
             return;
         };
-        let Some(slot) = shared.connections.admit() else {
-            refuse_over_capacity(&tcp, peer, &shared);
-            return;
+        let admitted = if shared.tls.is_some() {
+            let Some(share) = shared.handshakes.try_take(peer.ip()) else {
+                refuse_handshake(&tcp, peer, &shared);
+                return;
+            };
+            Admission::Handshake(share)
+        } else {
+            let Some(slot) = shared.connections.admit() else {
+                refuse_over_capacity(&tcp, peer, &shared);
+                return;
+            };
+            Admission::Connection(slot)
         };
         let shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("cwasi-direct-conn".into())
             .spawn(move || {
-                let _slot = slot;
-                if let Err(e) = serve_connection(tcp, peer, &shared) {
+                if let Err(e) = serve_connection(tcp, peer, admitted, &shared) {
                     tracing::debug!(%peer, "direct connection closed: {e}");
                 }
             });
@@ -139,233 +171,92 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
     });
 }
 
-/// Refuses a connection over the cap on the accept thread, without
-/// blocking: a plain one gets an error frame first; a TLS one is closed
-/// before its handshake (the caller tries another node or the broker).
+/// What an accepted connection holds: a place among the handshakes in
+/// progress (TLS), or its place among the open connections (plain).
+enum Admission {
+    Handshake(Share<IpAddr>),
+    Connection(ConnectionSlot),
+}
+
+/// The message of a refusal for the cap on connections.
+fn over_capacity(shared: &Shared) -> String {
+    format!(
+        "'{}' has {} direct connections open, its limit; try again later",
+        shared.function.spec.name,
+        shared.connections.max()
+    )
+}
+
+/// Refuses a plain connection over the cap on the accept thread, without
+/// blocking: an error frame, and it is closed (the caller tries another
+/// node or the broker).
 fn refuse_over_capacity(tcp: &TcpStream, peer: SocketAddr, shared: &Shared) {
-    let max = shared.connections.max();
-    let msg = format!(
-        "'{}' has {max} direct connections open, its limit; try again later",
-        shared.function.spec.name
-    );
+    let msg = over_capacity(shared);
     if let Some(suppressed) = shared.warnings.allow() {
         tracing::warn!(suppressed, %peer, "refusing a direct connection: {msg}");
     }
-    if shared.tls.is_none() {
-        let _ = tcp.set_nonblocking(true);
-        let mut s = tcp;
-        let _ = wire::write_error(&mut s, 0, ErrorCode::ResourceLimit.as_raw(), &msg);
+    let _ = tcp.set_nonblocking(true);
+    let mut s = tcp;
+    let _ = wire::write_error(&mut s, 0, ErrorCode::ResourceLimit.as_raw(), &msg);
+    let _ = tcp.shutdown(std::net::Shutdown::Both);
+}
+
+/// Closes a TLS connection, before its handshake, that finds every place
+/// for handshakes of its address (or of all) taken. Nothing can be said
+/// before the handshake; the caller sees the connection close and tries
+/// another node or the broker.
+fn refuse_handshake(tcp: &TcpStream, peer: SocketAddr, shared: &Shared) {
+    if let Some(suppressed) = shared.warnings.allow() {
+        let (cap, per_ip) = (shared.handshakes.cap(), shared.handshakes.per_peer());
+        tracing::warn!(
+            suppressed,
+            %peer,
+            "refusing a direct connection: {per_ip} TLS handshakes from its address, or \
+             {cap} in all, are in progress (each may take {HANDSHAKE_TIMEOUT:?})"
+        );
     }
     let _ = tcp.shutdown(std::net::Shutdown::Both);
 }
 
-/// Why a connection ended.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ConnError {
-    #[error(transparent)]
-    Wire(#[from] WireError),
-    #[error("TLS handshake with {0} failed: {1}")]
-    Handshake(SocketAddr, io::Error),
-    #[error("protocol violation: {0}")]
-    Protocol(String),
-    #[error("the request's {0} did not arrive within {LOCAL_PHASE_TIMEOUT:?}")]
-    Stalled(&'static str),
-}
-
-impl From<io::Error> for ConnError {
-    fn from(e: io::Error) -> Self {
-        ConnError::Wire(WireError::Io(e))
-    }
-}
-
-/// How much of a connection's input is buffered: a request's header,
-/// target and a small payload arrive in one receive.
-const READ_BUFFER: usize = 16 << 10;
-
-/// One connection: its stream (whose socket's receive timeout is the phase
-/// timeout) and what was received and not yet taken.
-pub(crate) struct Conn {
-    stream: DataStream,
+fn serve_connection(
+    tcp: TcpStream,
     peer: SocketAddr,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-}
-
-impl Conn {
-    /// A connection from `peer`; sets its receive timeout.
-    fn new(stream: DataStream, peer: SocketAddr) -> io::Result<Conn> {
-        stream.tcp().set_read_timeout(Some(LOCAL_PHASE_TIMEOUT))?;
-        Ok(Conn {
-            stream,
-            peer,
-            buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        })
-    }
-
-    /// A plain connection from `peer` (for the fuzz target).
-    pub(crate) fn plain(tcp: TcpStream, peer: SocketAddr) -> io::Result<Conn> {
-        Conn::new(DataStream::Plain(tcp), peer)
-    }
-
-    /// Reads into the buffer once (at most one socket timeout, which is
-    /// the phase timeout); `Ok(0)` at the end of the stream.
-    fn fill_once(&mut self) -> io::Result<usize> {
-        if self.start == self.end {
-            (self.start, self.end) = (0, 0);
-        } else if self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            (self.start, self.end) = (0, self.end - self.start);
-        }
-        loop {
-            match self.stream.read(&mut self.buf[self.end..]) {
-                Ok(n) => {
-                    self.end += n;
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Copies exactly `out.len()` bytes from the buffer and the stream, the
-    /// whole of it due by `deadline` (checked at every read).
-    fn read_by(
-        &mut self,
-        out: &mut [u8],
-        deadline: Deadline,
-        phase: &'static str,
-    ) -> Result<(), ConnError> {
-        while self.end - self.start < out.len() {
-            if deadline.is_expired() {
-                return Err(ConnError::Stalled(phase));
-            }
-            match self.fill_once() {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
-                Ok(_) => {}
-                Err(e) if is_own_timeout(&e) => return Err(ConnError::Stalled(phase)),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        out.copy_from_slice(&self.buf[self.start..self.start + out.len()]);
-        self.start += out.len();
-        Ok(())
-    }
-
-    /// Waits up to `idle` for the next request and reads its header and
-    /// target (into `target`), both due within the phase timeout of its
-    /// first byte; its payload is left to read. `None`: the peer closed
-    /// the connection or left it idle.
-    ///
-    /// One receive usually brings the header, the target and a small
-    /// payload together; they are buffered, and the socket's timeout stays
-    /// the phase timeout (an idle wait is several of them), so a request
-    /// costs no `setsockopt`.
-    pub(crate) fn next_request(
-        &mut self,
-        idle: Duration,
-        max_payload: u64,
-        names: &mut [u8; MAX_TARGET_LEN + MAX_CALLER_LEN],
-    ) -> Result<Option<Header>, ConnError> {
-        let idle_since = Instant::now();
-        while self.start == self.end {
-            match self.fill_once() {
-                Ok(0) => return Ok(None),
-                Ok(_) => {}
-                Err(e) if is_own_timeout(&e) && idle_since.elapsed() < idle => {}
-                Err(e) if is_own_timeout(&e) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let phase = Deadline::after(LOCAL_PHASE_TIMEOUT);
-        let mut head = [0u8; HEADER_LEN];
-        self.read_by(&mut head, phase, "header")?;
-        let h = Header::decode(&head, max_payload)?;
-        if h.kind != Kind::Request || h.flags != 0 || h.target_len == 0 || h.caller_len == 0 {
-            return Err(ConnError::Protocol(format!(
-                "expected a request with a target, a caller and an inline payload, got {:?} \
-                 (flags {:#x}, target length {}, caller length {})",
-                h.kind, h.flags, h.target_len, h.caller_len
-            )));
-        }
-        let len = h.target_len as usize + h.caller_len as usize;
-        self.read_by(&mut names[..len], phase, "target and caller")?;
-        Ok(Some(h))
-    }
-
-    /// Reads exactly `out` (a payload): what is buffered, then straight
-    /// from the socket into `out`, each read due within the phase timeout.
-    fn read_payload(&mut self, out: &mut [u8]) -> io::Result<()> {
-        let buffered = (self.end - self.start).min(out.len());
-        out[..buffered].copy_from_slice(&self.buf[self.start..self.start + buffered]);
-        self.start += buffered;
-        self.stream.read_exact(&mut out[buffered..]).map_err(|e| {
-            if is_own_timeout(&e) {
-                io::Error::new(io::ErrorKind::TimedOut, ConnError::Stalled("payload"))
-            } else {
-                e
-            }
-        })
-    }
-
-    /// Reads and drops a payload of `len` bytes, keeping the stream in step.
-    pub(crate) fn skip_payload(&mut self, len: u64) -> io::Result<()> {
-        let mut scratch = vec![0u8; (len as usize).min(64 << 10)];
-        let mut left = len;
-        while left > 0 {
-            let n = (left as usize).min(scratch.len());
-            self.read_payload(&mut scratch[..n])?;
-            left -= n as u64;
-        }
-        Ok(())
-    }
-
-    /// Writes a whole frame and flushes it.
-    fn send(&mut self, h: &Header, payload: &[u8]) -> io::Result<()> {
-        wire::write_frame(&mut self.stream, h, &[], payload)?;
-        self.stream.flush()
-    }
-
-    fn send_error(&mut self, id: u64, e: &CallError) -> io::Result<()> {
-        wire::write_error(&mut self.stream, id, e.code.as_raw(), &e.message)?;
-        self.stream.flush()
-    }
-
-    /// Tells the peer why the connection ends, then drains and closes it.
-    fn refuse(&mut self, id: u64, e: ConnError, warnings: &WarnBudget) -> ConnError {
-        if let Some(suppressed) = warnings.allow() {
-            tracing::warn!(suppressed, peer = %self.peer, "closing a direct connection: {e}");
-        }
-        let _ = wire::write_error(
-            &mut self.stream,
-            id,
-            ErrorCode::Transport.as_raw(),
-            &e.to_string(),
-        );
-        let _ = self.stream.flush();
-        let tcp = self.stream.tcp();
-        let _ = tcp.shutdown(std::net::Shutdown::Write);
-        let _ = tcp.set_read_timeout(Some(DRAIN_TIMEOUT));
-        let _ = io::copy(&mut tcp.take(1 << 20), &mut io::sink());
-        e
-    }
-}
-
-fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<(), ConnError> {
+    admitted: Admission,
+    shared: &Shared,
+) -> Result<(), ConnError> {
     tune(&tcp)?;
     tcp.set_read_timeout(Some(LOCAL_PHASE_TIMEOUT))?;
     tcp.set_write_timeout(Some(LOCAL_IO_TIMEOUT))?;
     let mut stream = DataStream::server(tcp, shared.tls.as_ref())?;
-    if let Err(e) = stream.handshake() {
+    stream.set_read_due(Some(Instant::now() + HANDSHAKE_TIMEOUT));
+    let shook = stream.handshake();
+    stream.set_read_due(None);
+    if let Err(e) = shook {
         let e = ConnError::Handshake(peer, e);
         if let Some(suppressed) = shared.warnings.allow() {
             tracing::warn!(suppressed, "refusing a direct connection: {e}");
         }
         return Err(e);
     }
+    // Past its handshake, a TLS connection counts toward the cap; over it,
+    // it is told so (the caller tries another node or the broker).
+    let _slot = match admitted {
+        Admission::Connection(slot) => slot,
+        Admission::Handshake(share) => {
+            drop(share);
+            let Some(slot) = shared.connections.admit() else {
+                let msg = over_capacity(shared);
+                if let Some(suppressed) = shared.warnings.allow() {
+                    tracing::warn!(suppressed, %peer, "refusing a direct connection: {msg}");
+                }
+                let _ = wire::write_error(&mut stream, 0, ErrorCode::ResourceLimit.as_raw(), &msg);
+                let _ = stream.flush();
+                let _ = stream.tcp().shutdown(std::net::Shutdown::Both);
+                return Ok(());
+            };
+            slot
+        }
+    };
     let proof = match (stream.peer_certificate(), &shared.settings.identity) {
         (Some(cert), Some(identity)) => Some((cert, identity.clone())),
         _ => None,
@@ -387,7 +278,12 @@ fn serve_connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Result
         let (target, claim) =
             names[..h.target_len as usize + h.caller_len as usize].split_at(h.target_len as usize);
         let caller = callers.identify(claim);
-        handle_request(&mut conn, &h, (target, caller), shared)?;
+        match handle_request(&mut conn, &h, (target, caller), shared) {
+            Ok(()) => {}
+            // A payload that stalled or came too slowly: the peer is told.
+            Err(e) if e.is_late() => return Err(conn.refuse(h.id, e, &shared.warnings)),
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -400,6 +296,7 @@ fn handle_request(
     shared: &Shared,
 ) -> Result<(), ConnError> {
     let f = &shared.function;
+    let arriving = conn.begin_payload(h.payload_len, shared.settings.min_payload_rate);
     let refuse_call = |conn: &mut Conn, e: CallError| -> Result<(), ConnError> {
         conn.skip_payload(h.payload_len)?;
         conn.send_error(h.id, &e)?;
@@ -451,17 +348,27 @@ fn handle_request(
         }
         return Ok(());
     }
-    if shared.slots.acquire(call.deadline.remaining()).is_none() {
-        shared.answered.finish(key, Answer::NotKept);
-        let e = CallError::new(
-            ErrorCode::ResourceLimit,
-            format!(
-                "'{}' is busy: no call slot freed within the timeout",
-                f.spec.name
-            ),
-        );
-        return refuse_call(conn, e);
-    }
+    let mut admitted = match shared
+        .calls
+        .admit(conn.peer.ip(), arriving, call.deadline.remaining())
+    {
+        Ok(a) => a,
+        Err(busy) => {
+            shared.answered.finish(key, Answer::NotKept);
+            let why = match busy {
+                Busy::Slots => "no call slot freed within the timeout".to_string(),
+                Busy::Arriving { cap, per_peer } => format!(
+                    "{cap} payloads are still arriving ({per_peer} from one address at most), \
+                     and none finished within the timeout"
+                ),
+            };
+            let e = CallError::new(
+                ErrorCode::ResourceLimit,
+                format!("'{}' is busy: {why}", f.spec.name),
+            );
+            return refuse_call(conn, e);
+        }
+    };
     let mut exchange = SocketExchange {
         conn,
         id: h.id,
@@ -470,9 +377,10 @@ fn handle_request(
         responded: false,
         kept: None,
         broken: None,
+        arrival: admitted.arrival.take(),
     };
     let result = serve_call(f, call.reissued(), Mode::RemoteDirect, &mut exchange);
-    shared.slots.release();
+    drop(admitted);
     let answer = match (&result, exchange.kept.take()) {
         (_, Some(kept)) => Answer::Response(kept),
         (Err(e), None) if !exchange.responded && exchange.broken.is_none() => {
@@ -507,6 +415,9 @@ struct SocketExchange<'a> {
     /// A copy of a response small enough to keep for a retry.
     kept: Option<Vec<u8>>,
     broken: Option<io::Error>,
+    /// The request's place among payloads still arriving, until its
+    /// payload is in.
+    arrival: Option<Share<IpAddr>>,
 }
 
 impl SocketExchange<'_> {
@@ -524,7 +435,9 @@ impl Exchange for SocketExchange<'_> {
 
     fn read_request(&mut self, dst: &mut [u8]) -> Result<(), CallError> {
         self.request_read = true;
-        self.conn.read_payload(dst).map_err(|e| self.lost(e))
+        let read = self.conn.read_payload(dst);
+        self.arrival = None;
+        read.map_err(|e| self.lost(e))
     }
 
     fn write_response(&mut self, response: &[u8]) -> Result<(), CallError> {

@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
@@ -28,7 +28,43 @@ pub(crate) enum DataStream {
     /// TLS, as the caller.
     Client(Box<StreamOwned<ClientConnection, TcpStream>>),
     /// TLS, as the server.
-    Server(Box<StreamOwned<ServerConnection, TcpStream>>),
+    Server(Box<StreamOwned<ServerConnection, DueSocket>>),
+}
+
+/// A server's TCP socket under TLS, with a time by which reads must be
+/// done: rustls reads a record whole before it returns any of it, so a
+/// peer that trickles a record (or its ClientHello) a byte at a time would
+/// keep a read going for as long as it likes. Each read of the socket
+/// checks the time, and fails with `TimedOut` past it.
+pub(crate) struct DueSocket {
+    tcp: TcpStream,
+    due: Option<Instant>,
+}
+
+impl Read for DueSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.due.is_some_and(|due| Instant::now() >= due) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer did not send in time",
+            ));
+        }
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for DueSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.tcp.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
 }
 
 impl DataStream {
@@ -37,7 +73,16 @@ impl DataStream {
         match self {
             DataStream::Plain(s) => s,
             DataStream::Client(s) => &s.sock,
-            DataStream::Server(s) => &s.sock,
+            DataStream::Server(s) => &s.sock.tcp,
+        }
+    }
+
+    /// Sets the time by which reads must be done, on the server's side of
+    /// a TLS connection (see [`DueSocket`]); `None` lifts it. Plain reads
+    /// return whatever arrived, so their callers check the time themselves.
+    pub fn set_read_due(&mut self, due: Option<Instant>) {
+        if let DataStream::Server(s) = self {
+            s.sock.due = due;
         }
     }
 
@@ -71,7 +116,8 @@ impl DataStream {
             None => DataStream::Plain(tcp),
             Some(config) => {
                 let conn = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
-                DataStream::Server(Box::new(StreamOwned::new(conn, tcp)))
+                let sock = DueSocket { tcp, due: None };
+                DataStream::Server(Box::new(StreamOwned::new(conn, sock)))
             }
         })
     }
@@ -119,8 +165,8 @@ impl Write for DataStream {
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match self {
             DataStream::Plain(s) => s.write_vectored(bufs),
-            DataStream::Client(s) => s.write_vectored(bufs),
-            DataStream::Server(s) => s.write_vectored(bufs),
+            DataStream::Client(s) => write_gathered(s, bufs),
+            DataStream::Server(s) => write_gathered(s, bufs),
         }
     }
 
@@ -131,6 +177,26 @@ impl Write for DataStream {
             DataStream::Server(s) => s.flush(),
         }
     }
+}
+
+/// Most bytes a vectored TLS write gathers into one record.
+const GATHER_MAX: usize = 16 << 10;
+
+/// A vectored write through rustls, which would send each slice as a TLS
+/// record of its own: a small frame's slices (header, names, payload) are
+/// gathered first, so that the frame goes as one record and arrives whole
+/// in the peer's first read (a server counts a request whose payload it
+/// does not hold yet as still arriving).
+fn write_gathered(w: &mut impl Write, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    if bufs.len() < 2 || total > GATHER_MAX {
+        return w.write_vectored(bufs);
+    }
+    let mut one = Vec::with_capacity(total);
+    for b in bufs {
+        one.extend_from_slice(b);
+    }
+    w.write(&one)
 }
 
 /// Sets the options every data-plane socket gets.

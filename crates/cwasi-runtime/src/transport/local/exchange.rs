@@ -14,6 +14,7 @@ use super::slot::{
 use super::wire::{self, Header, Kind};
 use crate::error::{CallError, ErrorCode};
 use crate::guest::invoke::Exchange;
+use crate::transport::admission::Share;
 
 /// Where a request came from.
 #[derive(Clone, Copy)]
@@ -51,6 +52,9 @@ pub(crate) struct ConnExchange<'a> {
     pub answered: bool,
     /// The connection's own failure, if it broke.
     pub broken: Option<io::Error>,
+    /// The request's place among payloads still arriving, until its
+    /// payload is in.
+    pub arrival: Option<Share<i32>>,
 }
 
 impl ConnExchange<'_> {
@@ -60,13 +64,21 @@ impl ConnExchange<'_> {
         err
     }
 
+    /// Whether the request's payload is still arriving: a pipelined one,
+    /// which streams into the callee while the caller sends it.
+    pub fn arriving(&self) -> bool {
+        matches!(self.incoming, Incoming::Frame(request) if request.header.chunked())
+    }
+
     /// Consumes a payload the server will not use (progress counts of a
     /// pipelined one), keeping the stream in step. An inline payload is
     /// already read, and one in the region needs nothing.
     pub fn skip_request(&mut self) -> io::Result<()> {
         match self.incoming {
             Incoming::Frame(request) if request.header.chunked() => {
-                recv_payload(self.reader, self.shm, &request.header, &mut [])
+                let skipped = recv_payload(self.reader, self.shm, &request.header, &mut []);
+                self.arrival = None;
+                skipped
             }
             _ => Ok(()),
         }
@@ -131,7 +143,9 @@ impl Exchange for ConnExchange<'_> {
                 Ok(())
             }
             Incoming::Frame(request) => {
-                recv_payload(self.reader, self.shm, &request.header, dst).map_err(|e| self.lost(e))
+                let read = recv_payload(self.reader, self.shm, &request.header, dst);
+                self.arrival = None;
+                read.map_err(|e| self.lost(e))
             }
         }
     }

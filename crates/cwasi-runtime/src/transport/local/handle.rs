@@ -1,6 +1,7 @@
 //! Running one request that a local server's connection took: the checks
 //! of its target and depth, a call slot (waited for, or declined at once
-//! for a request that asked not to wait), and the callee.
+//! for a request that asked not to wait) and, for a payload still arriving,
+//! a place among those, and the callee.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use crate::guest::function::Function;
 use crate::guest::invoke::serve_call;
 use crate::identity::CallerIdentity;
 use crate::trace::TraceContext;
-use crate::transport::admission::Slots;
+use crate::transport::admission::{Busy, CallSlots};
 
 /// What a request says about its call, from the slot or its frame.
 pub(super) struct RequestInfo {
@@ -31,6 +32,9 @@ pub(super) struct RequestInfo {
     /// Who calls, as the peer's credentials allow (an invalid claim: the
     /// refusal).
     pub caller: Result<Arc<CallerIdentity>, CallError>,
+    /// The peer process (its pid), whose share of the places for arriving
+    /// payloads the request takes.
+    pub peer: i32,
 }
 
 /// Runs one request: checks its target, depth and a call slot, then
@@ -43,10 +47,11 @@ pub(super) fn handle_request(
         trace,
         no_queue,
         caller,
+        peer,
     }: RequestInfo,
     exchange: &mut ConnExchange<'_>,
     f: &Function,
-    slots: &Slots,
+    calls: &CallSlots<i32>,
 ) -> Result<(), CallError> {
     if target != f.spec.name.as_bytes() {
         return Err(CallError::new(
@@ -73,8 +78,19 @@ pub(super) fn handle_request(
     } else {
         call.deadline.remaining()
     };
-    let Some(queued) = slots.acquire(wait) else {
-        if no_queue {
+    let mut admitted = match calls.admit(peer, exchange.arriving(), wait) {
+        Ok(a) => a,
+        Err(Busy::Arriving { cap, per_peer }) => {
+            return Err(CallError::new(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "'{}' is busy: {cap} payloads are still arriving ({per_peer} from one \
+                     caller process at most), and none finished within the timeout",
+                    f.spec.name
+                ),
+            ))
+        }
+        Err(Busy::Slots) if no_queue => {
             // Nothing ran: the caller takes another path (answered with
             // the declined kind, `RESPONSE_DECLINED`).
             return Err(CallError::new(
@@ -83,21 +99,24 @@ pub(super) fn handle_request(
             )
             .before_taken());
         }
-        return Err(CallError::new(
-            ErrorCode::ResourceLimit,
-            format!(
-                "'{}' is busy: no call slot freed within the timeout",
-                f.spec.name
-            ),
-        ));
+        Err(Busy::Slots) => {
+            return Err(CallError::new(
+                ErrorCode::ResourceLimit,
+                format!(
+                    "'{}' is busy: no call slot freed within the timeout",
+                    f.spec.name
+                ),
+            ))
+        }
     };
+    exchange.arrival = admitted.arrival.take();
     // The caller's spill-over reads it with the answer.
-    let queued_us = u32::try_from(queued.as_micros()).unwrap_or(u32::MAX);
+    let queued_us = u32::try_from(admitted.queued.as_micros()).unwrap_or(u32::MAX);
     exchange
         .control
         .word(RESP_QUEUED_US)
         .store(queued_us, Ordering::Relaxed);
     let result = serve_call(f, call.reissued(), Mode::Local, exchange);
-    slots.release();
+    drop(admitted);
     result
 }

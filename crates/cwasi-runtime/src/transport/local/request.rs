@@ -8,8 +8,11 @@
 //! payload. An inline payload (under [`SHM_THRESHOLD`]) is read whole
 //! before the request is handed on, so a caller that stops half-way never
 //! holds a call slot; a payload in the shared region is complete when its
-//! header arrives, and a pipelined one holds a slot for at most one phase
-//! without progress.
+//! header arrives. A pipelined one streams into the callee while it
+//! arrives, so it holds a call slot: it must arrive whole within its
+//! budget ([`payload_budget`]), however it trickles, and the server lets
+//! only some of its slots, and fewer per peer, be held by such payloads
+//! (`server.rs`).
 
 use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
@@ -17,7 +20,7 @@ use std::time::Duration;
 
 use super::shm::{is_peer_gone, is_timeout, PayloadSource, SHM_THRESHOLD};
 use super::wire::{Header, Kind, WireError, HEADER_LEN, MAX_CALLER_LEN, MAX_TARGET_LEN};
-use crate::deadline::{Deadline, LOCAL_PHASE_TIMEOUT};
+use crate::deadline::{payload_budget, Deadline, LOCAL_PHASE_TIMEOUT};
 
 /// Room for the largest request that travels whole on the socket: header,
 /// target name and an inline payload.
@@ -60,16 +63,23 @@ pub(crate) struct RequestReader {
     idle: Duration,
     /// The current phase's deadline; `None` while waiting for a request.
     deadline: Option<Deadline>,
-    /// What the phase is, for the error.
+    /// What the phase is, and how long it may take, for the error.
     phase: &'static str,
+    limit: Duration,
+    /// The slowest a pipelined payload may arrive at, in bytes per second.
+    min_rate: u64,
+    /// When the current request's pipelined payload is due whole, and its
+    /// budget.
+    payload_due: Option<(Deadline, Duration)>,
     /// The receive timeout as last set on the socket.
     armed: Option<Duration>,
 }
 
 impl RequestReader {
     /// A reader of `stream` that lets it sit idle for `idle` between
-    /// requests.
-    pub fn new(stream: UnixStream, idle: Duration) -> RequestReader {
+    /// requests, and takes pipelined payloads at `min_rate` bytes per
+    /// second or faster.
+    pub fn new(stream: UnixStream, idle: Duration, min_rate: u64) -> RequestReader {
         RequestReader {
             stream,
             buf: vec![0u8; BUFFER_LEN].into_boxed_slice(),
@@ -78,6 +88,9 @@ impl RequestReader {
             idle,
             deadline: None,
             phase: "header",
+            limit: LOCAL_PHASE_TIMEOUT,
+            min_rate,
+            payload_due: None,
             armed: None,
         }
     }
@@ -98,6 +111,7 @@ impl RequestReader {
         self.start = 0;
         self.deadline = None;
         self.phase = "header";
+        self.payload_due = None;
         match self.fill(1) {
             Ok(()) => {}
             Err(e) if is_peer_gone(&e) || is_timeout(&e) => return Err(RequestError::Ended),
@@ -125,6 +139,10 @@ impl RequestReader {
             return Err(RequestError::Protocol(
                 "a request must name its caller (caller length 0)".into(),
             ));
+        }
+        if header.chunked() {
+            let budget = payload_budget(header.payload_len, self.min_rate);
+            self.payload_due = Some((Deadline::after(budget), budget));
         }
         let target = self.take("target name", header.target_len as usize)?;
         let caller = self.take("caller identity", header.caller_len as usize)?;
@@ -175,13 +193,14 @@ impl RequestReader {
 
     fn start_phase(&mut self, phase: &'static str) {
         self.phase = phase;
+        self.limit = LOCAL_PHASE_TIMEOUT;
         self.deadline = Some(Deadline::after(LOCAL_PHASE_TIMEOUT));
     }
 
     fn fill_or_stall(&mut self, len: usize) -> Result<(), RequestError> {
         self.fill(len).map_err(|e| {
             if is_timeout(&e) {
-                RequestError::Stalled(self.phase, LOCAL_PHASE_TIMEOUT)
+                RequestError::Stalled(self.phase, self.limit)
             } else {
                 RequestError::Wire(WireError::Io(e))
             }
@@ -248,12 +267,14 @@ impl Read for RequestReader {
     /// phase's deadline (a pipelined payload's progress counts).
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.start == self.end {
-            self.arm()?;
-            return (&self.stream).read(out).map_err(|e| {
+            // A phase already over fails in `arm`, a phase that runs out
+            // while waiting in the read: both say which phase stalled.
+            let read = self.arm().and_then(|()| (&self.stream).read(out));
+            return read.map_err(|e| {
                 if is_timeout(&e) {
                     io::Error::new(
                         io::ErrorKind::TimedOut,
-                        RequestError::Stalled(self.phase, LOCAL_PHASE_TIMEOUT),
+                        RequestError::Stalled(self.phase, self.limit),
                     )
                 } else {
                     e
@@ -268,8 +289,17 @@ impl Read for RequestReader {
 }
 
 impl PayloadSource for RequestReader {
+    /// The next progress count is due within a phase, and by the time the
+    /// whole payload is due.
     fn next_step(&mut self) {
         self.start_phase("progress count");
+        if let (Some((due, budget)), Some(phase)) = (self.payload_due, self.deadline) {
+            if due.instant() <= phase.instant() {
+                self.deadline = Some(due);
+                self.phase = "payload";
+                self.limit = budget;
+            }
+        }
     }
 }
 
@@ -296,7 +326,7 @@ mod tests {
         let mut wire = request(b"echo", b"one");
         wire.extend(request(b"sink", &[7u8; 1000]));
         a.write_all(&wire).unwrap();
-        let mut r = RequestReader::new(b, Duration::from_secs(5));
+        let mut r = RequestReader::new(b, Duration::from_secs(5), 1 << 20);
         let first = r.next_request(1 << 20).unwrap();
         assert_eq!(
             (r.target(&first), r.inline_payload(&first)),
@@ -320,7 +350,7 @@ mod tests {
                     .unwrap();
             }
         });
-        let mut r = RequestReader::new(b, Duration::from_secs(5));
+        let mut r = RequestReader::new(b, Duration::from_secs(5), 1 << 20);
         for size in sizes {
             let req = r.next_request(1 << 20).unwrap();
             assert_eq!(r.target(&req), b"echo", "before the {size}-byte payload");
@@ -332,7 +362,7 @@ mod tests {
     #[test]
     fn an_idle_connection_just_ends() {
         let (_a, b) = UnixStream::pair().unwrap();
-        let mut r = RequestReader::new(b, Duration::from_millis(50));
+        let mut r = RequestReader::new(b, Duration::from_millis(50), 1 << 20);
         assert!(matches!(r.next_request(1 << 20), Err(RequestError::Ended)));
     }
 
@@ -340,7 +370,7 @@ mod tests {
     fn a_target_of_length_zero_and_oversized_inline_payloads_are_refused() {
         let (mut a, b) = UnixStream::pair().unwrap();
         a.write_all(&request(b"", b"x")).unwrap();
-        let mut r = RequestReader::new(b, Duration::from_secs(5));
+        let mut r = RequestReader::new(b, Duration::from_secs(5), 1 << 20);
         let e = r.next_request(1 << 20).err().unwrap().to_string();
         assert!(e.contains("must name its target"), "{e}");
 
@@ -349,7 +379,7 @@ mod tests {
         h.target_len = 4;
         a.write_all(&h.encode()).unwrap();
         a.write_all(b"echo").unwrap();
-        let mut r = RequestReader::new(b, Duration::from_secs(5));
+        let mut r = RequestReader::new(b, Duration::from_secs(5), 1 << 20);
         let e = r.next_request(1 << 20).err().unwrap().to_string();
         assert!(e.contains("must name its caller"), "{e}");
 
@@ -360,7 +390,7 @@ mod tests {
         h.payload_len = SHM_THRESHOLD as u64;
         a.write_all(&h.encode()).unwrap();
         a.write_all(b"echons/@n1").unwrap();
-        let mut r = RequestReader::new(b, Duration::from_secs(5));
+        let mut r = RequestReader::new(b, Duration::from_secs(5), 1 << 20);
         let e = r.next_request(1 << 30).err().unwrap().to_string();
         assert!(e.contains("shared region"), "{e}");
     }

@@ -32,7 +32,7 @@ use super::wire::{self, Header, Kind, WireError, HEADER_LEN, MAX_CALLER_LEN, MAX
 use crate::deadline::{LOCAL_IO_TIMEOUT, LOCAL_PHASE_TIMEOUT};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::Function;
-use crate::transport::admission::{accept_until, AcceptThread, Connections, Slots, WarnBudget};
+use crate::transport::admission::{accept_until, AcceptThread, CallSlots, Connections, WarnBudget};
 
 /// How long a refused connection is drained before it is closed.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
@@ -50,6 +50,9 @@ pub(crate) struct ServerSettings {
     pub idle_timeout: Duration,
     /// This node's name: the node of every local caller.
     pub node: Arc<str>,
+    /// The slowest a pipelined payload may arrive at, in bytes per second
+    /// (`deadline::payload_budget`).
+    pub min_payload_rate: u64,
 }
 
 /// A running local server; dropping it stops accepting, joins the accept
@@ -88,7 +91,7 @@ impl LocalServer {
     ) -> Result<LocalServer, RuntimeError> {
         let name = format!("cwasi-serve-{}", function.spec.name);
         let shared = Arc::new(Shared {
-            slots: Slots::new(settings.max_concurrent_calls),
+            calls: CallSlots::new(settings.max_concurrent_calls),
             connections: Connections::new(settings.max_connections),
             warnings: WarnBudget::default(),
             function,
@@ -121,7 +124,7 @@ impl LocalServer {
 
 struct Shared {
     function: Arc<Function>,
-    slots: Slots,
+    calls: CallSlots<i32>,
     /// Connections open now.
     connections: Connections,
     warnings: WarnBudget,
@@ -289,7 +292,11 @@ fn serve_connection(stream: UnixStream, shared: &Shared) -> Result<(), ConnError
     let control = shm.control().clone();
     let watch = Watch::new(stream.as_fd(), control.clone(), SERVER.bell, true)?;
     let mut conn = ServerConn {
-        reader: RequestReader::new(stream, shared.settings.idle_timeout),
+        reader: RequestReader::new(
+            stream,
+            shared.settings.idle_timeout,
+            shared.settings.min_payload_rate,
+        ),
         shm,
         control,
         watch,
@@ -297,6 +304,7 @@ fn serve_connection(stream: UnixStream, shared: &Shared) -> Result<(), ConnError
         habit: SpinHabit::new(),
         max_payload,
         callers,
+        pid,
     };
     let result = conn.serve(shared);
     // The watch goes before the socket closes (see `hangup.rs`).
@@ -317,6 +325,8 @@ struct ServerConn {
     max_payload: u64,
     /// Who the peer's requests come from.
     callers: PeerCallers,
+    /// The peer's process id.
+    pid: i32,
 }
 
 /// What woke the server.
@@ -442,6 +452,7 @@ impl ServerConn {
             request_read: false,
             answered: false,
             broken: None,
+            arrival: None,
         };
         let info = RequestInfo {
             depth: slot.depth,
@@ -449,8 +460,9 @@ impl ServerConn {
             trace: slot.trace,
             no_queue: slot.no_queue,
             caller,
+            peer: self.pid,
         };
-        let result = handle_request(target, info, &mut exchange, &shared.function, &shared.slots);
+        let result = handle_request(target, info, &mut exchange, &shared.function, &shared.calls);
         finish(exchange, result, 0, shared)
     }
 
@@ -473,6 +485,7 @@ impl ServerConn {
             request_read: false,
             answered: false,
             broken: None,
+            arrival: None,
         };
         let info = RequestInfo {
             depth: h.depth,
@@ -480,13 +493,14 @@ impl ServerConn {
             trace: h.trace,
             no_queue: false,
             caller,
+            peer: self.pid,
         };
         let result = handle_request(
             &target,
             info,
             &mut exchange,
             &shared.function,
-            &shared.slots,
+            &shared.calls,
         );
         finish(exchange, result, h.id, shared)
     }

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::RuntimeError;
 
+mod shares;
+
+pub(crate) use shares::{Share, Shares};
+
 /// A server's accept thread. Dropping it stops the thread and joins it
 /// (connections in progress finish on their own threads).
 pub(crate) struct AcceptThread {
@@ -191,6 +195,75 @@ impl Slots {
         if wake {
             self.cv.notify_one();
         }
+    }
+}
+
+/// What a server's call takes before it runs: a call slot and, while its
+/// request's payload is still arriving, one of the places for such
+/// requests ([`Shares::half_of`] the slots, and fewer per peer). A slow
+/// sender holds its slot while its payload streams into the callee; this
+/// keeps slow senders, and any one peer, from holding every slot.
+pub(crate) struct CallSlots<K: Copy + Eq + std::hash::Hash> {
+    slots: Slots,
+    arriving: Shares<K>,
+}
+
+/// Why a call was not admitted in time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Busy {
+    /// Every call slot stayed taken.
+    Slots,
+    /// The places for payloads still arriving stayed taken: `cap` in all,
+    /// `per_peer` for one peer.
+    Arriving { cap: usize, per_peer: usize },
+}
+
+/// An admitted call: its slot, given back when dropped, and its place
+/// among the arriving payloads, which the exchange drops once the payload
+/// is in.
+pub(crate) struct Admitted<'a, K: Copy + Eq + std::hash::Hash> {
+    slots: &'a Slots,
+    /// The place among arriving payloads (for a payload still arriving).
+    pub arrival: Option<Share<K>>,
+    /// How long the call waited for its slot.
+    pub queued: Duration,
+}
+
+impl<K: Copy + Eq + std::hash::Hash> CallSlots<K> {
+    /// `n` call slots (at least one).
+    pub fn new(n: usize) -> CallSlots<K> {
+        CallSlots {
+            slots: Slots::new(n),
+            arriving: Shares::half_of(n),
+        }
+    }
+
+    /// Admits a call of `peer` whose payload is still `arriving` (or not),
+    /// waiting at most `wait` in all.
+    pub fn admit(&self, peer: K, arriving: bool, wait: Duration) -> Result<Admitted<'_, K>, Busy> {
+        // A complete request, the common case, reads no clock here.
+        let (arrival, left) = if arriving {
+            let until = Instant::now() + wait;
+            let share = self.arriving.take(peer, wait).ok_or(Busy::Arriving {
+                cap: self.arriving.cap(),
+                per_peer: self.arriving.per_peer(),
+            })?;
+            (Some(share), until.saturating_duration_since(Instant::now()))
+        } else {
+            (None, wait)
+        };
+        let queued = self.slots.acquire(left).ok_or(Busy::Slots)?;
+        Ok(Admitted {
+            slots: &self.slots,
+            arrival,
+            queued,
+        })
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash> Drop for Admitted<'_, K> {
+    fn drop(&mut self) {
+        self.slots.release();
     }
 }
 
