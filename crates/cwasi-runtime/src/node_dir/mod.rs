@@ -343,8 +343,10 @@ impl NodeDirectory {
             .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev());
         if same {
             tracing::info!(path = %path.display(), "removing a stale record");
-            let _ = std::fs::remove_file(path);
+            // The socket first: whoever finds the record gone then finds
+            // its socket gone too.
             let _ = std::fs::remove_file(self.socket_path(name, namespace));
+            let _ = std::fs::remove_file(path);
         }
     }
 }
