@@ -114,15 +114,16 @@ impl ServeHandle {
 
 impl Drop for ServeHandle {
     fn drop(&mut self) {
-        // Withdrawn first, so that no new caller picks this server while it
-        // stops, and at once the open local connections take no further
-        // request (each finishes the call it took; the caller makes the
-        // next one elsewhere). Then the servers stop, and the stop waits
-        // for the calls taken.
-        self.registration.take();
+        // The open local connections take no further request (each
+        // finishes the call it took; the caller makes the next one
+        // elsewhere), and at once the record is withdrawn, so that no new
+        // caller picks this server while it stops. In that order: whoever
+        // sees the record gone finds the server draining. Then the servers
+        // stop, and the stop waits for the calls taken.
         if let Some(local) = &self.local {
             local.drain();
         }
+        self.registration.take();
         self.trimmer.take();
         self.stream.take();
         self.direct.take();
