@@ -29,7 +29,13 @@ pub fn hops(entry: &str, elapsed: Duration, hops: &[HopReport]) -> String {
         "hop", "mode", "calls", "failed", "sent", "received", "avg", "max"
     );
     for h in hops {
+        // Nothing timed: "-" in both columns, never a time of zero.
         let avg = h.mean().map_or_else(|| "-".to_string(), fmt_duration);
+        let max = if h.timed == 0 {
+            "-".to_string()
+        } else {
+            fmt_duration(h.max)
+        };
         let _ = writeln!(
             out,
             "  {:<28} {:<9} {:>6} {:>6} {:>11} {:>11} {:>10} {:>10}",
@@ -40,7 +46,7 @@ pub fn hops(entry: &str, elapsed: Duration, hops: &[HopReport]) -> String {
             fmt_bytes(h.bytes_in),
             fmt_bytes(h.bytes_out),
             avg,
-            fmt_duration(h.max)
+            max
         );
     }
     out

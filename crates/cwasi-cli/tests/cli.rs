@@ -348,6 +348,19 @@ fn the_demo_composition_runs() {
     assert!(out.stdout.contains("words="), "{}", out.stdout);
     assert!(out.stderr.contains("source -> normalize"), "{}", out.stderr);
     assert!(out.stderr.contains("normalize -> count"), "{}", out.stderr);
+    // Every hop of the table has its times, the embedded one of a single
+    // call too (its first calls are always timed), and no time of zero.
+    let row = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("normalize -> count"))
+        .unwrap();
+    assert!(row.contains("embedded"), "{row}");
+    assert!(
+        !row.contains(" - ") && !row.trim_end().ends_with('-'),
+        "{row}"
+    );
+    assert!(!row.contains(" 0.0 µs"), "{row}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! per-hop timings of `cwasi run` and the Prometheus metrics read them.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,10 @@ const CODES: usize = 13;
 /// every one of them is timed.
 pub(super) const EMBEDDED_TIMED_ONE_IN: u32 = 8;
 
+/// The first calls of every edge are all timed, so that a run of a few
+/// calls has times too (the sample would often have none).
+pub(super) const FIRST_CALLS_TIMED: u32 = 16;
+
 thread_local! {
     /// This thread's sampling state (xorshift32): random, so that no
     /// pattern of calls across edges can hide one edge from the sample.
@@ -78,6 +83,9 @@ pub(super) struct HopStats {
     mode: Mode,
     /// Times one call in this many (1: every call).
     timed_one_in: u32,
+    /// How many of the first calls are still to be timed, whatever the
+    /// sample says.
+    first_left: AtomicU32,
     /// One lock per call instead of several atomic additions: two atomic
     /// operations where a 64 B embedded call takes a few hundred
     /// nanoseconds in all.
@@ -112,6 +120,7 @@ impl HopStats {
                 Mode::Embedded => EMBEDDED_TIMED_ONE_IN,
                 _ => 1,
             },
+            first_left: AtomicU32::new(FIRST_CALLS_TIMED),
             counters: Mutex::new(HopCounters::default()),
         }
     }
@@ -125,6 +134,16 @@ impl HopStats {
     pub(super) fn time_this_call(&self) -> bool {
         if self.timed_one_in <= 1 {
             return true;
+        }
+        // After the first calls this is one relaxed load of a word no
+        // call writes any more.
+        if self.first_left.load(Ordering::Relaxed) > 0 {
+            let taken = self
+                .first_left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            if taken.is_ok() {
+                return true;
+            }
         }
         let draw = SAMPLER
             .try_with(|s| {
@@ -277,7 +296,7 @@ mod tests {
         }
         let r = embedded.report();
         assert_eq!((r.calls, r.bytes_in, r.bytes_out), (n, 64 * n, 8 * n));
-        let expected = n / u64::from(EMBEDDED_TIMED_ONE_IN);
+        let expected = n / u64::from(EMBEDDED_TIMED_ONE_IN) + u64::from(FIRST_CALLS_TIMED);
         assert!(
             r.timed.abs_diff(expected) < expected / 10,
             "{} of {n} calls timed, expected about {expected}",
@@ -286,6 +305,16 @@ mod tests {
         assert_eq!(r.latency_buckets.iter().sum::<u64>(), r.timed);
         assert!(r.mean().is_some());
         assert_eq!(local.report().mean(), None);
+    }
+
+    #[test]
+    fn the_first_calls_of_an_embedded_edge_are_all_timed() {
+        let embedded = HopStats::new("a", "b", Mode::Embedded);
+        for _ in 0..FIRST_CALLS_TIMED {
+            assert!(embedded.time_this_call());
+        }
+        let timed = (0..8000).filter(|_| embedded.time_this_call()).count();
+        assert!(timed < 2000, "{timed} of 8000 later calls timed");
     }
 
     #[test]
