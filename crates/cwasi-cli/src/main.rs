@@ -405,9 +405,17 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         console::diagnostic(format_args!("{}", report::explain(&runtime.decisions())));
     }
     if !args.quiet {
+        let ended = match &outcome {
+            Ok(_) => report::Ended::Finished,
+            Err(
+                cwasi_runtime::RuntimeError::NotAnEntry(_)
+                | cwasi_runtime::RuntimeError::UnknownFunction(_),
+            ) => report::Ended::Refused,
+            Err(_) => report::Ended::Failed,
+        };
         console::diagnostic(format_args!(
             "{}",
-            report::hops(&comp.entry, elapsed, &runtime.hops())
+            report::hops(&comp.entry, ended, elapsed, &runtime.hops())
         ));
     }
     let code = outcome?;

@@ -17,9 +17,24 @@ pub fn explain(decisions: &[Decision]) -> String {
     out
 }
 
+/// How an entry's run ended, for the line above the table.
+pub enum Ended {
+    /// `_start` returned (with any exit code).
+    Finished,
+    /// It was refused before it ran (not an entry, unknown).
+    Refused,
+    /// It trapped or was stopped.
+    Failed,
+}
+
 /// A table of calls per edge with bytes moved and times.
-pub fn hops(entry: &str, elapsed: Duration, hops: &[HopReport]) -> String {
-    let mut out = format!("entry '{entry}' finished in {}\n", fmt_duration(elapsed));
+pub fn hops(entry: &str, ended: Ended, elapsed: Duration, hops: &[HopReport]) -> String {
+    let how = match ended {
+        Ended::Finished => "finished in",
+        Ended::Refused => "was refused after",
+        Ended::Failed => "failed after",
+    };
+    let mut out = format!("entry '{entry}' {how} {}\n", fmt_duration(elapsed));
     if hops.is_empty() {
         return out;
     }

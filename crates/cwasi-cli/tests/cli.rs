@@ -452,3 +452,22 @@ fn a_full_or_closed_output_stream_is_no_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(out.status.code(), Some(101), "{stderr}");
 }
+
+#[test]
+fn an_entry_that_is_refused_is_said_to_be_refused_and_the_run_fails() {
+    let dir = Scratch::new("refused-entry");
+    // A callable component, not an entry: it exports no wasi:cli/run.
+    let toml = format!(
+        "entry = \"echo\"\n{}",
+        function("echo", progs::COMPONENT_ECHO, "")
+    );
+    let out = cwasi(&["run", &dir.write("a.toml", &toml)], LIMIT);
+    assert_ne!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("entry 'echo' was refused"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("finished"), "{}", out.stderr);
+    assert!(out.stderr.contains("is not an entry"), "{}", out.stderr);
+}
