@@ -71,12 +71,7 @@ impl ModuleInfo {
     pub fn of(module: &Module) -> ModuleInfo {
         let mut info = ModuleInfo::default();
         for imp in module.imports() {
-            match imp.module() {
-                CWASI_MODULE => info.cwasi_imports.push(imp.name().to_string()),
-                SEED_MODULE => info.seed_imports.push(imp.name().to_string()),
-                "wasi_snapshot_preview1" => info.wasi = true,
-                other => info.unknown_imports.push(format!("{other}.{}", imp.name())),
-            }
+            info.import(imp.module(), imp.name());
         }
         for exp in module.exports() {
             match exp.ty() {
@@ -119,14 +114,7 @@ impl ModuleInfo {
                         if let TypeRef::Func(t) = import.ty {
                             funcs.push(t);
                         }
-                        match import.module {
-                            CWASI_MODULE => info.cwasi_imports.push(import.name.to_string()),
-                            SEED_MODULE => info.seed_imports.push(import.name.to_string()),
-                            "wasi_snapshot_preview1" => info.wasi = true,
-                            other => info
-                                .unknown_imports
-                                .push(format!("{other}.{}", import.name)),
-                        }
+                        info.import(import.module, import.name);
                     }
                 }
                 Payload::FunctionSection(reader) => {
@@ -159,6 +147,16 @@ impl ModuleInfo {
             }
         }
         Ok(info)
+    }
+
+    /// Notes an import, by the module it comes from.
+    fn import(&mut self, module: &str, name: &str) {
+        match module {
+            CWASI_MODULE => self.cwasi_imports.push(name.to_string()),
+            SEED_MODULE => self.seed_imports.push(name.to_string()),
+            "wasi_snapshot_preview1" => self.wasi = true,
+            other => self.unknown_imports.push(format!("{other}.{name}")),
+        }
     }
 
     /// Notes an exported function and what its name and signature make it.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::error::RuntimeError;
+use crate::error::{CallError, ErrorCode, RuntimeError};
 
 mod shares;
 
@@ -216,6 +216,24 @@ pub(crate) enum Busy {
     /// The places for payloads still arriving stayed taken: `cap` in all,
     /// `per_peer` for one peer.
     Arriving { cap: usize, per_peer: usize },
+}
+
+impl Busy {
+    /// The refusal of a call of `function` that found it busy; `peer` says
+    /// what one peer is ("caller process", "address").
+    pub fn refusal(self, function: &str, peer: &str) -> CallError {
+        let why = match self {
+            Busy::Slots => "no call slot freed within the timeout".to_string(),
+            Busy::Arriving { cap, per_peer } => format!(
+                "{cap} payloads are still arriving ({per_peer} from one {peer} at most), and \
+                 none finished within the timeout"
+            ),
+        };
+        CallError::new(
+            ErrorCode::ResourceLimit,
+            format!("'{function}' is busy: {why}"),
+        )
+    }
 }
 
 /// An admitted call: its slot, given back when dropped, and its place

@@ -91,13 +91,14 @@ impl Conn {
 
     /// Starts the payload of a request: `len` bytes, due within the budget
     /// at `min_rate` bytes per second. Whether some of it has yet to
-    /// arrive (it is not all in the buffer).
+    /// arrive (it is not all in the buffer); a payload all in the buffer
+    /// reads nothing more, so it gets no budget (and reads no clock).
     pub(crate) fn begin_payload(&mut self, len: u64, min_rate: u64) -> bool {
-        let budget = payload_budget(len, min_rate);
-        let due = Deadline::after(budget);
-        self.payload_due = Some((due, budget));
         let arriving = ((self.end - self.start) as u64) < len;
         if arriving {
+            let budget = payload_budget(len, min_rate);
+            let due = Deadline::after(budget);
+            self.payload_due = Some((due, budget));
             self.stream.set_read_due(Some(due.instant()));
         }
         arriving

@@ -43,8 +43,7 @@ use crate::guest::function::Function;
 use crate::guest::invoke::{serve_call, Exchange};
 use crate::identity::CallerIdentity;
 use crate::transport::admission::{
-    accept_until, AcceptThread, Busy, CallSlots, ConnectionSlot, Connections, Share, Shares,
-    WarnBudget,
+    accept_until, AcceptThread, CallSlots, ConnectionSlot, Connections, Share, Shares, WarnBudget,
 };
 use crate::transport::local::wire::{
     self, Header, Kind, WireError, MAX_CALLER_LEN, MAX_TARGET_LEN,
@@ -152,7 +151,11 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>
             Admission::Handshake(share)
         } else {
             let Some(slot) = shared.connections.admit() else {
-                refuse_over_capacity(&tcp, peer, &shared);
+                // On the accept thread: without blocking (a fresh socket's
+                // buffer takes the frame).
+                let _ = tcp.set_nonblocking(true);
+                refuse_over_capacity(&mut &tcp, peer, &shared);
+                let _ = tcp.shutdown(std::net::Shutdown::Both);
                 return;
             };
             Admission::Connection(slot)
@@ -178,27 +181,21 @@ enum Admission {
     Connection(ConnectionSlot),
 }
 
-/// The message of a refusal for the cap on connections.
-fn over_capacity(shared: &Shared) -> String {
-    format!(
+/// Refuses a connection over the cap on connections: logs it (within the
+/// budget) and writes the error frame (`RESOURCE_LIMIT`) to `out`; the
+/// caller closes the connection, and the peer tries another node or the
+/// broker.
+fn refuse_over_capacity(out: &mut impl Write, peer: SocketAddr, shared: &Shared) {
+    let msg = format!(
         "'{}' has {} direct connections open, its limit; try again later",
         shared.function.spec.name,
         shared.connections.max()
-    )
-}
-
-/// Refuses a plain connection over the cap on the accept thread, without
-/// blocking: an error frame, and it is closed (the caller tries another
-/// node or the broker).
-fn refuse_over_capacity(tcp: &TcpStream, peer: SocketAddr, shared: &Shared) {
-    let msg = over_capacity(shared);
+    );
     if let Some(suppressed) = shared.warnings.allow() {
         tracing::warn!(suppressed, %peer, "refusing a direct connection: {msg}");
     }
-    let _ = tcp.set_nonblocking(true);
-    let mut s = tcp;
-    let _ = wire::write_error(&mut s, 0, ErrorCode::ResourceLimit.as_raw(), &msg);
-    let _ = tcp.shutdown(std::net::Shutdown::Both);
+    let _ = wire::write_error(out, 0, ErrorCode::ResourceLimit.as_raw(), &msg);
+    let _ = out.flush();
 }
 
 /// Closes a TLS connection, before its handshake, that finds every place
@@ -245,12 +242,7 @@ fn serve_connection(
         Admission::Handshake(share) => {
             drop(share);
             let Some(slot) = shared.connections.admit() else {
-                let msg = over_capacity(shared);
-                if let Some(suppressed) = shared.warnings.allow() {
-                    tracing::warn!(suppressed, %peer, "refusing a direct connection: {msg}");
-                }
-                let _ = wire::write_error(&mut stream, 0, ErrorCode::ResourceLimit.as_raw(), &msg);
-                let _ = stream.flush();
+                refuse_over_capacity(&mut stream, peer, shared);
                 let _ = stream.tcp().shutdown(std::net::Shutdown::Both);
                 return Ok(());
             };
@@ -355,18 +347,7 @@ fn handle_request(
         Ok(a) => a,
         Err(busy) => {
             shared.answered.finish(key, Answer::NotKept);
-            let why = match busy {
-                Busy::Slots => "no call slot freed within the timeout".to_string(),
-                Busy::Arriving { cap, per_peer } => format!(
-                    "{cap} payloads are still arriving ({per_peer} from one address at most), \
-                     and none finished within the timeout"
-                ),
-            };
-            let e = CallError::new(
-                ErrorCode::ResourceLimit,
-                format!("'{}' is busy: {why}", f.spec.name),
-            );
-            return refuse_call(conn, e);
+            return refuse_call(conn, busy.refusal(&f.spec.name, "address"));
         }
     };
     let mut exchange = SocketExchange {

@@ -80,16 +80,6 @@ pub(super) fn handle_request(
     };
     let mut admitted = match calls.admit(peer, exchange.arriving(), wait) {
         Ok(a) => a,
-        Err(Busy::Arriving { cap, per_peer }) => {
-            return Err(CallError::new(
-                ErrorCode::ResourceLimit,
-                format!(
-                    "'{}' is busy: {cap} payloads are still arriving ({per_peer} from one \
-                     caller process at most), and none finished within the timeout",
-                    f.spec.name
-                ),
-            ))
-        }
         Err(Busy::Slots) if no_queue => {
             // Nothing ran: the caller takes another path (answered with
             // the declined kind, `RESPONSE_DECLINED`).
@@ -99,15 +89,7 @@ pub(super) fn handle_request(
             )
             .before_taken());
         }
-        Err(Busy::Slots) => {
-            return Err(CallError::new(
-                ErrorCode::ResourceLimit,
-                format!(
-                    "'{}' is busy: no call slot freed within the timeout",
-                    f.spec.name
-                ),
-            ))
-        }
+        Err(busy) => return Err(busy.refusal(&f.spec.name, "caller process")),
     };
     exchange.arrival = admitted.arrival.take();
     // The caller's spill-over reads it with the answer.
