@@ -7,6 +7,7 @@ mod component;
 mod console;
 mod image;
 mod prefixed;
+mod reference;
 mod report;
 mod served;
 
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use console::note;
 use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::{
@@ -58,6 +59,66 @@ enum Command {
         /// The .wasm file.
         module: PathBuf,
     },
+    /// Prints a shell completion script for cwasi, e.g.
+    /// `cwasi completions bash > /etc/bash_completion.d/cwasi`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the CLI reference of the docs (docs/reference/cli.md).
+    #[command(hide = true)]
+    Reference,
+}
+
+/// What `cwasi --version` prints: the release and the versions of the
+/// formats it speaks, because peers of other versions refuse each other
+/// and nodes are upgraded together (CHANGELOG.md has the rules).
+fn long_version() -> String {
+    use cwasi_runtime::protocols;
+    format!(
+        "{}\nguest ABI:       {}\nlocal frames:    {}\ndirect frames:   {}\nbroker entries:  {}\nnode records:    {}",
+        env!("CARGO_PKG_VERSION"),
+        protocols::ABI,
+        protocols::LOCAL_FRAMES,
+        protocols::DIRECT_FRAMES,
+        protocols::BROKER,
+        protocols::NODE_RECORDS,
+    )
+}
+
+/// The crates whose logs a bare `RUST_LOG=<level>` turns up; the others
+/// (cranelift, wasmtime, hyper, redis) stay at `warn`, since cranelift
+/// alone logs millions of lines per compiled module at `debug`.
+const OWN_LOG_TARGETS: &[&str] = &[
+    "cwasi",
+    "cwasi_runtime",
+    "cwasi_metrics",
+    "cwasi_trace",
+    "cwasi_oci",
+    "cwasi_bench",
+    "redis_launcher",
+];
+
+/// The log filter: `warn` by default; a bare level in `RUST_LOG` (`debug`)
+/// applies to CWASI's own crates; any other `RUST_LOG` is used as written.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    const DEFAULT: &str = "warn,oci_tar_builder=error";
+    let Ok(value) = std::env::var("RUST_LOG") else {
+        return EnvFilter::new(DEFAULT);
+    };
+    let level = value.trim().to_ascii_lowercase();
+    if ["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+        let own: Vec<String> = OWN_LOG_TARGETS
+            .iter()
+            .map(|t| format!("{t}={level}"))
+            .collect();
+        return EnvFilter::new(format!("{DEFAULT},{}", own.join(",")));
+    }
+    EnvFilter::try_new(&value).unwrap_or_else(|e| {
+        eprintln!("cwasi: RUST_LOG={value:?} is not a log filter ({e}); using {DEFAULT:?}");
+        EnvFilter::new(DEFAULT)
+    })
 }
 
 #[derive(clap::Args)]
@@ -275,15 +336,14 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,oci_tar_builder=error")
-            }),
-        )
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .init();
     raise_open_files_limit();
-    let cli = Cli::parse();
+    // Leaked once: clap keeps the text for the life of the process.
+    let version: &'static str = Box::leak(long_version().into_boxed_str());
+    let matches = Cli::command().long_version(version).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Run(args) => traced("cwasi", || run(args)),
         Command::Serve(args) => {
@@ -294,6 +354,13 @@ fn main() -> ExitCode {
         Command::Image(command) => image::image(command).map(|()| ExitCode::SUCCESS),
         Command::Inspect { module } => inspect(&module).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "cwasi", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reference => console::output(reference::markdown(&Cli::command()).as_bytes())
+            .map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         note!("cwasi: error: {e:#}");

@@ -5,14 +5,29 @@ use std::time::Duration;
 
 use cwasi_runtime::{Decision, HopReport};
 
-/// One line per caller → callee edge: the mode and why, or the error.
+/// One line per distinct decision, in the order they were first made: the
+/// caller → callee edge, the mode and why, or the error. A decision made
+/// again (a path that came back, a denial repeated on every call) is listed
+/// once, with how often it was made.
 pub fn explain(decisions: &[Decision]) -> String {
     let mut out = String::from("explain:\n");
     if decisions.is_empty() {
         out.push_str("  (no calls were made)\n");
     }
+    let mut distinct: Vec<(String, usize)> = Vec::new();
     for d in decisions {
-        let _ = writeln!(out, "  {d}");
+        let line = d.to_string();
+        match distinct.iter_mut().find(|(seen, _)| *seen == line) {
+            Some((_, times)) => *times += 1,
+            None => distinct.push((line, 1)),
+        }
+    }
+    for (line, times) in distinct {
+        if times == 1 {
+            let _ = writeln!(out, "  {line}");
+        } else {
+            let _ = writeln!(out, "  {line} ({times} times)");
+        }
     }
     out
 }
@@ -102,5 +117,29 @@ mod tests {
         assert_eq!(fmt_bytes(10), "10 B");
         assert_eq!(fmt_bytes(10 << 20), "10.0 MiB");
         assert_eq!(fmt_duration(Duration::from_micros(1500)), "1.50 ms");
+    }
+
+    #[test]
+    fn explain_lists_each_distinct_decision_once() {
+        use cwasi_runtime::{Mode, Selection};
+        let decision = |mode, reason: &str| Decision {
+            caller: "a".into(),
+            target: "b".into(),
+            outcome: Ok(Selection {
+                mode,
+                reason: reason.into(),
+            }),
+        };
+        let text = explain(&[
+            decision(Mode::Local, "served on this node"),
+            decision(Mode::Embedded, "loaded here"),
+            decision(Mode::Local, "served on this node"),
+            decision(Mode::Local, "served on this node"),
+        ]);
+        assert_eq!(
+            text,
+            "explain:\n  a -> b: local (served on this node) (3 times)\n  a -> b: embedded (loaded here)\n"
+        );
+        assert_eq!(explain(&[]), "explain:\n  (no calls were made)\n");
     }
 }

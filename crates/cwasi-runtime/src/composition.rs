@@ -22,6 +22,37 @@ pub struct Composition {
     pub limits: Limits,
     /// The mode override of the file (`mode = "..."`).
     pub mode: ModeOverride,
+    /// How to build each function that names a `build` step, by function
+    /// name: `cwasi build` and `cwasi run --build` run them.
+    pub builds: BTreeMap<String, BuildStep>,
+    /// Functions that named no `namespace` and were put in the default one;
+    /// a caller may want to be told, as it decides what shares a process.
+    pub defaulted_namespace: Vec<String>,
+}
+
+/// A function's build step in a composition (`[functions.x.build]`): the
+/// command that produces its module, so a project of several languages
+/// builds with one `cwasi build`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildStep {
+    /// The shell command (`sh -c`), e.g. `cargo build --release --target wasm32-wasip1`.
+    pub command: String,
+    /// The directory it runs in: `workdir` relative to the composition's
+    /// directory, or that directory itself.
+    pub workdir: PathBuf,
+    /// Files or directories (walked) whose change makes the module stale,
+    /// resolved against `workdir`; empty: always run the command.
+    pub watch: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBuild {
+    command: String,
+    #[serde(default)]
+    workdir: Option<PathBuf>,
+    #[serde(default)]
+    watch: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +97,9 @@ struct FileFunction {
     /// The callers allowed to call it; absent: everyone.
     #[serde(default)]
     allow_callers: Option<Vec<String>>,
+    /// How to build its module.
+    #[serde(default)]
+    build: Option<FileBuild>,
 }
 
 impl Composition {
@@ -90,8 +124,28 @@ impl Composition {
         };
         let limits = file.limits.resolve()?;
         let mut functions = Vec::with_capacity(file.functions.len());
+        let mut builds = BTreeMap::new();
+        let mut defaulted_namespace = Vec::new();
         for (name, f) in file.functions {
             validate_name(&name)?;
+            if f.namespace.is_none() {
+                defaulted_namespace.push(name.clone());
+            }
+            if let Some(b) = f.build {
+                if b.command.trim().is_empty() {
+                    return Err(format!("function '{name}': build.command is empty"));
+                }
+                let workdir = base.join(b.workdir.unwrap_or_default());
+                let watch = b.watch.into_iter().map(|w| workdir.join(w)).collect();
+                builds.insert(
+                    name.clone(),
+                    BuildStep {
+                        command: b.command,
+                        workdir,
+                        watch,
+                    },
+                );
+            }
             let namespace = f.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
             validate_namespace(&namespace).map_err(|e| format!("function '{name}': {e}"))?;
             let preopens = f
@@ -128,6 +182,8 @@ impl Composition {
             functions,
             limits,
             mode,
+            builds,
+            defaulted_namespace,
         };
         comp.validate()?;
         Ok(comp)
@@ -157,6 +213,8 @@ impl Composition {
             functions,
             limits: Limits::default(),
             mode: ModeOverride::Auto,
+            builds: BTreeMap::new(),
+            defaulted_namespace: Vec::new(),
         };
         comp.validate()?;
         Ok(comp)
@@ -268,6 +326,47 @@ mod tests {
         assert_eq!(c.functions[0].namespace, "default");
         assert_eq!(c.functions[1].module, PathBuf::from("/abs/b.wasm"));
         assert_eq!(c.functions[1].seed.handler.as_deref(), Some("hello_greet"));
+        assert_eq!(c.defaulted_namespace, vec!["a".to_string()]);
+        assert!(c.builds.is_empty());
+    }
+
+    #[test]
+    fn parses_build_steps() {
+        let text = r#"
+            entry = "a"
+            [functions.a]
+            module = "a/target/a.wasm"
+            namespace = "n"
+            build = { command = "cargo build", workdir = "a", watch = ["src", "Cargo.toml"] }
+            [functions.b]
+            module = "b.wasm"
+            namespace = "n"
+            [functions.b.build]
+            command = "make"
+        "#;
+        let c = Composition::parse(text, Path::new("/base")).unwrap();
+        let a = &c.builds["a"];
+        assert_eq!(a.command, "cargo build");
+        assert_eq!(a.workdir, PathBuf::from("/base/a"));
+        assert_eq!(
+            a.watch,
+            vec![
+                PathBuf::from("/base/a/src"),
+                PathBuf::from("/base/a/Cargo.toml")
+            ]
+        );
+        assert_eq!(c.builds["b"].workdir, PathBuf::from("/base/"));
+        assert!(c.builds["b"].watch.is_empty());
+        assert!(c.defaulted_namespace.is_empty());
+        for bad in [
+            "entry = \"a\"\n[functions.a]\nmodule = \"a.wasm\"\nbuild = { command = \" \" }\n",
+            "entry = \"a\"\n[functions.a]\nmodule = \"a.wasm\"\nbuild = { cmd = \"x\" }\n",
+        ] {
+            assert!(
+                Composition::parse(bad, Path::new("/base")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

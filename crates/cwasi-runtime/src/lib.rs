@@ -55,6 +55,24 @@ pub mod broker {
     };
 }
 
+/// The versions of the formats this build speaks with other processes and
+/// nodes: `cwasi --version` prints them, because peers of other versions
+/// refuse each other and nodes must be upgraded together
+/// (`docs/protocol.md`, `CHANGELOG.md`).
+pub mod protocols {
+    /// The guest ABI (`cwasi_*` imports and exports of core modules).
+    pub const ABI: u32 = cwasi_abi::ABI_VERSION;
+    /// Frames on the local socket (and the call slot that comes with them).
+    pub const LOCAL_FRAMES: u8 = crate::transport::local::wire::VERSION;
+    /// Frames of the direct data plane between nodes: the local format over
+    /// TCP or mutual TLS.
+    pub const DIRECT_FRAMES: u8 = crate::transport::local::wire::VERSION;
+    /// The broker's keys and stream entries in Redis.
+    pub const BROKER: u32 = crate::transport::remote::BROKER_VERSION;
+    /// Records in the node directory.
+    pub const NODE_RECORDS: u32 = crate::node_dir::RECORD_VERSION;
+}
+
 /// Entry points of the fuzz targets (`fuzz/`): not part of the API.
 #[doc(hidden)]
 pub mod fuzzing;
@@ -75,7 +93,7 @@ pub use call::stats::{HopReport, LATENCY_BUCKETS_SECONDS};
 pub use compile_cache::{
     ensure_private_dir as ensure_compile_cache_dir, CACHE_ENV as COMPILE_CACHE_ENV,
 };
-pub use composition::{validate_name, validate_namespace, Composition};
+pub use composition::{validate_name, validate_namespace, BuildStep, Composition};
 pub use config::{
     FunctionSpec, Limits, Mode, ModeOverride, Preopen, SeedConfig, DEFAULT_NAMESPACE,
 };

@@ -63,6 +63,11 @@ pub(super) fn fn_ns_key(name: &str) -> String {
     format!("cwasi:{{{name}}}:namespaces")
 }
 
+/// The version of the broker's key layout and entries (`docs/protocol.md`,
+/// "Versions"): every key of a function under one hash tag, and signed
+/// request entries. Callers and servers of other versions do not meet.
+pub const BROKER_VERSION: u32 = 4;
+
 /// Version 3's keys, read only to tell a caller that a function is served
 /// by a node of that version (`docs/protocol.md`, "Versions").
 pub(super) mod v3 {

@@ -58,5 +58,6 @@ pub use config::BrokerConfig;
 pub use conn::Broker;
 pub use consumer::{Handler, RequestMeta};
 pub use events::{PlacementFollower, PLACEMENT_CHANNEL};
+pub use keys::BROKER_VERSION;
 pub use registry::{RemoteEndpoint, ANNOUNCE_TTL, HEARTBEAT};
 pub use server::StreamServer;
