@@ -2,7 +2,8 @@
 # Installs what CWASI needs on a Debian machine, as root: the wasm32-wasip1
 # and wasm32-wasip2 Rust targets; with --components the tools that build
 # Python and JavaScript components (componentize-py from PyPI,
-# componentize-js from npm); and with --test those and the Debian packages
+# componentize-js from npm); with --docs mdbook, which builds the docs site
+# (book.toml, docs/); and with --test all of those and the Debian packages
 # the test suite uses. Safe to run again; it installs only what is missing.
 set -euo pipefail
 
@@ -83,6 +84,21 @@ if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--components" ]; then
     if [ "$(componentize-js --version 2>/dev/null)" != "${COMPONENTIZE_JS##*@}" ]; then
         echo "setup: installing $COMPONENTIZE_JS"
         npm install -g --no-fund --no-audit "$COMPONENTIZE_JS"
+        hash -r
+    fi
+fi
+
+# mdbook, pinned, from crates.io: builds the docs site (`mdbook build`),
+# and crates/doc-site's tests build it and check its links.
+# It compiles once, in a few minutes. Built with the search feature only:
+# `mdbook build` and the site's search, without `mdbook serve` (whose web
+# server and file watcher the checks do not need; `cargo install mdbook`
+# with its default features has it).
+MDBOOK_VERSION=0.5.4
+if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--docs" ]; then
+    if [ "$(mdbook --version 2>/dev/null)" != "mdbook v$MDBOOK_VERSION" ]; then
+        echo "setup: installing mdbook $MDBOOK_VERSION"
+        cargo install --locked mdbook --version "$MDBOOK_VERSION" --no-default-features --features search
         hash -r
     fi
 fi
