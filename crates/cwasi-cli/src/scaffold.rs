@@ -56,7 +56,9 @@ pub fn run(args: NewArgs) -> Result<()> {
             .iter()
             .any(|p| path == p.path() || path.starts_with(&format!("{}/", p.path())))
     };
-    for path in written.iter().filter(|p| !in_part(p)) {
+    let mut own: Vec<&String> = written.iter().filter(|p| !in_part(p)).collect();
+    own.sort();
+    for path in own {
         let _ = writeln!(out, "  {path}");
     }
     for part in template.parts {
