@@ -5,10 +5,12 @@
 mod bench;
 mod component;
 mod console;
+mod entry;
 mod image;
 mod prefixed;
 mod reference;
 mod report;
+mod scaffold;
 mod served;
 
 use std::io::Read;
@@ -39,8 +41,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs a composition (a .toml file) or a module with its callees; the
-    /// entry's `_start` runs and its calls are resolved by the selector.
+    /// Writes a new function project from a template (rust, rust-component,
+    /// c, python, js, composition), ready to build and run.
+    New(scaffold::NewArgs),
+    /// Runs a composition (a .toml file) or a module with its callees: the
+    /// entry's `_start` runs, or, if the entry is a function, it is called
+    /// once with --data; calls are resolved by the selector.
     Run(RunArgs),
     /// Hosts a callable function in this process for other processes of the
     /// node, until SIGTERM or SIGINT.
@@ -146,6 +152,15 @@ struct RunArgs {
     /// Does not print the per-hop timings.
     #[arg(long, short)]
     quiet: bool,
+    /// The request for an entry that is a function (no `_start`): the
+    /// text itself, @FILE, or `-` for stdin (empty if not given). The
+    /// response goes to stdout.
+    #[arg(long)]
+    data: Option<String>,
+    /// Writes the response of an entry that is a function here instead of
+    /// stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Arguments for the entry (with a module only), after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -345,6 +360,7 @@ fn main() -> ExitCode {
     let matches = Cli::command().long_version(version).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
+        Command::New(args) => scaffold::run(args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => traced("cwasi", || run(args)),
         Command::Serve(args) => {
             let service = args.name.clone();
@@ -458,6 +474,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(d) = dir {
         builder = builder.node_directory(d);
     }
+    let request = args.data.as_deref().map(read_request).transpose()?;
     let load = Instant::now();
     let runtime = mine
         .into_iter()
@@ -466,27 +483,61 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot load {}", args.target.display()))?;
     tracing::info!(functions = comp.functions.len(), elapsed = ?load.elapsed(), "loaded");
     let started = Instant::now();
-    let outcome = runtime.run_entry(&comp.entry);
+    let outcome = entry::start(&runtime, &comp, &entry_ns, request.as_deref());
     let elapsed = started.elapsed();
     if args.explain {
         console::diagnostic(format_args!("{}", report::explain(&runtime.decisions())));
     }
     if !args.quiet {
-        let ended = match &outcome {
-            Ok(_) => report::Ended::Finished,
-            Err(
-                cwasi_runtime::RuntimeError::NotAnEntry(_)
-                | cwasi_runtime::RuntimeError::UnknownFunction(_),
-            ) => report::Ended::Refused,
-            Err(_) => report::Ended::Failed,
-        };
         console::diagnostic(format_args!(
             "{}",
-            report::hops(&comp.entry, ended, elapsed, &runtime.hops())
+            report::hops(
+                &comp.entry,
+                entry::ended(&outcome),
+                elapsed,
+                &runtime.hops()
+            )
         ));
     }
-    let code = outcome?;
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    match outcome? {
+        entry::Outcome::Exited(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        entry::Outcome::Answered(response) => {
+            write_response(&response, args.out.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A request given as `--data`: `@FILE`, `-` for stdin, or the text itself.
+fn read_request(data: &str) -> Result<Vec<u8>> {
+    Ok(match data {
+        "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read stdin")?;
+            buf
+        }
+        d if d.starts_with('@') => {
+            std::fs::read(&d[1..]).with_context(|| format!("cannot read {}", &d[1..]))?
+        }
+        d => d.as_bytes().to_vec(),
+    })
+}
+
+/// Writes a response to `out`, or to stdout; on a terminal, a response
+/// that does not end a line is followed by a newline, so that the prompt or
+/// the hop table does not run on from it.
+fn write_response(response: &[u8], out: Option<&Path>) -> Result<()> {
+    use std::io::IsTerminal;
+    match out {
+        Some(p) => {
+            std::fs::write(p, response).with_context(|| format!("cannot write {}", p.display()))
+        }
+        None if std::io::stdout().is_terminal() && !response.ends_with(b"\n") => {
+            console::output(&[response, b"\n"].concat())
+        }
+        None => console::output(response),
+    }
 }
 
 /// A `--allow-caller` rule.
@@ -554,19 +605,7 @@ fn serve(args: ServeArgs) -> Result<()> {
 }
 
 fn call(args: CallArgs) -> Result<()> {
-    let request = match args.data.as_str() {
-        "-" => {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .context("cannot read stdin")?;
-            buf
-        }
-        d if d.starts_with('@') => {
-            std::fs::read(&d[1..]).with_context(|| format!("cannot read {}", &d[1..]))?
-        }
-        d => d.as_bytes().to_vec(),
-    };
+    let request = read_request(&args.data)?;
     // `call` reaches the served instance itself, never a copy of its module
     // embedded in this short-lived process.
     let mut builder = with_broker(Runtime::builder())?
@@ -584,14 +623,7 @@ fn call(args: CallArgs) -> Result<()> {
     if args.explain {
         console::diagnostic(format_args!("{}", report::explain(&runtime.decisions())));
     }
-    let response = response?;
-    match &args.out {
-        Some(p) => {
-            std::fs::write(p, &response).with_context(|| format!("cannot write {}", p.display()))?
-        }
-        None => console::output(&response)?,
-    }
-    Ok(())
+    write_response(&response?, args.out.as_deref())
 }
 
 fn inspect(path: &Path) -> Result<()> {

@@ -34,7 +34,8 @@ pub fn explain(decisions: &[Decision]) -> String {
 
 /// How an entry's run ended, for the line above the table.
 pub enum Ended {
-    /// `_start` returned (with any exit code).
+    /// `_start` returned (with any exit code), or the entry, a function,
+    /// answered.
     Finished,
     /// It was refused before it ran (not an entry, unknown).
     Refused,

@@ -456,18 +456,72 @@ fn a_full_or_closed_output_stream_is_no_panic() {
 #[test]
 fn an_entry_that_is_refused_is_said_to_be_refused_and_the_run_fails() {
     let dir = Scratch::new("refused-entry");
-    // A callable component, not an entry: it exports no wasi:cli/run.
+    // An empty module: neither a command (no _start) nor a function (no
+    // handler), with a request or without.
+    let module = dir.0.join("empty.wasm");
+    std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
+    let toml = format!(
+        "entry = \"empty\"\n{}",
+        function("empty", module.to_str().unwrap(), "")
+    );
+    let file = dir.write("a.toml", &toml);
+    for data in [None, Some("hi")] {
+        let mut args = vec!["run", &file];
+        args.extend(data.iter().flat_map(|d| ["--data", d]));
+        let out = cwasi(&args, LIMIT);
+        assert_ne!(out.code, Some(0), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("entry 'empty' was refused"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("finished"), "{}", out.stderr);
+        assert!(out.stderr.contains("is not an entry"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn an_entry_that_is_a_function_is_called_once_with_the_data() {
+    let dir = Scratch::new("function-entry");
+    // A callable component, not a command: it exports no wasi:cli/run.
     let toml = format!(
         "entry = \"echo\"\n{}",
-        function("echo", progs::COMPONENT_ECHO, "")
+        function("echo", progs::COMPONENT_ECHO, "namespace = \"a\"")
     );
-    let out = cwasi(&["run", &dir.write("a.toml", &toml)], LIMIT);
-    assert_ne!(out.code, Some(0), "{}", out.stderr);
+    let file = dir.write("a.toml", &toml);
+    let out = cwasi(&["run", &file, "--data", "ping"], LIMIT);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "ping");
     assert!(
-        out.stderr.contains("entry 'echo' was refused"),
+        out.stderr.contains("entry 'echo' finished"),
         "{}",
         out.stderr
     );
-    assert!(!out.stderr.contains("finished"), "{}", out.stderr);
-    assert!(out.stderr.contains("is not an entry"), "{}", out.stderr);
+    assert!(out.stderr.contains("<host> -> echo"), "{}", out.stderr);
+    // From a file, into a file.
+    let request = dir.write("request.bin", "from a file");
+    let response = dir.0.join("response.bin");
+    let out = cwasi(
+        &[
+            "run",
+            &file,
+            "--data",
+            &format!("@{request}"),
+            "--out",
+            response.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+    assert_eq!(std::fs::read(&response).unwrap(), b"from a file");
+    // A request for a command is refused, and says why.
+    let out = cwasi(&["run", progs::HELLO, "--data", "x"], LIMIT);
+    assert_ne!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("--data is for an entry that is a function"),
+        "{}",
+        out.stderr
+    );
 }

@@ -32,7 +32,15 @@ fn the_cli_reference_page_is_current() {
              cargo run -p cwasi-cli -- reference > docs/reference/cli.md"
         );
     }
-    for command in ["run", "serve", "call", "inspect", "bench", "completions"] {
+    for command in [
+        "new",
+        "run",
+        "serve",
+        "call",
+        "inspect",
+        "bench",
+        "completions",
+    ] {
         assert!(
             out.stdout.contains(&format!("\n## `cwasi {command}`\n")),
             "no section for {command}"
