@@ -141,17 +141,24 @@ pub fn seconds(d: Duration) -> String {
 /// Runs one build step and checks that it wrote `module`; returns how long
 /// it took. A stop signal while it runs ends its process group.
 fn run_step(name: &str, step: &BuildStep, module: &Path, width: usize) -> Result<Duration> {
-    if !step.workdir.is_dir() {
+    // A composition named without a directory (`app.toml`) has an empty
+    // one: the current directory.
+    let workdir = if step.workdir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        step.workdir.as_path()
+    };
+    if !workdir.is_dir() {
         bail!(
             "build of '{name}': its workdir {} is not a directory",
-            step.workdir.display()
+            workdir.display()
         );
     }
     let started = Instant::now();
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(&step.command)
-        .current_dir(&step.workdir)
+        .current_dir(workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -161,7 +168,7 @@ fn run_step(name: &str, step: &BuildStep, module: &Path, width: usize) -> Result
         format!(
             "build of '{name}': cannot start `sh -c {:?}` in {}",
             step.command,
-            step.workdir.display()
+            workdir.display()
         )
     })?;
     let group = Pid::from_raw(child.id() as i32);
@@ -201,7 +208,7 @@ fn run_step(name: &str, step: &BuildStep, module: &Path, width: usize) -> Result
         bail!(
             "build of '{name}' failed: `{}` (in {}) {}",
             step.command,
-            step.workdir.display(),
+            workdir.display(),
             describe(status)
         );
     }
