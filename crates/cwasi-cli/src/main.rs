@@ -3,15 +3,19 @@
 //! `cwasi-runtime`.
 
 mod bench;
+mod build;
 mod component;
 mod console;
 mod entry;
 mod image;
+mod notices;
 mod prefixed;
 mod reference;
 mod report;
 mod scaffold;
 mod served;
+mod stop;
+mod up;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -48,6 +52,20 @@ enum Command {
     /// entry's `_start` runs, or, if the entry is a function, it is called
     /// once with --data; calls are resolved by the selector.
     Run(RunArgs),
+    /// Runs the build steps of a composition's functions
+    /// (`build = { command = "…", watch = [...] }`), in order, each with
+    /// `sh -c` in its workdir; stops at the first that fails.
+    Build(BuildArgs),
+    /// Compiles every module of a composition (or one .wasm) into the
+    /// compile cache ahead of time, so that runs start without compiling.
+    Compile {
+        /// A composition file (.toml), or a module (.wasm).
+        target: PathBuf,
+    },
+    /// Serves every function of a composition over HTTP, at
+    /// `POST /<name>` (the body is the request, the answer the response),
+    /// as a caller of one namespace, until SIGTERM or SIGINT.
+    Up(up::UpArgs),
     /// Hosts a callable function in this process for other processes of the
     /// node, until SIGTERM or SIGINT.
     Serve(ServeArgs),
@@ -161,9 +179,22 @@ struct RunArgs {
     /// stdout.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Builds the functions whose module is stale first (missing, or older
+    /// than a file it watches; see `cwasi build`).
+    #[arg(long)]
+    build: bool,
     /// Arguments for the entry (with a module only), after `--`.
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// The composition file (.toml).
+    composition: PathBuf,
+    /// Builds only this function.
+    #[arg(long, value_name = "NAME")]
+    function: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -362,6 +393,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::New(args) => scaffold::run(args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => traced("cwasi", || run(args)),
+        Command::Build(args) => build_command(&args).map(|()| ExitCode::SUCCESS),
+        Command::Compile { target } => compile(&target).map(|()| ExitCode::SUCCESS),
+        Command::Up(args) => traced("cwasi", || up::up(args)).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => {
             let service = args.name.clone();
             traced(&service, || serve(args)).map(|()| ExitCode::SUCCESS)
@@ -435,6 +469,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         Composition::from_modules(&args.target, args.args.clone(), &args.with)
             .map_err(anyhow::Error::msg)?
     };
+    if args.build {
+        build::build(&comp, &args.target, build::Which::Stale)?;
+    }
+    notices::warn_defaulted_namespace(&comp);
     let entry_ns = comp
         .functions
         .iter()
@@ -469,7 +507,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         Runtime::builder()
             .limits(comp.limits.clone())
             .mode(mode)
-            .keep_unloadable(args.keep_unloadable),
+            .keep_unloadable(args.keep_unloadable)
+            .on_load(notices::compile_notes),
     )?;
     if let Some(d) = dir {
         builder = builder.node_directory(d);
@@ -486,7 +525,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let outcome = entry::start(&runtime, &comp, &entry_ns, request.as_deref());
     let elapsed = started.elapsed();
     if args.explain {
-        console::diagnostic(format_args!("{}", report::explain(&runtime.decisions())));
+        let text = report::explain(&runtime.decisions());
+        let text = notices::annotate_explain(&text, &comp.defaulted_namespace);
+        console::diagnostic(format_args!("{text}"));
     }
     if !args.quiet {
         console::diagnostic(format_args!(
@@ -540,6 +581,58 @@ fn write_response(response: &[u8], out: Option<&Path>) -> Result<()> {
     }
 }
 
+/// `cwasi build`: every build step of a composition, or one.
+fn build_command(args: &BuildArgs) -> Result<()> {
+    let comp = Composition::from_file(&args.composition)?;
+    let which = match &args.function {
+        Some(name) => build::Which::Only(name),
+        None => build::Which::All,
+    };
+    build::build(&comp, &args.composition, which)
+}
+
+/// `cwasi compile`: every module of a composition (or one module) compiled
+/// into the compile cache, one line per module on stdout.
+fn compile(target: &Path) -> Result<()> {
+    let comp = if target.extension().is_some_and(|e| e == "toml") {
+        Composition::from_file(target)?
+    } else {
+        Composition::from_modules(target, Vec::new(), &[]).map_err(anyhow::Error::msg)?
+    };
+    notices::warn_defaulted_namespace(&comp);
+    let uncached = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = uncached.clone();
+    comp.functions
+        .iter()
+        .cloned()
+        .fold(
+            Runtime::builder()
+                .limits(comp.limits.clone())
+                .on_load(move |load| {
+                    if matches!(
+                        load.stage,
+                        cwasi_runtime::LoadStage::Compiled { cached: false, .. }
+                    ) {
+                        seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if let Some(line) = notices::compile_report(load) {
+                        // Shown as it happens; a failed stdout fails below.
+                        let _ = console::output(format!("{line}\n").as_bytes());
+                    }
+                }),
+            cwasi_runtime::RuntimeBuilder::function,
+        )
+        .build()
+        .with_context(|| format!("cannot compile {}", target.display()))?;
+    if uncached.load(std::sync::atomic::Ordering::Relaxed) {
+        bail!(
+            "the compile cache is off or unusable ({}, see docs/operations.md), so nothing was kept",
+            cwasi_runtime::COMPILE_CACHE_ENV
+        );
+    }
+    console::output(b"")
+}
+
 /// A `--allow-caller` rule.
 fn parse_caller_rule(text: &str) -> std::result::Result<cwasi_runtime::CallerPattern, String> {
     text.parse()
@@ -559,6 +652,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let runtime = with_broker(Runtime::builder())?
         .limits(args.limits.apply(Limits::default()))
+        .on_load(notices::compile_notes)
         .node_directory(dir.clone())
         .function(spec)
         .build()

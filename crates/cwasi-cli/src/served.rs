@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::prefixed::{forward, Sink};
 use anyhow::{bail, Context, Result};
-use cwasi_runtime::{FunctionSpec, Limits, NodeDirectory, StopSignals};
+use cwasi_runtime::{FunctionSpec, Limits, NodeDirectory};
 use rustix::process::{kill_process, Pid, Signal};
 
 /// How long a server may take to register.
@@ -30,6 +30,7 @@ type Children = Arc<Mutex<Option<Vec<(String, Child)>>>>;
 pub struct Servers {
     children: Children,
     output: Vec<std::thread::JoinHandle<()>>,
+    _on_stop: crate::stop::OnStop,
 }
 
 /// Starts one server per function and waits until each has registered.
@@ -44,11 +45,13 @@ pub fn spawn_all(
     limits: &Limits,
 ) -> Result<Servers> {
     let exe = std::env::current_exe().context("cannot find the cwasi binary")?;
+    let children: Children = Arc::new(Mutex::new(Some(Vec::new())));
+    let stopped = Arc::clone(&children);
     let mut servers = Servers {
-        children: Arc::new(Mutex::new(Some(Vec::new()))),
+        _on_stop: crate::stop::on_stop(move || stop(&stopped))?,
+        children,
         output: Vec::new(),
     };
-    stop_on_signals(&servers.children)?;
     let width = functions.iter().map(|f| f.name.len()).max().unwrap_or(0);
     for f in functions {
         let mut cmd = server_command(&exe, f, dir, limits);
@@ -151,28 +154,6 @@ fn server_command(exe: &Path, f: &FunctionSpec, dir: &NodeDirectory, limits: &Li
         cmd.arg("--").args(&f.args);
     }
     cmd
-}
-
-/// Installs the stop signals and a thread that waits for them: it stops
-/// the servers, then ends the run as the signal would have without a
-/// handler. The entry may be running wasm on the main thread meanwhile,
-/// which nothing can interrupt sooner.
-fn stop_on_signals(children: &Children) -> Result<()> {
-    let mut signals = StopSignals::install().context("cannot install signal handlers")?;
-    let children = Arc::clone(children);
-    std::thread::Builder::new()
-        .name("cwasi-run-signals".into())
-        .spawn(move || {
-            if let Some(signal) = signals.wait() {
-                stop(&children);
-                let _ = signal_hook::low_level::emulate_default_handler(signal);
-                // Still here (pid 1 of a PID namespace ignores it): exit as
-                // a shell reports a death by signal.
-                std::process::exit(128 + signal);
-            }
-        })
-        .context("cannot start the signal thread")?;
-    Ok(())
 }
 
 /// The list, even if a thread panicked while holding it.

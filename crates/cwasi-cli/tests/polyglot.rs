@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::guests::{mode_of, payload, private_dir, same, spec, xor, SIZES};
+use common::guests::{mode_of, payload, polyglot_composition, private_dir, same, spec, xor, SIZES};
 use common::{wait_announced, Scratch, Server};
 use cwasi_runtime::broker::{Broker, BrokerConfig};
 use cwasi_runtime::{ErrorCode, Mode, NodeDirectory, Runtime, HOST_CALLER};
@@ -157,25 +156,6 @@ fn python_and_javascript_are_called_locally_and_remotely() {
         mode_of(&remote_caller, "js-pair", "py-remote"),
         Mode::RemoteBroker
     );
-}
-
-/// `examples/polyglot.toml` with its modules pointed at this build's.
-fn polyglot_composition(dir: &Path) -> PathBuf {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/polyglot.toml");
-    let mut text = std::fs::read_to_string(&example).unwrap();
-    for (file, path) in [
-        ("component_entry.wasm", progs::COMPONENT_ENTRY),
-        ("parse.wasm", scripted::PARSE),
-        ("upper.wasm", progs::UPPER),
-        ("format.wasm", scripted::FORMAT),
-    ] {
-        let from = format!("\"../target/components/{file}\"");
-        assert!(text.contains(&from), "{from} in {}", example.display());
-        text = text.replace(&from, &format!("{path:?}"));
-    }
-    let composition = dir.join("polyglot.toml");
-    std::fs::write(&composition, text).unwrap();
-    composition
 }
 
 #[test]

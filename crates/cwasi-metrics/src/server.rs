@@ -1,18 +1,16 @@
-//! The `/metrics` endpoint: HTTP/1 (hyper) on its own thread and
-//! single-threaded tokio runtime, so that it never competes with the calls.
+//! The `/metrics` endpoint: a `bounded-http` server (HTTP/1 with hyper, on
+//! its own thread and single-threaded tokio runtime, so that it never
+//! competes with the calls).
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bounded_http::{HttpServer, HttpServerError, Reply, ServerLimits};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::watch;
 
 use cwasi_runtime::{Runtime, ServeHandle};
 
@@ -37,6 +35,10 @@ pub const MAX_CONNECTIONS_PER_ADDRESS: usize = MAX_CONNECTIONS / 2;
 /// the moment it connects (a slowloris gets no longer).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Scrapes gathered at once (each on a blocking thread, as it may ask the
+/// broker).
+const GATHERING_THREADS: usize = 4;
+
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -58,9 +60,7 @@ type Source = Arc<dyn Fn() -> Snapshot + Send + Sync>;
 
 /// A running `/metrics` endpoint; dropping it stops it.
 pub struct MetricsServer {
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: HttpServer,
 }
 
 impl MetricsServer {
@@ -71,28 +71,24 @@ impl MetricsServer {
         addr: SocketAddr,
         source: impl Fn() -> Snapshot + Send + Sync + 'static,
     ) -> Result<MetricsServer, MetricsError> {
-        let listener = std::net::TcpListener::bind(addr)
-            .map_err(|source| MetricsError::Bind { addr, source })?;
-        let local = listener.local_addr().map_err(MetricsError::Start)?;
-        listener
-            .set_nonblocking(true)
-            .map_err(MetricsError::Start)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(MetricsError::Start)?;
-        let (stop, stopped) = watch::channel(false);
         let source: Source = Arc::new(source);
-        let thread = std::thread::Builder::new()
-            .name("cwasi-metrics".into())
-            .spawn(move || rt.block_on(serve(listener, source, stopped)))
-            .map_err(MetricsError::Start)?;
-        tracing::info!(addr = %local, "serving metrics on /metrics");
-        Ok(MetricsServer {
-            addr: local,
-            stop,
-            thread: Some(thread),
+        let limits = ServerLimits {
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_address: MAX_CONNECTIONS_PER_ADDRESS,
+            header_timeout: HEADER_TIMEOUT,
+            keep_alive: false,
+            blocking_threads: GATHERING_THREADS,
+        };
+        let server = HttpServer::start("cwasi-metrics", addr, limits, move |req| {
+            answer(req, source.clone())
         })
+        .map_err(|e| match e {
+            HttpServerError::Bind { addr, source } => MetricsError::Bind { addr, source },
+            HttpServerError::Start(e) => MetricsError::Start(e),
+            other => MetricsError::Start(std::io::Error::other(other.to_string())),
+        })?;
+        tracing::info!(addr = %server.local_addr(), "serving metrics on /metrics");
+        Ok(MetricsServer { server })
     }
 
     /// Serves the metrics of `runtime` while it serves a function through
@@ -110,124 +106,24 @@ impl MetricsServer {
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.server.local_addr()
     }
 }
 
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The accept loop, until `stopped` turns true.
-async fn serve(
-    listener: std::net::TcpListener,
-    source: Source,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "the metrics listener cannot be used");
-            return;
-        }
-    };
-    let open = Arc::new(OpenConnections::default());
-    loop {
-        let accepted = tokio::select! {
-            _ = stopped.changed() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // Over a cap the connection is closed at once (dropped).
-        let Some(counted) = open.admit(peer.ip()) else {
-            tracing::debug!(%peer, "metrics: over the connection cap, closed");
-            continue;
-        };
-        let source = source.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| answer(req, source.clone()));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(false)
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "metrics: connection ended");
-            }
-            drop(counted);
-        });
-    }
-}
-
-/// The connections open now, in all and by address.
-#[derive(Default)]
-struct OpenConnections(Mutex<(usize, HashMap<IpAddr, usize>)>);
-
-impl OpenConnections {
-    /// Counts a connection from `ip` until the guard is dropped, unless a
-    /// cap is reached.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Counted> {
-        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, by_ip) = &mut *open;
-        let from_ip = by_ip.entry(ip).or_insert(0);
-        if *total >= MAX_CONNECTIONS || *from_ip >= MAX_CONNECTIONS_PER_ADDRESS {
-            return None;
-        }
-        *total += 1;
-        *from_ip += 1;
-        Some(Counted(self.clone(), ip))
-    }
-}
-
-/// One counted connection.
-struct Counted(Arc<OpenConnections>, IpAddr);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        let mut open = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, by_ip) = &mut *open;
-        *total = total.saturating_sub(1);
-        if let Some(n) = by_ip.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                by_ip.remove(&self.1);
-            }
-        }
-    }
-}
-
-async fn answer(
-    req: Request<Incoming>,
-    source: Source,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(req: Request<Incoming>, source: Source) -> Reply {
     let reply = |status: StatusCode, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
         r
     };
     if req.uri().path() != "/metrics" {
-        return Ok(reply(
-            StatusCode::NOT_FOUND,
-            "only /metrics is served\n".into(),
-        ));
+        return reply(StatusCode::NOT_FOUND, "only /metrics is served\n".into());
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into()));
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
     }
     let text = tokio::task::spawn_blocking(move || encode(source())).await;
-    Ok(match text {
+    match text {
         Ok(Ok(text)) => {
             let mut r = reply(StatusCode::OK, text);
             r.headers_mut().insert(
@@ -240,7 +136,7 @@ async fn answer(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the metrics could not be gathered\n".into(),
         ),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -110,13 +110,13 @@ impl CompileCache {
     }
 
     /// Compiled code from bytes with `digest`, from the cache or compiled
-    /// by `compile` (and then kept).
+    /// by `compile` (and then kept), and which of the two it was.
     pub fn get<T: Precompiled>(
         &self,
         engine: &Engine,
         digest: &str,
         compile: impl FnOnce() -> wasmtime::Result<T>,
-    ) -> wasmtime::Result<T> {
+    ) -> wasmtime::Result<(T, Fetched)> {
         let path = self.entry(digest, T::KIND);
         if let Some(bytes) = read_entry(&path) {
             // SAFETY: the entry is a regular file owned by this user, in a
@@ -124,20 +124,22 @@ impl CompileCache {
             // written by `store` from `serialize`; wasmtime checks its
             // header, version and settings before using it.
             match unsafe { T::deserialize(engine, &bytes) } {
-                Ok(compiled) => return Ok(compiled),
+                Ok(compiled) => return Ok((compiled, Fetched::Hit)),
                 Err(e) => tracing::debug!(entry = %path.display(), "compiling again: {e:#}"),
             }
         }
         let compiled = compile()?;
-        if let Ok(bytes) = compiled.serialize() {
-            self.store(&path, &bytes);
-        }
-        Ok(compiled)
+        let kept = match compiled.serialize() {
+            Ok(bytes) => self.store(&path, &bytes),
+            Err(_) => false,
+        };
+        Ok((compiled, Fetched::Compiled { kept }))
     }
 
-    /// Writes an entry through a temporary file and a rename; a failure
-    /// only costs the next process a compile.
-    fn store(&self, path: &Path, bytes: &[u8]) {
+    /// Writes an entry through a temporary file and a rename, and says
+    /// whether it was written; a failure only costs the next process a
+    /// compile.
+    fn store(&self, path: &Path, bytes: &[u8]) -> bool {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let tmp = self.dir.join(format!(
             ".tmp-{}-{}",
@@ -154,8 +156,22 @@ impl CompileCache {
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             tracing::debug!(entry = %path.display(), "not cached: {e}");
+            return false;
         }
+        true
     }
+}
+
+/// Where [`CompileCache::get`] found the compiled code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fetched {
+    /// In the cache.
+    Hit,
+    /// Nowhere: it was compiled; `kept` if the cache now holds it.
+    Compiled {
+        /// Whether the entry was written.
+        kept: bool,
+    },
 }
 
 fn default_dir() -> Option<PathBuf> {
@@ -234,7 +250,7 @@ mod tests {
         let wat = "(module (func (export \"f\") (result i32) i32.const 7))";
         let mut compiled = 0;
         for _ in 0..2 {
-            let m = cache
+            let (m, _) = cache
                 .get(&engine, "sha256:ab", || {
                     compiled += 1;
                     Module::new(&engine, wat)
@@ -243,16 +259,21 @@ mod tests {
             assert!(m.get_export("f").is_some());
         }
         assert_eq!(compiled, 1);
+        let (_, fetched) = cache
+            .get(&engine, "sha256:ab", || Module::new(&engine, wat))
+            .unwrap();
+        assert_eq!(fetched, Fetched::Hit);
         // A torn entry is compiled again and replaced.
         let entry = cache.entry("sha256:ab", <Module as Precompiled>::KIND);
         fs::write(&entry, b"not compiled code").unwrap();
-        cache
+        let (_, fetched) = cache
             .get(&engine, "sha256:ab", || {
                 compiled += 1;
                 Module::new(&engine, wat)
             })
             .unwrap();
         assert_eq!(compiled, 2);
+        assert_eq!(fetched, Fetched::Compiled { kept: true });
         fs::remove_dir_all(&dir).unwrap();
     }
 }

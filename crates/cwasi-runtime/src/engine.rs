@@ -5,16 +5,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, Module};
 
-use crate::compile_cache::CompileCache;
+use crate::compile_cache::{CompileCache, Fetched, Precompiled};
 use crate::deadline::TickClock;
 use crate::error::RuntimeError;
 use crate::inspect::ModuleInfo;
+use crate::load_report::LoadStage;
 use crate::regular_file::{read_regular, Links};
 
 /// How often the epoch advances. Timeouts are rounded up to this.
@@ -195,14 +196,16 @@ pub struct LoadedModule {
 
 /// Reads, validates and compiles a module. The path may be a symbolic link
 /// (the user named it), but it must end at a regular file of at most
-/// `max_bytes`. Every failure names the file.
-pub fn load_module(
+/// `max_bytes`. Every failure names the file; `observe` hears whether it
+/// was compiled or came from the compile cache.
+pub(crate) fn load_module(
     engine: &Engine,
     path: &Path,
     max_bytes: u64,
+    observe: &dyn Fn(LoadStage, bool),
 ) -> Result<LoadedModule, RuntimeError> {
     let bytes = read_regular(path, max_bytes, Links::Follow)?;
-    load_module_bytes(engine, bytes.into(), path)
+    load_module_bytes(engine, bytes.into(), path, observe)
 }
 
 /// Reads a module or component file as `run` and `serve` read one: only a
@@ -213,11 +216,13 @@ pub fn read_module_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, RuntimeE
 }
 
 /// Validates and compiles a module given as bytes (an OCI layer, a module
-/// published in the node directory); `label` names it in errors.
-pub fn load_module_bytes(
+/// published in the node directory); `label` names it in errors. `observe`
+/// hears each [`LoadStage`], with whether it is a component.
+pub(crate) fn load_module_bytes(
     engine: &Engine,
     bytes: Arc<[u8]>,
     label: &Path,
+    observe: &dyn Fn(LoadStage, bool),
 ) -> Result<LoadedModule, RuntimeError> {
     if !bytes.starts_with(b"\0asm") {
         return Err(RuntimeError::NotWasm {
@@ -231,20 +236,16 @@ pub fn load_module_bytes(
     let digest = digest_of(&bytes);
     let cache = CompileCache::for_engine(engine);
     let (module, info) = if is_component(&bytes) {
-        let compile = || Component::from_binary(engine, &bytes);
-        let component = match &cache {
-            Some(cache) => cache.get(engine, &digest, compile),
-            None => compile(),
-        }
+        let component = compile_observed(&cache, engine, &digest, true, observe, || {
+            Component::from_binary(engine, &bytes)
+        })
         .map_err(invalid)?;
         let info = ModuleInfo::of_component(&component, engine);
         (Compiled::Component(component), info)
     } else {
-        let compile = || Module::from_binary(engine, &bytes);
-        let module = match &cache {
-            Some(cache) => cache.get(engine, &digest, compile),
-            None => compile(),
-        }
+        let module = compile_observed(&cache, engine, &digest, false, observe, || {
+            Module::from_binary(engine, &bytes)
+        })
         .map_err(invalid)?;
         let info = ModuleInfo::of(&module);
         (Compiled::Module(module), info)
@@ -257,6 +258,40 @@ pub fn load_module_bytes(
         info,
     })
 }
+
+/// Compiled code from the cache, or from `compile`, timed, with `observe`
+/// told what happened.
+fn compile_observed<T: Precompiled>(
+    cache: &Option<CompileCache>,
+    engine: &Engine,
+    digest: &str,
+    component: bool,
+    observe: &dyn Fn(LoadStage, bool),
+    compile: impl FnOnce() -> wasmtime::Result<T>,
+) -> wasmtime::Result<T> {
+    let started = std::cell::Cell::new(None);
+    let timed = || {
+        observe(LoadStage::Compiling, component);
+        started.set(Some(Instant::now()));
+        compile()
+    };
+    let (compiled, fetched) = match cache {
+        Some(cache) => cache.get(engine, digest, timed)?,
+        None => (timed()?, Fetched::Compiled { kept: false }),
+    };
+    let stage = match fetched {
+        Fetched::Hit => LoadStage::FromCache,
+        Fetched::Compiled { kept } => LoadStage::Compiled {
+            elapsed: started.get().map(|t| t.elapsed()).unwrap_or_default(),
+            cached: kept,
+        },
+    };
+    observe(stage, component);
+    Ok(compiled)
+}
+
+/// An observer that hears nothing, for loads nobody reports.
+pub(crate) fn unobserved(_: LoadStage, _: bool) {}
 
 /// `sha256:<hex>` of a module's bytes: how records and stores name modules.
 pub fn digest_of(bytes: &[u8]) -> String {
@@ -286,7 +321,7 @@ pub fn inspect_module(path: &Path) -> Result<Inspection, RuntimeError> {
 pub fn inspect_module_bytes(label: &Path, bytes: &[u8]) -> Result<Inspection, RuntimeError> {
     let (engine, _ticker) = new_engine()?;
     if is_component(bytes) || !bytes.starts_with(b"\0asm") {
-        let module = load_module_bytes(&engine, bytes.into(), label)?;
+        let module = load_module_bytes(&engine, bytes.into(), label, &unobserved)?;
         return Ok(Inspection {
             digest: module.digest,
             info: module.info,

@@ -35,6 +35,7 @@ mod error;
 mod guest;
 mod identity;
 mod inspect;
+mod load_report;
 mod native_stack;
 mod node_dir;
 mod regular_file;
@@ -104,6 +105,7 @@ pub use guest::function::FunctionReport;
 pub use identity::policy::{CallPolicy, CallerPattern};
 pub use identity::{CallerIdentity, IdentityError, MAX_IDENTITY_LEN};
 pub use inspect::ModuleInfo;
+pub use load_report::{LoadStage, ModuleLoad};
 pub use node_dir::{
     node_name, node_name_from, EmbedInfo, EndpointRecord, NodeDirectory, RECORD_MAX_BYTES,
 };

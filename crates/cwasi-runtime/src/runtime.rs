@@ -17,6 +17,7 @@ use crate::guest::function::FunctionReport;
 use crate::guest::function::LinkedModule;
 use crate::identity::CallerIdentity;
 use crate::inspect::ModuleInfo;
+use crate::load_report::{LoadObserver, ModuleLoad};
 use crate::node_dir::NodeDirectory;
 use crate::router::DirectParts;
 use crate::router::{Decision, RouterParts, RuntimeRouter, HOST_CALLER};
@@ -39,6 +40,7 @@ pub struct RuntimeBuilder {
     node: Option<String>,
     broker: Option<Arc<Broker>>,
     direct: DirectConfig,
+    on_load: Option<LoadObserver>,
 }
 
 impl Default for RuntimeBuilder {
@@ -53,6 +55,7 @@ impl Default for RuntimeBuilder {
             node: None,
             broker: None,
             direct: DirectConfig::default(),
+            on_load: None,
         }
     }
 }
@@ -117,6 +120,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Tells `observe` how each function's module is loaded by `build`:
+    /// when compiling starts, how long it took, or that the compile cache
+    /// had it. The runtime prints nothing; a host that wants its user to
+    /// know why a start takes seconds renders these.
+    pub fn on_load(mut self, observe: impl Fn(&ModuleLoad) + Send + Sync + 'static) -> Self {
+        self.on_load = Some(LoadObserver(Arc::new(observe)));
+        self
+    }
+
     /// Adds a function.
     pub fn function(mut self, spec: FunctionSpec) -> Self {
         self.functions.push(spec);
@@ -153,9 +165,24 @@ impl RuntimeBuilder {
             if functions.iter().any(|f| f.name() == name) || unloadable.contains_key(&name) {
                 return Err(RuntimeError::DuplicateFunction(name));
             }
+            let observe = |stage, component| {
+                if let Some(LoadObserver(observe)) = &self.on_load {
+                    observe(&ModuleLoad {
+                        function: name.clone(),
+                        path: spec.module.clone(),
+                        component,
+                        stage,
+                    });
+                }
+            };
             let module = match &spec.module_bytes {
-                Some(bytes) => load_module_bytes(&engine, bytes.clone(), &spec.module),
-                None => load_module(&engine, &spec.module, self.limits.max_module_bytes),
+                Some(bytes) => load_module_bytes(&engine, bytes.clone(), &spec.module, &observe),
+                None => load_module(
+                    &engine,
+                    &spec.module,
+                    self.limits.max_module_bytes,
+                    &observe,
+                ),
             };
             match module.and_then(|m| LinkedModule::link(&linkers, spec, m)) {
                 Ok(linked) => {

@@ -3,7 +3,7 @@
 //! program applies, and runtime helpers.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cwasi_runtime::{FunctionSpec, Mode, Runtime};
 
@@ -54,4 +54,29 @@ pub fn private_dir(scratch: &Scratch, name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     dir
+}
+
+/// What the polyglot example prints for its record.
+pub const POLYGLOT_JSON: &str = r#"{"NAME":"ADA LOVELACE","YEAR":"1815","ROLE":"MATHEMATICIAN"}"#;
+
+/// `examples/polyglot.toml`, written into `dir` with its modules pointed
+/// at this build's (its build steps are left as they are, unused).
+pub fn polyglot_composition(dir: &Path) -> PathBuf {
+    use test_programs_artifacts as progs;
+    use test_programs_componentize as scripted;
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/polyglot.toml");
+    let mut text = std::fs::read_to_string(&example).unwrap();
+    for (file, path) in [
+        ("component_entry.wasm", progs::COMPONENT_ENTRY),
+        ("parse.wasm", scripted::PARSE),
+        ("upper.wasm", progs::UPPER),
+        ("format.wasm", scripted::FORMAT),
+    ] {
+        let from = format!("\"../target/components/{file}\"");
+        assert!(text.contains(&from), "{from} in {}", example.display());
+        text = text.replace(&from, &format!("{path:?}"));
+    }
+    let composition = dir.join("polyglot.toml");
+    std::fs::write(&composition, text).unwrap();
+    composition
 }

@@ -11,7 +11,7 @@ use crate::call::route::PathSpec;
 use crate::call::transport::Transport;
 use crate::config::{FunctionSpec, Mode, ModeOverride};
 use crate::deadline::Deadline;
-use crate::engine::load_module_bytes;
+use crate::engine::{load_module_bytes, unobserved};
 use crate::error::{CallError, ErrorCode, RuntimeError};
 use crate::guest::function::{Function, LinkedModule};
 use crate::guest::state::Router;
@@ -425,7 +425,7 @@ impl RuntimeRouter {
         };
         let bytes = dir.read_module(embed, &record.digest, self.limits.max_module_bytes)?;
         let label = dir.root().join(&embed.module_file);
-        let module = load_module_bytes(&self.engine, bytes.into(), &label)?;
+        let module = load_module_bytes(&self.engine, bytes.into(), &label, &unobserved)?;
         let mut spec = FunctionSpec::new(&record.name, &record.namespace, label);
         spec.args = embed.args.clone();
         spec.env = embed.env.clone();
