@@ -1,6 +1,6 @@
 //! `cwasi new`: every template written into a fresh directory outside the
-//! repository as a new user would, built with the build steps of its
-//! `app.toml` and the real toolchains (cargo, clang, componentize-py,
+//! repository as a new user would, built with `cwasi build app.toml`
+//! and the real toolchains (cargo, clang, componentize-py,
 //! componentize-js), then called in every mode: embedded (`cwasi run`),
 //! local (`cwasi serve` and `cwasi call` from another namespace), and remote
 //! through a real redis-server, by the broker and directly.
@@ -69,9 +69,8 @@ impl Project {
         }
     }
 
-    /// Runs every build step of `app.toml` (`sh -c COMMAND` in its
-    /// directory), as `cwasi build app.toml` does, and checks that each
-    /// function's module is there after.
+    /// `cwasi build app.toml` in the project, as its README says, and
+    /// checks that it built every function and that each module is there.
     fn build(&self) {
         let comp = Composition::from_file(&self.dir.join("app.toml")).unwrap();
         assert_eq!(
@@ -79,24 +78,26 @@ impl Project {
             comp.functions.len(),
             "a step per function"
         );
-        for (function, step) in &comp.builds {
-            let mut cmd = Command::new("sh");
-            cmd.args(["-c", &step.command]).current_dir(&step.workdir);
-            for var in BUILD_ENV_REMOVED {
-                cmd.env_remove(var);
-            }
-            let out = run_with_timeout(&mut cmd, BUILD_LIMIT);
-            assert_eq!(
-                out.code,
-                Some(0),
-                "building {function} with `{}` in {}:\n{}\n{}",
-                step.command,
-                step.workdir.display(),
-                out.stdout,
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cwasi"));
+        cmd.args(["build", "app.toml"]).current_dir(&self.dir);
+        for var in BUILD_ENV_REMOVED {
+            cmd.env_remove(var);
+        }
+        let out = run_with_timeout(&mut cmd, BUILD_LIMIT);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "cwasi build app.toml in {}:\n{}\n{}",
+            self.dir.display(),
+            out.stdout,
+            out.stderr
+        );
+        for f in &comp.functions {
+            assert!(
+                out.stderr.contains(&format!("built '{}'", f.name)),
+                "{}",
                 out.stderr
             );
-        }
-        for f in &comp.functions {
             assert!(f.module.is_file(), "{} was not built", f.module.display());
         }
     }
