@@ -127,10 +127,13 @@ fn run_page(page: &str, section: Option<&str>) {
         &[("CWASI_RUNTIME_DIR", &node_dir)],
     );
     check(&what, page, &steps, &out).unwrap_or_else(|e| panic!("{e}"));
+    // The transcript (shown with --nocapture).
     for block in runs {
+        let (stdout, stderr) = out.of(block.line);
         println!(
-            "getting started: {what}: ran the block at {}",
-            block.place(page)
+            "getting started: {what}: ran the block at {}:\n{}--- stdout ---\n{stdout}--- stderr ---\n{stderr}",
+            block.place(page),
+            indent(&block.code)
         );
     }
 }
