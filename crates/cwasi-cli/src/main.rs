@@ -413,9 +413,24 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
-        note!("cwasi: error: {e:#}");
+        note!("cwasi: error: {}", error_text(&e));
         ExitCode::FAILURE
     })
+}
+
+/// An error and its causes on one line, each cause once: the runtime's
+/// errors name their OS error in their own text and also return it as
+/// their source, which `{:#}` would print twice.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Raises the soft limit of open files to the hard one, as servers do: a

@@ -525,3 +525,19 @@ fn an_entry_that_is_a_function_is_called_once_with_the_data() {
         out.stderr
     );
 }
+
+/// An error names its OS cause once, not once from the runtime's message
+/// and again from its source.
+#[test]
+fn an_error_names_its_cause_once() {
+    let dir = Scratch::new("error-once");
+    let missing = dir.0.join("missing.wasm");
+    let out = cwasi(&["inspect", missing.to_str().unwrap()], LIMIT);
+    assert_eq!(out.code, Some(1));
+    assert_eq!(
+        out.stderr.matches("No such file or directory").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+}

@@ -110,7 +110,12 @@ impl Composition {
             path: path.to_path_buf(),
             source,
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // A bare file name has the empty path as its parent: its functions'
+        // paths are relative to the current directory.
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
         Composition::parse(&text, base)
             .map_err(|e| RuntimeError::Config(format!("{}: {e}", path.display())))
     }
