@@ -418,23 +418,11 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .unwrap_or_default();
     // Functions of the entry's namespace share its VM; the others are served
     // by processes of their own and reached in local mode.
-    let (mine, others): (Vec<FunctionSpec>, Vec<FunctionSpec>) = comp
-        .functions
-        .iter()
-        .cloned()
-        .partition(|f| f.namespace == entry_ns);
-    let dir = match node_directory(&args.runtime_dir) {
-        Ok(d) => Some(d),
-        Err(e) if others.is_empty() => {
-            tracing::warn!("no node directory, local mode disabled: {e:#}");
-            None
-        }
-        Err(e) => return Err(e.context("functions in other namespaces need a node directory")),
-    };
-    let _servers = match &dir {
-        Some(d) if !others.is_empty() => Some(served::spawn_all(&others, d, &comp.limits)?),
-        _ => None,
-    };
+    let served::Placed {
+        mine,
+        dir,
+        servers: _servers,
+    } = served::place(&comp, &entry_ns, &args.runtime_dir)?;
     let mode = if args.mode == ModeOverride::Auto {
         comp.mode
     } else {

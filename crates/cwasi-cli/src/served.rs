@@ -4,14 +4,14 @@
 //! any other way (SIGKILL, a crash). Their output is forwarded line by
 //! line, each line after the function's name (`prefixed.rs`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::prefixed::{forward, Sink};
 use anyhow::{bail, Context, Result};
-use cwasi_runtime::{FunctionSpec, Limits, NodeDirectory};
+use cwasi_runtime::{Composition, FunctionSpec, Limits, NodeDirectory};
 use rustix::process::{kill_process, Pid, Signal};
 
 /// How long a server may take to register.
@@ -31,6 +31,41 @@ pub struct Servers {
     children: Children,
     output: Vec<std::thread::JoinHandle<()>>,
     _on_stop: crate::stop::OnStop,
+}
+
+/// A composition placed for a caller of one namespace: the functions of
+/// that namespace load in this process (they may share its VM); every other
+/// one is served by a `cwasi serve` child, reached in local mode.
+pub struct Placed {
+    /// The functions to load here.
+    pub mine: Vec<FunctionSpec>,
+    /// The node directory, if there is one (needed when there are children).
+    pub dir: Option<NodeDirectory>,
+    /// The children, stopped when this is dropped.
+    pub servers: Option<Servers>,
+}
+
+/// Places `comp` for a caller of `namespace` (see [`Placed`]), starting the
+/// children; `runtime_dir` overrides the default node directory.
+pub fn place(comp: &Composition, namespace: &str, runtime_dir: &Option<PathBuf>) -> Result<Placed> {
+    let (mine, others): (Vec<FunctionSpec>, Vec<FunctionSpec>) = comp
+        .functions
+        .iter()
+        .cloned()
+        .partition(|f| f.namespace == namespace);
+    let dir = match crate::node_directory(runtime_dir) {
+        Ok(d) => Some(d),
+        Err(e) if others.is_empty() => {
+            tracing::warn!("no node directory, local mode disabled: {e:#}");
+            None
+        }
+        Err(e) => return Err(e.context("functions in other namespaces need a node directory")),
+    };
+    let servers = match &dir {
+        Some(d) if !others.is_empty() => Some(spawn_all(&others, d, &comp.limits)?),
+        _ => None,
+    };
+    Ok(Placed { mine, dir, servers })
 }
 
 /// Starts one server per function and waits until each has registered.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use cwasi_http_trigger::{HttpTrigger, TriggerConfig};
-use cwasi_runtime::{validate_namespace, Composition, FunctionSpec, Runtime};
+use cwasi_runtime::{validate_namespace, Composition, Runtime};
 
 use crate::console::{self, note};
 use crate::{build, notices, served};
@@ -59,23 +59,11 @@ pub fn up(args: UpArgs) -> Result<()> {
         }
         None => entry_namespace(&comp),
     };
-    let (mine, others): (Vec<FunctionSpec>, Vec<FunctionSpec>) = comp
-        .functions
-        .iter()
-        .cloned()
-        .partition(|f| f.namespace == namespace);
-    let dir = match crate::node_directory(&args.runtime_dir) {
-        Ok(d) => Some(d),
-        Err(e) if others.is_empty() => {
-            tracing::warn!("no node directory, local mode disabled: {e:#}");
-            None
-        }
-        Err(e) => return Err(e.context("functions in other namespaces need a node directory")),
-    };
-    let _servers = match &dir {
-        Some(d) if !others.is_empty() => Some(served::spawn_all(&others, d, &comp.limits)?),
-        _ => None,
-    };
+    let served::Placed {
+        mine,
+        dir,
+        servers: _servers,
+    } = served::place(&comp, &namespace, &args.runtime_dir)?;
     // Said before the children are stopped: a stop signal runs the newest
     // stopper first.
     let _say_stopping = crate::stop::on_stop(|| note!("cwasi: stopping"))?;
