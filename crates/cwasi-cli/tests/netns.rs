@@ -381,6 +381,9 @@ fn failover_soak_across_namespaces_never_returns_a_wrong_or_second_result() {
     );
     let codes = Mutex::new(std::collections::BTreeMap::<String, u64>::new());
     let chaos_done = AtomicBool::new(false);
+    // Calls in flight now, and the retries the caller's hop counters show:
+    // the chaos goes on, aimed at calls in flight, until one was retried.
+    let (in_flight, retried_seen) = (AtomicU64::new(0), AtomicU64::new(0));
     let mut rng = Lcg::new();
     // At least five kills and two link flaps, in a random order.
     let mut plan = vec!["kill", "kill", "kill", "kill", "kill", "link", "link"];
@@ -417,6 +420,35 @@ fn failover_soak_across_namespaces_never_returns_a_wrong_or_second_result() {
                 }
                 std::thread::sleep(Duration::from_millis(200 + rng.below(500)));
             }
+            // A kill lands in a call only by chance (a call takes about
+            // 100 µs of every 2 ms): until one was retried, kill a server
+            // the moment a call is in flight, at most 40 more times.
+            for _ in 0..40 {
+                if retried_seen.load(Ordering::SeqCst) > 0 {
+                    break;
+                }
+                let waiting = Instant::now();
+                while in_flight.load(Ordering::SeqCst) == 0
+                    && waiting.elapsed() < Duration::from_secs(1)
+                {
+                    std::hint::spin_loop();
+                }
+                let which = rng.below(2) as usize;
+                let mut slot = servers[which].lock().unwrap();
+                if let Some(mut srv) = slot.take() {
+                    srv.sigkill();
+                }
+                std::thread::sleep(Duration::from_millis(100 + rng.below(200)));
+                *slot = Some(nodes.serve(
+                    which + 2,
+                    progs::ECHO,
+                    "echo",
+                    data_addr(nodes.node(which + 2)),
+                    &plain(),
+                ));
+                drop(slot);
+                std::thread::sleep(Duration::from_millis(300));
+            }
             chaos_done.store(true, Ordering::SeqCst);
         });
         nodes.on_node1(PLAIN, timeout, |rt| {
@@ -425,14 +457,25 @@ fn failover_soak_across_namespaces_never_returns_a_wrong_or_second_result() {
                 for t in 0..2u64 {
                     let (correct, wrong, late, issued, codes, chaos_done) =
                         (&correct, &wrong, &late, &issued, &codes, &chaos_done);
+                    let (in_flight, retried_seen) = (&in_flight, &retried_seen);
                     calls.spawn(move || loop {
                         let n = issued.fetch_add(1, Ordering::SeqCst);
                         if n >= CALLS && chaos_done.load(Ordering::SeqCst) {
                             break;
                         }
+                        if n % 16 == 0 {
+                            let retried = rt
+                                .hops()
+                                .iter()
+                                .find(|h| h.target == "echo")
+                                .map_or(0, |h| h.paths.retried);
+                            retried_seen.store(retried, Ordering::SeqCst);
+                        }
                         let request = format!("call {t}:{n} {}", "x".repeat((n % 2048) as usize));
                         let started = Instant::now();
+                        in_flight.fetch_add(1, Ordering::SeqCst);
                         let result = rt.call("a", "echo", request.as_bytes());
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
                         if started.elapsed() > timeout + grace + Duration::from_secs(1) {
                             late.fetch_add(1, Ordering::SeqCst);
                         }
