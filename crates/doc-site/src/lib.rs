@@ -278,7 +278,9 @@ fn normalize(path: &Path) -> PathBuf {
 /// Checks every relative link of `files` (paths relative to `root`): the
 /// target exists in the repository and, for `page.md#anchor` or `#anchor`,
 /// the target page has a heading with that anchor. Absolute paths are
-/// refused (they do not work on the site nor in a clone). Returns every
+/// refused (they do not work on the site nor in a clone), and so are links
+/// from a page of `docs/` to a file outside it (the site has only `docs/`).
+/// Returns every
 /// problem, sorted by file and line.
 pub fn check_links(root: &Path, files: &[PathBuf]) -> Result<Vec<Problem>, SiteError> {
     let mut anchors: HashMap<PathBuf, BTreeSet<String>> = HashMap::new();
@@ -314,6 +316,16 @@ pub fn check_links(root: &Path, files: &[PathBuf]) -> Result<Vec<Problem>, SiteE
             if target.starts_with("..") {
                 problems.push(problem(format!(
                     "`{}` points outside the repository",
+                    link.dest
+                )));
+                continue;
+            }
+            // The site is built from docs/ alone: a page there that links a
+            // file outside it works in a clone and is broken on the site.
+            if file.starts_with("docs") && !target.starts_with("docs") {
+                problems.push(problem(format!(
+                    "`{}` points outside docs/, which the site does not have; \
+                     name the file as code instead",
                     link.dest
                 )));
                 continue;
