@@ -410,12 +410,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         build::build(&comp, &args.target, build::Which::Stale)?;
     }
     notices::warn_defaulted_namespace(&comp);
-    let entry_ns = comp
-        .functions
-        .iter()
-        .find(|f| f.name == comp.entry)
-        .map(|f| f.namespace.clone())
-        .unwrap_or_default();
+    let entry_ns = served::entry_namespace(&comp);
     // Functions of the entry's namespace share its VM; the others are served
     // by processes of their own and reached in local mode.
     let served::Placed {

@@ -33,6 +33,16 @@ pub struct Servers {
     _on_stop: crate::stop::OnStop,
 }
 
+/// The entry's namespace: where `cwasi run` loads functions into its own
+/// process, and the default caller of `cwasi up`.
+pub fn entry_namespace(comp: &Composition) -> String {
+    comp.functions
+        .iter()
+        .find(|f| f.name == comp.entry)
+        .map(|f| f.namespace.clone())
+        .unwrap_or_else(|| cwasi_runtime::DEFAULT_NAMESPACE.to_string())
+}
+
 /// A composition placed for a caller of one namespace: the functions of
 /// that namespace load in this process (they may share its VM); every other
 /// one is served by a `cwasi serve` child, reached in local mode.

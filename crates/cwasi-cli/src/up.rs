@@ -57,7 +57,7 @@ pub fn up(args: UpArgs) -> Result<()> {
             validate_namespace(&ns).map_err(anyhow::Error::msg)?;
             ns
         }
-        None => entry_namespace(&comp),
+        None => served::entry_namespace(&comp),
     };
     let served::Placed {
         mine,
@@ -102,13 +102,4 @@ pub fn up(args: UpArgs) -> Result<()> {
     loop {
         std::thread::park();
     }
-}
-
-/// The entry's namespace: the default caller of `cwasi up`.
-fn entry_namespace(comp: &Composition) -> String {
-    comp.functions
-        .iter()
-        .find(|f| f.name == comp.entry)
-        .map(|f| f.namespace.clone())
-        .unwrap_or_else(|| cwasi_runtime::DEFAULT_NAMESPACE.to_string())
 }
